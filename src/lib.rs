@@ -1,0 +1,12 @@
+//! holdfast: a declarative host-hardening agent.
+//!
+//! The crate is split into a pure core, which parses, validates, compares and
+//! plans without touching the outside world, and an I/O edge that reads and
+//! writes the host through an injected [`host::HostRoot`]. See ARCHITECTURE.md
+//! for the map.
+
+pub mod cgroup;
+pub mod host;
+pub mod limits;
+pub mod policy;
+pub mod sysctl;

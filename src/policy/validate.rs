@@ -1,0 +1,605 @@
+//! Raw policy → typed policy. Every check that can fail produces a
+//! [`PolicyError`] at the location of the offending value, with a hint where
+//! one helps; checking goes on after an error so a user sees all problems at
+//! once.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_saphyr::{Location, MessageFormatter, Spanned};
+
+use super::raw::{Entries, RawCgroup, RawDoc, RawLimit, RawSafety, RawService, RawSlice, RawSysctl, Scalar};
+use super::{
+    CgroupPolicy, FORMAT_VERSION, LimitPair, LimitRule, Mode, Policy, PolicyError, Safety,
+    ServiceRule, SliceRule, Source, Sourced, SysctlRule,
+};
+use crate::cgroup::{Bytes, CONTROLLERS, Count, CpuMax};
+use crate::limits::{Domain, LimitItem, LimitValue};
+use crate::sysctl::{Expect, KeyError, SysctlKey, SysctlValue};
+
+/// Parses and validates one file into a policy fragment.
+pub fn file(name: &str, text: &str) -> Result<Policy, Vec<PolicyError>> {
+    let file: Arc<str> = Arc::from(name);
+    let options = serde_saphyr::options! { with_snippet: false };
+    let raw: RawDoc = serde_saphyr::from_str_with_options(text, options).map_err(|e| {
+        let loc = e.location().unwrap_or(Location::UNKNOWN);
+        let message = serde_saphyr::DefaultMessageFormatter.format_message(&e);
+        vec![syntax_error(at(&file, &loc), &message)]
+    })?;
+    let mut v = Validator {
+        file,
+        errors: Vec::new(),
+    };
+    let policy = v.doc(raw);
+    if v.errors.is_empty() {
+        Ok(policy)
+    } else {
+        Err(v.errors)
+    }
+}
+
+/// Checks that need the merged policy (fields of one slice may come from
+/// different files).
+pub fn merged(policy: &Policy) -> Vec<PolicyError> {
+    let mut errors = Vec::new();
+    for slice in policy.cgroup.slices.values() {
+        if let (Some(high), Some(max)) = (&slice.memory_high, &slice.memory_max)
+            && let (Bytes::Value(h), Bytes::Value(m)) = (high.value, max.value)
+            && h > m
+        {
+            errors.push(
+                PolicyError::new(
+                    high.source.clone(),
+                    format!(
+                        "slice {}: memory.high {h} is above memory.max {m} (set at {})",
+                        slice.name, max.source
+                    ),
+                )
+                .with_hint("memory.high throttles before memory.max kills; keep it at or below memory.max"),
+            );
+        }
+    }
+    errors
+}
+
+fn at(file: &Arc<str>, loc: &Location) -> Source {
+    Source {
+        file: file.clone(),
+        line: loc.line().max(1),
+        column: loc.column().max(1),
+    }
+}
+
+/// A hint for the common serde errors, so a user learns what would be right.
+fn syntax_error(source: Source, message: &str) -> PolicyError {
+    let err = PolicyError::new(source, message.to_string());
+    if message.contains("unknown field") {
+        err.with_hint("check the spelling; the fields this place accepts are listed above")
+    } else if message.contains("missing field `version`") {
+        err.with_hint("every policy file starts with `version: 1`")
+    } else {
+        err
+    }
+}
+
+struct Validator {
+    file: Arc<str>,
+    errors: Vec<PolicyError>,
+}
+
+impl Validator {
+    fn src<T>(&self, s: &Spanned<T>) -> Source {
+        at(&self.file, &s.referenced)
+    }
+
+    fn error<T>(&mut self, at: &Spanned<T>, message: impl Into<String>) -> PolicyError {
+        PolicyError::new(self.src(at), message)
+    }
+
+    fn push(&mut self, e: PolicyError) {
+        self.errors.push(e);
+    }
+
+    fn doc(&mut self, raw: RawDoc) -> Policy {
+        if raw.version.value != FORMAT_VERSION {
+            let e = self
+                .error(&raw.version, format!("unsupported policy version {}", raw.version.value))
+                .with_hint("this holdfast reads `version: 1`");
+            self.push(e);
+        }
+        let mode = raw.mode.as_ref().and_then(|m| self.mode(m)).map(|value| Sourced {
+            value,
+            source: self.src(raw.mode.as_ref().expect("checked above")),
+        });
+        let sysctls = raw.sysctl.map(|e| self.sysctls(e)).unwrap_or_default();
+        let limits = raw.limits.map(|l| self.limits(l)).unwrap_or_default();
+        let services = raw.services.map(|s| self.services(s)).unwrap_or_default();
+        let cgroup = raw.cgroup.map(|c| self.cgroup(c)).unwrap_or_default();
+        let safety = raw.safety.map(|s| self.safety(s)).unwrap_or_default();
+        Policy {
+            files: vec![self.file.to_string()],
+            mode,
+            sysctls,
+            limits,
+            services,
+            cgroup,
+            safety,
+        }
+    }
+
+    fn mode(&mut self, m: &Spanned<String>) -> Option<Mode> {
+        match m.value.as_str() {
+            "enforce" => Some(Mode::Enforce),
+            "audit" => Some(Mode::Audit),
+            other => {
+                let e = self
+                    .error(m, format!("unknown mode {other:?}"))
+                    .with_hint("mode is `enforce` (correct drift) or `audit` (report only)");
+                self.push(e);
+                None
+            }
+        }
+    }
+
+    fn opt_mode(&mut self, m: &Option<Spanned<String>>) -> Option<Sourced<Mode>> {
+        let m = m.as_ref()?;
+        let value = self.mode(m)?;
+        Some(Sourced {
+            value,
+            source: self.src(m),
+        })
+    }
+
+    fn sysctls(&mut self, entries: Entries<RawSysctl>) -> BTreeMap<SysctlKey, SysctlRule> {
+        let mut out = BTreeMap::new();
+        for (key, value) in entries.0 {
+            let parsed_key = match SysctlKey::parse(&key.value) {
+                Ok(k) => Some(k),
+                Err(why) => {
+                    let hint = match why {
+                        KeyError::PathForm => format!(
+                            "write {:?}",
+                            crate::sysctl::conf::normalize_key(&key.value)
+                        ),
+                        KeyError::BadChar('*') => {
+                            "globs are not supported; list each key".to_string()
+                        }
+                        _ => "sysctl keys are dotted paths under /proc/sys, e.g. vm.overcommit_memory"
+                            .to_string(),
+                    };
+                    let e = self
+                        .error(&key, format!("sysctl key {:?} {why}", key.value))
+                        .with_hint(hint);
+                    self.push(e);
+                    None
+                }
+            };
+            let source = self.src(&key);
+            let value_source = self.src(&value);
+            let (expect, mode) = match value.value {
+                RawSysctl::Value(scalar) => {
+                    let spanned = Spanned::new(scalar, value.referenced, value.defined);
+                    (self.exact(&key.value, &spanned), None)
+                }
+                RawSysctl::Table(t) => {
+                    let mode = self.opt_mode(&t.mode).map(|m| m.value);
+                    let min = t.min.as_ref().and_then(|m| self.bound(&key.value, "min", m));
+                    let max = t.max.as_ref().and_then(|m| self.bound(&key.value, "max", m));
+                    let expect = match (&t.value, t.min.is_some() || t.max.is_some()) {
+                        (Some(v), false) => self.exact(&key.value, v),
+                        (Some(v), true) => {
+                            let e = self
+                                .error(v, format!("sysctl {}: `value` cannot be combined with `min` or `max`", key.value))
+                                .with_hint("use `value` for an exact value, or `min`/`max` for bounds");
+                            self.push(e);
+                            None
+                        }
+                        (None, false) => {
+                            let e = PolicyError::new(
+                                value_source.clone(),
+                                format!("sysctl {}: the mapping sets neither `value`, `min` nor `max`", key.value),
+                            );
+                            self.push(e);
+                            None
+                        }
+                        (None, true) => match (min, max) {
+                            (Some(lo), Some(hi)) if lo > hi => {
+                                let at = t.min.as_ref().expect("min parsed");
+                                let e = self
+                                    .error(at, format!("sysctl {}: min {lo} is above max {hi}", key.value))
+                                    .with_hint("no value could satisfy both bounds");
+                                self.push(e);
+                                None
+                            }
+                            (lo, hi) if lo.is_some() || hi.is_some() => {
+                                Some(Expect::Range { min: lo, max: hi })
+                            }
+                            // A bound that failed to parse has been reported.
+                            _ => None,
+                        },
+                    };
+                    (expect, mode)
+                }
+            };
+            if let (Some(key), Some(expect)) = (parsed_key, expect) {
+                out.insert(
+                    key.clone(),
+                    SysctlRule {
+                        key,
+                        expect,
+                        mode,
+                        source,
+                    },
+                );
+            }
+        }
+        out
+    }
+
+    fn exact(&mut self, key: &str, v: &Spanned<Scalar>) -> Option<Expect> {
+        let parsed = match &v.value {
+            Scalar::Int(n) => Ok(SysctlValue::from_int(*n)),
+            Scalar::Str(s) => SysctlValue::from_policy(s).map_err(|e| format!("value {s:?} {e}")),
+            Scalar::Bool(b) => Err(format!(
+                "value {b} is a boolean; the kernel takes numbers (write {})",
+                u8::from(*b)
+            )),
+            Scalar::Float(x) => Err(format!("value {x} is not an integer")),
+        };
+        match parsed {
+            Ok(value) => Some(Expect::Exact(value)),
+            Err(msg) => {
+                let e = self.error(v, format!("sysctl {key}: {msg}"));
+                self.push(e);
+                None
+            }
+        }
+    }
+
+    fn bound(&mut self, key: &str, which: &str, v: &Spanned<Scalar>) -> Option<i128> {
+        let parsed = match &v.value {
+            Scalar::Int(n) => Some(*n),
+            Scalar::Str(s) => SysctlValue::from_policy(s).ok().and_then(|v| v.as_single_int()),
+            _ => None,
+        };
+        if parsed.is_none() {
+            let e = self
+                .error(v, format!("sysctl {key}: `{which}` must be a single decimal number, not {}", v.value))
+                .with_hint("bounds apply to single-number keys; use an exact value for multi-value keys");
+            self.push(e);
+        }
+        parsed
+    }
+
+    fn limit_value(&mut self, what: &str, item: Option<LimitItem>, v: &Spanned<Scalar>) -> Option<LimitValue> {
+        let parsed = match &v.value {
+            Scalar::Int(-1) => Ok(LimitValue::Unlimited),
+            Scalar::Int(n) => match i64::try_from(*n) {
+                Ok(n) if n >= 0 || item.is_some_and(LimitItem::allows_negative) => Ok(LimitValue::Value(n)),
+                _ => Err(format!("{what} {n} is out of range")),
+            },
+            Scalar::Str(s) if s == "unlimited" || s == "infinity" => Ok(LimitValue::Unlimited),
+            other => Err(format!("{what} must be a number or `unlimited`, not {other}")),
+        };
+        match parsed {
+            Ok(value) => Some(value),
+            Err(msg) => {
+                let e = self.error(v, msg);
+                self.push(e);
+                None
+            }
+        }
+    }
+
+    fn limits(&mut self, raw: Vec<Spanned<RawLimit>>) -> Vec<LimitRule> {
+        let mut out: Vec<LimitRule> = Vec::new();
+        for entry in raw {
+            let l = &entry.value;
+            let domain = match Domain::parse(&l.domain.value) {
+                Ok(d) => Some(d),
+                Err(why) => {
+                    let e = self
+                        .error(&l.domain, format!("limits domain {:?} {why}", l.domain.value))
+                        .with_hint("a domain is `*`, a user, `@group`, `%group`, or a `uid:uid` / `@gid:gid` range");
+                    self.push(e);
+                    None
+                }
+            };
+            let item = LimitItem::parse(&l.item.value);
+            if item.is_none() {
+                let names: Vec<&str> = LimitItem::ALL.iter().map(|(n, _)| *n).collect();
+                let e = self
+                    .error(&l.item, format!("unknown limits item {:?}", l.item.value))
+                    .with_hint(format!("items are: {}", names.join(", ")));
+                self.push(e);
+            }
+            let soft = l.soft.as_ref().and_then(|v| self.limit_value("soft", item, v));
+            let hard = l.hard.as_ref().and_then(|v| self.limit_value("hard", item, v));
+            if l.soft.is_none() && l.hard.is_none() {
+                let e = self
+                    .error(&entry, "limits entry sets neither `soft` nor `hard`")
+                    .with_hint("give `soft`, `hard`, or both");
+                self.push(e);
+            }
+            if let (Some(s), Some(h)) = (soft, hard)
+                && !s.le(h)
+            {
+                let at = l.soft.as_ref().expect("soft parsed");
+                let e = self
+                    .error(at, format!("soft limit {s} is above hard limit {h}"))
+                    .with_hint("setrlimit refuses a soft limit above the hard one");
+                self.push(e);
+            }
+            let mode = self.opt_mode(&l.mode).map(|m| m.value);
+            let (Some(domain), Some(item)) = (domain, item) else {
+                continue;
+            };
+            if let Some(prev) = out.iter().find(|r| r.domain == domain && r.item == item) {
+                let e = self
+                    .error(&entry, format!("limits entry for {domain} {item} is given twice in this file (first at {})", prev.source))
+                    .with_hint("merge the two entries");
+                self.push(e);
+                continue;
+            }
+            out.push(LimitRule {
+                domain,
+                item,
+                soft,
+                hard,
+                mode,
+                source: self.src(&entry),
+            });
+        }
+        out
+    }
+
+    fn services(&mut self, entries: Entries<RawService>) -> BTreeMap<String, ServiceRule> {
+        let mut out = BTreeMap::new();
+        for (unit, svc) in entries.0 {
+            let source = self.src(&unit);
+            let unit_ok = self.unit_name(&unit);
+            let s = svc.value;
+            let slice = s.slice.as_ref().and_then(|sl| {
+                let name = self.slice_name(sl)?;
+                Some(Sourced {
+                    value: name,
+                    source: self.src(sl),
+                })
+            });
+            let limit_nofile = s.limit_nofile.as_ref().and_then(|v| {
+                let pair = self.limit_pair(v)?;
+                Some(Sourced {
+                    value: pair,
+                    source: self.src(v),
+                })
+            });
+            let mode = self.opt_mode(&s.mode);
+            if unit_ok {
+                out.insert(
+                    unit.value.clone(),
+                    ServiceRule {
+                        unit: unit.value,
+                        slice,
+                        limit_nofile,
+                        mode,
+                        source,
+                    },
+                );
+            }
+        }
+        out
+    }
+
+    fn unit_name(&mut self, unit: &Spanned<String>) -> bool {
+        let name = &unit.value;
+        let Some(stem) = name.strip_suffix(".service") else {
+            let e = self
+                .error(unit, format!("service {name:?} is not a service unit name"))
+                .with_hint(format!("write {:?}", format!("{name}.service")));
+            self.push(e);
+            return false;
+        };
+        let valid = !stem.is_empty()
+            && stem
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '.' | '\\' | '@' | '-'));
+        if !valid {
+            let e = self
+                .error(unit, format!("service {name:?} is not a valid unit name"))
+                .with_hint("unit names use letters, digits and : _ . \\ @ -");
+            self.push(e);
+        }
+        valid
+    }
+
+    fn slice_name(&mut self, s: &Spanned<String>) -> Option<String> {
+        let name = s.value.strip_suffix(".slice").unwrap_or(&s.value);
+        let valid = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+            && !name.starts_with('-')
+            && !name.ends_with('-')
+            && !name.contains("--");
+        if valid {
+            Some(name.to_string())
+        } else {
+            let e = self
+                .error(s, format!("slice name {:?} is not valid", s.value))
+                .with_hint("use letters, digits, `_` and single inner `-` (a dash nests the slice: a-b is inside a)");
+            self.push(e);
+            None
+        }
+    }
+
+    fn limit_pair(&mut self, v: &Spanned<Scalar>) -> Option<LimitPair> {
+        let parsed: Result<LimitPair, String> = match &v.value {
+            Scalar::Int(n) if *n >= 0 => i64::try_from(*n)
+                .map(|n| LimitPair {
+                    soft: LimitValue::Value(n),
+                    hard: LimitValue::Value(n),
+                })
+                .map_err(|_| format!("{n} is out of range")),
+            Scalar::Str(s) => {
+                let one = |t: &str| -> Result<LimitValue, String> {
+                    match t.trim() {
+                        "infinity" | "unlimited" => Ok(LimitValue::Unlimited),
+                        t => t
+                            .parse::<i64>()
+                            .ok()
+                            .filter(|n| *n >= 0)
+                            .map(LimitValue::Value)
+                            .ok_or_else(|| format!("{t:?} is not a number or `infinity`")),
+                    }
+                };
+                match s.split_once(':') {
+                    Some((a, b)) => one(a).and_then(|soft| Ok(LimitPair { soft, hard: one(b)? })),
+                    None => one(s).map(|v| LimitPair { soft: v, hard: v }),
+                }
+            }
+            other => Err(format!("{other} is not a limit")),
+        };
+        match parsed {
+            Ok(pair) if pair.soft.le(pair.hard) => Some(pair),
+            Ok(pair) => {
+                let e = self
+                    .error(v, format!("limit_nofile: soft limit {} is above hard limit {}", pair.soft, pair.hard))
+                    .with_hint("write SOFT:HARD with SOFT <= HARD");
+                self.push(e);
+                None
+            }
+            Err(msg) => {
+                let e = self
+                    .error(v, format!("limit_nofile: {msg}"))
+                    .with_hint("write a number (both limits), \"SOFT:HARD\", or \"infinity\"");
+                self.push(e);
+                None
+            }
+        }
+    }
+
+    fn cgroup(&mut self, raw: RawCgroup) -> CgroupPolicy {
+        let controllers = raw.controllers.map(|list| {
+            let mut names: Vec<String> = Vec::new();
+            let mut first_source = None;
+            for c in &list {
+                first_source.get_or_insert_with(|| self.src(c));
+                if !CONTROLLERS.contains(&c.value.as_str()) {
+                    let e = self
+                        .error(c, format!("unknown cgroup controller {:?}", c.value))
+                        .with_hint(format!("controllers are: {}", CONTROLLERS.join(", ")));
+                    self.push(e);
+                } else if names.contains(&c.value) {
+                    let e = self.error(c, format!("controller {:?} is listed twice", c.value));
+                    self.push(e);
+                } else {
+                    names.push(c.value.clone());
+                }
+            }
+            Sourced {
+                value: names,
+                source: first_source.unwrap_or_else(|| Source {
+                    file: self.file.clone(),
+                    line: 1,
+                    column: 1,
+                }),
+            }
+        });
+        let mut slices = BTreeMap::new();
+        for (name, slice) in raw.slices.map(|s| s.0).unwrap_or_default() {
+            let source = self.src(&name);
+            let valid_name = self.slice_name(&name);
+            let rule = self.slice(valid_name.clone().unwrap_or_default(), slice.value, source);
+            if let Some(n) = valid_name {
+                slices.insert(n, rule);
+            }
+        }
+        CgroupPolicy {
+            controllers,
+            slices,
+        }
+    }
+
+    fn slice(&mut self, name: String, raw: RawSlice, source: Source) -> SliceRule {
+        let bytes = |v: &Option<Spanned<Scalar>>, field: &str, me: &mut Self| {
+            let v = v.as_ref()?;
+            let parsed = match &v.value {
+                Scalar::Int(n) if *n >= 0 => u64::try_from(*n).map(Bytes::Value).map_err(|_| "is too large".to_string()),
+                Scalar::Str(s) => Bytes::parse(s),
+                other => Err(format!("{other} is not a size")),
+            };
+            match parsed {
+                Ok(b) => Some(Sourced { value: b, source: me.src(v) }),
+                Err(why) => {
+                    let e = me
+                        .error(v, format!("slice {name}: {field} {why}"))
+                        .with_hint("sizes are bytes, or a number with K, M, G, T (powers of 1024), or max");
+                    me.push(e);
+                    None
+                }
+            }
+        };
+        let memory_max = bytes(&raw.memory_max, "memory.max", self);
+        let memory_high = bytes(&raw.memory_high, "memory.high", self);
+        let cpu_max = raw.cpu_max.as_ref().and_then(|v| {
+            let parsed = match &v.value {
+                Scalar::Str(s) => CpuMax::parse(s),
+                Scalar::Int(n) => CpuMax::parse(&n.to_string()),
+                other => Err(format!("{other} is not a cpu.max value")),
+            };
+            match parsed {
+                Ok(c) => Some(Sourced { value: c, source: self.src(v) }),
+                Err(why) => {
+                    let e = self
+                        .error(v, format!("slice {name}: cpu.max {why}"))
+                        .with_hint("cpu.max is \"QUOTA PERIOD\" in microseconds, e.g. \"100000 1000000\" for 10% of one CPU");
+                    self.push(e);
+                    None
+                }
+            }
+        });
+        let pids_max = raw.pids_max.as_ref().and_then(|v| {
+            let parsed = match &v.value {
+                Scalar::Int(n) if *n >= 1 => u64::try_from(*n).ok().map(Count::Value),
+                Scalar::Str(s) if s == "max" || s == "infinity" => Some(Count::Max),
+                _ => None,
+            };
+            if parsed.is_none() {
+                let e = self
+                    .error(v, format!("slice {name}: pids.max {} is not a positive count or max", v.value));
+                self.push(e);
+            }
+            parsed.map(|c| Sourced { value: c, source: self.src(v) })
+        });
+        let mode = self.opt_mode(&raw.mode);
+        SliceRule {
+            name,
+            memory_max,
+            memory_high,
+            cpu_max,
+            pids_max,
+            mode,
+            source,
+        }
+    }
+
+    fn safety(&mut self, raw: RawSafety) -> Safety {
+        let overcommit_headroom_percent = raw.overcommit_headroom_percent.as_ref().and_then(|v| {
+            match &v.value {
+                Scalar::Int(n) if (0..=90).contains(n) => Some(Sourced {
+                    value: u8::try_from(*n).unwrap_or(u8::MAX),
+                    source: self.src(v),
+                }),
+                other => {
+                    let e = self
+                        .error(v, format!("overcommit_headroom_percent {other} is not a percentage from 0 to 90"));
+                    self.push(e);
+                    None
+                }
+            }
+        });
+        Safety {
+            overcommit_headroom_percent,
+        }
+    }
+}

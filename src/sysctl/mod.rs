@@ -1,0 +1,404 @@
+//! The sysctl model: keys, values and expectations, and how an observed value
+//! compares with an expectation. Pure: no I/O here (see `observe` for that).
+//!
+//! Kernel facts this follows (see the design notes):
+//! - reads end with a newline and multi-value keys are tab-separated, so values
+//!   are compared as whitespace-split tokens;
+//! - writes parse numbers with base 0 (`050` is octal), so holdfast always
+//!   writes canonical decimal, and the full vector for multi-value keys.
+
+pub mod conf;
+pub mod observe;
+
+use std::fmt;
+
+/// A validated sysctl key in dotted form, e.g. `net.ipv4.ip_local_port_range`.
+///
+/// As with sysctl(8), a `/` inside a dotted key stands for a literal dot in
+/// one path component, so `net.ipv4.conf.eth0/100.rp_filter` addresses
+/// `/proc/sys/net/ipv4/conf/eth0.100/rp_filter`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SysctlKey(String);
+
+/// Why a string is not a sysctl key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("is empty")]
+    Empty,
+    #[error("has fewer than two dot-separated parts")]
+    NoDot,
+    #[error("has an empty part")]
+    EmptyPart,
+    #[error("contains {0:?}, which cannot appear in a sysctl name")]
+    BadChar(char),
+    #[error("is written as a path; write it with dots")]
+    PathForm,
+    #[error("has a path component `.` or `..`")]
+    DotComponent,
+}
+
+impl SysctlKey {
+    pub fn parse(s: &str) -> Result<SysctlKey, KeyError> {
+        if s.is_empty() {
+            return Err(KeyError::Empty);
+        }
+        if s.starts_with('/') || (s.contains('/') && !s.contains('.')) {
+            return Err(KeyError::PathForm);
+        }
+        if let Some(c) = s
+            .chars()
+            .find(|c| c.is_whitespace() || c.is_control() || matches!(c, '*' | '?' | '=' | '['))
+        {
+            return Err(KeyError::BadChar(c));
+        }
+        let parts: Vec<&str> = s.split('.').collect();
+        if parts.len() < 2 {
+            return Err(KeyError::NoDot);
+        }
+        if parts.iter().any(|p| p.is_empty()) {
+            return Err(KeyError::EmptyPart);
+        }
+        let key = SysctlKey(s.to_string());
+        if key.path_components().any(|c| c == "." || c == ".." || c.is_empty()) {
+            return Err(KeyError::DotComponent);
+        }
+        Ok(key)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The components of the key's path under /proc/sys.
+    pub fn path_components(&self) -> impl Iterator<Item = String> + '_ {
+        self.0.split('.').map(|part| part.replace('/', "."))
+    }
+
+    /// Keys that belong to a network namespace rather than to the whole host.
+    pub fn is_per_netns(&self) -> bool {
+        self.0.starts_with("net.")
+    }
+}
+
+impl fmt::Display for SysctlKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One whitespace-separated field of a sysctl value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Token {
+    /// A decimal integer. i128 holds every u64 and i64 the kernel prints.
+    Int(i128),
+    /// Anything else (e.g. `kernel.core_pattern`), compared as text.
+    Word(String),
+}
+
+impl fmt::Display for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Token::Int(n) => write!(f, "{n}"),
+            Token::Word(w) => f.write_str(w),
+        }
+    }
+}
+
+/// Why a policy value is not a valid sysctl value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error("is empty")]
+    Empty,
+    #[error(
+        "field {0:?} is not canonical decimal: the kernel reads numbers with base 0 (`050` is octal 40, `0x32` is 50); write {1}"
+    )]
+    NotDecimal(String, String),
+    #[error("field {0:?} is not a valid number")]
+    BadNumber(String),
+}
+
+/// A sysctl value as a list of tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SysctlValue(Vec<Token>);
+
+impl SysctlValue {
+    pub fn tokens(&self) -> &[Token] {
+        &self.0
+    }
+
+    pub fn from_int(n: i128) -> SysctlValue {
+        SysctlValue(vec![Token::Int(n)])
+    }
+
+    /// Parses a value read from /proc/sys. Never fails: a field that is not a
+    /// decimal integer is kept as a word.
+    pub fn from_kernel(text: &str) -> SysctlValue {
+        SysctlValue(
+            text.split_whitespace()
+                .map(|t| match t.parse::<i128>() {
+                    Ok(n) => Token::Int(n),
+                    Err(_) => Token::Word(t.to_string()),
+                })
+                .collect(),
+        )
+    }
+
+    /// Parses a value written in a policy. Fields that look numeric must be
+    /// canonical decimal; anything else is a word.
+    pub fn from_policy(text: &str) -> Result<SysctlValue, ValueError> {
+        let mut tokens = Vec::new();
+        for field in text.split_whitespace() {
+            tokens.push(parse_policy_token(field)?);
+        }
+        if tokens.is_empty() {
+            return Err(ValueError::Empty);
+        }
+        Ok(SysctlValue(tokens))
+    }
+
+    /// The single integer of a scalar numeric value.
+    pub fn as_single_int(&self) -> Option<i128> {
+        match self.0.as_slice() {
+            [Token::Int(n)] => Some(*n),
+            _ => None,
+        }
+    }
+
+    /// The canonical text written to the kernel and to sysctl.d: decimal
+    /// numbers, fields separated by one space, the full vector.
+    pub fn canonical(&self) -> String {
+        let mut out = String::new();
+        for (i, t) in self.0.iter().enumerate() {
+            if i > 0 {
+                out.push(' ');
+            }
+            out.push_str(&t.to_string());
+        }
+        out
+    }
+}
+
+impl fmt::Display for SysctlValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.canonical())
+    }
+}
+
+fn parse_policy_token(field: &str) -> Result<Token, ValueError> {
+    let digits = field.strip_prefix('-').unwrap_or(field);
+    let looks_numeric = digits.starts_with(|c: char| c.is_ascii_digit());
+    if !looks_numeric {
+        return Ok(Token::Word(field.to_string()));
+    }
+    if digits.len() > 1 && digits.starts_with('0') {
+        let suggestion = parse_base0(field)
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "plain decimal".to_string());
+        return Err(ValueError::NotDecimal(field.to_string(), suggestion));
+    }
+    field
+        .parse::<i128>()
+        .map(Token::Int)
+        .map_err(|_| ValueError::BadNumber(field.to_string()))
+}
+
+/// What the kernel would make of a number (strtol with base 0); used only to
+/// suggest the decimal the user meant.
+fn parse_base0(field: &str) -> Option<i128> {
+    let (neg, digits) = match field.strip_prefix('-') {
+        Some(d) => (true, d),
+        None => (false, field),
+    };
+    let n = if let Some(hex) = digits
+        .strip_prefix("0x")
+        .or_else(|| digits.strip_prefix("0X"))
+    {
+        i128::from_str_radix(hex, 16).ok()?
+    } else {
+        i128::from_str_radix(digits, 8).ok()?
+    };
+    Some(if neg { -n } else { n })
+}
+
+/// What the policy asks of a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// Exactly this value (all fields).
+    Exact(SysctlValue),
+    /// A single number within bounds (either may be open).
+    Range { min: Option<i128>, max: Option<i128> },
+}
+
+/// How an observed value compares with an expectation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Comparison {
+    Compliant,
+    /// Not compliant; `target` is the value holdfast would write.
+    Drifted { target: SysctlValue },
+    /// The observed value cannot be compared (e.g. a bound on a multi-value
+    /// key); the string says why.
+    Incomparable(String),
+}
+
+impl Expect {
+    pub fn compare(&self, actual: &SysctlValue) -> Comparison {
+        match self {
+            Expect::Exact(want) => {
+                if want == actual {
+                    Comparison::Compliant
+                } else {
+                    Comparison::Drifted {
+                        target: want.clone(),
+                    }
+                }
+            }
+            Expect::Range { min, max } => {
+                let Some(n) = actual.as_single_int() else {
+                    return Comparison::Incomparable(format!(
+                        "a min/max bound needs a single number, the kernel has {actual:?}",
+                        actual = actual.canonical()
+                    ));
+                };
+                match (min, max) {
+                    (Some(lo), _) if n < *lo => Comparison::Drifted {
+                        target: SysctlValue::from_int(*lo),
+                    },
+                    (_, Some(hi)) if n > *hi => Comparison::Drifted {
+                        target: SysctlValue::from_int(*hi),
+                    },
+                    _ => Comparison::Compliant,
+                }
+            }
+        }
+    }
+
+    /// The value to persist (or write) when nothing better is known: the
+    /// exact value, else the bound.
+    pub fn default_target(&self) -> SysctlValue {
+        match self {
+            Expect::Exact(v) => v.clone(),
+            Expect::Range { min: Some(lo), .. } => SysctlValue::from_int(*lo),
+            Expect::Range { max: Some(hi), .. } => SysctlValue::from_int(*hi),
+            // Validation rejects a range with neither bound.
+            Expect::Range {
+                min: None,
+                max: None,
+            } => SysctlValue(Vec::new()),
+        }
+    }
+}
+
+impl fmt::Display for Expect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Expect::Exact(v) => write!(f, "{v}"),
+            Expect::Range {
+                min: Some(lo),
+                max: Some(hi),
+            } => write!(f, "{lo}..{hi}"),
+            Expect::Range { min: Some(lo), .. } => write!(f, ">= {lo}"),
+            Expect::Range { max: Some(hi), .. } => write!(f, "<= {hi}"),
+            Expect::Range { .. } => f.write_str("any"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys() {
+        let ok = |s: &str| SysctlKey::parse(s).map(|k| k.path_components().collect::<Vec<_>>());
+        assert_eq!(ok("vm.swappiness").unwrap(), ["vm", "swappiness"]);
+        assert_eq!(
+            ok("net.ipv4.conf.eth0/100.rp_filter").unwrap(),
+            ["net", "ipv4", "conf", "eth0.100", "rp_filter"]
+        );
+        assert_eq!(ok("swappiness"), Err(KeyError::NoDot));
+        assert_eq!(ok("vm..swappiness"), Err(KeyError::EmptyPart));
+        assert_eq!(ok("vm.swappiness."), Err(KeyError::EmptyPart));
+        assert_eq!(ok("vm/swappiness"), Err(KeyError::PathForm));
+        assert_eq!(ok("net.ipv4.conf.*.rp_filter"), Err(KeyError::BadChar('*')));
+        assert_eq!(ok("vm.swap piness"), Err(KeyError::BadChar(' ')));
+        assert_eq!(ok("net.x./"), Err(KeyError::DotComponent));
+        assert_eq!(ok("net.x.//"), Err(KeyError::DotComponent));
+        assert_eq!(ok(""), Err(KeyError::Empty));
+    }
+
+    #[test]
+    fn kernel_values_compare_as_tokens() {
+        let a = SysctlValue::from_kernel("32768\t60999\n");
+        let b = SysctlValue::from_policy("32768   60999").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.canonical(), "32768 60999");
+        assert_eq!(
+            SysctlValue::from_kernel("18446744073709551615\n").as_single_int(),
+            Some(18446744073709551615)
+        );
+        assert_eq!(
+            SysctlValue::from_kernel("|/usr/lib/systemd/systemd-coredump %P\n").canonical(),
+            "|/usr/lib/systemd/systemd-coredump %P"
+        );
+    }
+
+    #[test]
+    fn policy_numbers_must_be_canonical_decimal() {
+        assert_eq!(
+            SysctlValue::from_policy("050"),
+            Err(ValueError::NotDecimal("050".into(), "40".into()))
+        );
+        assert_eq!(
+            SysctlValue::from_policy("0x32"),
+            Err(ValueError::NotDecimal("0x32".into(), "50".into()))
+        );
+        assert_eq!(
+            SysctlValue::from_policy("12abc"),
+            Err(ValueError::BadNumber("12abc".into()))
+        );
+        assert_eq!(SysctlValue::from_policy("  "), Err(ValueError::Empty));
+        assert_eq!(
+            SysctlValue::from_policy("-1 0").unwrap().canonical(),
+            "-1 0"
+        );
+        assert_eq!(SysctlValue::from_policy("0").unwrap().as_single_int(), Some(0));
+    }
+
+    #[test]
+    fn comparisons() {
+        let v = |s: &str| SysctlValue::from_kernel(s);
+        let exact = Expect::Exact(v("2"));
+        assert_eq!(exact.compare(&v("2\n")), Comparison::Compliant);
+        assert_eq!(
+            exact.compare(&v("0\n")),
+            Comparison::Drifted { target: v("2") }
+        );
+        let min = Expect::Range {
+            min: Some(4096),
+            max: None,
+        };
+        assert_eq!(min.compare(&v("8192")), Comparison::Compliant);
+        assert_eq!(min.compare(&v("4096")), Comparison::Compliant);
+        assert_eq!(
+            min.compare(&v("128")),
+            Comparison::Drifted { target: v("4096") }
+        );
+        let max = Expect::Range {
+            min: None,
+            max: Some(0),
+        };
+        assert_eq!(
+            max.compare(&v("2")),
+            Comparison::Drifted { target: v("0") }
+        );
+        assert!(matches!(
+            max.compare(&v("1 2")),
+            Comparison::Incomparable(_)
+        ));
+        // A multi-value exact expectation with fewer fields is drift.
+        assert_eq!(
+            Expect::Exact(v("4 4 1 7")).compare(&v("4 4 1")),
+            Comparison::Drifted { target: v("4 4 1 7") }
+        );
+    }
+}
