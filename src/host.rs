@@ -207,7 +207,10 @@ mod tests {
     fn io_errors_name_their_path() {
         let err = read_to_string(Path::new("/nonexistent/holdfast/file")).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.starts_with("read /nonexistent/holdfast/file: "), "{msg}");
+        assert!(
+            msg.starts_with("read /nonexistent/holdfast/file: "),
+            "{msg}"
+        );
         assert_eq!(err.errno(), Some(2));
     }
 
@@ -223,6 +226,10 @@ mod tests {
             .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
             .collect();
         assert_eq!(got, vec!["a.conf", "b.conf"]);
-        assert!(list_files(&dir.path().join("missing"), ".conf").unwrap().is_empty());
+        assert!(
+            list_files(&dir.path().join("missing"), ".conf")
+                .unwrap()
+                .is_empty()
+        );
     }
 }

@@ -6,7 +6,12 @@
 //! for the map.
 
 pub mod cgroup;
+pub mod engine;
 pub mod host;
+pub mod item;
 pub mod limits;
 pub mod policy;
+pub mod report;
+pub mod safety;
+pub mod sources;
 pub mod sysctl;

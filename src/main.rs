@@ -1,1 +1,156 @@
-fn main() {}
+//! The `holdfast` command line. Errors become exit code 1 here, at the edge;
+//! everything below returns typed errors.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use holdfast::engine::{self, Pass};
+use holdfast::host::HostRoot;
+use holdfast::item;
+use holdfast::policy::{Policy, PolicyErrors};
+use holdfast::report::{self, TextStyle};
+use holdfast::sources::{self, LoadError};
+
+/// Exit codes, as terraform's `-detailed-exitcode`: config management can act
+/// on them.
+const EXIT_COMPLIANT: u8 = 0;
+const EXIT_ERROR: u8 = 1;
+const EXIT_DRIFT: u8 = 2;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "holdfast",
+    version,
+    about = "Keep a Linux host converged on a declarative hardening policy",
+    long_about = "holdfast reads a desired-state policy (YAML) and checks or converges the host on it: \
+sysctls in /proc/sys, persisted to /etc/sysctl.d so they hold across boots.\n\n\
+Exit codes: 0 = compliant, 1 = error (bad policy, I/O), 2 = drift found (check, plan) or left after apply.",
+    after_help = "Policy sources: --policy PATH (file or directory of *.yaml, repeatable); by default \
+/etc/holdfast/policy.d/*.yaml under --root, else the bundled baseline (audit mode)."
+)]
+struct Cli {
+    /// The host root: every host path (/proc, /sys, /etc, /run) is taken under it.
+    #[arg(long, global = true, value_name = "DIR", default_value = "/")]
+    root: PathBuf,
+
+    /// A policy file or directory of *.yaml files; repeatable, merged in order.
+    #[arg(long, global = true, value_name = "PATH")]
+    policy: Vec<PathBuf>,
+
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
+    format: Format,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Compare the host with the policy and report drift. Never writes.
+    Check,
+    /// Show what `apply` would change, with safety verdicts. Never writes.
+    Plan,
+    /// Run one reconcile pass: correct drift of settings in enforce mode,
+    /// persist enforced sysctls, verify by reading back.
+    Apply,
+    /// Validate policy files without looking at the host.
+    Validate {
+        /// Policy files or directories to validate together (merged in order).
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("holdfast: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+fn run(cli: &Cli) -> anyhow::Result<u8> {
+    let host = HostRoot::new(&cli.root);
+    match &cli.command {
+        Command::Validate { files } => validate(&host, files, cli.format),
+        Command::Check => pass(cli, &host, "check", TextStyle::Check, engine::plan),
+        Command::Plan => pass(cli, &host, "plan", TextStyle::Plan, engine::plan),
+        Command::Apply => pass(cli, &host, "apply", TextStyle::Apply, engine::apply),
+    }
+}
+
+fn pass(
+    cli: &Cli,
+    host: &HostRoot,
+    command: &str,
+    style: TextStyle,
+    run: fn(&HostRoot, &Policy) -> Pass,
+) -> anyhow::Result<u8> {
+    if !cli.root.is_dir() {
+        anyhow::bail!("--root {}: not a directory", cli.root.display());
+    }
+    let policy = match sources::load(host, &cli.policy) {
+        Ok(p) => p,
+        Err(LoadError::Invalid(errors)) => return Ok(report_invalid(&errors)),
+        Err(e) => return Err(e).context("cannot load the policy"),
+    };
+    let result = run(host, &policy);
+    match cli.format {
+        Format::Json => println!(
+            "{}",
+            report::to_json(command, &cli.root.display().to_string(), &policy, &result)
+        ),
+        Format::Text => print!("{}", report::to_text(&policy, &result, style)),
+    }
+    Ok(if item::all_compliant(&result.items) {
+        EXIT_COMPLIANT
+    } else {
+        EXIT_DRIFT
+    })
+}
+
+fn report_invalid(errors: &PolicyErrors) -> u8 {
+    eprintln!("{errors}");
+    eprintln!(
+        "holdfast: policy rejected ({} error{}); nothing was applied",
+        errors.0.len(),
+        if errors.0.len() == 1 { "" } else { "s" }
+    );
+    EXIT_ERROR
+}
+
+fn validate(host: &HostRoot, files: &[PathBuf], format: Format) -> anyhow::Result<u8> {
+    let read = sources::read(host, files).context("cannot read the policy")?;
+    let names: Vec<String> = read.files.iter().map(|(n, _)| n.clone()).collect();
+    let errors = match read.parse() {
+        Ok(_) => Vec::new(),
+        Err(PolicyErrors(errors)) => errors,
+    };
+    match format {
+        Format::Json => println!("{}", report::validation_json(names.clone(), &errors)),
+        Format::Text if errors.is_empty() => println!("valid: {}", names.join(", ")),
+        Format::Text => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+        }
+    }
+    Ok(if errors.is_empty() {
+        EXIT_COMPLIANT
+    } else {
+        EXIT_ERROR
+    })
+}

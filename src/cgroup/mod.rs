@@ -28,15 +28,16 @@ impl Bytes {
         let (digits, mult) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
             None => (t, 1u64),
             Some((i, _)) => {
-                let mult = match t[i..].trim().to_ascii_uppercase().as_str() {
+                let unit = t[i..].trim();
+                let mult = match unit.to_ascii_uppercase().as_str() {
                     "K" | "KB" | "KIB" => 1 << 10,
                     "M" | "MB" | "MIB" => 1 << 20,
                     "G" | "GB" | "GIB" => 1 << 30,
                     "T" | "TB" | "TIB" => 1 << 40,
                     "B" => 1,
-                    other => {
+                    _ => {
                         return Err(format!(
-                            "has an unknown unit {other:?}; use K, M, G or T (powers of 1024), bytes, or max"
+                            "has an unknown unit {unit:?}; use K, M, G or T (powers of 1024), bytes, or max"
                         ));
                     }
                 };
@@ -116,15 +117,14 @@ impl CpuMax {
                 );
             }
         };
-        let quota_us = if quota == "max" {
-            None
-        } else {
-            Some(
-                quota
-                    .parse::<u64>()
-                    .map_err(|_| format!("quota {quota:?} is not a number of microseconds or max"))?,
-            )
-        };
+        let quota_us =
+            if quota == "max" {
+                None
+            } else {
+                Some(quota.parse::<u64>().map_err(|_| {
+                    format!("quota {quota:?} is not a number of microseconds or max")
+                })?)
+            };
         let period_us = match period {
             None => CPU_DEFAULT_PERIOD_US,
             Some(p) => p
@@ -188,7 +188,11 @@ mod tests {
         );
         assert_eq!(CpuMax::parse("max").unwrap().to_string(), "max 100000");
         assert!(CpuMax::parse("999 100000").unwrap_err().contains("below"));
-        assert!(CpuMax::parse("50000 2000000").unwrap_err().contains("outside"));
+        assert!(
+            CpuMax::parse("50000 2000000")
+                .unwrap_err()
+                .contains("outside")
+        );
         assert!(CpuMax::parse("50000 999").unwrap_err().contains("outside"));
         assert!(CpuMax::parse("a b c").is_err());
     }

@@ -192,7 +192,16 @@ mod tests {
 
     #[test]
     fn domains_round_trip() {
-        for s in ["*", "@app", "%admins", "1000:", ":2000", "1000:2000", "@100:200", "alice"] {
+        for s in [
+            "*",
+            "@app",
+            "%admins",
+            "1000:",
+            ":2000",
+            "1000:2000",
+            "@100:200",
+            "alice",
+        ] {
             assert_eq!(Domain::parse(s).unwrap().to_string(), s);
         }
         assert!(Domain::parse("2000:1000").is_err());

@@ -48,7 +48,7 @@ impl fmt::Display for Scalar {
 #[derive(Debug)]
 pub enum RawSysctl {
     Value(Scalar),
-    Table(RawSysctlTable),
+    Table(Box<RawSysctlTable>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -201,7 +201,7 @@ impl<'de> Deserialize<'de> for RawSysctl {
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawSysctl, A::Error> {
                 RawSysctlTable::deserialize(de::value::MapAccessDeserializer::new(map))
-                    .map(RawSysctl::Table)
+                    .map(|t| RawSysctl::Table(Box::new(t)))
             }
         }
         d.deserialize_any(V)

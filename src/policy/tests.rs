@@ -1,15 +1,316 @@
+//! Data-driven tests of parsing and validation. Each case is a policy text;
+//! the expectations are insta snapshots (`INSTA_UPDATE=always cargo test` to
+//! regenerate, then review the diff).
+
 use super::*;
+use crate::limits::{Domain, LimitItem, LimitValue};
+use crate::sysctl::{SysctlValue, Token};
 
 fn parse(text: &str) -> Result<Policy, PolicyErrors> {
     Policy::from_files([("p.yaml", text)])
 }
 
-fn errors(text: &str) -> String {
-    parse(text).unwrap_err().to_string()
+/// Renders the errors of each case, so one snapshot shows every message.
+fn check_errors(cases: &[(&str, &str)]) -> String {
+    let mut out = String::new();
+    for (name, text) in cases {
+        out.push_str(&format!("### {name}\n"));
+        match parse(text) {
+            Ok(_) => out.push_str("(valid)\n"),
+            Err(e) => {
+                out.push_str(&e.to_string());
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+const ISSUE_EXAMPLE: &str = r#"version: 1
+mode: enforce            # enforce = correct drift; audit = report only (the default)
+sysctl:
+  vm.overcommit_memory: 2                       # exact value
+  vm.overcommit_ratio: 80
+  net.ipv4.ip_local_port_range: "32768 60999"   # multi-value key: all fields, whitespace-insensitive
+  net.core.somaxconn: {min: 4096}               # at least (a higher value is compliant)
+  kernel.pid_max: {min: 4194304, mode: audit}   # per-item mode overrides the policy's
+  fs.suid_dumpable: {max: 0}                    # at most
+limits:
+  - {domain: "*", item: nofile, soft: 65536, hard: 65536}
+  - {domain: "@app", item: nproc, soft: 8192, hard: 8192}
+services:
+  myapp.service: {slice: go-app, limit_nofile: 65536}
+cgroup:
+  controllers: [cpu, memory, pids, io]
+  slices:
+    go-app: {memory.max: 100M, memory.high: 90M, cpu.max: "100000 1000000", pids.max: 512}
+"#;
+
+#[test]
+fn the_format_example_means_what_its_comments_say() {
+    let p = parse(ISSUE_EXAMPLE).unwrap();
+    assert_eq!(p.default_mode(), Mode::Enforce);
+    let rule = |k: &str| &p.sysctls[&SysctlKey::parse(k).unwrap()];
+    assert_eq!(
+        rule("vm.overcommit_memory").expect,
+        Expect::Exact(SysctlValue::from_int(2))
+    );
+    assert_eq!(
+        rule("net.ipv4.ip_local_port_range").expect,
+        Expect::Exact(SysctlValue::from_kernel("32768\t60999"))
+    );
+    assert_eq!(
+        rule("net.core.somaxconn").expect,
+        Expect::Range {
+            min: Some(4096),
+            max: None
+        }
+    );
+    assert_eq!(rule("kernel.pid_max").mode, Some(Mode::Audit));
+    assert_eq!(p.mode_of(rule("kernel.pid_max").mode), Mode::Audit);
+    assert_eq!(p.mode_of(rule("net.core.somaxconn").mode), Mode::Enforce);
+    assert_eq!(
+        rule("fs.suid_dumpable").expect,
+        Expect::Range {
+            min: None,
+            max: Some(0)
+        }
+    );
+    // Sources are the line of the key.
+    assert_eq!(rule("vm.overcommit_ratio").source.line, 5);
+    assert_eq!(rule("fs.suid_dumpable").source.to_string(), "p.yaml:9");
+
+    assert_eq!(p.limits.len(), 2);
+    assert_eq!(p.limits[0].domain, Domain::All);
+    assert_eq!(p.limits[0].item, LimitItem::Nofile);
+    assert_eq!(p.limits[0].soft, Some(LimitValue::Value(65536)));
+    assert_eq!(p.limits[1].domain, Domain::Group("app".into()));
+    assert_eq!(p.limits[1].source.line, 12);
+
+    let svc = &p.services["myapp.service"];
+    assert_eq!(svc.slice.as_ref().unwrap().value, "go-app");
+    assert_eq!(
+        svc.limit_nofile.as_ref().unwrap().value,
+        LimitPair {
+            soft: LimitValue::Value(65536),
+            hard: LimitValue::Value(65536)
+        }
+    );
+
+    let cg = &p.cgroup;
+    assert_eq!(
+        cg.controllers.as_ref().unwrap().value,
+        ["cpu", "memory", "pids", "io"]
+    );
+    let slice = &cg.slices["go-app"];
+    assert_eq!(
+        slice.memory_max.as_ref().unwrap().value,
+        Bytes::Value(104_857_600)
+    );
+    assert_eq!(
+        slice.memory_high.as_ref().unwrap().value,
+        Bytes::Value(90 << 20)
+    );
+    assert_eq!(
+        slice.cpu_max.as_ref().unwrap().value,
+        CpuMax {
+            quota_us: Some(100_000),
+            period_us: 1_000_000
+        }
+    );
+    assert_eq!(slice.pids_max.as_ref().unwrap().value, Count::Value(512));
 }
 
 #[test]
-fn smoke() {
+fn string_values_keep_words() {
+    let p = parse("version: 1\nsysctl:\n  kernel.core_pattern: \"|/bin/false %p\"\n").unwrap();
+    let rule = p.sysctls.values().next().unwrap();
+    let Expect::Exact(v) = &rule.expect else {
+        panic!("exact expected")
+    };
+    assert_eq!(
+        v.tokens(),
+        [Token::Word("|/bin/false".into()), Token::Word("%p".into())]
+    );
+}
+
+#[test]
+fn mode_defaults_to_audit() {
     let p = parse("version: 1\nsysctl:\n  vm.swappiness: 10\n").unwrap();
-    assert_eq!(p.sysctls.len(), 1);
+    assert_eq!(p.default_mode(), Mode::Audit);
+}
+
+#[test]
+fn later_files_override_key_by_key_and_keep_their_sources() {
+    let a = "version: 1\nmode: audit\nsysctl:\n  vm.swappiness: 10\n  vm.overcommit_ratio: 80\nlimits:\n  - {domain: \"*\", item: nofile, soft: 1024, hard: 4096}\nservices:\n  a.service: {slice: one, limit_nofile: 100}\ncgroup:\n  slices:\n    one: {memory.max: 1G, pids.max: 10}\n";
+    let b = "version: 1\nmode: enforce\nsysctl:\n  vm.swappiness: 1\nlimits:\n  - {domain: \"*\", item: nofile, soft: 65536, hard: 65536}\nservices:\n  a.service: {limit_nofile: 200}\ncgroup:\n  slices:\n    one: {pids.max: 20}\n";
+    let p = Policy::from_files([("10-a.yaml", a), ("20-b.yaml", b)]).unwrap();
+    assert_eq!(p.files, ["10-a.yaml", "20-b.yaml"]);
+    assert_eq!(p.default_mode(), Mode::Enforce);
+    assert_eq!(p.mode.as_ref().unwrap().source.to_string(), "20-b.yaml:2");
+    let swappiness = &p.sysctls[&SysctlKey::parse("vm.swappiness").unwrap()];
+    assert_eq!(swappiness.expect, Expect::Exact(SysctlValue::from_int(1)));
+    assert_eq!(swappiness.source.to_string(), "20-b.yaml:4");
+    let ratio = &p.sysctls[&SysctlKey::parse("vm.overcommit_ratio").unwrap()];
+    assert_eq!(ratio.source.to_string(), "10-a.yaml:5");
+    assert_eq!(p.limits.len(), 1);
+    assert_eq!(p.limits[0].soft, Some(LimitValue::Value(65536)));
+    assert_eq!(p.limits[0].source.file.as_ref(), "20-b.yaml");
+    let svc = &p.services["a.service"];
+    assert_eq!(
+        svc.slice.as_ref().unwrap().source.to_string(),
+        "10-a.yaml:9"
+    );
+    assert_eq!(
+        svc.limit_nofile.as_ref().unwrap().source.to_string(),
+        "20-b.yaml:8"
+    );
+    let slice = &p.cgroup.slices["one"];
+    assert_eq!(
+        slice.memory_max.as_ref().unwrap().value,
+        Bytes::Value(1 << 30)
+    );
+    assert_eq!(slice.pids_max.as_ref().unwrap().value, Count::Value(20));
+}
+
+#[test]
+fn errors_in_several_files_are_all_reported() {
+    let err = Policy::from_files([
+        ("a.yaml", "version: 1\nmode: loud\n"),
+        ("b.yaml", "version: 1\nsysctl:\n  swappiness: 1\n"),
+    ])
+    .unwrap_err();
+    let files: Vec<&str> = err.0.iter().map(|e| e.source.file.as_ref()).collect();
+    assert_eq!(files, ["a.yaml", "b.yaml"]);
+}
+
+#[test]
+fn validation_errors_name_file_line_and_column() {
+    insta::assert_snapshot!(check_errors(&[
+        (
+            "unknown top-level field",
+            "version: 1\nsysctls:\n  vm.swappiness: 1\n"
+        ),
+        (
+            "unknown field in a sysctl table",
+            "version: 1\nsysctl:\n  net.core.somaxconn: {mni: 4096}\n"
+        ),
+        ("missing version", "mode: audit\n"),
+        ("unsupported version", "version: 2\n"),
+        ("unknown mode", "version: 1\nmode: enforcing\n"),
+        (
+            "unknown per-item mode",
+            "version: 1\nsysctl:\n  vm.swappiness: {value: 1, mode: strict}\n"
+        ),
+        (
+            "key without dots",
+            "version: 1\nsysctl:\n  swappiness: 10\n"
+        ),
+        (
+            "key in path form",
+            "version: 1\nsysctl:\n  vm/swappiness: 10\n"
+        ),
+        (
+            "glob key",
+            "version: 1\nsysctl:\n  net.ipv4.conf.*.rp_filter: 1\n"
+        ),
+        (
+            "octal-looking value",
+            "version: 1\nsysctl:\n  vm.swappiness: \"010\"\n"
+        ),
+        (
+            "hex value",
+            "version: 1\nsysctl:\n  vm.swappiness: \"0x10\"\n"
+        ),
+        (
+            "boolean value",
+            "version: 1\nsysctl:\n  net.ipv4.ip_forward: true\n"
+        ),
+        ("float value", "version: 1\nsysctl:\n  vm.swappiness: 1.5\n"),
+        (
+            "min above max",
+            "version: 1\nsysctl:\n  vm.swappiness: {min: 60, max: 10}\n"
+        ),
+        (
+            "value with min",
+            "version: 1\nsysctl:\n  vm.swappiness: {value: 10, min: 5}\n"
+        ),
+        (
+            "empty table",
+            "version: 1\nsysctl:\n  vm.swappiness: {mode: audit}\n"
+        ),
+        (
+            "bound on multi-value",
+            "version: 1\nsysctl:\n  net.ipv4.ip_local_port_range: {min: \"1 2\"}\n"
+        ),
+        (
+            "duplicate key",
+            "version: 1\nsysctl:\n  vm.swappiness: 1\n  vm.swappiness: 2\n"
+        ),
+        (
+            "wrong type for a section",
+            "version: 1\nsysctl: [vm.swappiness]\n"
+        ),
+        ("yaml syntax", "version: 1\nsysctl:\n  vm.swappiness: [1\n"),
+        (
+            "limits: bad domain, item, soft above hard",
+            "version: 1\nlimits:\n  - {domain: \"2000:1000\", item: nofiles, soft: 10, hard: 5}\n  - {domain: \"*\", item: nofile, soft: 10, hard: 5}\n"
+        ),
+        (
+            "limits: no soft nor hard",
+            "version: 1\nlimits:\n  - {domain: \"*\", item: nofile}\n"
+        ),
+        (
+            "limits: twice in one file",
+            "version: 1\nlimits:\n  - {domain: \"*\", item: nofile, soft: 1}\n  - {domain: \"*\", item: nofile, hard: 2}\n"
+        ),
+        (
+            "limits: bad value",
+            "version: 1\nlimits:\n  - {domain: \"*\", item: nofile, soft: lots}\n"
+        ),
+        (
+            "service without suffix",
+            "version: 1\nservices:\n  myapp: {limit_nofile: 1024}\n"
+        ),
+        (
+            "service limit soft above hard",
+            "version: 1\nservices:\n  myapp.service: {limit_nofile: \"2048:1024\"}\n"
+        ),
+        (
+            "service bad slice name",
+            "version: 1\nservices:\n  myapp.service: {slice: \"go app\"}\n"
+        ),
+        (
+            "unknown controller",
+            "version: 1\ncgroup:\n  controllers: [cpu, memroy]\n"
+        ),
+        (
+            "bad sizes",
+            "version: 1\ncgroup:\n  slices:\n    a: {memory.max: 10X, memory.high: lots}\n"
+        ),
+        (
+            "cpu.max quota below 1 ms",
+            "version: 1\ncgroup:\n  slices:\n    a: {cpu.max: \"500 100000\"}\n"
+        ),
+        (
+            "cpu.max period above 1 s",
+            "version: 1\ncgroup:\n  slices:\n    a: {cpu.max: \"100000 2000000\"}\n"
+        ),
+        (
+            "pids.max zero",
+            "version: 1\ncgroup:\n  slices:\n    a: {pids.max: 0}\n"
+        ),
+        (
+            "memory.high above memory.max",
+            "version: 1\ncgroup:\n  slices:\n    a: {memory.max: 100M, memory.high: 200M}\n"
+        ),
+        (
+            "headroom out of range",
+            "version: 1\nsafety:\n  overcommit_headroom_percent: 95\n"
+        ),
+        (
+            "several errors at once",
+            "version: 1\nmode: x\nsysctl:\n  a: 1\n  vm.swappiness: \"08\"\n"
+        ),
+    ]));
 }

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use serde_saphyr::{Location, MessageFormatter, Spanned};
 
-use super::raw::{Entries, RawCgroup, RawDoc, RawLimit, RawSafety, RawService, RawSlice, RawSysctl, Scalar};
+use super::raw::{
+    Entries, RawCgroup, RawDoc, RawLimit, RawSafety, RawService, RawSlice, RawSysctl, Scalar,
+};
 use super::{
     CgroupPolicy, FORMAT_VERSION, LimitPair, LimitRule, Mode, Policy, PolicyError, Safety,
     ServiceRule, SliceRule, Source, Sourced, SysctlRule,
@@ -55,7 +57,9 @@ pub fn merged(policy: &Policy) -> Vec<PolicyError> {
                         slice.name, max.source
                     ),
                 )
-                .with_hint("memory.high throttles before memory.max kills; keep it at or below memory.max"),
+                .with_hint(
+                    "memory.high throttles before memory.max kills; keep it at or below memory.max",
+                ),
             );
         }
     }
@@ -72,11 +76,20 @@ fn at(file: &Arc<str>, loc: &Location) -> Source {
 
 /// A hint for the common serde errors, so a user learns what would be right.
 fn syntax_error(source: Source, message: &str) -> PolicyError {
+    if let Some(rest) = message.strip_prefix("duplicate mapping key: ") {
+        let key = rest.split(',').next().unwrap_or(rest);
+        return PolicyError::new(source, format!("`{key}` is given twice in this mapping"))
+            .with_hint("within one file each key appears once; a later file may override it");
+    }
     let err = PolicyError::new(source, message.to_string());
     if message.contains("unknown field") {
         err.with_hint("check the spelling; the fields this place accepts are listed above")
     } else if message.contains("missing field `version`") {
         err.with_hint("every policy file starts with `version: 1`")
+    } else if message.contains("expected mapping") {
+        err.with_hint(
+            "this section is a mapping of `name: value` lines; see the policy format in README",
+        )
     } else {
         err
     }
@@ -103,14 +116,21 @@ impl Validator {
     fn doc(&mut self, raw: RawDoc) -> Policy {
         if raw.version.value != FORMAT_VERSION {
             let e = self
-                .error(&raw.version, format!("unsupported policy version {}", raw.version.value))
+                .error(
+                    &raw.version,
+                    format!("unsupported policy version {}", raw.version.value),
+                )
                 .with_hint("this holdfast reads `version: 1`");
             self.push(e);
         }
-        let mode = raw.mode.as_ref().and_then(|m| self.mode(m)).map(|value| Sourced {
-            value,
-            source: self.src(raw.mode.as_ref().expect("checked above")),
-        });
+        let mode = raw
+            .mode
+            .as_ref()
+            .and_then(|m| self.mode(m))
+            .map(|value| Sourced {
+                value,
+                source: self.src(raw.mode.as_ref().expect("checked above")),
+            });
         let sysctls = raw.sysctl.map(|e| self.sysctls(e)).unwrap_or_default();
         let limits = raw.limits.map(|l| self.limits(l)).unwrap_or_default();
         let services = raw.services.map(|s| self.services(s)).unwrap_or_default();
@@ -183,21 +203,38 @@ impl Validator {
                 }
                 RawSysctl::Table(t) => {
                     let mode = self.opt_mode(&t.mode).map(|m| m.value);
-                    let min = t.min.as_ref().and_then(|m| self.bound(&key.value, "min", m));
-                    let max = t.max.as_ref().and_then(|m| self.bound(&key.value, "max", m));
+                    let min = t
+                        .min
+                        .as_ref()
+                        .and_then(|m| self.bound(&key.value, "min", m));
+                    let max = t
+                        .max
+                        .as_ref()
+                        .and_then(|m| self.bound(&key.value, "max", m));
                     let expect = match (&t.value, t.min.is_some() || t.max.is_some()) {
                         (Some(v), false) => self.exact(&key.value, v),
                         (Some(v), true) => {
                             let e = self
-                                .error(v, format!("sysctl {}: `value` cannot be combined with `min` or `max`", key.value))
-                                .with_hint("use `value` for an exact value, or `min`/`max` for bounds");
+                                .error(
+                                    v,
+                                    format!(
+                                        "sysctl {}: `value` cannot be combined with `min` or `max`",
+                                        key.value
+                                    ),
+                                )
+                                .with_hint(
+                                    "use `value` for an exact value, or `min`/`max` for bounds",
+                                );
                             self.push(e);
                             None
                         }
                         (None, false) => {
                             let e = PolicyError::new(
                                 value_source.clone(),
-                                format!("sysctl {}: the mapping sets neither `value`, `min` nor `max`", key.value),
+                                format!(
+                                    "sysctl {}: the mapping sets neither `value`, `min` nor `max`",
+                                    key.value
+                                ),
                             );
                             self.push(e);
                             None
@@ -206,7 +243,10 @@ impl Validator {
                             (Some(lo), Some(hi)) if lo > hi => {
                                 let at = t.min.as_ref().expect("min parsed");
                                 let e = self
-                                    .error(at, format!("sysctl {}: min {lo} is above max {hi}", key.value))
+                                    .error(
+                                        at,
+                                        format!("sysctl {}: min {lo} is above max {hi}", key.value),
+                                    )
                                     .with_hint("no value could satisfy both bounds");
                                 self.push(e);
                                 None
@@ -239,7 +279,10 @@ impl Validator {
     fn exact(&mut self, key: &str, v: &Spanned<Scalar>) -> Option<Expect> {
         let parsed = match &v.value {
             Scalar::Int(n) => Ok(SysctlValue::from_int(*n)),
-            Scalar::Str(s) => SysctlValue::from_policy(s).map_err(|e| format!("value {s:?} {e}")),
+            Scalar::Str(s) if s.split_whitespace().count() > 1 => {
+                SysctlValue::from_policy(s).map_err(|e| format!("value {s:?}: {e}"))
+            }
+            Scalar::Str(s) => SysctlValue::from_policy(s).map_err(|e| format!("value {e}")),
             Scalar::Bool(b) => Err(format!(
                 "value {b} is a boolean; the kernel takes numbers (write {})",
                 u8::from(*b)
@@ -259,27 +302,46 @@ impl Validator {
     fn bound(&mut self, key: &str, which: &str, v: &Spanned<Scalar>) -> Option<i128> {
         let parsed = match &v.value {
             Scalar::Int(n) => Some(*n),
-            Scalar::Str(s) => SysctlValue::from_policy(s).ok().and_then(|v| v.as_single_int()),
+            Scalar::Str(s) => SysctlValue::from_policy(s)
+                .ok()
+                .and_then(|v| v.as_single_int()),
             _ => None,
         };
         if parsed.is_none() {
             let e = self
-                .error(v, format!("sysctl {key}: `{which}` must be a single decimal number, not {}", v.value))
-                .with_hint("bounds apply to single-number keys; use an exact value for multi-value keys");
+                .error(
+                    v,
+                    format!(
+                        "sysctl {key}: `{which}` must be a single decimal number, not {}",
+                        v.value
+                    ),
+                )
+                .with_hint(
+                    "bounds apply to single-number keys; use an exact value for multi-value keys",
+                );
             self.push(e);
         }
         parsed
     }
 
-    fn limit_value(&mut self, what: &str, item: Option<LimitItem>, v: &Spanned<Scalar>) -> Option<LimitValue> {
+    fn limit_value(
+        &mut self,
+        what: &str,
+        item: Option<LimitItem>,
+        v: &Spanned<Scalar>,
+    ) -> Option<LimitValue> {
         let parsed = match &v.value {
             Scalar::Int(-1) => Ok(LimitValue::Unlimited),
             Scalar::Int(n) => match i64::try_from(*n) {
-                Ok(n) if n >= 0 || item.is_some_and(LimitItem::allows_negative) => Ok(LimitValue::Value(n)),
+                Ok(n) if n >= 0 || item.is_some_and(LimitItem::allows_negative) => {
+                    Ok(LimitValue::Value(n))
+                }
                 _ => Err(format!("{what} {n} is out of range")),
             },
             Scalar::Str(s) if s == "unlimited" || s == "infinity" => Ok(LimitValue::Unlimited),
-            other => Err(format!("{what} must be a number or `unlimited`, not {other}")),
+            other => Err(format!(
+                "{what} must be a number or `unlimited`, not {other}"
+            )),
         };
         match parsed {
             Ok(value) => Some(value),
@@ -313,8 +375,14 @@ impl Validator {
                     .with_hint(format!("items are: {}", names.join(", ")));
                 self.push(e);
             }
-            let soft = l.soft.as_ref().and_then(|v| self.limit_value("soft", item, v));
-            let hard = l.hard.as_ref().and_then(|v| self.limit_value("hard", item, v));
+            let soft = l
+                .soft
+                .as_ref()
+                .and_then(|v| self.limit_value("soft", item, v));
+            let hard = l
+                .hard
+                .as_ref()
+                .and_then(|v| self.limit_value("hard", item, v));
             if l.soft.is_none() && l.hard.is_none() {
                 let e = self
                     .error(&entry, "limits entry sets neither `soft` nor `hard`")
@@ -400,9 +468,9 @@ impl Validator {
             return false;
         };
         let valid = !stem.is_empty()
-            && stem
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '.' | '\\' | '@' | '-'));
+            && stem.chars().all(|c| {
+                c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '.' | '\\' | '@' | '-')
+            });
         if !valid {
             let e = self
                 .error(unit, format!("service {name:?} is not a valid unit name"))
@@ -453,7 +521,12 @@ impl Validator {
                     }
                 };
                 match s.split_once(':') {
-                    Some((a, b)) => one(a).and_then(|soft| Ok(LimitPair { soft, hard: one(b)? })),
+                    Some((a, b)) => one(a).and_then(|soft| {
+                        Ok(LimitPair {
+                            soft,
+                            hard: one(b)?,
+                        })
+                    }),
                     None => one(s).map(|v| LimitPair { soft: v, hard: v }),
                 }
             }
@@ -463,7 +536,13 @@ impl Validator {
             Ok(pair) if pair.soft.le(pair.hard) => Some(pair),
             Ok(pair) => {
                 let e = self
-                    .error(v, format!("limit_nofile: soft limit {} is above hard limit {}", pair.soft, pair.hard))
+                    .error(
+                        v,
+                        format!(
+                            "limit_nofile: soft limit {} is above hard limit {}",
+                            pair.soft, pair.hard
+                        ),
+                    )
                     .with_hint("write SOFT:HARD with SOFT <= HARD");
                 self.push(e);
                 None
@@ -524,16 +603,23 @@ impl Validator {
         let bytes = |v: &Option<Spanned<Scalar>>, field: &str, me: &mut Self| {
             let v = v.as_ref()?;
             let parsed = match &v.value {
-                Scalar::Int(n) if *n >= 0 => u64::try_from(*n).map(Bytes::Value).map_err(|_| "is too large".to_string()),
+                Scalar::Int(n) if *n >= 0 => u64::try_from(*n)
+                    .map(Bytes::Value)
+                    .map_err(|_| "is too large".to_string()),
                 Scalar::Str(s) => Bytes::parse(s),
                 other => Err(format!("{other} is not a size")),
             };
             match parsed {
-                Ok(b) => Some(Sourced { value: b, source: me.src(v) }),
+                Ok(b) => Some(Sourced {
+                    value: b,
+                    source: me.src(v),
+                }),
                 Err(why) => {
                     let e = me
                         .error(v, format!("slice {name}: {field} {why}"))
-                        .with_hint("sizes are bytes, or a number with K, M, G, T (powers of 1024), or max");
+                        .with_hint(
+                            "sizes are bytes, or a number with K, M, G, T (powers of 1024), or max",
+                        );
                     me.push(e);
                     None
                 }
@@ -565,11 +651,19 @@ impl Validator {
                 _ => None,
             };
             if parsed.is_none() {
-                let e = self
-                    .error(v, format!("slice {name}: pids.max {} is not a positive count or max", v.value));
+                let e = self.error(
+                    v,
+                    format!(
+                        "slice {name}: pids.max {} is not a positive count or max",
+                        v.value
+                    ),
+                );
                 self.push(e);
             }
-            parsed.map(|c| Sourced { value: c, source: self.src(v) })
+            parsed.map(|c| Sourced {
+                value: c,
+                source: self.src(v),
+            })
         });
         let mode = self.opt_mode(&raw.mode);
         SliceRule {
@@ -584,20 +678,25 @@ impl Validator {
     }
 
     fn safety(&mut self, raw: RawSafety) -> Safety {
-        let overcommit_headroom_percent = raw.overcommit_headroom_percent.as_ref().and_then(|v| {
-            match &v.value {
-                Scalar::Int(n) if (0..=90).contains(n) => Some(Sourced {
-                    value: u8::try_from(*n).unwrap_or(u8::MAX),
-                    source: self.src(v),
-                }),
-                other => {
-                    let e = self
-                        .error(v, format!("overcommit_headroom_percent {other} is not a percentage from 0 to 90"));
-                    self.push(e);
-                    None
-                }
-            }
-        });
+        let overcommit_headroom_percent =
+            raw.overcommit_headroom_percent
+                .as_ref()
+                .and_then(|v| match &v.value {
+                    Scalar::Int(n) if (0..=90).contains(n) => Some(Sourced {
+                        value: u8::try_from(*n).unwrap_or(u8::MAX),
+                        source: self.src(v),
+                    }),
+                    other => {
+                        let e = self.error(
+                        v,
+                        format!(
+                            "overcommit_headroom_percent {other} is not a percentage from 0 to 90"
+                        ),
+                    );
+                        self.push(e);
+                        None
+                    }
+                });
         Safety {
             overcommit_headroom_percent,
         }

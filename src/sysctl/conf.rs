@@ -133,14 +133,31 @@ mod tests {
         let got = parse(Path::new("/etc/sysctl.d/10-a.conf"), text);
         let summary: Vec<_> = got
             .iter()
-            .map(|a| (a.line, a.key.as_str(), a.value.canonical(), a.ignore_failure))
+            .map(|a| {
+                (
+                    a.line,
+                    a.key.as_str(),
+                    a.value.canonical(),
+                    a.ignore_failure,
+                )
+            })
             .collect();
         assert_eq!(
             summary,
             vec![
                 (4, "vm.swappiness", "10".to_string(), false),
-                (5, "net.ipv4.ip_local_port_range", "1024 65000".to_string(), true),
-                (7, "net.ipv4.conf.eth0/100.rp_filter", "2".to_string(), false),
+                (
+                    5,
+                    "net.ipv4.ip_local_port_range",
+                    "1024 65000".to_string(),
+                    true
+                ),
+                (
+                    7,
+                    "net.ipv4.conf.eth0/100.rp_filter",
+                    "2".to_string(),
+                    false
+                ),
             ]
         );
     }
@@ -167,8 +184,14 @@ mod tests {
 
     #[test]
     fn globs_match_one_component() {
-        assert!(key_matches("net.ipv4.conf.*.rp_filter", "net.ipv4.conf.all.rp_filter"));
-        assert!(!key_matches("net.ipv4.conf.*.rp_filter", "net.ipv4.conf.rp_filter"));
+        assert!(key_matches(
+            "net.ipv4.conf.*.rp_filter",
+            "net.ipv4.conf.all.rp_filter"
+        ));
+        assert!(!key_matches(
+            "net.ipv4.conf.*.rp_filter",
+            "net.ipv4.conf.rp_filter"
+        ));
         assert!(key_matches("vm.swappines?", "vm.swappiness"));
         assert!(!key_matches("vm.swappiness", "vm.swappines"));
     }

@@ -9,6 +9,7 @@
 
 pub mod conf;
 pub mod observe;
+pub mod plan;
 
 use std::fmt;
 
@@ -59,7 +60,10 @@ impl SysctlKey {
             return Err(KeyError::EmptyPart);
         }
         let key = SysctlKey(s.to_string());
-        if key.path_components().any(|c| c == "." || c == ".." || c.is_empty()) {
+        if key
+            .path_components()
+            .any(|c| c == "." || c == ".." || c.is_empty())
+        {
             return Err(KeyError::DotComponent);
         }
         Ok(key)
@@ -110,10 +114,10 @@ pub enum ValueError {
     #[error("is empty")]
     Empty,
     #[error(
-        "field {0:?} is not canonical decimal: the kernel reads numbers with base 0 (`050` is octal 40, `0x32` is 50); write {1}"
+        "{0:?} is not canonical decimal: the kernel reads numbers with base 0 (`050` is octal 40, `0x32` is 50); write {1}"
     )]
     NotDecimal(String, String),
-    #[error("field {0:?} is not a valid number")]
+    #[error("{0:?} is not a valid number")]
     BadNumber(String),
 }
 
@@ -226,7 +230,10 @@ pub enum Expect {
     /// Exactly this value (all fields).
     Exact(SysctlValue),
     /// A single number within bounds (either may be open).
-    Range { min: Option<i128>, max: Option<i128> },
+    Range {
+        min: Option<i128>,
+        max: Option<i128>,
+    },
 }
 
 /// How an observed value compares with an expectation.
@@ -234,7 +241,9 @@ pub enum Expect {
 pub enum Comparison {
     Compliant,
     /// Not compliant; `target` is the value holdfast would write.
-    Drifted { target: SysctlValue },
+    Drifted {
+        target: SysctlValue,
+    },
     /// The observed value cannot be compared (e.g. a bound on a multi-value
     /// key); the string says why.
     Incomparable(String),
@@ -361,7 +370,10 @@ mod tests {
             SysctlValue::from_policy("-1 0").unwrap().canonical(),
             "-1 0"
         );
-        assert_eq!(SysctlValue::from_policy("0").unwrap().as_single_int(), Some(0));
+        assert_eq!(
+            SysctlValue::from_policy("0").unwrap().as_single_int(),
+            Some(0)
+        );
     }
 
     #[test]
@@ -387,10 +399,7 @@ mod tests {
             min: None,
             max: Some(0),
         };
-        assert_eq!(
-            max.compare(&v("2")),
-            Comparison::Drifted { target: v("0") }
-        );
+        assert_eq!(max.compare(&v("2")), Comparison::Drifted { target: v("0") });
         assert!(matches!(
             max.compare(&v("1 2")),
             Comparison::Incomparable(_)
@@ -398,7 +407,9 @@ mod tests {
         // A multi-value exact expectation with fewer fields is drift.
         assert_eq!(
             Expect::Exact(v("4 4 1 7")).compare(&v("4 4 1")),
-            Comparison::Drifted { target: v("4 4 1 7") }
+            Comparison::Drifted {
+                target: v("4 4 1 7")
+            }
         );
     }
 }

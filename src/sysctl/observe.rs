@@ -4,8 +4,47 @@
 use std::io;
 
 use super::conf::{self, Assignment};
+use super::plan::{self, SysctlHost};
 use super::{SysctlKey, SysctlValue};
 use crate::host::{self, HostRoot, IoError, SYSCTL_CONF_DIRS};
+use crate::policy::Policy;
+use crate::safety::MemInfo;
+
+/// Reads everything the sysctl plan needs. Files that cannot be read are
+/// returned as warnings; they never stop the pass.
+pub fn observe(host: &HostRoot, policy: &Policy) -> (SysctlHost, Vec<IoError>) {
+    let values = plan::keys_to_read(policy)
+        .into_iter()
+        .map(|k| {
+            let observed = read_key(host, &k);
+            (k, observed)
+        })
+        .collect();
+    let (boot, mut warnings) = read_boot_config(host);
+    let meminfo = match host::read_optional(&host.meminfo()) {
+        Ok(text) => text.as_deref().and_then(MemInfo::parse),
+        Err(e) => {
+            warnings.push(e);
+            None
+        }
+    };
+    let persist_path = host.sysctl_persist_file();
+    let persisted = match host::read_optional(&persist_path) {
+        Ok(text) => text,
+        Err(e) => {
+            warnings.push(e);
+            None
+        }
+    };
+    let state = SysctlHost {
+        values,
+        boot,
+        meminfo,
+        persisted,
+        persist_path,
+    };
+    (state, warnings)
+}
 
 /// What reading a key's /proc/sys file found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,8 +160,11 @@ mod tests {
         fs::create_dir_all(dir.path().join("etc/sysctl.d")).unwrap();
         fs::create_dir_all(dir.path().join("usr/lib/sysctl.d")).unwrap();
         fs::write(dir.path().join("etc/sysctl.conf"), "vm.swappiness = 1\n").unwrap();
-        std::os::unix::fs::symlink("../sysctl.conf", dir.path().join("etc/sysctl.d/99-sysctl.conf"))
-            .unwrap();
+        std::os::unix::fs::symlink(
+            "../sysctl.conf",
+            dir.path().join("etc/sysctl.d/99-sysctl.conf"),
+        )
+        .unwrap();
         fs::write(
             dir.path().join("usr/lib/sysctl.d/50-default.conf"),
             "vm.swappiness = 60\n",
@@ -132,8 +174,20 @@ mod tests {
         assert!(errors.is_empty());
         let files: Vec<_> = assignments
             .iter()
-            .map(|a| a.file.strip_prefix(dir.path()).unwrap().display().to_string())
+            .map(|a| {
+                a.file
+                    .strip_prefix(dir.path())
+                    .unwrap()
+                    .display()
+                    .to_string()
+            })
             .collect();
-        assert_eq!(files, ["usr/lib/sysctl.d/50-default.conf", "etc/sysctl.d/99-sysctl.conf"]);
+        assert_eq!(
+            files,
+            [
+                "usr/lib/sysctl.d/50-default.conf",
+                "etc/sysctl.d/99-sysctl.conf"
+            ]
+        );
     }
 }

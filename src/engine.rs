@@ -1,0 +1,150 @@
+//! One reconcile pass: observe the host, plan against the policy, and (for
+//! `apply`) carry out the plan and verify it. The CLI runs one pass; the
+//! daemon runs them in a loop.
+//!
+//! # Guarantees
+//! - `check` and `plan` never write to the host.
+//! - `apply` is idempotent: a second pass over a converged host writes
+//!   nothing (it re-reads, finds every value compliant, and stops there).
+//! - Every write is verified by reading the value back; an item is
+//!   `corrected` only when the kernel reports the policy's value.
+
+use std::time::Instant;
+
+use crate::host::{self, HostRoot, IoError};
+use crate::item::{Action, Item, Kind, State};
+use crate::policy::Policy;
+use crate::sysctl::Comparison;
+use crate::sysctl::observe::{self as sysctl_observe, Observed};
+use crate::sysctl::plan::{self as sysctl_plan, SysctlHost};
+
+/// The result of a pass.
+#[derive(Debug, Clone)]
+pub struct Pass {
+    pub items: Vec<Item>,
+    /// Problems reading files that are not items themselves (an unreadable
+    /// sysctl.d file, say); reported, never fatal.
+    pub warnings: Vec<String>,
+    pub duration: std::time::Duration,
+}
+
+/// Observes the host and plans the changes apply would make. Writes nothing.
+pub fn plan(host: &HostRoot, policy: &Policy) -> Pass {
+    let started = Instant::now();
+    let (sysctl_host, warnings) = sysctl_observe::observe(host, policy);
+    let items = sysctl_plan::plan(policy, &sysctl_host);
+    Pass {
+        items,
+        warnings: warnings.iter().map(IoError::to_string).collect(),
+        duration: started.elapsed(),
+    }
+}
+
+/// One reconcile pass: plan, then carry out the plan.
+pub fn apply(host: &HostRoot, policy: &Policy) -> Pass {
+    let started = Instant::now();
+    let (sysctl_host, warnings) = sysctl_observe::observe(host, policy);
+    let mut items = sysctl_plan::plan(policy, &sysctl_host);
+    execute_sysctl_writes(host, policy, &mut items);
+    refresh_persist_item(policy, &sysctl_host, &mut items);
+    execute_file_actions(&mut items);
+    Pass {
+        items,
+        warnings: warnings.iter().map(IoError::to_string).collect(),
+        duration: started.elapsed(),
+    }
+}
+
+/// Writes the planned sysctls (overcommit limit before mode), then reads each
+/// back to verify.
+fn execute_sysctl_writes(host: &HostRoot, policy: &Policy, items: &mut [Item]) {
+    let mut order: Vec<usize> = (0..items.len())
+        .filter(|&i| matches!(items[i].action, Some(Action::WriteSysctl { .. })))
+        .collect();
+    order.sort_by_key(|&i| sysctl_plan::write_order(&items[i].key));
+    for i in order {
+        let item = &mut items[i];
+        let Some(Action::WriteSysctl { key, value }) = item.action.take() else {
+            continue;
+        };
+        if let Err(e) = sysctl_observe::write_key(host, &key, &value) {
+            item.state = State::Failed;
+            item.detail.push(explain_write_error(&e));
+            continue;
+        }
+        let Some(rule) = policy.sysctls.get(&key) else {
+            continue;
+        };
+        match sysctl_observe::read_key(host, &key) {
+            Observed::Value(now) => {
+                item.actual = now.canonical();
+                if rule.expect.compare(&now) == Comparison::Compliant {
+                    item.state = State::Corrected;
+                } else {
+                    item.state = State::Failed;
+                    item.detail
+                        .push(format!("wrote {value}, but the kernel reads back {now}"));
+                }
+            }
+            other => {
+                item.state = State::Failed;
+                item.detail.push(format!(
+                    "wrote {value}, then could not read it back: {other:?}"
+                ));
+            }
+        }
+    }
+}
+
+/// The persisted file must hold the values the kernel really has now, so it
+/// is planned again after the writes.
+fn refresh_persist_item(policy: &Policy, sysctl_host: &SysctlHost, items: &mut Vec<Item>) {
+    items.retain(|i| i.kind != Kind::SysctlPersist);
+    items.extend(sysctl_plan::persist_item(policy, items, sysctl_host));
+}
+
+fn execute_file_actions(items: &mut [Item]) {
+    for item in items.iter_mut() {
+        let result = match item.action.take() {
+            Some(Action::WriteFile { path, content }) => host::write_atomic(&path, &content, 0o644),
+            Some(Action::RemoveFile { path }) => std::fs::remove_file(&path)
+                .or_else(|e| {
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                })
+                .map_err(|e| IoError::new("remove", &path, e)),
+            Some(other) => {
+                item.action = Some(other);
+                continue;
+            }
+            None => continue,
+        };
+        match result {
+            Ok(()) => {
+                item.state = State::Corrected;
+                item.actual = item.desired.clone();
+            }
+            Err(e) => {
+                item.state = State::Failed;
+                item.detail.push(e.to_string());
+            }
+        }
+    }
+}
+
+/// Turns a failed sysctl write into an explanation a person can act on.
+fn explain_write_error(e: &IoError) -> String {
+    let why = match e.errno() {
+        Some(22) => "the kernel rejected the value (EINVAL)",
+        Some(1) | Some(13) => {
+            "permission denied: writing sysctls needs root (net.* needs CAP_NET_ADMIN, some kernel.* keys CAP_SYS_ADMIN)"
+        }
+        Some(2) => "the key disappeared",
+        Some(30) => "/proc/sys is read-only here (a container?)",
+        _ => "write failed",
+    };
+    format!("{why}: {e}")
+}

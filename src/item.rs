@@ -1,0 +1,186 @@
+//! The unit of every report: one managed setting, what the policy wants, what
+//! the host has, and its state. Every kind of setting (sysctls now; limits,
+//! services and cgroups as they arrive) reports through this type, so the
+//! CLI, the daemon's status API and the metrics share one vocabulary.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::policy::{Mode, Source};
+use crate::sysctl::{SysctlKey, SysctlValue};
+
+/// What kind of setting an item is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// A value in /proc/sys.
+    Sysctl,
+    /// holdfast's sysctl.d file, which makes enforced values hold across boots.
+    SysctlPersist,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Sysctl => "sysctl",
+            Kind::SysctlPersist => "sysctl-persist",
+        }
+    }
+}
+
+/// The state of one setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum State {
+    /// The host has what the policy wants.
+    Compliant,
+    /// The host differs from the policy (and holdfast has not corrected it).
+    Drifted,
+    /// The host differed and holdfast corrected it in this pass.
+    Corrected,
+    /// A correction was refused by a safety check; the detail has the numbers.
+    Refused,
+    /// Reading or writing failed; the detail has the path and the error.
+    Failed,
+    /// The setting does not exist or cannot be managed on this host.
+    Unsupported,
+    /// The configuration is right, but running processes still have the old
+    /// value until they restart.
+    RestartRequired,
+    /// Another writer keeps reverting the setting.
+    Contested,
+}
+
+impl State {
+    pub const ALL: [State; 8] = [
+        State::Compliant,
+        State::Drifted,
+        State::Corrected,
+        State::Refused,
+        State::Failed,
+        State::Unsupported,
+        State::RestartRequired,
+        State::Contested,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Compliant => "compliant",
+            State::Drifted => "drifted",
+            State::Corrected => "corrected",
+            State::Refused => "refused",
+            State::Failed => "failed",
+            State::Unsupported => "unsupported",
+            State::RestartRequired => "restart-required",
+            State::Contested => "contested",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<State> {
+        State::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Whether this state leaves the host out of line with the policy. An
+    /// unsupported setting is not drift: there is nothing to set.
+    pub fn is_drift(self) -> bool {
+        matches!(
+            self,
+            State::Drifted
+                | State::Refused
+                | State::Failed
+                | State::RestartRequired
+                | State::Contested
+        )
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A change holdfast would make to bring an item in line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    WriteSysctl {
+        key: SysctlKey,
+        value: SysctlValue,
+    },
+    /// Replace a file holdfast owns (atomically).
+    WriteFile {
+        path: PathBuf,
+        content: String,
+    },
+    /// Remove a file holdfast owns.
+    RemoveFile {
+        path: PathBuf,
+    },
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::WriteSysctl { key, value } => write!(f, "write {key} = {value}"),
+            Action::WriteFile { path, .. } => write!(f, "write {}", path.display()),
+            Action::RemoveFile { path } => write!(f, "remove {}", path.display()),
+        }
+    }
+}
+
+/// Another configuration file that sets the same key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub file: PathBuf,
+    pub line: u32,
+    pub value: String,
+    /// This file's value is the one boot leaves in place.
+    pub wins_at_boot: bool,
+}
+
+/// One managed setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    pub kind: Kind,
+    pub key: String,
+    pub desired: String,
+    /// What the host has; empty when it has nothing (an absent key).
+    pub actual: String,
+    pub state: State,
+    pub mode: Mode,
+    /// Where the policy asks for this (none for holdfast's own files).
+    pub source: Option<Source>,
+    /// Human-readable explanations: why refused, what failed, who else sets it.
+    pub detail: Vec<String>,
+    /// What apply would do (plan), or did (after apply: none left).
+    pub action: Option<Action>,
+    pub conflicts: Vec<Conflict>,
+}
+
+impl Item {
+    pub fn new(kind: Kind, key: impl Into<String>, desired: impl Into<String>, mode: Mode) -> Item {
+        Item {
+            kind,
+            key: key.into(),
+            desired: desired.into(),
+            actual: String::new(),
+            state: State::Compliant,
+            mode,
+            source: None,
+            detail: Vec::new(),
+            action: None,
+            conflicts: Vec::new(),
+        }
+    }
+}
+
+/// Counts of items per state.
+pub fn summary(items: &[Item]) -> Vec<(State, usize)> {
+    State::ALL
+        .into_iter()
+        .map(|s| (s, items.iter().filter(|i| i.state == s).count()))
+        .collect()
+}
+
+/// Whether every item is in line with the policy.
+pub fn all_compliant(items: &[Item]) -> bool {
+    !items.iter().any(|i| i.state.is_drift())
+}

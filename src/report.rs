@@ -1,0 +1,259 @@
+//! Reports: a readable table for terminals and stable JSON for machines.
+//! The JSON types here are the only serializable types: the core does not
+//! derive `Serialize`, and this layer converts (the schema is in README).
+
+use serde::Serialize;
+
+use crate::engine::Pass;
+use crate::item::{self, Item, State};
+use crate::policy::{Policy, PolicyError};
+
+/// The JSON report schema version; bump on incompatible changes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Serialize)]
+pub struct ReportJson<'a> {
+    pub schema_version: u32,
+    pub command: &'a str,
+    pub root: String,
+    pub compliant: bool,
+    pub summary: serde_json::Map<String, serde_json::Value>,
+    pub policy: PolicyJson,
+    pub items: Vec<ItemJson>,
+    pub warnings: &'a [String],
+    pub duration_ms: f64,
+}
+
+#[derive(Serialize)]
+pub struct PolicyJson {
+    pub files: Vec<String>,
+    pub mode: &'static str,
+}
+
+#[derive(Serialize)]
+pub struct SourceJson {
+    pub file: String,
+    pub line: u64,
+    pub column: u64,
+}
+
+#[derive(Serialize)]
+pub struct ItemJson {
+    pub kind: &'static str,
+    pub key: String,
+    pub desired: String,
+    pub actual: Option<String>,
+    pub state: &'static str,
+    pub mode: &'static str,
+    pub source: Option<SourceJson>,
+    pub action: Option<String>,
+    pub detail: Vec<String>,
+    pub conflicts: Vec<ConflictJson>,
+}
+
+#[derive(Serialize)]
+pub struct ConflictJson {
+    pub file: String,
+    pub line: u32,
+    pub value: String,
+    pub wins_at_boot: bool,
+}
+
+#[derive(Serialize)]
+pub struct ValidationJson {
+    pub valid: bool,
+    pub files: Vec<String>,
+    pub errors: Vec<ErrorJson>,
+}
+
+#[derive(Serialize)]
+pub struct ErrorJson {
+    pub file: String,
+    pub line: u64,
+    pub column: u64,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+pub fn item_json(i: &Item) -> ItemJson {
+    ItemJson {
+        kind: i.kind.as_str(),
+        key: i.key.clone(),
+        desired: i.desired.clone(),
+        actual: (!i.actual.is_empty()).then(|| i.actual.clone()),
+        state: i.state.as_str(),
+        mode: i.mode.as_str(),
+        source: i.source.as_ref().map(|s| SourceJson {
+            file: s.file.to_string(),
+            line: s.line,
+            column: s.column,
+        }),
+        action: i.action.as_ref().map(|a| a.to_string()),
+        detail: i.detail.clone(),
+        conflicts: i
+            .conflicts
+            .iter()
+            .map(|c| ConflictJson {
+                file: c.file.display().to_string(),
+                line: c.line,
+                value: c.value.clone(),
+                wins_at_boot: c.wins_at_boot,
+            })
+            .collect(),
+    }
+}
+
+pub fn summary_json(items: &[Item]) -> serde_json::Map<String, serde_json::Value> {
+    item::summary(items)
+        .into_iter()
+        .map(|(s, n)| (s.as_str().to_string(), serde_json::Value::from(n)))
+        .collect()
+}
+
+pub fn to_json(command: &str, root: &str, policy: &Policy, pass: &Pass) -> String {
+    let report = ReportJson {
+        schema_version: SCHEMA_VERSION,
+        command,
+        root: root.to_string(),
+        compliant: item::all_compliant(&pass.items),
+        summary: summary_json(&pass.items),
+        policy: PolicyJson {
+            files: policy.files.clone(),
+            mode: policy.default_mode().as_str(),
+        },
+        items: pass.items.iter().map(item_json).collect(),
+        warnings: &pass.warnings,
+        duration_ms: pass.duration.as_secs_f64() * 1000.0,
+    };
+    // Serializing these plain structs cannot fail.
+    serde_json::to_string_pretty(&report).unwrap_or_default()
+}
+
+pub fn validation_json(files: Vec<String>, errors: &[PolicyError]) -> String {
+    let report = ValidationJson {
+        valid: errors.is_empty(),
+        files,
+        errors: errors
+            .iter()
+            .map(|e| ErrorJson {
+                file: e.source.file.to_string(),
+                line: e.source.line,
+                column: e.source.column,
+                message: e.message.clone(),
+                hint: e.hint.clone(),
+            })
+            .collect(),
+    };
+    serde_json::to_string_pretty(&report).unwrap_or_default()
+}
+
+/// How the text report presents actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextStyle {
+    /// `check`: states only.
+    Check,
+    /// `plan`: also what apply would do.
+    Plan,
+    /// `apply`: what was done.
+    Apply,
+}
+
+const MAX_CELL: usize = 48;
+
+fn cell(s: &str) -> String {
+    if s.chars().count() <= MAX_CELL {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(MAX_CELL - 1).collect();
+        t.push('…');
+        t
+    }
+}
+
+/// The table: one row per item, notes indented below it, a summary last.
+pub fn to_text(policy: &Policy, pass: &Pass, style: TextStyle) -> String {
+    let header = ["SETTING", "DESIRED", "ACTUAL", "STATE", "MODE", "SOURCE"];
+    let rows: Vec<[String; 6]> = pass
+        .items
+        .iter()
+        .map(|i| {
+            [
+                cell(&i.key),
+                cell(&i.desired),
+                cell(if i.actual.is_empty() { "-" } else { &i.actual }),
+                i.state.as_str().to_string(),
+                i.mode.as_str().to_string(),
+                i.source
+                    .as_ref()
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "holdfast".into()),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, c) in widths.iter_mut().zip(row.iter()) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: &[String], out: &mut String| {
+        let mut l = String::new();
+        for (i, (c, w)) in cells.iter().zip(widths.iter()).enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(c);
+            } else {
+                l.push_str(c);
+                l.push_str(&" ".repeat(w - c.chars().count() + 2));
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(&header.map(String::from), &mut out);
+    for (row, item) in rows.iter().zip(pass.items.iter()) {
+        line(row, &mut out);
+        if style == TextStyle::Plan {
+            match (&item.action, item.state) {
+                (Some(a), _) => out.push_str(&format!("    -> {a}\n")),
+                (None, State::Drifted) => out.push_str("    -> not changed (audit mode)\n"),
+                _ => {}
+            }
+        }
+        for d in &item.detail {
+            out.push_str(&format!("    {d}\n"));
+        }
+        for c in item.conflicts.iter().filter(|c| !c.wins_at_boot) {
+            out.push_str(&format!(
+                "    also set to {} by {}:{} (holdfast's value wins at boot)\n",
+                c.value,
+                c.file.display(),
+                c.line
+            ));
+        }
+    }
+    for w in &pass.warnings {
+        out.push_str(&format!("warning: {w}\n"));
+    }
+    let counts: Vec<String> = item::summary(&pass.items)
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(s, n)| format!("{n} {s}"))
+        .collect();
+    let verdict = if item::all_compliant(&pass.items) {
+        "compliant"
+    } else {
+        "NOT compliant"
+    };
+    out.push_str(&format!(
+        "\n{verdict}: {} (policy mode {}; {})\n",
+        if counts.is_empty() {
+            "no settings".to_string()
+        } else {
+            counts.join(", ")
+        },
+        policy.default_mode(),
+        policy.files.join(", ")
+    ));
+    out
+}

@@ -1,0 +1,375 @@
+//! Compare sysctls with the policy and plan the corrections. Pure: it works on
+//! what `observe` read and returns items with actions; `apply` carries them
+//! out.
+//!
+//! # Guarantees
+//! - Only keys in `enforce` mode get an action; `audit` keys are reported.
+//! - The overcommit gate has the last word on `vm.overcommit_*` changes.
+//! - The persisted file holds exactly the enforced keys with the values the
+//!   kernel has (or will have) after the pass, so boot agrees with runtime.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::conf::{self, Assignment};
+use super::observe::Observed;
+use super::{Comparison, Expect, SysctlKey, SysctlValue};
+use crate::host::SYSCTL_PERSIST_FILE;
+use crate::item::{Action, Conflict, Item, Kind, State};
+use crate::policy::{Mode, Policy, SysctlRule};
+use crate::safety::{self, GateFigures, MemInfo, Overcommit, OvercommitKey, Verdict};
+
+/// What was read from the host for the sysctl part of a pass.
+#[derive(Debug, Clone, Default)]
+pub struct SysctlHost {
+    /// Every policy key, plus the overcommit keys when the policy has any.
+    pub values: BTreeMap<SysctlKey, Observed>,
+    /// sysctl.d assignments in boot order.
+    pub boot: Vec<Assignment>,
+    pub meminfo: Option<MemInfo>,
+    /// The persisted file as it is now, if it exists.
+    pub persisted: Option<String>,
+    /// The persisted file's path on this host (for reports and actions).
+    pub persist_path: PathBuf,
+}
+
+/// The keys `observe` must read for this policy.
+pub fn keys_to_read(policy: &Policy) -> Vec<SysctlKey> {
+    let mut keys: Vec<SysctlKey> = policy.sysctls.keys().cloned().collect();
+    if keys
+        .iter()
+        .any(|k| OvercommitKey::from_sysctl(k.as_str()).is_some())
+    {
+        for k in [
+            "vm.overcommit_memory",
+            "vm.overcommit_ratio",
+            "vm.overcommit_kbytes",
+        ] {
+            if let Ok(k) = SysctlKey::parse(k)
+                && !keys.contains(&k)
+            {
+                keys.push(k);
+            }
+        }
+    }
+    keys
+}
+
+/// Plans the sysctl items: one per policy key, then holdfast's persisted file.
+pub fn plan(policy: &Policy, host: &SysctlHost) -> Vec<Item> {
+    let (mut items, targets): (Vec<Item>, Vec<Option<SysctlValue>>) = policy
+        .sysctls
+        .values()
+        .map(|rule| compare(policy, rule, host))
+        .unzip();
+    gate_overcommit(policy, host, &mut items, &targets);
+    let persist = persist_item(policy, &items, host);
+    items.extend(persist);
+    items
+}
+
+/// Compares one key; returns its item and, when drifted, the value that would
+/// correct it (whether or not the mode lets holdfast write it).
+fn compare(policy: &Policy, rule: &SysctlRule, host: &SysctlHost) -> (Item, Option<SysctlValue>) {
+    let mode = policy.mode_of(rule.mode);
+    let mut target = None;
+    let mut item = Item::new(
+        Kind::Sysctl,
+        rule.key.as_str(),
+        rule.expect.to_string(),
+        mode,
+    );
+    item.source = Some(rule.source.clone());
+    match host.values.get(&rule.key) {
+        Some(Observed::Value(actual)) => {
+            item.actual = actual.canonical();
+            match rule.expect.compare(actual) {
+                Comparison::Compliant => item.state = State::Compliant,
+                Comparison::Drifted { target: value } => {
+                    item.state = State::Drifted;
+                    if mode == Mode::Enforce {
+                        item.action = Some(Action::WriteSysctl {
+                            key: rule.key.clone(),
+                            value: value.clone(),
+                        });
+                    }
+                    target = Some(value);
+                }
+                Comparison::Incomparable(why) => {
+                    item.state = State::Failed;
+                    item.detail.push(why);
+                }
+            }
+        }
+        Some(Observed::Absent) | None => {
+            item.state = State::Unsupported;
+            item.detail.push(if rule.key.is_per_netns() {
+                "no such key in this network namespace (the interface or module may be missing); applied when it appears".into()
+            } else {
+                "no such key on this kernel (a module may not be loaded); applied when it appears".into()
+            });
+        }
+        Some(Observed::Unreadable(why)) => {
+            item.state = State::Unsupported;
+            item.detail.push(format!(
+                "cannot be read (write-only key, or not permitted): {why}"
+            ));
+        }
+        Some(Observed::Failed(why)) => {
+            item.state = State::Failed;
+            item.detail.push(why.clone());
+        }
+    }
+    item.conflicts = conflicts(&rule.key, &rule.expect, mode, &host.boot);
+    for c in &item.conflicts {
+        if c.wins_at_boot {
+            item.detail.push(format!(
+                "{}:{} sets {} and wins at boot",
+                c.file.display(),
+                c.line,
+                c.value
+            ));
+        }
+    }
+    (item, target)
+}
+
+/// Other configuration files that set `key` to a value the policy does not
+/// accept. holdfast's own file is not a conflict.
+fn conflicts(key: &SysctlKey, expect: &Expect, mode: Mode, boot: &[Assignment]) -> Vec<Conflict> {
+    let foreign: Vec<&Assignment> = conf::assignments_for(boot, key)
+        .into_iter()
+        .filter(|a| !is_persist_file(&a.file))
+        .collect();
+    let last = foreign.last().map(|a| (a.file.clone(), a.line));
+    // Once enforced, holdfast's file sorts after every distribution file;
+    // only a file named to sort after it (or /etc/sysctl.conf, which
+    // `sysctl --system` reads last) still wins.
+    let ours_persisted = mode == Mode::Enforce;
+    foreign
+        .into_iter()
+        .filter(|a| expect.compare(&a.value) != Comparison::Compliant)
+        .map(|a| {
+            let is_last = last.as_ref() == Some(&(a.file.clone(), a.line));
+            Conflict {
+                file: a.file.clone(),
+                line: a.line,
+                value: a.value.canonical(),
+                wins_at_boot: is_last && (!ours_persisted || sorts_after_persist_file(&a.file)),
+            }
+        })
+        .collect()
+}
+
+fn is_persist_file(path: &Path) -> bool {
+    path.ends_with(SYSCTL_PERSIST_FILE)
+}
+
+fn sorts_after_persist_file(path: &Path) -> bool {
+    if path.ends_with("etc/sysctl.conf") {
+        return true;
+    }
+    let ours = Path::new(SYSCTL_PERSIST_FILE).file_name();
+    path.file_name() > ours
+}
+
+/// Applies the overcommit gate to the planned writes of vm.overcommit_*.
+/// Keys in audit mode are judged too, as if enforced, so that a plan shows
+/// whether switching to enforce would be safe.
+fn gate_overcommit(
+    policy: &Policy,
+    host: &SysctlHost,
+    items: &mut [Item],
+    targets: &[Option<SysctlValue>],
+) {
+    let current_of = |name: &str| -> Option<u64> {
+        let key = SysctlKey::parse(name).ok()?;
+        match host.values.get(&key)? {
+            Observed::Value(v) => v.as_single_int().and_then(|n| u64::try_from(n).ok()),
+            _ => None,
+        }
+    };
+    let (Some(memory), Some(ratio), kbytes) = (
+        current_of("vm.overcommit_memory"),
+        current_of("vm.overcommit_ratio"),
+        current_of("vm.overcommit_kbytes").unwrap_or(0),
+    ) else {
+        return;
+    };
+    let current = Overcommit {
+        memory,
+        ratio,
+        kbytes,
+    };
+    let mut planned = current;
+    for (item, target) in items.iter().zip(targets) {
+        if let Some(value) = target
+            && let Some(which) = OvercommitKey::from_sysctl(&item.key)
+            && let Some(n) = value.as_single_int().and_then(|n| u64::try_from(n).ok())
+        {
+            match which {
+                OvercommitKey::Memory => planned.memory = n,
+                // The kernel zeroes one of ratio and kbytes when the other is written.
+                OvercommitKey::Ratio => {
+                    planned.ratio = n;
+                    planned.kbytes = 0;
+                }
+                OvercommitKey::Kbytes => planned.kbytes = n,
+            }
+        }
+    }
+    let headroom = policy.safety.overcommit_headroom_percent();
+    let (mode_verdict, limit_verdict) =
+        safety::overcommit_gate(host.meminfo.as_ref(), current, planned, headroom);
+    for (item, target) in items.iter_mut().zip(targets) {
+        let Some(which) = OvercommitKey::from_sysctl(&item.key) else {
+            continue;
+        };
+        if target.is_none() {
+            continue;
+        }
+        let verdict = match which {
+            OvercommitKey::Memory => &mode_verdict,
+            OvercommitKey::Ratio | OvercommitKey::Kbytes => &limit_verdict,
+        };
+        let enforced = item.mode == Mode::Enforce;
+        let prefix = if enforced {
+            "overcommit gate"
+        } else {
+            "overcommit gate, if enforced"
+        };
+        match verdict {
+            Verdict::NotApplicable => {}
+            Verdict::Allowed(f) => item.detail.push(format!("{prefix}: allowed ({f})")),
+            Verdict::Refused(f) if enforced => refuse(item, refusal_text(prefix, f)),
+            Verdict::Unknown(why) if enforced => refuse(item, format!("{prefix}: refused: {why}")),
+            Verdict::Refused(f) => item.detail.push(refusal_text(prefix, f)),
+            Verdict::Unknown(why) => item.detail.push(format!("{prefix}: refused: {why}")),
+        }
+    }
+}
+
+fn refusal_text(prefix: &str, f: &GateFigures) -> String {
+    format!(
+        "{prefix}: refused: {f}; Committed_AS plus {}% headroom exceeds the projected CommitLimit, so strict overcommit would make allocations and fork fail",
+        f.headroom_percent
+    )
+}
+
+fn refuse(item: &mut Item, why: String) {
+    item.action = None;
+    item.state = State::Refused;
+    item.detail.push(why);
+}
+
+/// The value an enforced key will have once the pass is done, if it should
+/// be persisted: what the kernel has when compliant (or was just corrected
+/// to), the planned write when one is pending, the policy's value when the
+/// key is absent (boot may load the module). Refused and failed keys are not
+/// persisted: boot must not do what holdfast refused to do.
+fn persist_value(rule: &SysctlRule, item: &Item) -> Option<SysctlValue> {
+    match (&item.action, item.state) {
+        (Some(Action::WriteSysctl { value, .. }), _) => Some(value.clone()),
+        (None, State::Compliant | State::Corrected) => Some(SysctlValue::from_kernel(&item.actual)),
+        (None, State::Unsupported) if item.actual.is_empty() => Some(rule.expect.default_target()),
+        _ => None,
+    }
+}
+
+/// Renders holdfast's sysctl.d file. Every line starts with `-` so boot skips
+/// keys this kernel does not have instead of failing.
+pub fn render_persist_file(entries: &[(SysctlKey, SysctlValue)]) -> String {
+    let mut out = String::from(
+        "# Managed by holdfast: the enforced sysctls of its policy, so that boot\n\
+         # agrees with the running values. Do not edit: holdfast rewrites this file.\n\
+         # A leading '-' makes boot skip a key this kernel does not have.\n",
+    );
+    for (key, value) in entries {
+        out.push_str(&format!("-{key} = {}\n", value.canonical()));
+    }
+    out
+}
+
+/// Plans holdfast's persisted file from the items' final values. Called by
+/// `plan` (with pending writes) and again by `apply` (with verified values).
+pub fn persist_item(policy: &Policy, items: &[Item], host: &SysctlHost) -> Option<Item> {
+    let mut entries = Vec::new();
+    let mut any_enforced = false;
+    for rule in policy.sysctls.values() {
+        if policy.mode_of(rule.mode) != Mode::Enforce {
+            continue;
+        }
+        any_enforced = true;
+        let Some(item) = items
+            .iter()
+            .find(|i| i.kind == Kind::Sysctl && i.key == rule.key.as_str())
+        else {
+            continue;
+        };
+        if let Some(value) = persist_value(rule, item) {
+            entries.push((rule.key.clone(), value));
+        }
+    }
+    if !any_enforced && host.persisted.is_none() {
+        return None;
+    }
+    let mode = if any_enforced {
+        Mode::Enforce
+    } else {
+        Mode::Audit
+    };
+    let path = host.persist_path.clone();
+    let mut item = Item::new(Kind::SysctlPersist, path.display().to_string(), "", mode);
+    let action = if any_enforced {
+        let content = render_persist_file(&entries);
+        item.desired = format!("{} keys", entries.len());
+        item.actual = describe_file(host.persisted.as_deref());
+        (host.persisted.as_deref() != Some(content.as_str())).then(|| Action::WriteFile {
+            path: path.clone(),
+            content,
+        })
+    } else {
+        item.desired = "absent (no enforced sysctls)".into();
+        item.actual = describe_file(host.persisted.as_deref());
+        Some(Action::RemoveFile { path: path.clone() })
+    };
+    match action {
+        None => item.state = State::Compliant,
+        Some(action) => {
+            item.state = State::Drifted;
+            if mode == Mode::Enforce {
+                item.action = Some(action);
+            } else {
+                item.detail.push(
+                    "holdfast's file from an earlier enforced policy is still there; boot applies it"
+                        .into(),
+                );
+            }
+        }
+    }
+    Some(item)
+}
+
+fn describe_file(content: Option<&str>) -> String {
+    match content {
+        None => "absent".into(),
+        Some(text) => {
+            let keys = text
+                .lines()
+                .filter(|l| !l.trim_start().starts_with('#') && l.contains('='))
+                .count();
+            format!("{keys} keys")
+        }
+    }
+}
+
+/// The order in which planned sysctl writes must happen: the overcommit
+/// limit (ratio/kbytes) before the switch to strict mode, so the kernel never
+/// runs in mode 2 with the old, possibly lower, limit.
+pub fn write_order(key: &str) -> u8 {
+    match OvercommitKey::from_sysctl(key) {
+        Some(OvercommitKey::Ratio | OvercommitKey::Kbytes) => 0,
+        Some(OvercommitKey::Memory) => 2,
+        None => 1,
+    }
+}
