@@ -310,6 +310,10 @@ pub fn persist_item(policy: &Policy, items: &[Item], host: &SysctlHost) -> Optio
             entries.push((rule.key.clone(), value));
         }
     }
+    // Boot applies lines in order: the overcommit limit before the mode, as
+    // at runtime.
+    entries
+        .sort_by(|(a, _), (b, _)| (write_order(a.as_str()), a).cmp(&(write_order(b.as_str()), b)));
     if !any_enforced && host.persisted.is_none() {
         return None;
     }

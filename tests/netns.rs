@@ -1,0 +1,151 @@
+//! Real-kernel tests: holdfast against the real /proc/sys, inside a fresh
+//! network namespace (`unshare --net`) with a tmpfs over /etc/sysctl.d
+//! (`--mount`), so nothing it writes reaches this host's settings or files.
+//! Only `net.*` keys are used: they belong to the namespace. Needs root (CI
+//! is root); elsewhere the tests say they were skipped.
+
+use std::path::Path;
+use std::process::Command;
+
+fn can_unshare() -> bool {
+    Command::new("unshare")
+        .args(["--net", "--mount", "true"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Runs a shell script in a new network and mount namespace, with a private
+/// tmpfs on /etc/sysctl.d. `$HF` is the holdfast binary, `$P` the policy.
+fn in_netns(policy: &Path, script: &str) -> (i32, String) {
+    let full = format!("set -u\nmount -t tmpfs holdfast-test /etc/sysctl.d\n{script}");
+    let out = Command::new("unshare")
+        .args([
+            "--net",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &full,
+        ])
+        .env("HF", env!("CARGO_BIN_EXE_holdfast"))
+        .env("P", policy)
+        .output()
+        .expect("run unshare");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+macro_rules! require_namespaces {
+    () => {
+        if !can_unshare() {
+            eprintln!("skipped: needs root and unshare(2) for a network namespace");
+            return;
+        }
+    };
+}
+
+fn policy(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("netns.yaml");
+    std::fs::write(&p, text).unwrap();
+    (dir, p)
+}
+
+#[test]
+fn apply_sets_net_keys_on_the_real_kernel_and_check_then_passes() {
+    require_namespaces!();
+    let host_somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn").unwrap();
+    let host_persist_exists = Path::new("/etc/sysctl.d/99-zz-holdfast.conf").exists();
+    let (_d, p) = policy(
+        "version: 1\nmode: enforce\nsysctl:\n  net.core.somaxconn: 8191\n  net.ipv4.ip_local_port_range: \"20000   50000\"\n  net.ipv4.conf.holdfast0.rp_filter: 1\n",
+    );
+    let (code, out) = in_netns(
+        &p,
+        r#"
+"$HF" check --policy "$P" >/dev/null; echo "check-before=$?"
+J=$(mktemp)
+"$HF" apply --policy "$P" --format json > "$J"; echo "apply=$?"
+echo "somaxconn=$(cat /proc/sys/net/core/somaxconn)"
+echo "range=$(cat /proc/sys/net/ipv4/ip_local_port_range | tr '\t' ' ')"
+"$HF" check --policy "$P"; echo "check-after=$?"
+"$HF" apply --policy "$P" --format json | grep -c '"state": "corrected"' ; echo "reapply-corrected-count"
+echo "persisted:"; cat /etc/sysctl.d/99-zz-holdfast.conf
+grep -o '"state": "[a-z-]*"' "$J" | sort | uniq -c
+rm -f "$J"
+"#,
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("check-before=2"), "{out}");
+    assert!(out.contains("apply=0"), "{out}");
+    assert!(out.contains("somaxconn=8191"), "{out}");
+    assert!(out.contains("range=20000 50000"), "{out}");
+    assert!(out.contains("check-after=0"), "{out}");
+    // The second apply corrects nothing.
+    assert!(out.contains("0\nreapply-corrected-count"), "{out}");
+    // The missing interface's key is unsupported, and persisted with '-'.
+    assert!(out.contains("\"state\": \"unsupported\""), "{out}");
+    assert!(
+        out.contains("-net.ipv4.conf.holdfast0.rp_filter = 1"),
+        "{out}"
+    );
+    assert!(out.contains("-net.core.somaxconn = 8191"), "{out}");
+    // Nothing leaked to this host.
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/net/core/somaxconn").unwrap(),
+        host_somaxconn
+    );
+    assert_eq!(
+        Path::new("/etc/sysctl.d/99-zz-holdfast.conf").exists(),
+        host_persist_exists
+    );
+}
+
+#[test]
+fn a_key_that_appears_later_is_applied_when_it_appears() {
+    require_namespaces!();
+    let (_d, p) = policy("version: 1\nmode: enforce\nsysctl:\n  net.ipv4.conf.hf0.rp_filter: 2\n");
+    let (code, out) = in_netns(
+        &p,
+        r#"
+"$HF" apply --policy "$P" >/dev/null; echo "first=$?"
+ip link add hf0 type veth peer name hf1 2>/dev/null || { echo "no-veth"; exit 0; }
+"$HF" check --policy "$P" >/dev/null; echo "check=$?"
+"$HF" apply --policy "$P" >/dev/null; echo "second=$?"
+echo "value=$(cat /proc/sys/net/ipv4/conf/hf0/rp_filter)"
+"#,
+    );
+    assert_eq!(code, 0, "{out}");
+    if out.contains("no-veth") {
+        eprintln!("skipped the second half: cannot create a veth pair here");
+        return;
+    }
+    assert!(out.contains("first=0"), "{out}");
+    assert!(out.contains("check=2"), "{out}");
+    assert!(out.contains("second=0"), "{out}");
+    assert!(out.contains("value=2"), "{out}");
+}
+
+#[test]
+fn the_kernel_rejecting_a_value_is_a_failed_item_not_a_crash() {
+    require_namespaces!();
+    // ip_local_port_range rejects a range whose start is above its end.
+    let (_d, p) = policy(
+        "version: 1\nmode: enforce\nsysctl:\n  net.ipv4.ip_local_port_range: \"60000 1000\"\n",
+    );
+    let (code, out) = in_netns(
+        &p,
+        r#"
+"$HF" apply --policy "$P"; echo "apply=$?"
+"#,
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("apply=2"), "{out}");
+    assert!(out.contains("failed"), "{out}");
+    assert!(out.contains("EINVAL"), "{out}");
+}
