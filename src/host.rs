@@ -176,8 +176,14 @@ pub fn list_files(dir: &Path, suffix: &str) -> Result<Vec<PathBuf>, IoError> {
             continue;
         }
         let path = entry.path();
-        // Follow links: distributions link 99-sysctl.conf to ../sysctl.conf.
-        if fs::metadata(&path).map(|m| m.is_file()).unwrap_or(false) {
+        // Follow links (distributions link 99-sysctl.conf to ../sysctl.conf),
+        // but stat only those: the directory entry already knows the rest.
+        let is_file = match entry.file_type() {
+            Ok(t) if t.is_symlink() => fs::metadata(&path).map(|m| m.is_file()).unwrap_or(false),
+            Ok(t) => t.is_file(),
+            Err(_) => false,
+        };
+        if is_file {
             out.push(path);
         }
     }

@@ -190,11 +190,15 @@ impl fmt::Display for SysctlValue {
 
 fn parse_policy_token(field: &str) -> Result<Token, ValueError> {
     let digits = field.strip_prefix('-').unwrap_or(field);
-    let looks_numeric = digits.starts_with(|c: char| c.is_ascii_digit());
-    if !looks_numeric {
+    let is_hex = (digits.starts_with("0x") || digits.starts_with("0X"))
+        && digits.len() > 2
+        && digits[2..].chars().all(|c| c.is_ascii_hexdigit());
+    let is_decimal = !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit());
+    if !is_hex && !is_decimal {
+        // Not a number: a word such as a cpu list (`0-1`), a path, a UUID.
         return Ok(Token::Word(field.to_string()));
     }
-    if digits.len() > 1 && digits.starts_with('0') {
+    if is_hex || (digits.len() > 1 && digits.starts_with('0')) {
         let suggestion = parse_base0(field)
             .map(|n| n.to_string())
             .unwrap_or_else(|| "plain decimal".to_string());
@@ -362,9 +366,22 @@ mod tests {
             Err(ValueError::NotDecimal("0x32".into(), "50".into()))
         );
         assert_eq!(
-            SysctlValue::from_policy("12abc"),
-            Err(ValueError::BadNumber("12abc".into()))
+            SysctlValue::from_policy("1".repeat(50).as_str()),
+            Err(ValueError::BadNumber("1".repeat(50)))
         );
+        // Words that merely start with a digit are words, not numbers.
+        for word in [
+            "0-1",
+            "6.18.44-fc",
+            "00:00:00",
+            "00000000-00000000",
+            "12abc",
+        ] {
+            assert_eq!(
+                SysctlValue::from_policy(word).unwrap().tokens(),
+                [Token::Word(word.into())]
+            );
+        }
         assert_eq!(SysctlValue::from_policy("  "), Err(ValueError::Empty));
         assert_eq!(
             SysctlValue::from_policy("-1 0").unwrap().canonical(),

@@ -21,12 +21,17 @@ pub fn observe(host: &HostRoot, policy: &Policy) -> (SysctlHost, Vec<IoError>) {
         })
         .collect();
     let (boot, mut warnings) = read_boot_config(host);
-    let meminfo = match host::read_optional(&host.meminfo()) {
-        Ok(text) => text.as_deref().and_then(MemInfo::parse),
-        Err(e) => {
-            warnings.push(e);
-            None
+    // Only the overcommit gate needs /proc/meminfo.
+    let meminfo = if plan::needs_meminfo(policy) {
+        match host::read_optional(&host.meminfo()) {
+            Ok(text) => text.as_deref().and_then(MemInfo::parse),
+            Err(e) => {
+                warnings.push(e);
+                None
+            }
         }
+    } else {
+        None
     };
     let persist_path = host.sysctl_persist_file();
     let persisted = match host::read_optional(&persist_path) {

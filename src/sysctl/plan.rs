@@ -36,10 +36,7 @@ pub struct SysctlHost {
 /// The keys `observe` must read for this policy.
 pub fn keys_to_read(policy: &Policy) -> Vec<SysctlKey> {
     let mut keys: Vec<SysctlKey> = policy.sysctls.keys().cloned().collect();
-    if keys
-        .iter()
-        .any(|k| OvercommitKey::from_sysctl(k.as_str()).is_some())
-    {
+    if needs_meminfo(policy) {
         for k in [
             "vm.overcommit_memory",
             "vm.overcommit_ratio",
@@ -53,6 +50,14 @@ pub fn keys_to_read(policy: &Policy) -> Vec<SysctlKey> {
         }
     }
     keys
+}
+
+/// Whether the policy has overcommit keys, so the gate needs /proc/meminfo.
+pub fn needs_meminfo(policy: &Policy) -> bool {
+    policy
+        .sysctls
+        .keys()
+        .any(|k| OvercommitKey::from_sysctl(k.as_str()).is_some())
 }
 
 /// Plans the sysctl items: one per policy key, then holdfast's persisted file.
