@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use crate::host::{self, HostRoot, IoError};
 use crate::item::{Action, Item, Kind, State};
+use crate::limits::{observe as limits_observe, plan as limits_plan};
 use crate::policy::Policy;
 use crate::sysctl::Comparison;
 use crate::sysctl::observe::{self as sysctl_observe, Observed};
@@ -31,8 +32,13 @@ pub struct Pass {
 /// Observes the host and plans the changes apply would make. Writes nothing.
 pub fn plan(host: &HostRoot, policy: &Policy) -> Pass {
     let started = Instant::now();
-    let (sysctl_host, warnings) = sysctl_observe::observe(host, policy);
-    let items = sysctl_plan::plan(policy, &sysctl_host);
+    let (sysctl_host, mut warnings) = sysctl_observe::observe(host, policy);
+    let mut items = sysctl_plan::plan(policy, &sysctl_host);
+    if !policy.limits.is_empty() {
+        let (limits_host, w) = limits_observe::observe(host);
+        warnings.extend(w);
+        items.extend(limits_plan::plan(policy, &limits_host));
+    }
     Pass {
         items,
         warnings: collect_warnings(policy, &warnings),
@@ -45,9 +51,6 @@ pub fn plan(host: &HostRoot, policy: &Policy) -> Pass {
 fn collect_warnings(policy: &Policy, io: &[IoError]) -> Vec<String> {
     let mut out: Vec<String> = io.iter().map(IoError::to_string).collect();
     let mut unmanaged = Vec::new();
-    if !policy.limits.is_empty() {
-        unmanaged.push("limits");
-    }
     if !policy.services.is_empty() {
         unmanaged.push("services");
     }
@@ -66,11 +69,16 @@ fn collect_warnings(policy: &Policy, io: &[IoError]) -> Vec<String> {
 /// One reconcile pass: plan, then carry out the plan.
 pub fn apply(host: &HostRoot, policy: &Policy) -> Pass {
     let started = Instant::now();
-    let (sysctl_host, warnings) = sysctl_observe::observe(host, policy);
+    let (sysctl_host, mut warnings) = sysctl_observe::observe(host, policy);
     let mut items = sysctl_plan::plan(policy, &sysctl_host);
     execute_sysctl_writes(host, policy, &mut items);
     refresh_persist_item(policy, &sysctl_host, &mut items);
     execute_file_actions(&mut items);
+    if !policy.limits.is_empty() {
+        let (limits_host, w) = limits_observe::observe(host);
+        warnings.extend(w);
+        items.extend(apply_limits(host, policy, &limits_host));
+    }
     Pass {
         items,
         warnings: collect_warnings(policy, &warnings),
@@ -117,6 +125,35 @@ fn execute_sysctl_writes(host: &HostRoot, policy: &Policy, items: &mut [Item]) {
             }
         }
     }
+}
+
+/// Writes holdfast's limits.d file, then reads every limits file again and
+/// recomputes the effective values: an entry is `corrected` only when
+/// pam_limits would now give sessions the policy's value.
+fn apply_limits(host: &HostRoot, policy: &Policy, before: &limits_plan::LimitsHost) -> Vec<Item> {
+    let mut planned = limits_plan::plan(policy, before);
+    if !planned.iter().any(|i| i.action.is_some()) {
+        return planned;
+    }
+    execute_file_actions(&mut planned);
+    let (after_host, _) = limits_observe::observe(host);
+    let mut after = limits_plan::plan(policy, &after_host);
+    for item in after.iter_mut() {
+        let Some(prev) = planned
+            .iter()
+            .find(|p| p.kind == item.kind && p.key == item.key)
+        else {
+            continue;
+        };
+        if item.kind == Kind::LimitsFile && prev.action.is_none() && prev.state != State::Drifted {
+            // The file item keeps the outcome of the write (corrected/failed).
+            item.state = prev.state;
+            item.detail = prev.detail.clone();
+        } else if item.state == State::Compliant && prev.state == State::Drifted {
+            item.state = State::Corrected;
+        }
+    }
+    after
 }
 
 /// The persisted file must hold the values the kernel really has now, so it

@@ -46,6 +46,10 @@ pub struct HostRoot {
 /// appliers end on holdfast's values.
 pub const SYSCTL_PERSIST_FILE: &str = "etc/sysctl.d/99-zz-holdfast.conf";
 
+/// holdfast's pam_limits file. `90-` leaves room for files meant to win over
+/// it (e.g. a site's `99-` overrides), which holdfast reports as shadowing.
+pub const LIMITS_MANAGED_FILE: &str = "etc/security/limits.d/90-holdfast.conf";
+
 /// The directories systemd-sysctl and `sysctl --system` read, highest priority
 /// first: a file in an earlier directory masks a file of the same name in a
 /// later one.
@@ -90,6 +94,18 @@ impl HostRoot {
 
     pub fn sysctl_persist_file(&self) -> PathBuf {
         self.path(SYSCTL_PERSIST_FILE)
+    }
+
+    pub fn limits_conf(&self) -> PathBuf {
+        self.path("etc/security/limits.conf")
+    }
+
+    pub fn limits_d(&self) -> PathBuf {
+        self.path("etc/security/limits.d")
+    }
+
+    pub fn limits_managed_file(&self) -> PathBuf {
+        self.path(LIMITS_MANAGED_FILE)
     }
 
     pub fn policy_dir(&self) -> PathBuf {

@@ -16,6 +16,10 @@ pub enum Kind {
     Sysctl,
     /// holdfast's sysctl.d file, which makes enforced values hold across boots.
     SysctlPersist,
+    /// A session limit (pam_limits) for a domain: one soft or hard value.
+    Limit,
+    /// holdfast's limits.d file.
+    LimitsFile,
 }
 
 impl Kind {
@@ -23,6 +27,8 @@ impl Kind {
         match self {
             Kind::Sysctl => "sysctl",
             Kind::SysctlPersist => "sysctl-persist",
+            Kind::Limit => "limit",
+            Kind::LimitsFile => "limits-file",
         }
     }
 }

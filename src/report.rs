@@ -216,7 +216,9 @@ pub fn to_text(policy: &Policy, pass: &Pass, style: TextStyle) -> String {
         if style == TextStyle::Plan {
             match (&item.action, item.state) {
                 (Some(a), _) => out.push_str(&format!("    -> {a}\n")),
-                (None, State::Drifted) => out.push_str("    -> not changed (audit mode)\n"),
+                (None, State::Drifted) if item.mode == crate::policy::Mode::Audit => {
+                    out.push_str("    -> not changed (audit mode)\n")
+                }
                 _ => {}
             }
         }

@@ -1,5 +1,10 @@
 //! The resource-limit model shared by the policy and (later) the limits.d
-//! and systemd backends: pam_limits domains, items and values. Pure.
+//! and systemd backends: pam_limits domains, items and values. Pure, but
+//! for `observe`, its I/O side.
+
+pub mod conf;
+pub mod observe;
+pub mod plan;
 
 use std::fmt;
 

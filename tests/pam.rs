@@ -1,0 +1,96 @@
+//! A real PAM session: a throwaway user, a policy for that user only, and
+//! `su -l USER -c 'ulimit -Sn'` must show the policy's values. Runs in a
+//! mount namespace with a tmpfs over /etc/security/limits.d, so holdfast's
+//! file never reaches this host; the user is removed afterwards. Needs root
+//! (CI is root); elsewhere the test says it was skipped.
+
+use std::process::Command;
+
+struct ThrowawayUser(String);
+
+impl ThrowawayUser {
+    fn create() -> Option<ThrowawayUser> {
+        let name = format!("hfpam{}", std::process::id());
+        let ok = Command::new("useradd")
+            .args(["--no-create-home", "--shell", "/bin/sh", &name])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        ok.then_some(ThrowawayUser(name))
+    }
+}
+
+impl Drop for ThrowawayUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.0).status();
+    }
+}
+
+fn available() -> bool {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0"))
+        .unwrap_or(false);
+    let tools = ["useradd", "userdel", "su", "unshare"].iter().all(|t| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    });
+    root && tools
+}
+
+#[test]
+fn su_login_session_gets_the_policy_limits() {
+    if !available() {
+        eprintln!("skipped: needs root, useradd, su and unshare");
+        return;
+    }
+    let Some(user) = ThrowawayUser::create() else {
+        eprintln!("skipped: useradd failed");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("pam.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "version: 1\nmode: enforce\nlimits:\n  - {{domain: {}, item: nofile, soft: 4321, hard: 8765}}\n",
+            user.0
+        ),
+    )
+    .unwrap();
+    let script = r#"set -u
+mount -t tmpfs holdfast-test /etc/security/limits.d
+"$HF" apply --policy "$P" >/dev/null; echo "apply=$?"
+echo "soft=$(su -l "$U" -c 'ulimit -Sn' 2>/dev/null)"
+echo "hard=$(su -l "$U" -c 'ulimit -Hn' 2>/dev/null)"
+"$HF" check --policy "$P" >/dev/null; echo "check=$?"
+"#;
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", script])
+        .env("HF", env!("CARGO_BIN_EXE_holdfast"))
+        .env("P", &policy)
+        .env("U", &user.0)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("apply=0"), "{text}");
+    assert!(text.contains("soft=4321"), "{text}");
+    assert!(text.contains("hard=8765"), "{text}");
+    assert!(text.contains("check=0"), "{text}");
+    assert!(
+        !std::path::Path::new("/etc/security/limits.d/90-holdfast.conf").exists()
+            || std::fs::read_to_string("/etc/security/limits.d/90-holdfast.conf")
+                .map(|c| !c.contains(&user.0))
+                .unwrap_or(true),
+        "holdfast's file must not reach the host"
+    );
+}
