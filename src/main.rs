@@ -26,7 +26,8 @@ const EXIT_DRIFT: u8 = 2;
     version,
     about = "Keep a Linux host converged on a declarative hardening policy",
     long_about = "holdfast reads a desired-state policy (YAML) and checks or converges the host on it: \
-sysctls in /proc/sys, persisted to /etc/sysctl.d so they hold across boots.\n\n\
+sysctls in /proc/sys (persisted to /etc/sysctl.d so they hold across boots) and session limits \
+(pam_limits, /etc/security/limits.d).\n\n\
 Exit codes: 0 = compliant, 1 = error (bad policy, I/O), 2 = drift found (check, plan) or left after apply.",
     after_help = "Policy sources: --policy PATH (file or directory of *.yaml, repeatable); by default \
 /etc/holdfast/policy.d/*.yaml under --root, else the bundled baseline (audit mode)."
