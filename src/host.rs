@@ -126,6 +126,16 @@ pub fn read_optional(path: &Path) -> Result<Option<String>, IoError> {
     }
 }
 
+/// Like [`read_optional`], but a read error becomes a warning for the
+/// report instead of failing the caller: an unreadable auxiliary file must
+/// not stop a pass.
+pub fn read_optional_or_warn(path: &Path, warnings: &mut Vec<IoError>) -> Option<String> {
+    read_optional(path).unwrap_or_else(|e| {
+        warnings.push(e);
+        None
+    })
+}
+
 /// Writes `data` to an existing kernel file (procfs, cgroupfs) in one write(2),
 /// without truncating or creating: these files take a value per write.
 pub fn write_kernel_file(path: &Path, data: &str) -> Result<(), IoError> {

@@ -178,6 +178,54 @@ impl Item {
     }
 }
 
+/// One of holdfast's own files (its sysctl.d file, its limits.d file) as an
+/// item: `desired` is the content it should have, or `None` when it should
+/// not exist; `current` is what is there. In enforce mode the item carries
+/// the write or removal; in audit mode a file left by an earlier enforced
+/// policy is reported with `stale_note`.
+pub struct OwnFile<'a> {
+    pub kind: Kind,
+    pub path: &'a std::path::Path,
+    pub current: Option<&'a str>,
+    pub desired: Option<String>,
+    pub mode: Mode,
+    /// How reports describe the desired and actual content.
+    pub desired_label: String,
+    pub actual_label: String,
+    pub stale_note: &'a str,
+}
+
+pub fn own_file_item(f: OwnFile<'_>) -> Item {
+    let mut item = Item::new(
+        f.kind,
+        f.path.display().to_string(),
+        f.desired_label,
+        f.mode,
+    );
+    item.actual = f.actual_label;
+    let action = match f.desired {
+        Some(content) => (f.current != Some(content.as_str())).then(|| Action::WriteFile {
+            path: f.path.to_path_buf(),
+            content,
+        }),
+        None => f.current.is_some().then(|| Action::RemoveFile {
+            path: f.path.to_path_buf(),
+        }),
+    };
+    match action {
+        None => item.state = State::Compliant,
+        Some(action) => {
+            item.state = State::Drifted;
+            if f.mode == Mode::Enforce {
+                item.action = Some(action);
+            } else {
+                item.detail.push(f.stale_note.to_string());
+            }
+        }
+    }
+    item
+}
+
 /// Counts of items per state.
 pub fn summary(items: &[Item]) -> Vec<(State, usize)> {
     State::ALL

@@ -31,13 +31,7 @@ pub fn observe(host: &HostRoot) -> (LimitsHost, Vec<IoError>) {
         }
     }
     let managed_path = host.limits_managed_file();
-    let managed = match host::read_optional(&managed_path) {
-        Ok(t) => t,
-        Err(e) => {
-            warnings.push(e);
-            None
-        }
-    };
+    let managed = host::read_optional_or_warn(&managed_path, &mut warnings);
     let nr_open = SysctlKey::parse("fs.nr_open")
         .ok()
         .and_then(|k| match read_key(host, &k) {

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use super::conf::{self, LimitLine, LimitType, Malformed};
 use super::{LimitItem, LimitValue};
-use crate::item::{Action, Conflict, Item, Kind, State};
+use crate::item::{Conflict, Item, Kind, OwnFile, State, own_file_item};
 use crate::policy::{LimitRule, Mode, Policy};
 
 /// What was read from the host for the limits part of a pass.
@@ -223,42 +223,30 @@ fn is_limits_d(line: &LimitLine, host: &LimitsHost) -> bool {
 }
 
 fn file_item(host: &LimitsHost, content: Option<String>, any_enforced: bool) -> Item {
-    let mode = if any_enforced {
-        Mode::Enforce
+    let present = if host.managed.is_some() {
+        "present"
     } else {
-        Mode::Audit
+        "absent"
     };
-    let path = host.managed_path.clone();
-    let mut item = Item::new(Kind::LimitsFile, path.display().to_string(), "", mode);
-    item.actual = if host.managed.is_some() {
-        "present".into()
+    let desired_label = if content.is_some() {
+        "holdfast's limits"
     } else {
-        "absent".into()
+        "absent (no enforced limits)"
     };
-    let action = match content {
-        Some(content) => {
-            item.desired = "holdfast's limits".into();
-            (host.managed.as_deref() != Some(content.as_str())).then(|| Action::WriteFile {
-                path: path.clone(),
-                content,
-            })
-        }
-        None => {
-            item.desired = "absent (no enforced limits)".into();
-            Some(Action::RemoveFile { path })
-        }
-    };
-    match action {
-        None => item.state = State::Compliant,
-        Some(a) => {
-            item.state = State::Drifted;
-            if mode == Mode::Enforce {
-                item.action = Some(a);
-            } else {
-                item.detail.push("holdfast's file from an earlier enforced policy is still there; sessions get its limits".into());
-            }
-        }
-    }
+    let mut item = own_file_item(OwnFile {
+        kind: Kind::LimitsFile,
+        path: &host.managed_path,
+        current: host.managed.as_deref(),
+        desired: content,
+        mode: if any_enforced {
+            Mode::Enforce
+        } else {
+            Mode::Audit
+        },
+        desired_label: desired_label.to_string(),
+        actual_label: present.to_string(),
+        stale_note: "holdfast's file from an earlier enforced policy is still there; sessions get its limits",
+    });
     if item.state == State::Compliant {
         item.actual = item.desired.clone();
     }

@@ -23,24 +23,14 @@ pub fn observe(host: &HostRoot, policy: &Policy) -> (SysctlHost, Vec<IoError>) {
     let (boot, mut warnings) = read_boot_config(host);
     // Only the overcommit gate needs /proc/meminfo.
     let meminfo = if plan::needs_meminfo(policy) {
-        match host::read_optional(&host.meminfo()) {
-            Ok(text) => text.as_deref().and_then(MemInfo::parse),
-            Err(e) => {
-                warnings.push(e);
-                None
-            }
-        }
+        host::read_optional_or_warn(&host.meminfo(), &mut warnings)
+            .as_deref()
+            .and_then(MemInfo::parse)
     } else {
         None
     };
     let persist_path = host.sysctl_persist_file();
-    let persisted = match host::read_optional(&persist_path) {
-        Ok(text) => text,
-        Err(e) => {
-            warnings.push(e);
-            None
-        }
-    };
+    let persisted = host::read_optional_or_warn(&persist_path, &mut warnings);
     let state = SysctlHost {
         values,
         boot,

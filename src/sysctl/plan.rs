@@ -15,7 +15,7 @@ use super::conf::{self, Assignment};
 use super::observe::Observed;
 use super::{Comparison, Expect, SysctlKey, SysctlValue};
 use crate::host::SYSCTL_PERSIST_FILE;
-use crate::item::{Action, Conflict, Item, Kind, State};
+use crate::item::{Action, Conflict, Item, Kind, OwnFile, State, own_file_item};
 use crate::policy::{Mode, Policy, SysctlRule};
 use crate::safety::{self, GateFigures, MemInfo, Overcommit, OvercommitKey, Verdict};
 
@@ -327,36 +327,24 @@ pub fn persist_item(policy: &Policy, items: &[Item], host: &SysctlHost) -> Optio
     } else {
         Mode::Audit
     };
-    let path = host.persist_path.clone();
-    let mut item = Item::new(Kind::SysctlPersist, path.display().to_string(), "", mode);
-    let action = if any_enforced {
-        let content = render_persist_file(&entries);
-        item.desired = format!("{} keys", entries.len());
-        item.actual = describe_file(host.persisted.as_deref());
-        (host.persisted.as_deref() != Some(content.as_str())).then(|| Action::WriteFile {
-            path: path.clone(),
-            content,
-        })
+    let (desired, desired_label) = if any_enforced {
+        (
+            Some(render_persist_file(&entries)),
+            format!("{} keys", entries.len()),
+        )
     } else {
-        item.desired = "absent (no enforced sysctls)".into();
-        item.actual = describe_file(host.persisted.as_deref());
-        Some(Action::RemoveFile { path: path.clone() })
+        (None, "absent (no enforced sysctls)".to_string())
     };
-    match action {
-        None => item.state = State::Compliant,
-        Some(action) => {
-            item.state = State::Drifted;
-            if mode == Mode::Enforce {
-                item.action = Some(action);
-            } else {
-                item.detail.push(
-                    "holdfast's file from an earlier enforced policy is still there; boot applies it"
-                        .into(),
-                );
-            }
-        }
-    }
-    Some(item)
+    Some(own_file_item(OwnFile {
+        kind: Kind::SysctlPersist,
+        path: &host.persist_path,
+        current: host.persisted.as_deref(),
+        desired,
+        mode,
+        desired_label,
+        actual_label: describe_file(host.persisted.as_deref()),
+        stale_note: "holdfast's file from an earlier enforced policy is still there; boot applies it",
+    }))
 }
 
 fn describe_file(content: Option<&str>) -> String {
