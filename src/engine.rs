@@ -68,16 +68,24 @@ fn collect_warnings(policy: &Policy, io: &[IoError]) -> Vec<String> {
 
 /// One reconcile pass: plan, then carry out the plan.
 pub fn apply(host: &HostRoot, policy: &Policy) -> Pass {
+    apply_holding(host, policy, &|_| false)
+}
+
+/// Which items must not be changed in this pass: the daemon holds items that
+/// are in backoff (contested, or failing) this way. Every kind of setting
+/// honours it: a held item keeps its planned action, unexecuted, and its
+/// drifted state.
+pub type Hold<'a> = &'a dyn Fn(&Item) -> bool;
+
+/// [`apply`], except that the items `hold` selects are left as they are.
+pub fn apply_holding(host: &HostRoot, policy: &Policy, hold: Hold<'_>) -> Pass {
     let started = Instant::now();
     let (sysctl_host, mut warnings) = sysctl_observe::observe(host, policy);
-    let mut items = sysctl_plan::plan(policy, &sysctl_host);
-    execute_sysctl_writes(host, policy, &mut items);
-    refresh_persist_item(policy, &sysctl_host, &mut items);
-    execute_file_actions(&mut items);
+    let mut items = apply_sysctls_observed(host, policy, &sysctl_host, hold);
     if !policy.limits.is_empty() {
         let (limits_host, w) = limits_observe::observe(host);
         warnings.extend(w);
-        items.extend(apply_limits(host, policy, &limits_host));
+        items.extend(apply_limits(host, policy, &limits_host, hold));
     }
     Pass {
         items,
@@ -130,9 +138,16 @@ fn execute_sysctl_writes(host: &HostRoot, policy: &Policy, items: &mut [Item]) {
 /// Writes holdfast's limits.d file, then reads every limits file again and
 /// recomputes the effective values: an entry is `corrected` only when
 /// pam_limits would now give sessions the policy's value.
-fn apply_limits(host: &HostRoot, policy: &Policy, before: &limits_plan::LimitsHost) -> Vec<Item> {
+fn apply_limits(
+    host: &HostRoot,
+    policy: &Policy,
+    before: &limits_plan::LimitsHost,
+    hold: Hold<'_>,
+) -> Vec<Item> {
     let mut planned = limits_plan::plan(policy, before);
+    let parked = park_held(&mut planned, hold);
     if !planned.iter().any(|i| i.action.is_some()) {
+        unpark(&mut planned, parked);
         return planned;
     }
     execute_file_actions(&mut planned);
@@ -154,6 +169,55 @@ fn apply_limits(host: &HostRoot, policy: &Policy, before: &limits_plan::LimitsHo
         }
     }
     after
+}
+
+/// The sysctl part of a pass over host state the caller has already read:
+/// plan, write the keys (except held ones), verify, then plan and write the
+/// persisted file from the verified values. `apply` passes what it has just
+/// observed; the daemon passes its cache, refreshed only for the keys an
+/// event concerns, so that a change to one key costs one read and one write.
+///
+/// A held key keeps its planned write (unexecuted), so the persisted file
+/// still holds the policy's value for it: backing off at runtime does not
+/// change what boot applies.
+pub fn apply_sysctls_observed(
+    host: &HostRoot,
+    policy: &Policy,
+    observed: &SysctlHost,
+    hold: Hold<'_>,
+) -> Vec<Item> {
+    let mut items = sysctl_plan::plan(policy, observed);
+    let parked = park_held(&mut items, hold);
+    execute_sysctl_writes(host, policy, &mut items);
+    unpark(&mut items, parked);
+    refresh_persist_item(policy, observed, &mut items);
+    let parked = park_held(&mut items, hold);
+    execute_file_actions(&mut items);
+    unpark(&mut items, parked);
+    items
+}
+
+/// Takes the actions of held items out of the list, so the executors skip
+/// them; [`unpark`] puts them back.
+fn park_held(items: &mut [Item], hold: Hold<'_>) -> Vec<(usize, Action)> {
+    let mut parked = Vec::new();
+    for (i, item) in items.iter_mut().enumerate() {
+        if item.action.is_some()
+            && hold(item)
+            && let Some(action) = item.action.take()
+        {
+            parked.push((i, action));
+        }
+    }
+    parked
+}
+
+fn unpark(items: &mut [Item], parked: Vec<(usize, Action)>) {
+    for (i, action) in parked {
+        if let Some(item) = items.get_mut(i) {
+            item.action = Some(action);
+        }
+    }
 }
 
 /// The persisted file must hold the values the kernel really has now, so it
