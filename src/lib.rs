@@ -6,6 +6,7 @@
 //! for the map.
 
 pub mod cgroup;
+pub mod daemon;
 pub mod engine;
 pub mod host;
 pub mod item;
