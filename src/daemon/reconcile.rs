@@ -464,15 +464,33 @@ impl Reconciler {
                 .and_then(MemInfo::parse);
         }
         let mut before = HashMap::new();
+        let mut torn: HashSet<String> = HashSet::new();
         for k in &refresh {
             let observed = sysctl_observe::read_key(host, k);
             if let Observed::Value(v) = &observed {
+                if v.tokens().is_empty() {
+                    // A write in progress that truncated first (a regular
+                    // file, as in a fake root; procfs never reads empty).
+                    // Its end fires another event; acting on the empty
+                    // value would mark the key failed and drop it from the
+                    // persisted file. The cache keeps the last value.
+                    torn.insert(k.as_str().to_string());
+                    continue;
+                }
                 before.insert(k.as_str().to_string(), v.canonical());
             }
             cache.values.insert(k.clone(), observed);
         }
+        let wanted: HashSet<&str> = wanted.into_iter().filter(|k| !torn.contains(*k)).collect();
+        if wanted.is_empty() {
+            return;
+        }
         let trackers = &self.trackers;
-        let refreshed: HashSet<&str> = refresh.iter().map(SysctlKey::as_str).collect();
+        let refreshed: HashSet<&str> = refresh
+            .iter()
+            .map(SysctlKey::as_str)
+            .filter(|k| !torn.contains(*k))
+            .collect();
         // Keys not re-read keep their cached state and are never written
         // from it.
         let hold = |item: &Item| {

@@ -196,6 +196,23 @@ async fn the_first_pass_corrects_and_an_event_corrects_again_reading_one_key() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_event_in_the_middle_of_a_write_is_not_a_failure() {
+    let dir = fake_host();
+    let cfg = config(&dir);
+    let h = Harness::start(dir, cfg).await;
+    let persisted = h.read("etc/sysctl.d/99-zz-holdfast.conf");
+    // A writer that truncates first: the first event finds the file empty.
+    h.change(SOMAXCONN, "").await;
+    let item = h.item("net.core.somaxconn");
+    assert_eq!(item.item.state, State::Corrected, "{:?}", item.item.detail);
+    assert_eq!(h.read("etc/sysctl.d/99-zz-holdfast.conf"), persisted);
+    // The end of the write fires the next event, which corrects at once.
+    h.change(SOMAXCONN, "100\n").await;
+    assert_eq!(h.read(SOMAXCONN), "4096");
+    assert_eq!(h.item("net.core.somaxconn").corrections, 2);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_setting_reverted_again_and_again_becomes_contested_and_is_backed_off() {
     let dir = fake_host();
     write(
