@@ -57,35 +57,46 @@ pub fn get(
         "GET {target} HTTP/1.1\r\nHost: localhost\r\nAccept: {accept}\r\nUser-Agent: holdfast/{}\r\nConnection: close\r\n\r\n",
         env!("CARGO_PKG_VERSION")
     );
-    let io = |source| ClientError::Io {
+    let connect = |source| ClientError::Connect {
         address: address.clone(),
         source,
     };
-    let raw = match addr {
-        ListenAddr::Unix(path) => {
-            let mut s = UnixStream::connect(path).map_err(|source| ClientError::Connect {
-                address: address.clone(),
-                source,
-            })?;
-            s.set_read_timeout(Some(timeout)).map_err(io)?;
-            s.set_write_timeout(Some(timeout)).map_err(io)?;
-            exchange(&mut s, &request).map_err(io)?
-        }
-        ListenAddr::Tcp(a) => {
-            let mut s =
-                TcpStream::connect_timeout(a, timeout).map_err(|source| ClientError::Connect {
-                    address: address.clone(),
-                    source,
-                })?;
-            s.set_read_timeout(Some(timeout)).map_err(io)?;
-            s.set_write_timeout(Some(timeout)).map_err(io)?;
-            exchange(&mut s, &request).map_err(io)?
-        }
+    let result = match addr {
+        ListenAddr::Unix(path) => UnixStream::connect(path)
+            .map_err(connect)
+            .map(|s| exchange(s, &request, timeout)),
+        ListenAddr::Tcp(a) => TcpStream::connect_timeout(a, timeout)
+            .map_err(connect)
+            .map(|s| exchange(s, &request, timeout)),
     };
+    let raw = result?.map_err(|source| ClientError::Io {
+        address: address.clone(),
+        source,
+    })?;
     parse_response(&raw).map_err(|why| ClientError::Malformed { address, why })
 }
 
-fn exchange<S: Read + Write>(s: &mut S, request: &str) -> std::io::Result<Vec<u8>> {
+/// A connected stream whose reads and writes can be bounded in time.
+trait Stream: Read + Write {
+    fn set_timeouts(&self, timeout: Duration) -> std::io::Result<()>;
+}
+
+impl Stream for UnixStream {
+    fn set_timeouts(&self, timeout: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(timeout))?;
+        self.set_write_timeout(Some(timeout))
+    }
+}
+
+impl Stream for TcpStream {
+    fn set_timeouts(&self, timeout: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(timeout))?;
+        self.set_write_timeout(Some(timeout))
+    }
+}
+
+fn exchange<S: Stream>(mut s: S, request: &str, timeout: Duration) -> std::io::Result<Vec<u8>> {
+    s.set_timeouts(timeout)?;
     s.write_all(request.as_bytes())?;
     let mut raw = Vec::new();
     s.take(MAX_RESPONSE).read_to_end(&mut raw)?;

@@ -203,32 +203,38 @@ fn bind_unix(path: &Path) -> Result<Listener, String> {
     })
 }
 
-/// Binds every address; returns the listeners and a status line for each
-/// address (bound or not).
-pub fn bind_all(
-    addrs: &[ListenAddr],
-    origin: ListenerOrigin,
-) -> (Vec<Listener>, Vec<ListenerStatus>) {
-    let mut listeners = Vec::new();
-    let mut statuses = Vec::new();
-    for addr in addrs {
-        match bind(addr) {
+/// The listeners bound so far and a status line per address tried.
+#[derive(Debug, Default)]
+pub struct Bound {
+    pub listeners: Vec<Listener>,
+    pub statuses: Vec<ListenerStatus>,
+}
+
+impl Bound {
+    fn record(&mut self, result: Result<Listener, String>, tried: String, origin: ListenerOrigin) {
+        match result {
             Ok(l) => {
-                statuses.push(ListenerStatus {
+                self.statuses.push(ListenerStatus {
                     address: l.describe(),
                     origin,
                     error: None,
                 });
-                listeners.push(l);
+                self.listeners.push(l);
             }
-            Err(e) => statuses.push(ListenerStatus {
-                address: addr.to_string(),
+            Err(e) => self.statuses.push(ListenerStatus {
+                address: tried,
                 origin,
                 error: Some(e),
             }),
         }
     }
-    (listeners, statuses)
+}
+
+/// Binds every address; one that fails is recorded with its error.
+pub fn bind_all(addrs: &[ListenAddr], origin: ListenerOrigin, into: &mut Bound) {
+    for addr in addrs {
+        into.record(bind(addr), addr.to_string(), origin);
+    }
 }
 
 /// A socket systemd passed, adopted but not yet registered with tokio.
@@ -309,10 +315,7 @@ fn adopt(fd: RawFd, allow_remote: bool) -> Result<Passed, String> {
 }
 
 /// Registers the passed sockets with tokio. Must run inside a runtime.
-pub fn register_passed(passed: Vec<Passed>) -> (Vec<Listener>, Vec<ListenerStatus>) {
-    let origin = ListenerOrigin::SocketActivation;
-    let mut listeners = Vec::new();
-    let mut statuses = Vec::new();
+pub fn register_passed(passed: Vec<Passed>, into: &mut Bound) {
     for p in passed {
         let result = match p {
             Passed::Tcp(l) => l
@@ -327,23 +330,12 @@ pub fn register_passed(passed: Vec<Passed>) -> (Vec<Listener>, Vec<ListenerStatu
                     owned_path: None,
                 }),
         };
-        match result {
-            Ok(l) => {
-                statuses.push(ListenerStatus {
-                    address: l.describe(),
-                    origin,
-                    error: None,
-                });
-                listeners.push(l);
-            }
-            Err(e) => statuses.push(ListenerStatus {
-                address: "a passed socket".into(),
-                origin,
-                error: Some(format!("register: {e}")),
-            }),
-        }
+        into.record(
+            result.map_err(|e| format!("register: {e}")),
+            "a passed socket".into(),
+            ListenerOrigin::SocketActivation,
+        );
     }
-    (listeners, statuses)
 }
 
 #[cfg(test)]
@@ -442,14 +434,17 @@ mod tests {
         let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let busy_addr = busy.local_addr().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let (listeners, statuses) = bind_all(
+        let mut bound = Bound::default();
+        bind_all(
             &[
                 ListenAddr::Tcp(busy_addr),
                 ListenAddr::Unix(dir.path().join("s.sock")),
             ],
             ListenerOrigin::Configured,
+            &mut bound,
         );
-        assert_eq!(listeners.len(), 1);
+        let statuses = bound.statuses;
+        assert_eq!(bound.listeners.len(), 1);
         assert!(
             statuses[0].error.as_deref().unwrap().contains("in use"),
             "{statuses:?}"

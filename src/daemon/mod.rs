@@ -81,10 +81,13 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         .enable_all()
         .build()
         .map_err(|e| ServeError::Start(format!("tokio runtime: {e}")))?;
-    let (listeners, statuses) = {
+    let listen::Bound {
+        listeners,
+        mut statuses,
+    } = {
         let _in_runtime = api_runtime.enter();
-        let (mut listeners, mut statuses) = listen::register_passed(passed);
-        statuses.extend(passed_errors);
+        let mut bound = listen::Bound::default();
+        listen::register_passed(passed, &mut bound);
         let (addrs, origin) = if !opts.listen.is_empty() {
             (opts.listen.clone(), ListenerOrigin::Configured)
         } else if activated {
@@ -92,11 +95,10 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         } else {
             (listen::default_addrs(&opts.host), ListenerOrigin::Default)
         };
-        let (l, s) = listen::bind_all(&addrs, origin);
-        listeners.extend(l);
-        statuses.extend(s);
-        (listeners, statuses)
+        listen::bind_all(&addrs, origin, &mut bound);
+        bound
     };
+    statuses.extend(passed_errors);
     for s in &statuses {
         match &s.error {
             None => {
