@@ -84,7 +84,8 @@ An address that cannot be bound is reported; reconciling goes on."
     )]
     Serve(ServeArgs),
     /// Ask the running daemon for its status and print it; exit 0 when
-    /// compliant, 2 when not, 1 when the daemon cannot be reached.
+    /// compliant, 2 when not, 1 when the daemon cannot be reached (or has
+    /// not finished its first pass).
     Status {
         /// The daemon's address: a Unix socket path or IP:PORT
         /// [default: /run/holdfast/holdfast.sock under --root].
@@ -229,6 +230,11 @@ fn status(
     match format {
         Format::Json => print!("{body}"),
         Format::Text => print!("{}", daemon::status::to_text(&doc)),
+    }
+    if doc.last_pass.is_none() {
+        // Neither compliant nor drifted: not known yet.
+        eprintln!("holdfast: {addr}: the daemon is starting and has not finished its first pass");
+        return Ok(EXIT_ERROR);
     }
     Ok(if doc.compliant {
         EXIT_COMPLIANT
