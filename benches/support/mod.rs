@@ -1,0 +1,210 @@
+//! Shared pieces of the daemon benchmarks: a private network and mount
+//! namespace (so the benchmarks change only the namespace's `net.*` keys and
+//! a tmpfs over /etc/sysctl.d), a `holdfast serve` child, drift-to-correction
+//! measurement through inotify, and percentiles.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use holdfast::daemon::client;
+use holdfast::daemon::listen::ListenAddr;
+use notify::Watcher as _;
+
+const INSIDE: &str = "HOLDFAST_BENCH_IN_NAMESPACE";
+
+/// Ten per-namespace keys, as a hardening policy would have.
+pub const NET_POLICY: &str = "version: 1
+mode: enforce
+sysctl:
+  net.core.somaxconn: 8191
+  net.ipv4.tcp_syncookies: 1
+  net.ipv4.conf.all.rp_filter: 1
+  net.ipv4.conf.default.rp_filter: 1
+  net.ipv4.conf.all.accept_redirects: 0
+  net.ipv4.conf.all.send_redirects: 0
+  net.ipv4.icmp_echo_ignore_broadcasts: 1
+  net.ipv4.ip_local_port_range: \"20000 60999\"
+  net.ipv4.tcp_fin_timeout: 30
+  net.ipv6.conf.all.accept_redirects: 0
+";
+
+/// Re-runs this benchmark inside `unshare --net --mount` (with loopback up
+/// and a tmpfs over /etc/sysctl.d) unless it already runs there. Returns
+/// false (after saying why) when that is not possible: it needs root.
+pub fn enter_namespaces() -> bool {
+    if std::env::var_os(INSIDE).is_some() {
+        let run = |args: &[&str]| {
+            let ok = Command::new(args[0])
+                .args(&args[1..])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            assert!(ok, "{args:?} failed");
+        };
+        run(&["mount", "-t", "tmpfs", "holdfast-bench", "/etc/sysctl.d"]);
+        run(&["ip", "link", "set", "lo", "up"]);
+        return true;
+    }
+    let can = Command::new("unshare")
+        .args(["--net", "--mount", "true"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !can {
+        println!("skipped: needs root and unshare(2) (a private network namespace)");
+        return false;
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let status = Command::new("unshare")
+        .args(["--net", "--mount", "--propagation", "private"])
+        .arg(exe)
+        .args(std::env::args_os().skip(1))
+        .env(INSIDE, "1")
+        .status()
+        .expect("unshare");
+    std::process::exit(status.code().unwrap_or(1));
+}
+
+/// A `holdfast serve` child process.
+pub struct Daemon {
+    pub child: Child,
+    pub socket: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `holdfast [global] serve --listen DIR/hf.sock [serve_args]` and
+/// waits for its first pass.
+pub fn serve(dir: &Path, global: &[&str], serve_args: &[&str]) -> Daemon {
+    let socket = dir.join("hf.sock");
+    let child = Command::new(env!("CARGO_BIN_EXE_holdfast"))
+        .args(global)
+        .arg("serve")
+        .arg("--listen")
+        .arg(&socket)
+        .args(serve_args)
+        .env("HOLDFAST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn holdfast serve");
+    let d = Daemon { child, socket };
+    let addr = ListenAddr::Unix(d.socket.clone());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(r) = client::get(&addr, "/healthz", "*/*", Duration::from_secs(1))
+            && r.status == 200
+        {
+            return d;
+        }
+        assert!(Instant::now() < deadline, "holdfast serve not ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Writes `drift` to a watched key `n` times, `spacing` apart, and measures
+/// each time from the write to the daemon's restoring write. Both writes
+/// fire `IN_CLOSE_WRITE` on the file, in order: the first is ours, the
+/// second the daemon's, so the restore is timed without a polling loop
+/// competing with the daemon for the CPU (the figure includes the delivery
+/// of our own inotify event, tens of microseconds).
+pub fn drift_to_correction(
+    path: &Path,
+    drift: &str,
+    want: &str,
+    n: usize,
+    spacing: Duration,
+) -> Vec<Duration> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res
+            && ev.kind
+                == notify::EventKind::Access(notify::event::AccessKind::Close(
+                    notify::event::AccessMode::Write,
+                ))
+        {
+            let _ = tx.send(Instant::now());
+        }
+    })
+    .expect("inotify");
+    watcher
+        .watch(path, notify::RecursiveMode::NonRecursive)
+        .expect("watch");
+    let mut samples = Vec::with_capacity(n);
+    let mut lost = 0;
+    for _ in 0..n {
+        std::thread::sleep(spacing);
+        while rx.try_recv().is_ok() {}
+        let started = Instant::now();
+        std::fs::write(path, format!("{drift}\n")).expect("write the drift");
+        let deadline = started + Duration::from_secs(2);
+        let mut writes = 0;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(at) => {
+                    writes += 1;
+                    // The first close-write is ours.
+                    if writes >= 2 {
+                        let now = std::fs::read_to_string(path).unwrap_or_default();
+                        if now.trim() == want {
+                            samples.push(at.saturating_duration_since(started));
+                            break;
+                        }
+                    }
+                }
+                Err(_) => {
+                    lost += 1;
+                    break;
+                }
+            }
+        }
+    }
+    if lost > 0 {
+        println!("  WARNING: {lost} of {n} writes were not corrected within 2 s");
+    }
+    samples
+}
+
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+pub fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1e3)
+}
+
+/// `n=200 p50=… p90=… p99=… max=…`
+pub fn summary(samples: &[Duration]) -> String {
+    let mut s = samples.to_vec();
+    s.sort();
+    format!(
+        "n={} p50={} p90={} p99={} max={}",
+        s.len(),
+        ms(percentile(&s, 50.0)),
+        ms(percentile(&s, 90.0)),
+        ms(percentile(&s, 99.0)),
+        ms(s.last().copied().unwrap_or_default())
+    )
+}
