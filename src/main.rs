@@ -218,7 +218,7 @@ fn status(
     let mut target = String::from("/status?format=json");
     for s in states {
         target.push_str("&state=");
-        target.push_str(s);
+        target.extend(form_urlencoded::byte_serialize(s.as_bytes()));
     }
     let response = client::get(&addr, &target, "application/json", STATUS_TIMEOUT)?;
     let body = String::from_utf8_lossy(&response.body);
