@@ -23,6 +23,19 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Every kind, for filters and metrics. A test fails to compile when a
+    /// kind is added to the enum and not here.
+    pub const ALL: [Kind; 4] = [
+        Kind::Sysctl,
+        Kind::SysctlPersist,
+        Kind::Limit,
+        Kind::LimitsFile,
+    ];
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Sysctl => "sysctl",
@@ -237,4 +250,29 @@ pub fn summary(items: &[Item]) -> Vec<(State, usize)> {
 /// Whether every item is in line with the policy.
 pub fn all_compliant(items: &[Item]) -> bool {
     !items.iter().any(|i| i.state.is_drift())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The position of each kind in `Kind::ALL`; the match is exhaustive, so
+    /// a new kind must be listed there too.
+    fn position(k: Kind) -> usize {
+        match k {
+            Kind::Sysctl => 0,
+            Kind::SysctlPersist => 1,
+            Kind::Limit => 2,
+            Kind::LimitsFile => 3,
+        }
+    }
+
+    #[test]
+    fn every_kind_is_listed_once_and_parses_back() {
+        for (i, k) in Kind::ALL.into_iter().enumerate() {
+            assert_eq!(position(k), i);
+            assert_eq!(Kind::parse(k.as_str()), Some(k));
+        }
+        assert_eq!(Kind::parse("cgroups"), None);
+    }
 }

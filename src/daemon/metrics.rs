@@ -74,13 +74,6 @@ pub struct Metrics {
     reloads: Family<ResultLabels, Counter>,
 }
 
-const KINDS: [Kind; 4] = [
-    Kind::Sysctl,
-    Kind::SysctlPersist,
-    Kind::Limit,
-    Kind::LimitsFile,
-];
-
 impl Metrics {
     pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>) -> Metrics {
         let mut registry = Registry::default();
@@ -91,7 +84,7 @@ impl Metrics {
         // 50 µs .. 3.3 s.
         let pass_duration = Histogram::new(exponential_buckets(0.000_05, 4.0, 9));
         // Every series exists from the start, at 0, so rates work at once.
-        for kind in KINDS {
+        for kind in Kind::ALL {
             let l = KindLabels {
                 kind: kind.as_str(),
             };

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::state::{Snapshot, human_duration, rfc3339};
-use crate::item::State;
+use crate::item::{Kind, State};
 
 /// The status schema version; bump on incompatible changes.
 pub const STATUS_SCHEMA_VERSION: u32 = 1;
@@ -141,7 +141,7 @@ pub struct Filter {
     /// Any of these states (empty: all).
     pub states: Vec<State>,
     /// Any of these kinds (empty: all).
-    pub kinds: Vec<String>,
+    pub kinds: Vec<Kind>,
 }
 
 /// The response format a request asks for.
@@ -157,8 +157,6 @@ pub struct Query {
     pub filter: Filter,
     pub format: Option<Format>,
 }
-
-const KINDS: &[&str] = &["sysctl", "sysctl-persist", "limit", "limits-file"];
 
 impl Query {
     /// `state=drifted,failed&state=contested&kind=sysctl&format=text`.
@@ -181,13 +179,13 @@ impl Query {
                 }
                 "kind" => {
                     for v in value.split(',').filter(|v| !v.is_empty()) {
-                        if !KINDS.contains(&v) {
-                            return Err(format!(
+                        let k = Kind::parse(v).ok_or_else(|| {
+                            format!(
                                 "unknown kind `{v}`; expected one of {}",
-                                KINDS.join(", ")
-                            ));
-                        }
-                        q.filter.kinds.push(v.to_string());
+                                Kind::ALL.map(Kind::as_str).join(", ")
+                            )
+                        })?;
+                        q.filter.kinds.push(k);
                     }
                 }
                 "format" => {
@@ -314,8 +312,7 @@ pub fn to_json(snap: &Snapshot, filter: &Filter) -> StatusJson {
             .iter()
             .filter(|i| {
                 (filter.states.is_empty() || filter.states.contains(&i.item.state))
-                    && (filter.kinds.is_empty()
-                        || filter.kinds.iter().any(|k| k == i.item.kind.as_str()))
+                    && (filter.kinds.is_empty() || filter.kinds.contains(&i.item.kind))
             })
             .map(|s| {
                 let i = &s.item;
@@ -525,7 +522,7 @@ mod tests {
     use crate::daemon::state::{
         ItemStatus, ListenerOrigin, ListenerStatus, PassInfo, PolicyState, Rejection,
     };
-    use crate::item::{Item, Kind};
+    use crate::item::Item;
     use crate::policy::{Mode, Policy, PolicyError, Source};
 
     fn snapshot() -> Snapshot {
@@ -637,7 +634,7 @@ mod tests {
             q.filter.states,
             [State::Drifted, State::Failed, State::Contested]
         );
-        assert_eq!(q.filter.kinds, ["sysctl"]);
+        assert_eq!(q.filter.kinds, [Kind::Sysctl]);
         assert_eq!(q.format, Some(Format::Text));
         assert_eq!(Query::parse("").unwrap(), Query::default());
         assert!(

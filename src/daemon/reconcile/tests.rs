@@ -489,3 +489,51 @@ async fn file_events_and_lost_events_cause_a_full_pass() {
     assert!(h.snap().last_pass.as_ref().unwrap().full);
     assert_eq!(h.read(SOMAXCONN), "4096");
 }
+
+#[tokio::test(start_paused = true)]
+async fn session_limits_plug_into_the_same_loop() {
+    let dir = fake_host();
+    write(
+        dir.path(),
+        BASE,
+        "version: 1\nmode: enforce\nlimits:\n  - {domain: \"*\", item: nofile, soft: 65536, hard: 65536}\n",
+    );
+    write(dir.path(), "proc/sys/fs/nr_open", "1048576\n");
+    let cfg = config(&dir);
+    let h = Harness::start(dir, cfg).await;
+    let managed = "etc/security/limits.d/90-holdfast.conf";
+    assert!(h.read(managed).contains("65536"));
+    assert_eq!(h.item("* soft nofile").item.state, State::Corrected);
+
+    // Someone removes holdfast's file: the limits.d event brings a full
+    // pass, which writes it again.
+    std::fs::remove_file(h.dir.path().join(managed)).unwrap();
+    h.events
+        .send(WatchEvent {
+            paths: vec![h.dir.path().join(managed)],
+            removed: true,
+        })
+        .await
+        .unwrap();
+    settle().await;
+    assert!(h.read(managed).contains("65536"));
+    let snap = h.snap();
+    assert!(snap.last_pass.as_ref().unwrap().full);
+
+    // A file read after holdfast's shadows it: drift, with the culprit named.
+    h.change(
+        "etc/security/limits.d/99-other.conf",
+        "*  soft  nofile  1024\n",
+    )
+    .await;
+    let item = h.item("* soft nofile");
+    assert_eq!(item.item.state, State::Drifted);
+    assert!(
+        item.item
+            .detail
+            .iter()
+            .any(|d| d.contains("99-other.conf:1")),
+        "{:?}",
+        item.item.detail
+    );
+}
