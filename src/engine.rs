@@ -7,7 +7,10 @@
 //! - `apply` is idempotent: a second pass over a converged host writes
 //!   nothing (it re-reads, finds every value compliant, and stops there).
 //! - Every write is verified by reading the value back; an item is
-//!   `corrected` only when the kernel reports the policy's value.
+//!   `corrected` only when the kernel (or systemd, or pam_limits' reading of
+//!   the files) reports the policy's value.
+//! - systemd: at most one daemon-reload per pass, only when a unit file
+//!   holdfast owns changed; a service is restarted only on explicit request.
 
 use std::time::Instant;
 
@@ -15,9 +18,11 @@ use crate::host::{self, HostRoot, IoError};
 use crate::item::{Action, Item, Kind, State};
 use crate::limits::{observe as limits_observe, plan as limits_plan};
 use crate::policy::Policy;
+use crate::services::{self, observe as services_observe};
 use crate::sysctl::Comparison;
 use crate::sysctl::observe::{self as sysctl_observe, Observed};
 use crate::sysctl::plan::{self as sysctl_plan, SysctlHost};
+use crate::systemd::{self, Systemctl, SystemdClient};
 
 /// The result of a pass.
 #[derive(Debug, Clone)]
@@ -29,15 +34,59 @@ pub struct Pass {
     pub duration: std::time::Duration,
 }
 
+/// What a pass works with: the host root and, when holdfast can talk to the
+/// host's systemd, a client for it.
+pub struct Context<'a> {
+    pub host: &'a HostRoot,
+    pub systemd: Option<&'a dyn SystemdClient>,
+}
+
+static SYSTEMCTL: Systemctl = Systemctl;
+
+impl<'a> Context<'a> {
+    /// The production context: `systemctl` when the root is `/` and systemd
+    /// is PID 1; no client otherwise (a fake or foreign root must never
+    /// reach the running systemd).
+    pub fn for_host(host: &'a HostRoot) -> Context<'a> {
+        let own_root = host.root() == std::path::Path::new("/");
+        let systemd: Option<&dyn SystemdClient> =
+            (own_root && systemd::is_pid1(host)).then_some(&SYSTEMCTL as &dyn SystemdClient);
+        Context { host, systemd }
+    }
+}
+
+/// What `apply` may do beyond correcting drift.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApplyOptions {
+    /// Restart services whose running processes still have old limits.
+    /// Never done without this explicit request.
+    pub restart_services: bool,
+}
+
 /// Observes the host and plans the changes apply would make. Writes nothing.
 pub fn plan(host: &HostRoot, policy: &Policy) -> Pass {
+    plan_in(&Context::for_host(host), policy)
+}
+
+/// One reconcile pass with the default options.
+pub fn apply(host: &HostRoot, policy: &Policy) -> Pass {
+    apply_in(&Context::for_host(host), policy, ApplyOptions::default())
+}
+
+pub fn plan_in(ctx: &Context<'_>, policy: &Policy) -> Pass {
     let started = Instant::now();
+    let host = ctx.host;
     let (sysctl_host, mut warnings) = sysctl_observe::observe(host, policy);
     let mut items = sysctl_plan::plan(policy, &sysctl_host);
     if !policy.limits.is_empty() {
         let (limits_host, w) = limits_observe::observe(host);
         warnings.extend(w);
         items.extend(limits_plan::plan(policy, &limits_host));
+    }
+    if has_service_settings(policy) {
+        let (services_host, w) = services_observe::observe(host, ctx.systemd, policy);
+        warnings.extend(w);
+        items.extend(services::plan(policy, &services_host));
     }
     Pass {
         items,
@@ -46,13 +95,113 @@ pub fn plan(host: &HostRoot, policy: &Policy) -> Pass {
     }
 }
 
+fn has_service_settings(policy: &Policy) -> bool {
+    !services::managed_units(policy).is_empty() || policy.service_defaults.limit_nofile.is_some()
+}
+
+/// One reconcile pass: plan, then carry out the plan.
+pub fn apply_in(ctx: &Context<'_>, policy: &Policy, options: ApplyOptions) -> Pass {
+    let started = Instant::now();
+    let host = ctx.host;
+    let (sysctl_host, mut warnings) = sysctl_observe::observe(host, policy);
+    let mut items = sysctl_plan::plan(policy, &sysctl_host);
+    execute_sysctl_writes(host, policy, &mut items);
+    refresh_persist_item(policy, &sysctl_host, &mut items);
+    execute_file_actions(&mut items);
+    if !policy.limits.is_empty() {
+        let (limits_host, w) = limits_observe::observe(host);
+        warnings.extend(w);
+        items.extend(apply_limits(host, policy, &limits_host));
+    }
+    if has_service_settings(policy) {
+        let (services, w) = apply_services(ctx, policy, options);
+        warnings.extend(w);
+        items.extend(services);
+    }
+    Pass {
+        items,
+        warnings: collect_warnings(policy, &warnings),
+        duration: started.elapsed(),
+    }
+}
+
+/// Writes holdfast's unit drop-ins, then one daemon-reload for the whole
+/// pass if any file changed, then (only when asked) restarts the services
+/// whose processes still run with old limits; then observes again so every
+/// state reflects what systemd and the processes now really have.
+fn apply_services(
+    ctx: &Context<'_>,
+    policy: &Policy,
+    options: ApplyOptions,
+) -> (Vec<Item>, Vec<IoError>) {
+    let (before_host, mut warnings) = services_observe::observe(ctx.host, ctx.systemd, policy);
+    let mut planned = services::plan(policy, &before_host);
+    let wrote_unit_files = planned
+        .iter()
+        .any(|i| i.kind == Kind::UnitFile && i.action.is_some());
+    execute_file_actions(&mut planned);
+    let mut notes: Vec<(String, String)> = Vec::new();
+    if wrote_unit_files && let Some(client) = ctx.systemd {
+        if let Err(e) = client.daemon_reload() {
+            notes.push((String::new(), format!("daemon-reload failed: {e}")));
+        }
+    }
+    let mut restarted = Vec::new();
+    if options.restart_services
+        && let Some(client) = ctx.systemd
+    {
+        let (mid_host, _) = services_observe::observe(ctx.host, ctx.systemd, policy);
+        for item in services::plan(policy, &mid_host) {
+            if item.state != State::RestartRequired {
+                continue;
+            }
+            let Some(unit) = item.key.strip_suffix(" LimitNOFILE") else {
+                continue;
+            };
+            match client.restart(unit) {
+                Ok(()) => restarted.push(item.key.clone()),
+                Err(e) => notes.push((item.key.clone(), format!("restart failed: {e}"))),
+            }
+        }
+    }
+    let (after_host, w) = services_observe::observe(ctx.host, ctx.systemd, policy);
+    warnings.extend(w);
+    let mut after = services::plan(policy, &after_host);
+    for item in after.iter_mut() {
+        let prev = planned
+            .iter()
+            .find(|p| p.kind == item.kind && p.key == item.key);
+        if let Some(prev) = prev
+            && item.kind == Kind::UnitFile
+            && matches!(prev.state, State::Corrected | State::Failed)
+        {
+            item.state = prev.state;
+            item.detail = prev.detail.clone();
+        } else if item.state == State::Compliant
+            && (prev.is_some_and(|p| p.state != State::Compliant) || restarted.contains(&item.key))
+        {
+            item.state = State::Corrected;
+        }
+        if restarted.contains(&item.key) {
+            item.detail
+                .push("restarted by holdfast (--restart-services)".into());
+        }
+        for (key, note) in &notes {
+            if key.is_empty() || *key == item.key {
+                item.detail.push(note.clone());
+            }
+        }
+    }
+    (after, warnings)
+}
+
 /// Read problems, plus the policy sections this version validates but does
 /// not manage yet, so a report never implies they were checked.
 fn collect_warnings(policy: &Policy, io: &[IoError]) -> Vec<String> {
     let mut out: Vec<String> = io.iter().map(IoError::to_string).collect();
     let mut unmanaged = Vec::new();
-    if !policy.services.is_empty() {
-        unmanaged.push("services");
+    if policy.services.values().any(|s| s.slice.is_some()) {
+        unmanaged.push("services (slice)");
     }
     if policy.cgroup.controllers.is_some() || !policy.cgroup.slices.is_empty() {
         unmanaged.push("cgroup");
@@ -64,26 +213,6 @@ fn collect_warnings(policy: &Policy, io: &[IoError]) -> Vec<String> {
         ));
     }
     out
-}
-
-/// One reconcile pass: plan, then carry out the plan.
-pub fn apply(host: &HostRoot, policy: &Policy) -> Pass {
-    let started = Instant::now();
-    let (sysctl_host, mut warnings) = sysctl_observe::observe(host, policy);
-    let mut items = sysctl_plan::plan(policy, &sysctl_host);
-    execute_sysctl_writes(host, policy, &mut items);
-    refresh_persist_item(policy, &sysctl_host, &mut items);
-    execute_file_actions(&mut items);
-    if !policy.limits.is_empty() {
-        let (limits_host, w) = limits_observe::observe(host);
-        warnings.extend(w);
-        items.extend(apply_limits(host, policy, &limits_host));
-    }
-    Pass {
-        items,
-        warnings: collect_warnings(policy, &warnings),
-        duration: started.elapsed(),
-    }
 }
 
 /// Writes the planned sysctls (overcommit limit before mode), then reads each

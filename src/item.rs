@@ -20,6 +20,10 @@ pub enum Kind {
     Limit,
     /// holdfast's limits.d file.
     LimitsFile,
+    /// A systemd service's limit (or the services' default).
+    ServiceLimit,
+    /// A unit drop-in or `system.conf.d` file holdfast owns.
+    UnitFile,
 }
 
 impl Kind {
@@ -29,6 +33,8 @@ impl Kind {
             Kind::SysctlPersist => "sysctl-persist",
             Kind::Limit => "limit",
             Kind::LimitsFile => "limits-file",
+            Kind::ServiceLimit => "service-limit",
+            Kind::UnitFile => "unit-file",
         }
     }
 }

@@ -13,5 +13,7 @@ pub mod limits;
 pub mod policy;
 pub mod report;
 pub mod safety;
+pub mod services;
 pub mod sources;
 pub mod sysctl;
+pub mod systemd;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use holdfast::engine::{self, Pass};
+use holdfast::engine::{self, ApplyOptions, Pass};
 use holdfast::host::HostRoot;
 use holdfast::item;
 use holdfast::policy::{Policy, PolicyErrors};
@@ -26,8 +26,9 @@ const EXIT_DRIFT: u8 = 2;
     version,
     about = "Keep a Linux host converged on a declarative hardening policy",
     long_about = "holdfast reads a desired-state policy (YAML) and checks or converges the host on it: \
-sysctls in /proc/sys (persisted to /etc/sysctl.d so they hold across boots) and session limits \
-(pam_limits, /etc/security/limits.d).\n\n\
+sysctls in /proc/sys (persisted to /etc/sysctl.d so they hold across boots), session limits \
+(pam_limits, /etc/security/limits.d) and systemd services' LimitNOFILE (drop-ins, verified on \
+the running processes).\n\n\
 Exit codes: 0 = compliant, 1 = error (bad policy, I/O), 2 = drift found (check, plan) or left after apply.",
     after_help = "Policy sources: --policy PATH (file or directory of *.yaml, repeatable); by default \
 /etc/holdfast/policy.d/*.yaml under --root, else the bundled baseline (audit mode)."
@@ -57,7 +58,12 @@ enum Command {
     Plan,
     /// Run one reconcile pass: correct drift of settings in enforce mode,
     /// persist enforced sysctls, verify by reading back.
-    Apply,
+    Apply {
+        /// Also restart services whose running processes still have old
+        /// limits (never done without this flag).
+        #[arg(long)]
+        restart_services: bool,
+    },
     /// Validate policy files without looking at the host.
     Validate {
         /// Policy files or directories to validate together (merged in order).
@@ -87,9 +93,17 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
     let host = HostRoot::new(&cli.root);
     match &cli.command {
         Command::Validate { files } => validate(&host, files, cli.format),
-        Command::Check => pass(cli, &host, "check", TextStyle::Check, engine::plan),
-        Command::Plan => pass(cli, &host, "plan", TextStyle::Plan, engine::plan),
-        Command::Apply => pass(cli, &host, "apply", TextStyle::Apply, engine::apply),
+        Command::Check => pass(cli, &host, "check", TextStyle::Check, &engine::plan),
+        Command::Plan => pass(cli, &host, "plan", TextStyle::Plan, &engine::plan),
+        Command::Apply { restart_services } => {
+            let options = ApplyOptions {
+                restart_services: *restart_services,
+            };
+            let run = |host: &HostRoot, policy: &Policy| {
+                engine::apply_in(&engine::Context::for_host(host), policy, options)
+            };
+            pass(cli, &host, "apply", TextStyle::Apply, &run)
+        }
     }
 }
 
@@ -98,7 +112,7 @@ fn pass(
     host: &HostRoot,
     command: &str,
     style: TextStyle,
-    run: fn(&HostRoot, &Policy) -> Pass,
+    run: &dyn Fn(&HostRoot, &Policy) -> Pass,
 ) -> anyhow::Result<u8> {
     if !cli.root.is_dir() {
         anyhow::bail!("--root {}: not a directory", cli.root.display());

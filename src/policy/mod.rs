@@ -82,6 +82,7 @@ pub struct Policy {
     /// At most one rule per (domain, item), in the order first written.
     pub limits: Vec<LimitRule>,
     pub services: BTreeMap<String, ServiceRule>,
+    pub service_defaults: ServiceDefaults,
     pub cgroup: CgroupPolicy,
     pub safety: Safety,
 }
@@ -130,6 +131,14 @@ pub struct ServiceRule {
     pub limit_nofile: Option<Sourced<LimitPair>>,
     pub mode: Option<Sourced<Mode>>,
     pub source: Source,
+}
+
+/// Settings systemd applies to every service (`system.conf.d`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceDefaults {
+    /// `DefaultLimitNOFILE=`.
+    pub limit_nofile: Option<Sourced<LimitPair>>,
+    pub mode: Option<Sourced<Mode>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -233,6 +242,11 @@ impl Policy {
                 }
             }
         }
+        overlay_field(
+            &mut self.service_defaults.limit_nofile,
+            later.service_defaults.limit_nofile,
+        );
+        overlay_field(&mut self.service_defaults.mode, later.service_defaults.mode);
         if later.cgroup.controllers.is_some() {
             self.cgroup.controllers = later.cgroup.controllers;
         }

@@ -13,7 +13,7 @@ use super::raw::{
 };
 use super::{
     CgroupPolicy, FORMAT_VERSION, LimitPair, LimitRule, Mode, Policy, PolicyError, Safety,
-    ServiceRule, SliceRule, Source, Sourced, SysctlRule,
+    ServiceDefaults, ServiceRule, SliceRule, Source, Sourced, SysctlRule,
 };
 use crate::cgroup::{Bytes, CONTROLLERS, Count, CpuMax};
 use crate::limits::{Domain, LimitItem, LimitValue};
@@ -134,6 +134,19 @@ impl Validator {
         let sysctls = raw.sysctl.map(|e| self.sysctls(e)).unwrap_or_default();
         let limits = raw.limits.map(|l| self.limits(l)).unwrap_or_default();
         let services = raw.services.map(|s| self.services(s)).unwrap_or_default();
+        let service_defaults = raw
+            .service_defaults
+            .map(|d| ServiceDefaults {
+                limit_nofile: d.limit_nofile.as_ref().and_then(|v| {
+                    let pair = self.limit_pair(v)?;
+                    Some(Sourced {
+                        value: pair,
+                        source: self.src(v),
+                    })
+                }),
+                mode: self.opt_mode(&d.mode),
+            })
+            .unwrap_or_default();
         let cgroup = raw.cgroup.map(|c| self.cgroup(c)).unwrap_or_default();
         let safety = raw.safety.map(|s| self.safety(s)).unwrap_or_default();
         Policy {
@@ -142,6 +155,7 @@ impl Validator {
             sysctls,
             limits,
             services,
+            service_defaults,
             cgroup,
             safety,
         }
