@@ -14,6 +14,7 @@
 
 use std::time::Instant;
 
+use crate::cgroup::{observe as cgroup_observe, plan as cgroup_plan};
 use crate::host::{self, HostRoot, IoError};
 use crate::item::{Action, Item, Kind, State};
 use crate::limits::{observe as limits_observe, plan as limits_plan};
@@ -83,20 +84,40 @@ pub fn plan_in(ctx: &Context<'_>, policy: &Policy) -> Pass {
         warnings.extend(w);
         items.extend(limits_plan::plan(policy, &limits_host));
     }
-    if has_service_settings(policy) {
-        let (services_host, w) = services_observe::observe(host, ctx.systemd, policy);
-        warnings.extend(w);
-        items.extend(services::plan(policy, &services_host));
-    }
+    let (units, w) = plan_units(ctx, policy);
+    warnings.extend(w);
+    items.extend(units);
     Pass {
         items,
-        warnings: collect_warnings(policy, &warnings),
+        warnings: collect_warnings(&warnings),
         duration: started.elapsed(),
     }
 }
 
 fn has_service_settings(policy: &Policy) -> bool {
     !services::managed_units(policy).is_empty() || policy.service_defaults.limit_nofile.is_some()
+}
+
+fn has_cgroup_settings(policy: &Policy) -> bool {
+    policy.cgroup.controllers.is_some() || !policy.cgroup.slices.is_empty()
+}
+
+/// Observes and plans what goes through systemd or cgroupfs: services and
+/// cgroup slices.
+fn plan_units(ctx: &Context<'_>, policy: &Policy) -> (Vec<Item>, Vec<IoError>) {
+    let mut items = Vec::new();
+    let mut warnings = Vec::new();
+    if has_service_settings(policy) {
+        let (services_host, w) = services_observe::observe(ctx.host, ctx.systemd, policy);
+        warnings.extend(w);
+        items.extend(services::plan(policy, &services_host));
+    }
+    if has_cgroup_settings(policy) {
+        let (cgroup_host, w) = cgroup_observe::observe(ctx.host, ctx.systemd, policy);
+        warnings.extend(w);
+        items.extend(cgroup_plan::plan(policy, &cgroup_host));
+    }
+    (items, warnings)
 }
 
 /// One reconcile pass: plan, then carry out the plan.
@@ -113,29 +134,34 @@ pub fn apply_in(ctx: &Context<'_>, policy: &Policy, options: ApplyOptions) -> Pa
         warnings.extend(w);
         items.extend(apply_limits(host, policy, &limits_host));
     }
-    if has_service_settings(policy) {
-        let (services, w) = apply_services(ctx, policy, options);
+    if has_service_settings(policy) || has_cgroup_settings(policy) {
+        let (units, w) = apply_units(ctx, policy, options);
         warnings.extend(w);
-        items.extend(services);
+        items.extend(units);
     }
     Pass {
         items,
-        warnings: collect_warnings(policy, &warnings),
+        warnings: collect_warnings(&warnings),
         duration: started.elapsed(),
     }
 }
 
-/// Writes holdfast's unit drop-ins, then one daemon-reload for the whole
-/// pass if any file changed, then (only when asked) restarts the services
-/// whose processes still run with old limits; then observes again so every
-/// state reflects what systemd and the processes now really have.
-fn apply_services(
+/// Services and cgroups, in one systemd phase:
+/// 1. write the unit files holdfast owns (drop-ins, slice units);
+/// 2. one daemon-reload for the whole pass, only if a file changed;
+/// 3. observe again and carry out the runtime actions that view calls for:
+///    start slices, `SetUnitProperties(runtime)` for settings another writer
+///    changed, or, without systemd, create holdfast's cgroups, enable
+///    controllers top-down and write its limits;
+/// 4. restart services whose processes still run with old settings, only
+///    when `--restart-services` asks;
+/// 5. observe a last time, so every state is what the host now really has.
+fn apply_units(
     ctx: &Context<'_>,
     policy: &Policy,
     options: ApplyOptions,
 ) -> (Vec<Item>, Vec<IoError>) {
-    let (before_host, mut warnings) = services_observe::observe(ctx.host, ctx.systemd, policy);
-    let mut planned = services::plan(policy, &before_host);
+    let (mut planned, mut warnings) = plan_units(ctx, policy);
     let wrote_unit_files = planned
         .iter()
         .any(|i| i.kind == Kind::UnitFile && i.action.is_some());
@@ -146,28 +172,44 @@ fn apply_services(
             notes.push((String::new(), format!("daemon-reload failed: {e}")));
         }
     }
+    let (mut mid, _) = plan_units(ctx, policy);
+    let mut acted: Vec<String> = Vec::new();
+    for item in mid.iter_mut() {
+        let Some(action) = item.action.take() else {
+            continue;
+        };
+        match execute_runtime_action(ctx, &action) {
+            Ok(true) => acted.push(item.key.clone()),
+            Ok(false) => {}
+            Err(why) => notes.push((item.key.clone(), why)),
+        }
+    }
     let mut restarted = Vec::new();
     if options.restart_services
         && let Some(client) = ctx.systemd
     {
-        let (mid_host, _) = services_observe::observe(ctx.host, ctx.systemd, policy);
-        for item in services::plan(policy, &mid_host) {
-            if item.state != State::RestartRequired {
-                continue;
-            }
-            let Some(unit) = item.key.strip_suffix(" LimitNOFILE") else {
-                continue;
-            };
+        let (now, _) = plan_units(ctx, policy);
+        let mut units: Vec<&str> = now
+            .iter()
+            .filter(|i| i.kind == Kind::ServiceLimit && i.state == State::RestartRequired)
+            .filter_map(|i| i.key.split_once(' ').map(|(unit, _)| unit))
+            .collect();
+        units.dedup();
+        for unit in units {
             match client.restart(unit) {
-                Ok(()) => restarted.push(item.key.clone()),
-                Err(e) => notes.push((item.key.clone(), format!("restart failed: {e}"))),
+                Ok(()) => restarted.push(unit.to_string()),
+                Err(e) => notes.push((unit.to_string(), format!("restart failed: {e}"))),
             }
         }
     }
-    let (after_host, w) = services_observe::observe(ctx.host, ctx.systemd, policy);
+    let (mut after, w) = plan_units(ctx, policy);
     warnings.extend(w);
-    let mut after = services::plan(policy, &after_host);
     for item in after.iter_mut() {
+        let unit = item
+            .key
+            .split_once(' ')
+            .map_or(item.key.as_str(), |(u, _)| u);
+        let was_restarted = restarted.iter().any(|r| r == unit);
         let prev = planned
             .iter()
             .find(|p| p.kind == item.kind && p.key == item.key);
@@ -178,41 +220,88 @@ fn apply_services(
             item.state = prev.state;
             item.detail = prev.detail.clone();
         } else if item.state == State::Compliant
-            && (prev.is_some_and(|p| p.state != State::Compliant) || restarted.contains(&item.key))
+            && (prev.is_some_and(|p| p.state != State::Compliant)
+                || was_restarted
+                || acted.contains(&item.key))
         {
             item.state = State::Corrected;
         }
-        if restarted.contains(&item.key) {
+        if was_restarted && item.kind == Kind::ServiceLimit {
             item.detail
                 .push("restarted by holdfast (--restart-services)".into());
         }
         for (key, note) in &notes {
-            if key.is_empty() || *key == item.key {
+            if key.is_empty() || *key == item.key || *key == unit {
                 item.detail.push(note.clone());
+                if !key.is_empty() && item.state != State::Compliant {
+                    item.state = State::Failed;
+                }
             }
         }
     }
     (after, warnings)
 }
 
-/// Read problems, plus the policy sections this version validates but does
-/// not manage yet, so a report never implies they were checked.
-fn collect_warnings(policy: &Policy, io: &[IoError]) -> Vec<String> {
-    let mut out: Vec<String> = io.iter().map(IoError::to_string).collect();
-    let mut unmanaged = Vec::new();
-    if policy.services.values().any(|s| s.slice.is_some()) {
-        unmanaged.push("services (slice)");
+/// Carries out one runtime action of the systemd phase. `Ok(true)` when it
+/// acted, `Err` with an explanation when it failed.
+fn execute_runtime_action(ctx: &Context<'_>, action: &Action) -> Result<bool, String> {
+    let client = || {
+        ctx.systemd
+            .ok_or_else(|| "systemd not asked: the host root is not /".to_string())
+    };
+    match action {
+        Action::StartUnit { unit } => client()?.start(unit).map_err(|e| e.to_string())?,
+        Action::SetUnitProperties { unit, assignments } => client()?
+            .set_properties_runtime(unit, assignments)
+            .map_err(|e| e.to_string())?,
+        Action::CreateCgroup { path } => match std::fs::create_dir(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(explain_cgroup_error(&IoError::new(
+                    "create cgroup",
+                    path,
+                    e,
+                )));
+            }
+        },
+        Action::EnableController {
+            subtree_control,
+            controller,
+        } => host::write_kernel_file(subtree_control, &format!("+{controller}"))
+            .map_err(|e| explain_cgroup_error(&e))?,
+        Action::WriteCgroupFile { path, value } => {
+            host::write_kernel_file(path, value).map_err(|e| explain_cgroup_error(&e))?
+        }
+        Action::WriteSysctl { .. } | Action::WriteFile { .. } | Action::RemoveFile { .. } => {
+            return Ok(false);
+        }
     }
-    if policy.cgroup.controllers.is_some() || !policy.cgroup.slices.is_empty() {
-        unmanaged.push("cgroup");
-    }
-    if !unmanaged.is_empty() {
-        out.push(format!(
-            "policy sections validated but not checked by this version: {}",
-            unmanaged.join(", ")
-        ));
-    }
-    out
+    Ok(true)
+}
+
+/// cgroupfs errors, with what they mean for holdfast (design notes, §3).
+fn explain_cgroup_error(e: &IoError) -> String {
+    let why = match e.errno() {
+        Some(16) => {
+            "EBUSY: the no-internal-processes rule (a cgroup with processes cannot give its children domain controllers), or a controller still in use below"
+        }
+        Some(22) => "EINVAL: the kernel rejected the value or the controller name",
+        Some(2) => {
+            "ENOENT: the controller is not enabled in the parent, or the file does not exist here: cannot manage this here"
+        }
+        Some(1) | Some(13) => {
+            "permission denied (nsdelegate, or not root): cannot manage this here"
+        }
+        Some(30) => "EROFS: cgroupfs is mounted read-only here: cannot manage this here",
+        _ => "cgroupfs write failed",
+    };
+    format!("{why}: {e}")
+}
+
+/// Problems reading auxiliary files, as report warnings.
+fn collect_warnings(io: &[IoError]) -> Vec<String> {
+    io.iter().map(IoError::to_string).collect()
 }
 
 /// Writes the planned sysctls (overcommit limit before mode), then reads each

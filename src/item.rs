@@ -22,8 +22,12 @@ pub enum Kind {
     LimitsFile,
     /// A systemd service's limit (or the services' default).
     ServiceLimit,
-    /// A unit drop-in or `system.conf.d` file holdfast owns.
+    /// A unit drop-in, slice unit or `system.conf.d` file holdfast owns.
     UnitFile,
+    /// One setting of a slice (`memory.max`, `cpu.max`, ...).
+    CgroupLimit,
+    /// A cgroup controller enabled on the path to the managed slices.
+    CgroupController,
 }
 
 impl Kind {
@@ -35,6 +39,8 @@ impl Kind {
             Kind::LimitsFile => "limits-file",
             Kind::ServiceLimit => "service-limit",
             Kind::UnitFile => "unit-file",
+            Kind::CgroupLimit => "cgroup",
+            Kind::CgroupController => "cgroup-controller",
         }
     }
 }
@@ -126,6 +132,29 @@ pub enum Action {
     RemoveFile {
         path: PathBuf,
     },
+    /// Change properties of a running unit through systemd, this boot only.
+    SetUnitProperties {
+        unit: String,
+        assignments: Vec<String>,
+    },
+    /// Start a unit (a slice, so that its cgroup exists).
+    StartUnit {
+        unit: String,
+    },
+    /// Create a cgroup directory in holdfast's own subtree (no systemd).
+    CreateCgroup {
+        path: PathBuf,
+    },
+    /// Enable one controller in a cgroup's `cgroup.subtree_control`.
+    EnableController {
+        subtree_control: PathBuf,
+        controller: String,
+    },
+    /// Write a limit file of a cgroup in holdfast's own subtree.
+    WriteCgroupFile {
+        path: PathBuf,
+        value: String,
+    },
 }
 
 impl fmt::Display for Action {
@@ -134,6 +163,22 @@ impl fmt::Display for Action {
             Action::WriteSysctl { key, value } => write!(f, "write {key} = {value}"),
             Action::WriteFile { path, .. } => write!(f, "write {}", path.display()),
             Action::RemoveFile { path } => write!(f, "remove {}", path.display()),
+            Action::SetUnitProperties { unit, assignments } => {
+                write!(
+                    f,
+                    "systemctl set-property --runtime {unit} {}",
+                    assignments.join(" ")
+                )
+            }
+            Action::StartUnit { unit } => write!(f, "systemctl start {unit}"),
+            Action::CreateCgroup { path } => write!(f, "mkdir {}", path.display()),
+            Action::EnableController {
+                subtree_control,
+                controller,
+            } => write!(f, "echo +{controller} > {}", subtree_control.display()),
+            Action::WriteCgroupFile { path, value } => {
+                write!(f, "echo {value} > {}", path.display())
+            }
         }
     }
 }

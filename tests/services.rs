@@ -5,127 +5,15 @@
 
 mod common;
 
-use std::cell::RefCell;
-use std::collections::BTreeMap;
-
 use common::FakeHost;
+use common::fake_systemd::FakeSystemd;
 use holdfast::engine::{self, ApplyOptions, Context};
 use holdfast::host::HostRoot;
 use holdfast::item::{Item, Kind, State};
-use holdfast::limits::LimitValue;
 use holdfast::policy::Policy;
-use holdfast::systemd::{SystemdClient, SystemdError, UnitInfo};
 
 const UNIT_DROP_IN: &str = "etc/systemd/system/myapp.service.d/90-holdfast.conf";
 const MANAGER_CONF: &str = "etc/systemd/system.conf.d/90-holdfast.conf";
-
-/// A systemd double that behaves like the real one where holdfast can see
-/// it: daemon-reload re-reads holdfast's drop-in into the unit's
-/// properties; a restart gives the main process the configured limits.
-struct FakeSystemd<'a> {
-    host: &'a FakeHost,
-    units: RefCell<BTreeMap<String, UnitInfo>>,
-    reloads: RefCell<u32>,
-    restarts: RefCell<Vec<String>>,
-}
-
-impl<'a> FakeSystemd<'a> {
-    fn new(host: &'a FakeHost) -> Self {
-        let mut units = BTreeMap::new();
-        units.insert(
-            "myapp.service".to_string(),
-            UnitInfo {
-                load_state: "loaded".into(),
-                active_state: "active".into(),
-                main_pid: Some(4242),
-                control_group: Some("/system.slice/myapp.service".into()),
-                limit_nofile_soft: Some(LimitValue::Value(1024)),
-                limit_nofile_hard: Some(LimitValue::Value(524288)),
-                drop_in_paths: Vec::new(),
-                need_daemon_reload: false,
-            },
-        );
-        host.write("proc/4242/limits", &proc_limits(1024, 524288));
-        host.write("proc/4243/limits", &proc_limits(1024, 524288));
-        host.write(
-            "sys/fs/cgroup/system.slice/myapp.service/cgroup.procs",
-            "4242\n4243\n",
-        );
-        FakeSystemd {
-            host,
-            units: RefCell::new(units),
-            reloads: RefCell::new(0),
-            restarts: RefCell::new(Vec::new()),
-        }
-    }
-}
-
-fn proc_limits(soft: u64, hard: u64) -> String {
-    format!(
-        "Limit                     Soft Limit           Hard Limit           Units     \nMax open files            {soft:<20} {hard:<20} files     \n"
-    )
-}
-
-fn drop_in_limit(text: &str) -> Option<(LimitValue, LimitValue)> {
-    let v = text.lines().find_map(|l| l.strip_prefix("LimitNOFILE="))?;
-    let (s, h) = v.split_once(':')?;
-    Some((
-        LimitValue::Value(s.parse().ok()?),
-        LimitValue::Value(h.parse().ok()?),
-    ))
-}
-
-impl SystemdClient for FakeSystemd<'_> {
-    fn unit(&self, unit: &str) -> Result<UnitInfo, SystemdError> {
-        Ok(self.units.borrow().get(unit).cloned().unwrap_or(UnitInfo {
-            load_state: "not-found".into(),
-            active_state: "inactive".into(),
-            ..UnitInfo::default()
-        }))
-    }
-    fn default_limit_nofile(&self) -> Result<Option<(LimitValue, LimitValue)>, SystemdError> {
-        Ok(Some((LimitValue::Value(1024), LimitValue::Value(524288))))
-    }
-    fn daemon_reload(&self) -> Result<(), SystemdError> {
-        *self.reloads.borrow_mut() += 1;
-        let path = self.host.path(UNIT_DROP_IN);
-        let mut units = self.units.borrow_mut();
-        let info = units.get_mut("myapp.service").expect("unit");
-        if let Some((s, h)) = std::fs::read_to_string(&path)
-            .ok()
-            .as_deref()
-            .and_then(drop_in_limit)
-        {
-            if !info
-                .drop_in_paths
-                .iter()
-                .any(|p| p.ends_with("99-override.conf"))
-            {
-                info.limit_nofile_soft = Some(s);
-                info.limit_nofile_hard = Some(h);
-            }
-            let p = path.display().to_string();
-            if !info.drop_in_paths.contains(&p) {
-                info.drop_in_paths.insert(0, p);
-            }
-        }
-        Ok(())
-    }
-    fn restart(&self, unit: &str) -> Result<(), SystemdError> {
-        self.restarts.borrow_mut().push(unit.to_string());
-        let units = self.units.borrow();
-        let info = units.get(unit).expect("unit");
-        if let (Some(LimitValue::Value(s)), Some(LimitValue::Value(h))) =
-            (info.limit_nofile_soft, info.limit_nofile_hard)
-        {
-            let s = u64::try_from(s).unwrap();
-            let h = u64::try_from(h).unwrap();
-            self.host.write("proc/4242/limits", &proc_limits(s, h));
-            self.host.write("proc/4243/limits", &proc_limits(s, h));
-        }
-        Ok(())
-    }
-}
 
 fn policy(text: &str) -> Policy {
     Policy::from_files([("svc.yaml", text)]).unwrap()
@@ -142,9 +30,7 @@ fn find<'a>(items: &'a [Item], kind: Kind, key_end: &str) -> &'a Item {
 }
 
 fn systemd_host() -> FakeHost {
-    let h = FakeHost::new();
-    std::fs::create_dir_all(h.path("run/systemd/system")).unwrap();
-    h
+    FakeHost::new()
 }
 
 #[test]
@@ -165,7 +51,7 @@ fn drop_in_then_one_reload_then_restart_required_until_restarted() {
 
     let first = engine::apply_in(&ctx, &p, ApplyOptions::default());
     insta::assert_snapshot!(h.read(UNIT_DROP_IN));
-    assert_eq!(*fake.reloads.borrow(), 1, "one reload for the pass");
+    assert_eq!(fake.calls_matching("reload"), 1, "one reload for the pass");
     let svc = find(&first.items, Kind::ServiceLimit, "LimitNOFILE");
     assert_eq!(svc.state, State::RestartRequired, "{svc:#?}");
     assert!(
@@ -184,14 +70,15 @@ fn drop_in_then_one_reload_then_restart_required_until_restarted() {
         find(&first.items, Kind::UnitFile, "90-holdfast.conf").state,
         State::Corrected
     );
-    assert!(
-        fake.restarts.borrow().is_empty(),
+    assert_eq!(
+        fake.calls_matching("restart"),
+        0,
         "never restarts implicitly"
     );
 
     // A second pass rewrites nothing and reloads nothing.
     let second = engine::apply_in(&ctx, &p, ApplyOptions::default());
-    assert_eq!(*fake.reloads.borrow(), 1);
+    assert_eq!(fake.calls_matching("reload"), 1);
     assert_eq!(
         find(&second.items, Kind::UnitFile, "90-holdfast.conf").state,
         State::Compliant
@@ -209,7 +96,7 @@ fn drop_in_then_one_reload_then_restart_required_until_restarted() {
             restart_services: true,
         },
     );
-    assert_eq!(*fake.restarts.borrow(), ["myapp.service"]);
+    assert_eq!(fake.calls_matching("restart myapp.service"), 1);
     let svc = find(&third.items, Kind::ServiceLimit, "LimitNOFILE");
     assert_eq!(svc.state, State::Corrected, "{svc:#?}");
     assert_eq!(svc.actual, "65536");
@@ -268,8 +155,7 @@ fn audit_mode_writes_no_unit_file_and_does_not_reload() {
         State::Drifted
     );
     assert!(!h.path(UNIT_DROP_IN).exists());
-    assert_eq!(*fake.reloads.borrow(), 0);
-    assert!(fake.restarts.borrow().is_empty());
+    assert!(fake.calls.borrow().is_empty(), "{:?}", fake.calls.borrow());
 }
 
 #[test]
@@ -309,7 +195,7 @@ fn service_defaults_go_to_system_conf_d() {
         content.contains("[Manager]\nDefaultLimitNOFILE=65536:524288\n"),
         "{content}"
     );
-    assert_eq!(*fake.reloads.borrow(), 1);
+    assert_eq!(fake.calls_matching("reload"), 1);
     let item = find(&report.items, Kind::ServiceLimit, "DefaultLimitNOFILE");
     // The double keeps systemd's default at 1024:524288, as a systemd that
     // failed to pick the file up would.
@@ -320,6 +206,7 @@ fn service_defaults_go_to_system_conf_d() {
 #[test]
 fn a_fake_root_with_systemd_files_never_reaches_the_running_systemd() {
     let h = systemd_host();
+    std::fs::create_dir_all(h.path("run/systemd/system")).unwrap();
     let root = HostRoot::new(h.root());
     let ctx = Context::for_host(&root);
     assert!(ctx.systemd.is_none());

@@ -58,11 +58,10 @@ pub struct ServicesHost {
 
 /// The units the services part manages.
 pub fn managed_units(policy: &Policy) -> Vec<&ServiceRule> {
-    // Only limit_nofile is managed so far; slices come with the cgroup backend.
     policy
         .services
         .values()
-        .filter(|s| s.limit_nofile.is_some())
+        .filter(|s| s.limit_nofile.is_some() || s.slice.is_some())
         .collect()
 }
 
@@ -97,8 +96,11 @@ fn limit_directive(name: &str, pair: LimitPair) -> String {
 pub fn render_drop_in(rule: &ServiceRule) -> String {
     let mut out = String::from(
         "# Managed by holdfast: do not edit; holdfast rewrites this file.\n\
-         # Limits apply when the service (re)starts.\n[Service]\n",
+         # Slice= and limits apply when the service (re)starts.\n[Service]\n",
     );
+    if let Some(slice) = &rule.slice {
+        out.push_str(&format!("Slice={}.slice\n", slice.value));
+    }
     if let Some(l) = &rule.limit_nofile {
         out.push_str(&limit_directive("LimitNOFILE", l.value));
     }
@@ -139,19 +141,32 @@ fn no_systemd_item(mut item: Item) -> Item {
 
 fn plan_unit(policy: &Policy, rule: &ServiceRule, host: &ServicesHost) -> Vec<Item> {
     let mode = policy.mode_of(rule.mode.as_ref().map(|m| m.value));
-    let Some(limit) = &rule.limit_nofile else {
-        return Vec::new();
-    };
-    let want = limit.value;
-    let mut item = Item::new(
-        Kind::ServiceLimit,
-        format!("{} LimitNOFILE", rule.unit),
-        want.to_string(),
-        mode,
-    );
-    item.source = Some(limit.source.clone());
+    let limit_item = rule.limit_nofile.as_ref().map(|limit| {
+        let mut item = Item::new(
+            Kind::ServiceLimit,
+            format!("{} LimitNOFILE", rule.unit),
+            limit.value.to_string(),
+            mode,
+        );
+        item.source = Some(limit.source.clone());
+        item
+    });
+    let slice_item = rule.slice.as_ref().map(|slice| {
+        let mut item = Item::new(
+            Kind::ServiceLimit,
+            format!("{} Slice", rule.unit),
+            format!("{}.slice", slice.value),
+            mode,
+        );
+        item.source = Some(slice.source.clone());
+        item
+    });
     if !host.systemd {
-        return vec![no_systemd_item(item)];
+        return limit_item
+            .into_iter()
+            .chain(slice_item)
+            .map(no_systemd_item)
+            .collect();
     }
     let (path, current) = host
         .drop_ins
@@ -174,7 +189,85 @@ fn plan_unit(policy: &Policy, rule: &ServiceRule, host: &ServicesHost) -> Vec<It
         },
         stale_note: "",
     });
+    let mut items = Vec::new();
+    if let (Some(item), Some(limit)) = (limit_item, &rule.limit_nofile) {
+        items.push(judge_limit(
+            item,
+            rule,
+            limit.value,
+            host,
+            &path,
+            file_right,
+        ));
+    }
+    if let (Some(item), Some(slice)) = (slice_item, &rule.slice) {
+        items.push(judge_slice(item, rule, &slice.value, host, file_right));
+    }
+    items.push(file_item);
+    items
+}
 
+/// Where the unit's processes are, and whether systemd and the running
+/// processes agree with `Slice=`. `Slice=` applies on restart, like limits.
+fn judge_slice(
+    mut item: Item,
+    rule: &ServiceRule,
+    slice: &str,
+    host: &ServicesHost,
+    file_right: bool,
+) -> Item {
+    let want = format!("{slice}.slice");
+    item.state = if file_right {
+        State::Compliant
+    } else {
+        State::Drifted
+    };
+    match host.units.get(&rule.unit) {
+        None => {
+            if let Some(why) = &host.not_queried {
+                item.detail.push(format!("systemd not asked: {why}"));
+            }
+        }
+        Some(UnitObservation { info: Err(e), .. }) => {
+            item.detail.push(format!("cannot ask systemd: {e}"));
+        }
+        Some(UnitObservation { info: Ok(info), .. }) => {
+            item.actual = info.slice.clone().unwrap_or_default();
+            let systemd_right = info.slice.as_deref() == Some(want.as_str());
+            let in_slice = info
+                .control_group
+                .as_deref()
+                .is_some_and(|cg| cg.split('/').any(|part| part == want));
+            if file_right && !systemd_right {
+                item.state = State::Drifted;
+                item.detail.push(if info.need_daemon_reload {
+                    "systemd has not reloaded the drop-in yet (daemon-reload pending)".to_string()
+                } else {
+                    format!("systemd puts {} in {}", rule.unit, item.actual)
+                });
+            } else if file_right && info.active_state == "active" && !in_slice {
+                item.state = State::RestartRequired;
+                item.detail.push(format!(
+                    "the running processes are still in {}; they move to {want} when {} restarts (holdfast apply --restart-services)",
+                    info.control_group.as_deref().unwrap_or("another cgroup"),
+                    rule.unit
+                ));
+            } else if let Some(cg) = &info.control_group {
+                item.detail.push(format!("cgroup {cg}"));
+            }
+        }
+    }
+    item
+}
+
+fn judge_limit(
+    mut item: Item,
+    rule: &ServiceRule,
+    want: LimitPair,
+    host: &ServicesHost,
+    path: &Path,
+    file_right: bool,
+) -> Item {
     let mut state = if file_right {
         State::Compliant
     } else {
@@ -222,7 +315,7 @@ fn plan_unit(policy: &Policy, rule: &ServiceRule, host: &ServicesHost) -> Vec<It
                     item.detail.push(
                         "systemd has not reloaded the drop-in yet (daemon-reload pending)".into(),
                     );
-                } else if let Some(later) = later_drop_in(&info.drop_in_paths, &path) {
+                } else if let Some(later) = later_drop_in(&info.drop_in_paths, path) {
                     item.detail.push(format!(
                         "overridden by {later}, which systemd reads after holdfast's drop-in"
                     ));
@@ -263,7 +356,7 @@ fn plan_unit(policy: &Policy, rule: &ServiceRule, host: &ServicesHost) -> Vec<It
         item.actual = want.to_string();
     }
     item.state = state;
-    vec![item, file_item]
+    item
 }
 
 /// The first drop-in systemd reads after `ours`, if any. systemd reads

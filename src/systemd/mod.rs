@@ -9,6 +9,8 @@
 
 use std::process::Command;
 
+use crate::cgroup::knob::{cpu_max_from_systemd, parse_timespan_us};
+use crate::cgroup::{Bytes, Count, CpuMax};
 use crate::host::HostRoot;
 use crate::limits::LimitValue;
 
@@ -46,6 +48,15 @@ pub struct UnitInfo {
     pub drop_in_paths: Vec<String>,
     /// systemd's unit files changed on disk since the last daemon-reload.
     pub need_daemon_reload: bool,
+    /// Resource-control properties, as systemd will apply them.
+    pub memory_max: Option<Bytes>,
+    pub memory_high: Option<Bytes>,
+    pub cpu_max: Option<CpuMax>,
+    pub tasks_max: Option<Count>,
+    /// The unit file systemd loaded.
+    pub fragment_path: Option<String>,
+    /// The slice systemd puts the unit in (`Slice=`).
+    pub slice: Option<String>,
 }
 
 /// The properties `unit` asks for.
@@ -58,11 +69,20 @@ pub const SHOW_PROPERTIES: &[&str] = &[
     "LimitNOFILESoft",
     "DropInPaths",
     "NeedDaemonReload",
+    "MemoryMax",
+    "MemoryHigh",
+    "CPUQuotaPerSecUSec",
+    "CPUQuotaPeriodUSec",
+    "TasksMax",
+    "FragmentPath",
+    "Slice",
 ];
 
 /// Parses `systemctl show -p ...` output. Pure.
 pub fn parse_show(text: &str) -> UnitInfo {
     let mut info = UnitInfo::default();
+    let mut quota_per_sec: Option<Option<u64>> = None;
+    let mut period: Option<Option<u64>> = None;
     for line in text.lines() {
         let Some((k, v)) = line.split_once('=') else {
             continue;
@@ -78,10 +98,32 @@ pub fn parse_show(text: &str) -> UnitInfo {
                 info.drop_in_paths = v.split_whitespace().map(str::to_string).collect()
             }
             "NeedDaemonReload" => info.need_daemon_reload = v == "yes",
+            "MemoryMax" => info.memory_max = parse_bytes(v),
+            "MemoryHigh" => info.memory_high = parse_bytes(v),
+            "CPUQuotaPerSecUSec" => quota_per_sec = parse_timespan_us(v),
+            "CPUQuotaPeriodUSec" => period = parse_timespan_us(v),
+            "TasksMax" => {
+                info.tasks_max = match v {
+                    "infinity" => Some(Count::Max),
+                    n => n.parse().ok().map(Count::Value),
+                }
+            }
+            "FragmentPath" => info.fragment_path = (!v.is_empty()).then(|| v.to_string()),
+            "Slice" => info.slice = (!v.is_empty()).then(|| v.to_string()),
             _ => {}
         }
     }
+    if let Some(q) = quota_per_sec {
+        info.cpu_max = Some(cpu_max_from_systemd(q, period.flatten()));
+    }
     info
+}
+
+fn parse_bytes(v: &str) -> Option<Bytes> {
+    match v {
+        "infinity" => Some(Bytes::Max),
+        n => n.parse().ok().map(Bytes::Value),
+    }
 }
 
 /// Parses the manager's `DefaultLimitNOFILESoft=`/`DefaultLimitNOFILE=`.
@@ -109,6 +151,16 @@ pub trait SystemdClient {
     /// The manager's `DefaultLimitNOFILESoft` and `DefaultLimitNOFILE`.
     fn default_limit_nofile(&self) -> Result<Option<(LimitValue, LimitValue)>, SystemdError>;
     fn daemon_reload(&self) -> Result<(), SystemdError>;
+    /// Starts a unit (holdfast starts its slices so their cgroups exist).
+    fn start(&self, unit: &str) -> Result<(), SystemdError>;
+    /// Changes properties of a running unit for this boot only
+    /// (`SetUnitProperties(runtime=true)`, what `systemctl set-property
+    /// --runtime` does): the sanctioned way to change a cgroup systemd owns.
+    fn set_properties_runtime(
+        &self,
+        unit: &str,
+        assignments: &[String],
+    ) -> Result<(), SystemdError>;
     /// Restarts a unit. Only ever called on an explicit request
     /// (`apply --restart-services`).
     fn restart(&self, unit: &str) -> Result<(), SystemdError>;
@@ -164,6 +216,20 @@ impl SystemdClient for Systemctl {
     fn restart(&self, unit: &str) -> Result<(), SystemdError> {
         self.run(&["restart", unit]).map(|_| ())
     }
+
+    fn start(&self, unit: &str) -> Result<(), SystemdError> {
+        self.run(&["start", unit]).map(|_| ())
+    }
+
+    fn set_properties_runtime(
+        &self,
+        unit: &str,
+        assignments: &[String],
+    ) -> Result<(), SystemdError> {
+        let mut args = vec!["set-property", "--runtime", unit];
+        args.extend(assignments.iter().map(String::as_str));
+        self.run(&args).map(|_| ())
+    }
 }
 
 #[cfg(test)]
@@ -185,6 +251,27 @@ mod tests {
         assert_eq!(info.limit_nofile_soft, Some(LimitValue::Value(1024)));
         assert_eq!(info.drop_in_paths.len(), 2);
         assert!(!info.need_daemon_reload);
+        let slice = parse_show(
+            "MemoryMax=104857600\nMemoryHigh=infinity\nCPUQuotaPerSecUSec=100ms\nCPUQuotaPeriodUSec=1s\nTasksMax=512\n",
+        );
+        assert_eq!(slice.memory_max, Some(Bytes::Value(104_857_600)));
+        assert_eq!(slice.memory_high, Some(Bytes::Max));
+        assert_eq!(
+            slice.cpu_max,
+            Some(CpuMax {
+                quota_us: Some(100_000),
+                period_us: 1_000_000
+            })
+        );
+        assert_eq!(slice.tasks_max, Some(Count::Value(512)));
+        let unlimited = parse_show("CPUQuotaPerSecUSec=infinity\nCPUQuotaPeriodUSec=infinity\n");
+        assert_eq!(
+            unlimited.cpu_max,
+            Some(CpuMax {
+                quota_us: None,
+                period_us: 100_000
+            })
+        );
         let stopped = parse_show("MainPID=0\nControlGroup=\nLimitNOFILE=infinity\n");
         assert_eq!(stopped.main_pid, None);
         assert_eq!(stopped.control_group, None);
