@@ -28,7 +28,7 @@ const EXIT_DRIFT: u8 = 2;
     long_about = "holdfast reads a desired-state policy (YAML) and checks or converges the host on it: \
 sysctls in /proc/sys (persisted to /etc/sysctl.d so they hold across boots), session limits \
 (pam_limits, /etc/security/limits.d) and systemd services' LimitNOFILE (drop-ins, verified on \
-the running processes).\n\n\
+the running processes), and cgroup v2 slices (through systemd, or in its own subtree).\n\n\
 Exit codes: 0 = compliant, 1 = error (bad policy, I/O), 2 = drift found (check, plan) or left after apply.",
     after_help = "Policy sources: --policy PATH (file or directory of *.yaml, repeatable); by default \
 /etc/holdfast/policy.d/*.yaml under --root, else the bundled baseline (audit mode)."
