@@ -191,9 +191,13 @@ fn apply_units(
         let (now, _) = plan_units(ctx, policy);
         let mut units: Vec<&str> = now
             .iter()
-            .filter(|i| i.kind == Kind::ServiceLimit && i.state == State::RestartRequired)
+            .filter(|i| {
+                matches!(i.kind, Kind::ServiceLimit | Kind::ServicePosture)
+                    && i.state == State::RestartRequired
+            })
             .filter_map(|i| i.key.split_once(' ').map(|(unit, _)| unit))
             .collect();
+        units.sort_unstable();
         units.dedup();
         for unit in units {
             match client.restart(unit) {
@@ -226,7 +230,7 @@ fn apply_units(
         {
             item.state = State::Corrected;
         }
-        if was_restarted && item.kind == Kind::ServiceLimit {
+        if was_restarted && matches!(item.kind, Kind::ServiceLimit | Kind::ServicePosture) {
             item.detail
                 .push("restarted by holdfast (--restart-services)".into());
         }

@@ -22,6 +22,9 @@ pub enum Kind {
     LimitsFile,
     /// A systemd service's limit (or the services' default).
     ServiceLimit,
+    /// One posture field of a service (no_new_privileges, seccomp, ...),
+    /// verified on its running processes.
+    ServicePosture,
     /// A unit drop-in, slice unit or `system.conf.d` file holdfast owns.
     UnitFile,
     /// One setting of a slice (`memory.max`, `cpu.max`, ...).
@@ -38,6 +41,7 @@ impl Kind {
             Kind::Limit => "limit",
             Kind::LimitsFile => "limits-file",
             Kind::ServiceLimit => "service-limit",
+            Kind::ServicePosture => "service-posture",
             Kind::UnitFile => "unit-file",
             Kind::CgroupLimit => "cgroup",
             Kind::CgroupController => "cgroup-controller",

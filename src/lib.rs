@@ -11,6 +11,7 @@ pub mod host;
 pub mod item;
 pub mod limits;
 pub mod policy;
+pub mod posture;
 pub mod report;
 pub mod safety;
 pub mod services;

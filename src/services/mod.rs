@@ -15,19 +15,22 @@ use std::path::{Path, PathBuf};
 
 use crate::item::{Conflict, Item, Kind, OwnFile, State, own_file_item};
 use crate::limits::LimitValue;
-use crate::policy::{LimitPair, Policy, ServiceRule};
+use crate::policy::{GoMaxProcs, LimitPair, Policy, ServiceRule};
+use crate::posture::{ProcStatus, caps, gomaxprocs_for};
 use crate::systemd::UnitInfo;
 
 /// The name of holdfast's drop-in in a unit's `.d` directory and in
 /// `system.conf.d`.
 pub const DROP_IN_NAME: &str = "90-holdfast.conf";
 
-/// One process of a unit and its nofile limits, as /proc/PID/limits says.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One process of a unit, as /proc/PID/{limits,status,environ} say.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProcLimits {
     pub pid: u32,
     /// `None` when the process could not be read (it may have exited).
     pub nofile: Option<(LimitValue, LimitValue)>,
+    pub status: Option<ProcStatus>,
+    pub environ: Option<BTreeMap<String, String>>,
 }
 
 /// What was observed of one managed unit.
@@ -54,6 +57,8 @@ pub struct ServicesHost {
     pub manager_conf: (PathBuf, Option<String>),
     /// systemd's `DefaultLimitNOFILESoft`/`DefaultLimitNOFILE`, if known.
     pub manager_default_nofile: Option<(LimitValue, LimitValue)>,
+    /// Online CPUs (for `gomaxprocs: auto` without a CPU quota).
+    pub cpus: u32,
 }
 
 /// The units the services part manages.
@@ -61,7 +66,7 @@ pub fn managed_units(policy: &Policy) -> Vec<&ServiceRule> {
     policy
         .services
         .values()
-        .filter(|s| s.limit_nofile.is_some() || s.slice.is_some())
+        .filter(|s| s.limit_nofile.is_some() || s.slice.is_some() || !s.posture.is_empty())
         .collect()
 }
 
@@ -92,17 +97,74 @@ fn limit_directive(name: &str, pair: LimitPair) -> String {
     )
 }
 
+/// GOMAXPROCS for a service: `auto` follows its slice's cpu.max.
+pub fn gomaxprocs(policy: &Policy, rule: &ServiceRule, cpus: u32, setting: GoMaxProcs) -> u32 {
+    let quota = rule
+        .slice
+        .as_ref()
+        .and_then(|s| policy.cgroup.slices.get(&s.value))
+        .and_then(|slice| slice.cpu_max.as_ref().map(|c| c.value));
+    let auto = gomaxprocs_for(quota, cpus);
+    match setting {
+        GoMaxProcs::Auto => auto,
+        GoMaxProcs::Fixed(n) => n,
+    }
+}
+
+/// The `Environment=` assignments of the Go runtime baseline.
+fn go_environment(policy: &Policy, rule: &ServiceRule, cpus: u32) -> Vec<(String, String)> {
+    let Some(go) = &rule.posture.go_runtime else {
+        return Vec::new();
+    };
+    let mut env = vec![(
+        "GOMAXPROCS".to_string(),
+        gomaxprocs(policy, rule, cpus, go.value.gomaxprocs).to_string(),
+    )];
+    if let Some(d) = &go.value.godebug {
+        env.push(("GODEBUG".into(), d.clone()));
+    }
+    if let Some(t) = &go.value.gotraceback {
+        env.push(("GOTRACEBACK".into(), t.clone()));
+    }
+    env
+}
+
 /// Renders a unit's drop-in.
-pub fn render_drop_in(rule: &ServiceRule) -> String {
+pub fn render_drop_in(policy: &Policy, rule: &ServiceRule, cpus: u32) -> String {
     let mut out = String::from(
         "# Managed by holdfast: do not edit; holdfast rewrites this file.\n\
-         # Slice= and limits apply when the service (re)starts.\n[Service]\n",
+         # Everything here applies when the service (re)starts.\n[Service]\n",
     );
     if let Some(slice) = &rule.slice {
         out.push_str(&format!("Slice={}.slice\n", slice.value));
     }
     if let Some(l) = &rule.limit_nofile {
         out.push_str(&limit_directive("LimitNOFILE", l.value));
+    }
+    let p = &rule.posture;
+    if let Some(n) = &p.no_new_privileges {
+        out.push_str(&format!(
+            "NoNewPrivileges={}\n",
+            if n.value { "yes" } else { "no" }
+        ));
+    }
+    if let Some(f) = &p.seccomp {
+        out.push_str(&format!("SystemCallFilter={}\n", f.value.join(" ")));
+    }
+    if let Some(c) = &p.capabilities {
+        out.push_str(&format!("CapabilityBoundingSet={}\n", c.value.join(" ")));
+        // A non-root service gets its capabilities only as ambient ones.
+        if p.user.is_some() && !c.value.is_empty() {
+            out.push_str(&format!("AmbientCapabilities={}\n", c.value.join(" ")));
+        }
+    }
+    if let Some(u) = &p.user {
+        out.push_str(&format!("User={}\n", u.value));
+    }
+    let env = go_environment(policy, rule, cpus);
+    if !env.is_empty() {
+        let pairs: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        out.push_str(&format!("Environment={}\n", pairs.join(" ")));
     }
     out
 }
@@ -173,7 +235,7 @@ fn plan_unit(policy: &Policy, rule: &ServiceRule, host: &ServicesHost) -> Vec<It
         .get(&rule.unit)
         .cloned()
         .unwrap_or_else(|| (PathBuf::from(DROP_IN_NAME), None));
-    let content = render_drop_in(rule);
+    let content = render_drop_in(policy, rule, host.cpus);
     let file_right = current.as_deref() == Some(content.as_str());
     let file_item = own_file_item(OwnFile {
         kind: Kind::UnitFile,
@@ -203,7 +265,176 @@ fn plan_unit(policy: &Policy, rule: &ServiceRule, host: &ServicesHost) -> Vec<It
     if let (Some(item), Some(slice)) = (slice_item, &rule.slice) {
         items.push(judge_slice(item, rule, &slice.value, host, file_right));
     }
+    items.extend(posture_items(policy, rule, host, file_right, mode));
     items.push(file_item);
+    items
+}
+
+type Evidence = Box<dyn Fn(&ProcLimits) -> Option<String>>;
+
+/// One item per posture field, each judged on every process of the unit.
+fn posture_items(
+    policy: &Policy,
+    rule: &ServiceRule,
+    host: &ServicesHost,
+    file_right: bool,
+    mode: crate::policy::Mode,
+) -> Vec<Item> {
+    let p = &rule.posture;
+    let mut checks: Vec<(&str, String, crate::policy::Source, Evidence)> = Vec::new();
+    if let Some(n) = p.no_new_privileges.as_ref().filter(|n| n.value) {
+        checks.push((
+            "no_new_privileges",
+            "yes".into(),
+            n.source.clone(),
+            Box::new(|pr: &ProcLimits| {
+                let s = pr.status.as_ref()?;
+                (s.no_new_privs != Some(true)).then(|| format!("PID {}: NoNewPrivs: 0", pr.pid))
+            }),
+        ));
+    }
+    if let Some(f) = &p.seccomp {
+        checks.push((
+            "seccomp",
+            f.value.join(" "),
+            f.source.clone(),
+            Box::new(|pr: &ProcLimits| {
+                let s = pr.status.as_ref()?;
+                (s.seccomp != Some(2)).then(|| {
+                    format!(
+                        "PID {}: Seccomp: {} (2 = filter)",
+                        pr.pid,
+                        s.seccomp.map_or("?".into(), |v| v.to_string())
+                    )
+                })
+            }),
+        ));
+    }
+    if let Some(c) = &p.capabilities {
+        let allowed = caps::mask(&c.value).unwrap_or(0);
+        let desired = if c.value.is_empty() {
+            "none".to_string()
+        } else {
+            c.value.join(" ")
+        };
+        checks.push((
+            "capabilities",
+            desired,
+            c.source.clone(),
+            Box::new(move |pr: &ProcLimits| {
+                let s = pr.status.as_ref()?;
+                let mut extra = Vec::new();
+                for (name, m) in [
+                    ("CapBnd", s.cap_bnd),
+                    ("CapEff", s.cap_eff),
+                    ("CapAmb", s.cap_amb),
+                ] {
+                    let over = caps::decode(m & !allowed);
+                    if !over.is_empty() {
+                        extra.push(format!("{name} has {}", over.join(", ")));
+                    }
+                }
+                (!extra.is_empty()).then(|| format!("PID {}: {}", pr.pid, extra.join("; ")))
+            }),
+        ));
+    }
+    if let Some(u) = &p.user {
+        checks.push((
+            "user",
+            u.value.clone(),
+            u.source.clone(),
+            Box::new(|pr: &ProcLimits| {
+                let s = pr.status.as_ref()?;
+                (s.uid[0] == 0 || s.uid[1] == 0).then(|| {
+                    format!(
+                        "PID {}: runs as UID {} (effective {})",
+                        pr.pid, s.uid[0], s.uid[1]
+                    )
+                })
+            }),
+        ));
+    }
+    if let Some(g) = &p.go_runtime {
+        let env = go_environment(policy, rule, host.cpus);
+        let desired = env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        checks.push((
+            "go_runtime",
+            desired,
+            g.source.clone(),
+            Box::new(move |pr: &ProcLimits| {
+                let have = pr.environ.as_ref()?;
+                let wrong: Vec<String> = env
+                    .iter()
+                    .filter(|(k, v)| have.get(k) != Some(v))
+                    .map(|(k, v)| match have.get(k) {
+                        Some(h) => format!("{k}={h} (want {v})"),
+                        None => format!("{k} unset (want {v})"),
+                    })
+                    .collect();
+                (!wrong.is_empty()).then(|| format!("PID {}: {}", pr.pid, wrong.join(", ")))
+            }),
+        ));
+    }
+    let mut items = Vec::new();
+    for (field, desired, source, evidence) in checks {
+        let mut item = Item::new(
+            Kind::ServicePosture,
+            format!("{} {field}", rule.unit),
+            desired,
+            mode,
+        );
+        item.source = Some(source);
+        item.state = if file_right {
+            State::Compliant
+        } else {
+            State::Drifted
+        };
+        if !file_right {
+            item.detail
+                .push("holdfast's drop-in does not have it yet".into());
+        }
+        match host.units.get(&rule.unit) {
+            None => {
+                if let Some(why) = &host.not_queried {
+                    item.detail.push(format!("systemd not asked: {why}"));
+                }
+            }
+            Some(UnitObservation { info: Err(e), .. }) => {
+                item.detail.push(format!("cannot ask systemd: {e}"))
+            }
+            Some(UnitObservation {
+                info: Ok(_),
+                processes,
+            }) => {
+                let found: Vec<String> = processes.iter().filter_map(&evidence).collect();
+                let read = processes.iter().filter(|pr| pr.status.is_some()).count();
+                item.actual = if found.is_empty() {
+                    if read > 0 {
+                        format!("ok in {read} process(es)")
+                    } else {
+                        "not running".into()
+                    }
+                } else {
+                    format!("{} of {read} process(es) differ", found.len())
+                };
+                if !found.is_empty() {
+                    item.detail.extend(found);
+                    if file_right {
+                        item.state = State::RestartRequired;
+                        item.detail.push(format!(
+                            "the configuration is right; the running processes get it when {} restarts (holdfast apply --restart-services)",
+                            rule.unit
+                        ));
+                    }
+                }
+            }
+        }
+        items.push(item);
+    }
     items
 }
 

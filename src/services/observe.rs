@@ -8,6 +8,7 @@ use super::{
 };
 use crate::host::{self, HostRoot, IoError};
 use crate::policy::Policy;
+use crate::posture::{ProcStatus, parse_environ};
 use crate::systemd::{self, SystemdClient, UnitInfo};
 
 pub fn observe(
@@ -20,6 +21,7 @@ pub fn observe(
     let mut out = ServicesHost {
         systemd,
         not_queried: None,
+        cpus: online_cpus(host),
         manager_conf: {
             let path = host.path(&format!("etc/systemd/system.conf.d/{DROP_IN_NAME}"));
             let current = host::read_optional_or_warn(&path, &mut warnings);
@@ -57,6 +59,28 @@ pub fn observe(
     (out, warnings)
 }
 
+/// The number of online CPUs, from `/sys/devices/system/cpu/online`
+/// (`0-3,6`); at least 1.
+pub fn online_cpus(host: &HostRoot) -> u32 {
+    let text =
+        std::fs::read_to_string(host.path("sys/devices/system/cpu/online")).unwrap_or_default();
+    let count: u32 = text
+        .trim()
+        .split(',')
+        .filter(|r| !r.is_empty())
+        .map(|r| match r.split_once('-') {
+            Some((a, b)) => {
+                b.parse::<u32>()
+                    .unwrap_or(0)
+                    .saturating_sub(a.parse().unwrap_or(0))
+                    + 1
+            }
+            None => 1,
+        })
+        .sum();
+    count.max(1)
+}
+
 fn observe_unit(host: &HostRoot, client: &dyn SystemdClient, unit: &str) -> UnitObservation {
     match client.unit(unit) {
         Ok(info) => {
@@ -68,6 +92,13 @@ fn observe_unit(host: &HostRoot, client: &dyn SystemdClient, unit: &str) -> Unit
                         .ok()
                         .as_deref()
                         .and_then(parse_proc_nofile),
+                    status: std::fs::read_to_string(host.path(&format!("proc/{pid}/status")))
+                        .ok()
+                        .as_deref()
+                        .and_then(ProcStatus::parse),
+                    environ: std::fs::read(host.path(&format!("proc/{pid}/environ")))
+                        .ok()
+                        .map(|b| parse_environ(&b)),
                 })
                 .collect();
             UnitObservation {
