@@ -11,6 +11,7 @@ use holdfast::engine::{self, ApplyOptions, Pass};
 use holdfast::host::HostRoot;
 use holdfast::item;
 use holdfast::policy::{Policy, PolicyErrors};
+use holdfast::posture::Severity;
 use holdfast::report::{self, TextStyle};
 use holdfast::sources::{self, LoadError};
 
@@ -64,6 +65,14 @@ enum Command {
         #[arg(long)]
         restart_services: bool,
     },
+    /// Audit the security posture of every running service (managed or
+    /// not): no_new_privs, seccomp, capabilities, root. Needs systemd.
+    /// Exits 2 when a finding at or above --fail-on exists.
+    Audit {
+        /// The lowest severity that makes the exit code 2.
+        #[arg(long, value_enum, default_value_t = Level::Medium)]
+        fail_on: Level,
+    },
     /// Validate policy files without looking at the host.
     Validate {
         /// Policy files or directories to validate together (merged in order).
@@ -76,6 +85,15 @@ enum Command {
 enum Format {
     Text,
     Json,
+    /// SARIF 2.1.0 (audit only).
+    Sarif,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Level {
+    Low,
+    Medium,
+    High,
 }
 
 fn main() -> ExitCode {
@@ -91,7 +109,11 @@ fn main() -> ExitCode {
 
 fn run(cli: &Cli) -> anyhow::Result<u8> {
     let host = HostRoot::new(&cli.root);
+    if cli.format == Format::Sarif && !matches!(cli.command, Command::Audit { .. }) {
+        anyhow::bail!("--format sarif is for `holdfast audit`; use text or json here");
+    }
     match &cli.command {
+        Command::Audit { fail_on } => audit(&host, cli.format, *fail_on),
         Command::Validate { files } => validate(&host, files, cli.format),
         Command::Check => pass(cli, &host, "check", TextStyle::Check, &engine::plan),
         Command::Plan => pass(cli, &host, "plan", TextStyle::Plan, &engine::plan),
@@ -124,7 +146,7 @@ fn pass(
     };
     let result = run(host, &policy);
     match cli.format {
-        Format::Json => println!(
+        Format::Json | Format::Sarif => println!(
             "{}",
             report::to_json(command, &cli.root.display().to_string(), &policy, &result)
         ),
@@ -134,6 +156,34 @@ fn pass(
         EXIT_COMPLIANT
     } else {
         EXIT_DRIFT
+    })
+}
+
+fn audit(host: &HostRoot, format: Format, fail_on: Level) -> anyhow::Result<u8> {
+    let ctx = engine::Context::for_host(host);
+    let Some(client) = ctx.systemd else {
+        anyhow::bail!(
+            "audit reads systemd's running services: systemd is not PID 1 here (or --root is not /)"
+        );
+    };
+    let result = holdfast::audit::run(host, client).context("cannot list the running services")?;
+    match format {
+        Format::Text => print!("{}", result.to_text()),
+        Format::Json => println!("{}", result.to_json()),
+        Format::Sarif => println!(
+            "{}",
+            serde_json::to_string_pretty(&result.to_sarif()).unwrap_or_default()
+        ),
+    }
+    let level = match fail_on {
+        Level::Low => Severity::Low,
+        Level::Medium => Severity::Medium,
+        Level::High => Severity::High,
+    };
+    Ok(if result.fails(level) {
+        EXIT_DRIFT
+    } else {
+        EXIT_COMPLIANT
     })
 }
 
@@ -155,7 +205,9 @@ fn validate(host: &HostRoot, files: &[PathBuf], format: Format) -> anyhow::Resul
         Err(PolicyErrors(errors)) => errors,
     };
     match format {
-        Format::Json => println!("{}", report::validation_json(names.clone(), &errors)),
+        Format::Json | Format::Sarif => {
+            println!("{}", report::validation_json(names.clone(), &errors))
+        }
         Format::Text if errors.is_empty() => println!("valid: {}", names.join(", ")),
         Format::Text => {
             for e in &errors {

@@ -115,7 +115,7 @@ fn observe_unit(host: &HostRoot, client: &dyn SystemdClient, unit: &str) -> Unit
 
 /// MainPID and every PID in the unit's cgroup (from its `ControlGroup`
 /// property; on a hybrid host, in the `systemd` named hierarchy).
-fn unit_pids(host: &HostRoot, info: &UnitInfo) -> Vec<u32> {
+pub fn unit_pids(host: &HostRoot, info: &UnitInfo) -> Vec<u32> {
     let mut pids: Vec<u32> = info.main_pid.into_iter().collect();
     if let Some(cg) = &info.control_group {
         let rel = cg.trim_start_matches('/');

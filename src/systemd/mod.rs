@@ -126,6 +126,18 @@ fn parse_bytes(v: &str) -> Option<Bytes> {
     }
 }
 
+/// The unit names of `systemctl list-units --no-legend --plain` (first
+/// column; a leading `●` marks failed units in some versions).
+pub fn parse_unit_list(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find(|w| *w != "●" && *w != "*")
+                .map(str::to_string)
+        })
+        .collect()
+}
+
 /// Parses the manager's `DefaultLimitNOFILESoft=`/`DefaultLimitNOFILE=`.
 pub fn parse_default_limit_nofile(text: &str) -> Option<(LimitValue, LimitValue)> {
     let get = |key: &str| {
@@ -161,6 +173,8 @@ pub trait SystemdClient {
         unit: &str,
         assignments: &[String],
     ) -> Result<(), SystemdError>;
+    /// The service units that are running now.
+    fn running_services(&self) -> Result<Vec<String>, SystemdError>;
     /// Restarts a unit. Only ever called on an explicit request
     /// (`apply --restart-services`).
     fn restart(&self, unit: &str) -> Result<(), SystemdError>;
@@ -221,6 +235,17 @@ impl SystemdClient for Systemctl {
         self.run(&["start", unit]).map(|_| ())
     }
 
+    fn running_services(&self) -> Result<Vec<String>, SystemdError> {
+        let out = self.run(&[
+            "list-units",
+            "--type=service",
+            "--state=running",
+            "--no-legend",
+            "--plain",
+        ])?;
+        Ok(parse_unit_list(&out))
+    }
+
     fn set_properties_runtime(
         &self,
         unit: &str,
@@ -276,6 +301,12 @@ mod tests {
         assert_eq!(stopped.main_pid, None);
         assert_eq!(stopped.control_group, None);
         assert_eq!(stopped.limit_nofile_hard, Some(LimitValue::Unlimited));
+        assert_eq!(
+            parse_unit_list(
+                "cron.service loaded active running Regular background program processing daemon\n● x.service loaded active running X\n"
+            ),
+            ["cron.service", "x.service"]
+        );
         assert_eq!(
             parse_default_limit_nofile("DefaultLimitNOFILESoft=1024\nDefaultLimitNOFILE=524288\n"),
             Some((LimitValue::Value(1024), LimitValue::Value(524288)))

@@ -289,6 +289,16 @@ impl SystemdClient for FakeSystemd<'_> {
         Ok(())
     }
 
+    fn running_services(&self) -> Result<Vec<String>, SystemdError> {
+        Ok(self
+            .units
+            .borrow()
+            .iter()
+            .filter(|(name, info)| name.ends_with(".service") && info.active_state == "active")
+            .map(|(name, _)| name.clone())
+            .collect())
+    }
+
     fn restart(&self, unit: &str) -> Result<(), SystemdError> {
         self.calls.borrow_mut().push(format!("restart {unit}"));
         let mut units = self.units.borrow_mut();
