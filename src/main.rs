@@ -73,11 +73,28 @@ enum Command {
         #[arg(long, value_enum, default_value_t = Level::Medium)]
         fail_on: Level,
     },
+    /// Generate the man page or shell completions (for packaging).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: Generate,
+    },
     /// Validate policy files without looking at the host.
     Validate {
         /// Policy files or directories to validate together (merged in order).
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum Generate {
+    /// The man page (roff) on standard output.
+    Man,
+    /// Shell completions on standard output.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
 }
 
@@ -97,7 +114,19 @@ enum Level {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // clap exits 2 on a usage error, which config management would read as
+    // drift: usage errors are errors (1) here.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                EXIT_ERROR
+            } else {
+                EXIT_COMPLIANT
+            });
+        }
+    };
     match run(&cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -113,6 +142,7 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
         anyhow::bail!("--format sarif is for `holdfast audit`; use text or json here");
     }
     match &cli.command {
+        Command::Generate { what } => generate(what),
         Command::Audit { fail_on } => audit(&host, cli.format, *fail_on),
         Command::Validate { files } => validate(&host, files, cli.format),
         Command::Check => pass(cli, &host, "check", TextStyle::Check, &engine::plan),
@@ -157,6 +187,21 @@ fn pass(
     } else {
         EXIT_DRIFT
     })
+}
+
+fn generate(what: &Generate) -> anyhow::Result<u8> {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let mut out = std::io::stdout();
+    match what {
+        Generate::Man => clap_mangen::Man::new(cmd)
+            .render(&mut out)
+            .context("cannot write the man page")?,
+        Generate::Completions { shell } => {
+            clap_complete::generate(*shell, &mut cmd, "holdfast", &mut out)
+        }
+    }
+    Ok(EXIT_COMPLIANT)
 }
 
 fn audit(host: &HostRoot, format: Format, fail_on: Level) -> anyhow::Result<u8> {
