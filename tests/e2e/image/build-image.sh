@@ -67,6 +67,8 @@ mmdebstrap \
     --customize-hook="$here/customize.sh \"\$1\"" \
     "$suite" "$root" "${mirrors[@]}"
 
+echo "build-image: root filesystem in ${SECONDS}s"
+
 # Replace the cache's content with what this build used (drops old versions).
 find "$debs" -maxdepth 1 -name '*.deb' -delete
 find "$debs_new" -maxdepth 1 -name '*.deb' -exec mv -t "$debs" {} +
@@ -128,4 +130,4 @@ done
 # mkfs.ext4 -d copies the tree in: no loop device, no mount.
 rm -f "$out/rootfs.raw"
 mkfs.ext4 -q -F -L holdfast-e2e -d "$root" "$out/rootfs.raw" "$image_size"
-echo "build-image: image for kernel $kver: $(du -h "$out/rootfs.raw" | cut -f1) used of $image_size"
+echo "build-image: image for kernel $kver: $(du -h "$out/rootfs.raw" | cut -f1) used of $image_size, ${SECONDS}s in all"
