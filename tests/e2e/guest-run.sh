@@ -12,7 +12,12 @@ export E2E_OUT=${E2E_OUT:-/mnt/e2e/out}
 export E2E_FILES=$E2E_IN/files
 export E2E_RESULTS=$E2E_OUT/results
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-scenario_timeout=${E2E_SCENARIO_TIMEOUT:-300}
+
+# Settings from the host (HOLDFAST_E2E_ONLY, HOLDFAST_E2E_SCENARIO_TIMEOUT).
+only=
+scenario_timeout=300
+# shellcheck source=/dev/null
+. "$E2E_IN/config"
 
 : >"$E2E_RESULTS"
 cut -d' ' -f1 /proc/uptime >"$E2E_OUT/started"
@@ -35,7 +40,6 @@ done
 note "$(systemd-analyze time 2>/dev/null | head -n 1)"
 note "guest uptime at scenario start: $(cut -d' ' -f1 /proc/uptime)s"
 
-only=$(cat "$E2E_IN/only" 2>/dev/null || true)
 status=0
 for scenario in "$suite"/scenarios/*.sh; do
     name=$(basename "$scenario" .sh)
