@@ -58,7 +58,8 @@ _show_output() {
     printf '%s\n' "$last_output" | tail -n 30 | sed 's/^/#     /'
 }
 
-# check NAME CMD...: passes when CMD exits 0.
+# check NAME CMD...: passes when CMD exits 0. Like capture, it waits for
+# CMD's output to close: start daemons with systemd-run or systemctl, not '&'.
 check() {
     local name=$1
     shift

@@ -2,8 +2,9 @@
 # Builds the guest image of the end-to-end suite. Called by tests/e2e/run,
 # which caches the result keyed by a hash of every file in this directory.
 #
-#   build-image.sh OUT_DIR WORK_DIR DEB_CACHE SOURCES_FILE
+#   build-image.sh SUITE OUT_DIR WORK_DIR DEB_CACHE SOURCES_FILE
 #
+# SUITE         the Debian suite of the guest (bookworm)
 # OUT_DIR       receives rootfs.raw, vmlinuz, initrd.img (the distro's) and,
 #               when they can be made, vmlinux (PVH entry) and
 #               initramfs.cpio (busybox, a handful of modules)
@@ -15,7 +16,6 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-suite=bookworm
 image_size=2G
 
 die() {
@@ -23,8 +23,8 @@ die() {
     exit 1
 }
 
-[ "$#" -eq 4 ] || die "usage: build-image.sh OUT_DIR WORK_DIR DEB_CACHE SOURCES_FILE"
-out=$1 work=$2 debs=$3 sources=$4
+[ "$#" -eq 5 ] || die "usage: build-image.sh SUITE OUT_DIR WORK_DIR DEB_CACHE SOURCES_FILE"
+suite=$1 out=$2 work=$3 debs=$4 sources=$5
 root=$work/root
 mkdir -p "$out" "$work" "$debs"
 [ ! -e "$root" ] || die "$root already exists"
