@@ -201,7 +201,10 @@ fn apply_units(
         units.dedup();
         for unit in units {
             match client.restart(unit) {
-                Ok(()) => restarted.push(unit.to_string()),
+                Ok(()) => {
+                    wait_for_exec(ctx.host, client, unit);
+                    restarted.push(unit.to_string());
+                }
                 Err(e) => notes.push((unit.to_string(), format!("restart failed: {e}"))),
             }
         }
@@ -244,6 +247,30 @@ fn apply_units(
         }
     }
     (after, warnings)
+}
+
+/// After a restart, waits (at most 10 s) until the unit's main process has
+/// exec'd its program. `systemctl restart` of a simple service returns once
+/// systemd has forked; until the exec, the child is still systemd's (named
+/// `(prog)`), with systemd's environment and capabilities, and verifying it
+/// would report transient drift.
+fn wait_for_exec(host: &HostRoot, client: &dyn SystemdClient, unit: &str) {
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let execd = client
+            .unit(unit)
+            .ok()
+            .and_then(|i| i.main_pid)
+            .is_none_or(|pid| {
+                std::fs::read_to_string(host.path(&format!("proc/{pid}/comm")))
+                    .map(|comm| !comm.starts_with('('))
+                    .unwrap_or(true)
+            });
+        if execd {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 /// Carries out one runtime action of the systemd phase. `Ok(true)` when it

@@ -33,12 +33,14 @@ expect_match "posture is restart-required before the restart" '"key": "e2e-go.se
     "$(printf '%s' "$last_output" | tr -d '\n')"
 expect_exit "apply --restart-services" "0" holdfast apply --policy "$pol" --restart-services
 pid=$(systemctl show -P MainPID e2e-go.service)
+check "the restarted service has exec'd" test "$(cat /proc/"$pid"/comm)" = sleep
 status=/proc/$pid/status
 expect_eq "NoNewPrivs" 1 "$(awk '/^NoNewPrivs:/ {print $2}' "$status")"
 expect_eq "Seccomp filter mode" 2 "$(awk '/^Seccomp:/ {print $2}' "$status")"
 expect_eq "bounding set is exactly CAP_NET_BIND_SERVICE" 0000000000000400 "$(awk '/^CapBnd:/ {print $2}' "$status")"
 check "runs as a non-root UID" test "$(awk '/^Uid:/ {print $3}' "$status")" != 0
 env_of() { tr '\0' '\n' <"/proc/$pid/environ" | grep "^$1=" | cut -d= -f2-; }
+
 expect_eq "GOMAXPROCS for cpu.max 100000 1000000" 1 "$(env_of GOMAXPROCS)"
 expect_eq "GODEBUG" madvdontneed=1 "$(env_of GODEBUG)"
 expect_eq "GOTRACEBACK" single "$(env_of GOTRACEBACK)"
