@@ -121,18 +121,42 @@ fn plan_units(ctx: &Context<'_>, policy: &Policy) -> (Vec<Item>, Vec<IoError>) {
 }
 
 /// One reconcile pass: plan, then carry out the plan.
+/// Which items must not be changed in this pass: the daemon holds items that
+/// are in backoff (contested, or failing) this way. Every kind of setting
+/// honours it: a held item keeps its planned action, unexecuted, and its
+/// drifted state.
+pub type Hold<'a> = &'a dyn Fn(&Item) -> bool;
+
 pub fn apply_in(ctx: &Context<'_>, policy: &Policy, options: ApplyOptions) -> Pass {
+    apply_in_holding(ctx, policy, options, &|_| false)
+}
+
+/// [`apply`] on the production context, except that the items `hold`
+/// selects are left as they are.
+pub fn apply_holding(host: &HostRoot, policy: &Policy, hold: Hold<'_>) -> Pass {
+    apply_in_holding(
+        &Context::for_host(host),
+        policy,
+        ApplyOptions::default(),
+        hold,
+    )
+}
+
+/// [`apply_in`], except that the items `hold` selects are left as they are.
+pub fn apply_in_holding(
+    ctx: &Context<'_>,
+    policy: &Policy,
+    options: ApplyOptions,
+    hold: Hold<'_>,
+) -> Pass {
     let started = Instant::now();
     let host = ctx.host;
     let (sysctl_host, mut warnings) = sysctl_observe::observe(host, policy);
-    let mut items = sysctl_plan::plan(policy, &sysctl_host);
-    execute_sysctl_writes(host, policy, &mut items);
-    refresh_persist_item(policy, &sysctl_host, &mut items);
-    execute_file_actions(&mut items);
+    let mut items = apply_sysctls_observed(host, policy, &sysctl_host, hold);
     if !policy.limits.is_empty() {
         let (limits_host, w) = limits_observe::observe(host);
         warnings.extend(w);
-        items.extend(apply_limits(host, policy, &limits_host));
+        items.extend(apply_limits(host, policy, &limits_host, hold));
     }
     if has_service_settings(policy) || has_cgroup_settings(policy) {
         let (units, w) = apply_units(ctx, policy, options);
@@ -379,9 +403,16 @@ fn execute_sysctl_writes(host: &HostRoot, policy: &Policy, items: &mut [Item]) {
 /// Writes holdfast's limits.d file, then reads every limits file again and
 /// recomputes the effective values: an entry is `corrected` only when
 /// pam_limits would now give sessions the policy's value.
-fn apply_limits(host: &HostRoot, policy: &Policy, before: &limits_plan::LimitsHost) -> Vec<Item> {
+fn apply_limits(
+    host: &HostRoot,
+    policy: &Policy,
+    before: &limits_plan::LimitsHost,
+    hold: Hold<'_>,
+) -> Vec<Item> {
     let mut planned = limits_plan::plan(policy, before);
+    let parked = park_held(&mut planned, hold);
     if !planned.iter().any(|i| i.action.is_some()) {
+        unpark(&mut planned, parked);
         return planned;
     }
     execute_file_actions(&mut planned);
@@ -403,6 +434,55 @@ fn apply_limits(host: &HostRoot, policy: &Policy, before: &limits_plan::LimitsHo
         }
     }
     after
+}
+
+/// The sysctl part of a pass over host state the caller has already read:
+/// plan, write the keys (except held ones), verify, then plan and write the
+/// persisted file from the verified values. `apply` passes what it has just
+/// observed; the daemon passes its cache, refreshed only for the keys an
+/// event concerns, so that a change to one key costs one read and one write.
+///
+/// A held key keeps its planned write (unexecuted), so the persisted file
+/// still holds the policy's value for it: backing off at runtime does not
+/// change what boot applies.
+pub fn apply_sysctls_observed(
+    host: &HostRoot,
+    policy: &Policy,
+    observed: &SysctlHost,
+    hold: Hold<'_>,
+) -> Vec<Item> {
+    let mut items = sysctl_plan::plan(policy, observed);
+    let parked = park_held(&mut items, hold);
+    execute_sysctl_writes(host, policy, &mut items);
+    unpark(&mut items, parked);
+    refresh_persist_item(policy, observed, &mut items);
+    let parked = park_held(&mut items, hold);
+    execute_file_actions(&mut items);
+    unpark(&mut items, parked);
+    items
+}
+
+/// Takes the actions of held items out of the list, so the executors skip
+/// them; [`unpark`] puts them back.
+fn park_held(items: &mut [Item], hold: Hold<'_>) -> Vec<(usize, Action)> {
+    let mut parked = Vec::new();
+    for (i, item) in items.iter_mut().enumerate() {
+        if item.action.is_some()
+            && hold(item)
+            && let Some(action) = item.action.take()
+        {
+            parked.push((i, action));
+        }
+    }
+    parked
+}
+
+fn unpark(items: &mut [Item], parked: Vec<(usize, Action)>) {
+    for (i, action) in parked {
+        if let Some(item) = items.get_mut(i) {
+            item.action = Some(action);
+        }
+    }
 }
 
 /// The persisted file must hold the values the kernel really has now, so it

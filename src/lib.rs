@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod cgroup;
+pub mod daemon;
 pub mod engine;
 pub mod host;
 pub mod item;

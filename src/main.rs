@@ -7,6 +7,12 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
+use std::time::Duration;
+
+use holdfast::daemon::listen::{self, ListenAddr};
+use holdfast::daemon::schedule::TrackerConfig;
+use holdfast::daemon::status::StatusJson;
+use holdfast::daemon::{self, ServeOptions, client};
 use holdfast::engine::{self, ApplyOptions, Pass};
 use holdfast::host::HostRoot;
 use holdfast::item;
@@ -21,6 +27,9 @@ const EXIT_COMPLIANT: u8 = 0;
 const EXIT_ERROR: u8 = 1;
 const EXIT_DRIFT: u8 = 2;
 
+/// How long `holdfast status` waits for the daemon.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+
 #[derive(Parser, Debug)]
 #[command(
     name = "holdfast",
@@ -30,7 +39,7 @@ const EXIT_DRIFT: u8 = 2;
 sysctls in /proc/sys (persisted to /etc/sysctl.d so they hold across boots), session limits \
 (pam_limits, /etc/security/limits.d) and systemd services' LimitNOFILE (drop-ins, verified on \
 the running processes), and cgroup v2 slices (through systemd, or in its own subtree).\n\n\
-Exit codes: 0 = compliant, 1 = error (bad policy, I/O), 2 = drift found (check, plan) or left after apply.",
+Exit codes: 0 = compliant, 1 = error (bad policy, I/O), 2 = drift found (check, plan, status) or left after apply.",
     after_help = "Policy sources: --policy PATH (file or directory of *.yaml, repeatable); by default \
 /etc/holdfast/policy.d/*.yaml under --root, else the bundled baseline (audit mode)."
 )]
@@ -85,6 +94,51 @@ enum Command {
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
     },
+    /// Run the daemon: reconcile on every change (inotify), on policy pushes
+    /// and every --rescan, and serve the status API (GET /status, /healthz,
+    /// /metrics). SIGHUP reloads the policy; SIGTERM stops after the pass in
+    /// flight.
+    #[command(
+        after_help = "Listens by default on 127.0.0.1:80, [::1]:80 and the Unix socket \
+/run/holdfast/holdfast.sock (under --root), or on the sockets systemd passes (LISTEN_FDS). \
+An address that cannot be bound is reported; reconciling goes on."
+    )]
+    Serve(ServeArgs),
+    /// Ask the running daemon for its status and print it; exit 0 when
+    /// compliant, 2 when not, 1 when the daemon cannot be reached.
+    Status {
+        /// The daemon's address: a Unix socket path or IP:PORT
+        /// [default: /run/holdfast/holdfast.sock under --root].
+        #[arg(long, value_name = "ADDR")]
+        connect: Option<String>,
+        /// Show only items in these states (repeatable or comma-separated).
+        #[arg(long, value_name = "STATE")]
+        state: Vec<String>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Where the status API listens: IP:PORT (loopback unless --allow-remote)
+    /// or a Unix socket path; repeatable. Replaces the defaults.
+    #[arg(long, value_name = "ADDR")]
+    listen: Vec<String>,
+    /// Allow --listen on non-loopback addresses (the API has no authentication).
+    #[arg(long)]
+    allow_remote: bool,
+    /// Full rescan interval (re-reads everything, re-arms watches): 60s, 5m, 500ms.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration_arg)]
+    rescan: Duration,
+    /// How long the policy directory must be quiet before a push is loaded.
+    #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = parse_duration_arg)]
+    debounce: Duration,
+    /// Corrections within --contested-window that mark a setting contested
+    /// (corrections are then backed off); 0 turns detection off.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    contested_after: u32,
+    /// The window of --contested-after.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration_arg)]
+    contested_window: Duration,
 }
 
 #[derive(Subcommand, Debug)]
@@ -156,7 +210,97 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
             };
             pass(cli, &host, "apply", TextStyle::Apply, &run)
         }
+        Command::Serve(args) => serve(cli, host, args),
+        Command::Status { connect, state } => status(&host, connect.as_deref(), state, cli.format),
     }
+}
+
+fn parse_duration_arg(s: &str) -> Result<Duration, String> {
+    daemon::state::parse_duration(s)
+}
+
+fn serve(cli: &Cli, host: HostRoot, args: &ServeArgs) -> anyhow::Result<u8> {
+    init_logging();
+    if !cli.root.is_dir() {
+        anyhow::bail!("--root {}: not a directory", cli.root.display());
+    }
+    let listen = args
+        .listen
+        .iter()
+        .map(|a| ListenAddr::parse(a))
+        .collect::<Result<Vec<_>, _>>()
+        .context("--listen")?;
+    let mut trackers = TrackerConfig::default();
+    trackers.contest.after = args.contested_after;
+    trackers.contest.window = args.contested_window;
+    daemon::serve(ServeOptions {
+        host,
+        policy_paths: cli.policy.clone(),
+        listen,
+        allow_remote: args.allow_remote,
+        rescan: args.rescan,
+        debounce: args.debounce,
+        trackers,
+    })?;
+    Ok(EXIT_COMPLIANT)
+}
+
+/// Logs go to the journal when stderr is connected to it (a systemd
+/// unit), else to stderr. `HOLDFAST_LOG` sets the filter (default `info`).
+fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_env("HOLDFAST_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
+    if std::env::var_os("JOURNAL_STREAM").is_some()
+        && let Ok(journald) = tracing_journald::layer()
+    {
+        tracing_subscriber::registry()
+            .with(filter())
+            .with(journald)
+            .init();
+        return;
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(filter())
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+}
+
+fn status(
+    host: &HostRoot,
+    connect: Option<&str>,
+    states: &[String],
+    format: Format,
+) -> anyhow::Result<u8> {
+    let addr = match connect {
+        Some(a) => ListenAddr::parse(a).context("--connect")?,
+        None => ListenAddr::Unix(host.path(listen::DEFAULT_SOCKET)),
+    };
+    let mut target = String::from("/status?format=json");
+    for s in states {
+        target.push_str("&state=");
+        target.push_str(s);
+    }
+    let response = client::get(&addr, &target, "application/json", STATUS_TIMEOUT)?;
+    let body = String::from_utf8_lossy(&response.body);
+    if response.status != 200 {
+        anyhow::bail!("{addr}: HTTP {}: {}", response.status, body.trim_end());
+    }
+    let doc: StatusJson = serde_json::from_str(&body)
+        .with_context(|| format!("{addr}: the status is not the JSON this version reads"))?;
+    match format {
+        Format::Json | Format::Sarif => print!("{body}"),
+        Format::Text => print!("{}", daemon::status::to_text(&doc)),
+    }
+    Ok(if doc.compliant {
+        EXIT_COMPLIANT
+    } else {
+        EXIT_DRIFT
+    })
 }
 
 fn pass(

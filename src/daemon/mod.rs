@@ -1,0 +1,233 @@
+//! `holdfast serve`: the reconcile loop and its status API.
+//!
+//! Two threads, two runtimes, so that neither waits on the other:
+//! - **the loop** (`holdfast-loop`, a current-thread tokio runtime) owns the
+//!   policy and every write to the host. It waits on inotify events, the
+//!   policy debounce, the rescan and backoff timers, and the signals; after
+//!   each pass it publishes an immutable snapshot over a `watch` channel and
+//!   talks to systemd (readiness, status, watchdog).
+//! - **the API** (the main thread, a current-thread runtime) serves
+//!   `/status`, `/healthz` and `/metrics` from the latest snapshot.
+//!
+//! The loop never waits on an HTTP client; a slow or hostile client can
+//! delay only other clients, within the server's limits (see [`api`]).
+
+pub mod api;
+pub mod client;
+pub mod diff;
+pub mod listen;
+pub mod metrics;
+pub mod reconcile;
+pub mod schedule;
+pub mod sdnotify;
+pub mod state;
+pub mod status;
+pub mod watch;
+pub mod writers;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, watch as channel};
+
+use crate::host::HostRoot;
+use listen::{ListenAddr, ListenError};
+use metrics::Metrics;
+use reconcile::{Control, LoopConfig, Reconciler};
+use schedule::TrackerConfig;
+use state::{ListenerOrigin, Snapshot};
+use watch::{Arm, NoWatcher, NotifyWatcher};
+
+/// Everything `holdfast serve` is told.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub host: HostRoot,
+    pub policy_paths: Vec<PathBuf>,
+    /// `--listen`; empty means the defaults (or systemd's sockets).
+    pub listen: Vec<ListenAddr>,
+    pub allow_remote: bool,
+    pub rescan: Duration,
+    pub debounce: Duration,
+    pub trackers: TrackerConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error("cannot start: {0}")]
+    Start(String),
+    #[error("the reconcile loop failed: {0}")]
+    Loop(String),
+}
+
+/// The events channel's capacity; when it is full the loop is told to do a
+/// full pass instead (nothing is lost but the detail of which key).
+const EVENT_QUEUE: usize = 1024;
+
+/// Runs the daemon until SIGTERM/SIGINT. Returns once the pass in flight
+/// has finished and the API has closed.
+pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
+    for addr in &opts.listen {
+        addr.check_loopback(opts.allow_remote)?;
+    }
+    // Before anything opens a descriptor: systemd's sockets are fds 3, ...
+    let (passed, passed_errors) = listen::take_activated(opts.allow_remote);
+    let activated = !passed.is_empty() || !passed_errors.is_empty();
+    let api_runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ServeError::Start(format!("tokio runtime: {e}")))?;
+    let (listeners, statuses) = {
+        let _in_runtime = api_runtime.enter();
+        let (mut listeners, mut statuses) = listen::register_passed(passed);
+        statuses.extend(passed_errors);
+        let (addrs, origin) = if !opts.listen.is_empty() {
+            (opts.listen.clone(), ListenerOrigin::Configured)
+        } else if activated {
+            (Vec::new(), ListenerOrigin::Configured)
+        } else {
+            (listen::default_addrs(&opts.host), ListenerOrigin::Default)
+        };
+        let (l, s) = listen::bind_all(&addrs, origin);
+        listeners.extend(l);
+        statuses.extend(s);
+        (listeners, statuses)
+    };
+    for s in &statuses {
+        match &s.error {
+            None => {
+                tracing::info!(address = %s.address, origin = s.origin.as_str(), "status API listening")
+            }
+            Some(e) => tracing::error!(
+                address = %s.address,
+                "status API NOT listening: {e}; reconciling goes on"
+            ),
+        }
+    }
+    let owned_sockets: Vec<PathBuf> = listeners
+        .iter()
+        .filter_map(|l| l.owned_path().map(|p| p.to_path_buf()))
+        .collect();
+    let statuses = Arc::new(statuses);
+
+    let (publish, snapshots) = channel::channel(Arc::new(Snapshot::starting(
+        Arc::clone(&statuses),
+        opts.rescan,
+    )));
+    let metrics = Arc::new(Metrics::new(snapshots.clone()));
+    let (stop_tx, stop_rx) = channel::channel(false);
+    let alive = Arc::new(AtomicBool::new(true));
+
+    let mut cfg = LoopConfig::new(opts.host.clone(), opts.policy_paths.clone());
+    cfg.rescan = opts.rescan;
+    cfg.debounce = opts.debounce;
+    cfg.trackers = opts.trackers;
+    cfg.watchdog = sd_notify::watchdog_enabled();
+    let loop_thread = {
+        let (metrics, alive, statuses) = (
+            Arc::clone(&metrics),
+            Arc::clone(&alive),
+            Arc::clone(&statuses),
+        );
+        std::thread::Builder::new()
+            .name("holdfast-loop".into())
+            .spawn(move || {
+                let _stop = StopOnExit {
+                    stop: stop_tx,
+                    alive,
+                };
+                run_loop(cfg, statuses, metrics, publish)
+            })
+            .map_err(|e| ServeError::Start(format!("spawn the loop thread: {e}")))?
+    };
+
+    let state = api::ApiState {
+        snapshots,
+        metrics,
+        alive,
+        // Two missed rescans, plus room for a slow pass.
+        stale_after: opts.rescan * 2 + Duration::from_secs(10),
+    };
+    api_runtime.block_on(api::serve(listeners, api::router(state), stop_rx));
+    drop(api_runtime);
+    for path in owned_sockets {
+        let _ = std::fs::remove_file(&path);
+    }
+    match loop_thread.join() {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(ServeError::Loop(e)),
+        Err(_) => Err(ServeError::Loop("the loop thread panicked".into())),
+    }
+}
+
+/// Whatever way the loop thread ends, the API learns it: `/healthz` fails
+/// and the server shuts down.
+struct StopOnExit {
+    stop: channel::Sender<bool>,
+    alive: Arc<AtomicBool>,
+}
+
+impl Drop for StopOnExit {
+    fn drop(&mut self) {
+        self.alive.store(false, Ordering::SeqCst);
+        self.stop.send_replace(true);
+    }
+}
+
+fn run_loop(
+    cfg: LoopConfig,
+    listeners: Arc<Vec<state::ListenerStatus>>,
+    metrics: Arc<Metrics>,
+    publish: channel::Sender<Arc<Snapshot>>,
+) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    runtime.block_on(async move {
+        let (control, control_rx) = mpsc::unbounded_channel();
+        forward_signals(control).map_err(|e| format!("install signal handlers: {e}"))?;
+        let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
+        let overflow = Arc::new(AtomicBool::new(false));
+        let mut watcher: Box<dyn Arm> = match NotifyWatcher::start(events, Arc::clone(&overflow)) {
+            Ok(w) => Box::new(w),
+            Err(e) => {
+                tracing::error!(
+                    "inotify unavailable ({e}); only the periodic rescan will see changes"
+                );
+                Box::new(NoWatcher)
+            }
+        };
+        Reconciler::new(cfg, listeners, metrics, publish)
+            .run(events_rx, control_rx, watcher.as_mut(), overflow)
+            .await;
+        Ok(())
+    })
+}
+
+/// SIGHUP reloads; SIGTERM and SIGINT stop after the pass in flight.
+fn forward_signals(control: mpsc::UnboundedSender<Control>) -> std::io::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        loop {
+            let msg = tokio::select! {
+                _ = term.recv() => Control::Shutdown,
+                _ = int.recv() => Control::Shutdown,
+                _ = hup.recv() => Control::Reload,
+            };
+            if msg == Control::Reload {
+                tracing::info!("SIGHUP: reloading the policy");
+            }
+            if control.send(msg).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(())
+}

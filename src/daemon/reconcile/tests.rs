@@ -1,0 +1,474 @@
+//! The loop over a fake host, with tokio's clock paused: time moves only
+//! when a test advances it, so debounce, backoff, contested detection and
+//! the rescan are checked to the millisecond without waiting. Events are
+//! sent to the loop directly (real inotify is covered by the integration
+//! tests); every file read and write is real, under a temp dir.
+
+use std::sync::Mutex;
+
+use super::*;
+use crate::daemon::schedule::{Backoff, ContestRule, Trigger};
+use crate::daemon::watch::{ArmReport, WatchSpec};
+
+const BASE: &str = "etc/holdfast/policy.d/10-base.yaml";
+const SOMAXCONN: &str = "proc/sys/net/core/somaxconn";
+
+/// Records how often the loop armed its watches, and with what.
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Vec<Vec<WatchSpec>>>>);
+
+impl Arm for Recorder {
+    fn arm(&mut self, specs: &[WatchSpec]) -> ArmReport {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(specs.to_vec());
+        ArmReport {
+            watched: specs.len(),
+            missing: 0,
+            errors: Vec::new(),
+        }
+    }
+}
+
+struct Harness {
+    dir: tempfile::TempDir,
+    snaps: watch::Receiver<Arc<Snapshot>>,
+    events: mpsc::Sender<WatchEvent>,
+    control: mpsc::UnboundedSender<Control>,
+    arms: Recorder,
+    overflow: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn write(root: &std::path::Path, rel: &str, text: &str) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
+/// A fake host with somaxconn at 128 and an enforce policy wanting 4096.
+fn fake_host() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), SOMAXCONN, "128\n");
+    write(dir.path(), "proc/meminfo", "MemTotal: 16000000 kB\n");
+    write(
+        dir.path(),
+        BASE,
+        "version: 1\nmode: enforce\nsysctl:\n  net.core.somaxconn: 4096\n",
+    );
+    dir
+}
+
+fn config(dir: &tempfile::TempDir) -> LoopConfig {
+    let mut cfg = LoopConfig::new(HostRoot::new(dir.path()), Vec::new());
+    cfg.trackers = TrackerConfig {
+        contest: ContestRule {
+            after: 3,
+            window: Duration::from_secs(60),
+            backoff: Backoff {
+                base: Duration::from_secs(10),
+                max: Duration::from_secs(80),
+            },
+        },
+        retry: Backoff {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(8),
+        },
+    };
+    cfg
+}
+
+/// Lets the loop task run until it waits again (the clock is paused, so
+/// yielding never moves time).
+async fn settle() {
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+}
+
+impl Harness {
+    async fn start(dir: tempfile::TempDir, cfg: LoopConfig) -> Harness {
+        let (publish, snaps) = watch::channel(Arc::new(Snapshot::starting(
+            Arc::new(Vec::new()),
+            cfg.rescan,
+        )));
+        let metrics = Arc::new(Metrics::new(snaps.clone()));
+        let reconciler = Reconciler::new(cfg, Arc::new(Vec::new()), metrics, publish);
+        let (events, events_rx) = mpsc::channel(64);
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let arms = Recorder::default();
+        let mut watcher = arms.clone();
+        let overflow = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&overflow);
+        let task = tokio::spawn(async move {
+            reconciler
+                .run(events_rx, control_rx, &mut watcher, flag)
+                .await;
+        });
+        settle().await;
+        Harness {
+            dir,
+            snaps,
+            events,
+            control,
+            arms,
+            overflow,
+            task,
+        }
+    }
+
+    fn snap(&self) -> Arc<Snapshot> {
+        Arc::clone(&self.snaps.borrow())
+    }
+
+    fn item(&self, key: &str) -> ItemStatus {
+        self.snap()
+            .items
+            .iter()
+            .find(|i| i.item.key == key)
+            .cloned()
+            .unwrap_or_else(|| panic!("no item {key}"))
+    }
+
+    fn passes(&self) -> u64 {
+        self.snap().last_pass.as_ref().map_or(0, |p| p.number)
+    }
+
+    fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(rel))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// Writes a file under the root and tells the loop, as inotify would.
+    async fn change(&self, rel: &str, text: &str) {
+        write(self.dir.path(), rel, text);
+        self.events
+            .send(WatchEvent {
+                paths: vec![self.dir.path().join(rel)],
+                removed: false,
+            })
+            .await
+            .unwrap();
+        settle().await;
+    }
+
+    async fn advance(&self, d: Duration) {
+        tokio::time::advance(d).await;
+        settle().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_first_pass_corrects_and_an_event_corrects_again_reading_one_key() {
+    let dir = fake_host();
+    let cfg = config(&dir);
+    let h = Harness::start(dir, cfg).await;
+
+    assert_eq!(h.read(SOMAXCONN), "4096");
+    let first = h.snap();
+    assert_eq!(first.last_pass.as_ref().unwrap().trigger, Trigger::Start);
+    assert!(first.last_pass.as_ref().unwrap().full);
+    let item = h.item("net.core.somaxconn");
+    assert_eq!(item.item.state, State::Corrected);
+    assert_eq!(item.corrections, 1);
+    assert!(
+        h.read("etc/sysctl.d/99-zz-holdfast.conf")
+            .contains("net.core.somaxconn = 4096")
+    );
+
+    h.change(SOMAXCONN, "100\n").await;
+    assert_eq!(h.read(SOMAXCONN), "4096");
+    let snap = h.snap();
+    let pass = snap.last_pass.as_ref().unwrap();
+    assert_eq!((pass.trigger, pass.full), (Trigger::Event, false));
+    let item = h.item("net.core.somaxconn");
+    assert_eq!((item.item.state, item.corrections), (State::Corrected, 2));
+    assert!(snap.compliant());
+
+    // Holdfast's own write fires the same event: a re-read, no write.
+    let before = h.passes();
+    h.change(SOMAXCONN, "4096\n").await;
+    assert_eq!(h.passes(), before + 1);
+    assert_eq!(h.item("net.core.somaxconn").corrections, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_setting_reverted_again_and_again_becomes_contested_and_is_backed_off() {
+    let dir = fake_host();
+    write(
+        dir.path(),
+        "etc/sysctl.d/10-tuning.conf",
+        "net.core.somaxconn = 100\n",
+    );
+    let cfg = config(&dir);
+    let h = Harness::start(dir, cfg).await;
+    // Start: 1 correction; two external reverts: 3 within the window.
+    h.advance(Duration::from_secs(1)).await;
+    h.change(SOMAXCONN, "100\n").await;
+    h.advance(Duration::from_secs(1)).await;
+    h.change(SOMAXCONN, "100\n").await;
+    assert_eq!(h.read(SOMAXCONN), "4096");
+    let item = h.item("net.core.somaxconn");
+    assert_eq!(item.item.state, State::Contested);
+    assert!(item.next_attempt.is_some());
+    let detail = item.item.detail.join("\n");
+    assert!(detail.contains("corrected 3 time(s) within 1m"), "{detail}");
+    assert!(
+        detail.contains("likely writer: ") && detail.contains("10-tuning.conf:1 sets 100"),
+        "{detail}"
+    );
+    assert!(!h.snap().compliant());
+
+    // The next revert is left alone until the backoff (10 s) ends.
+    h.change(SOMAXCONN, "100\n").await;
+    assert_eq!(h.read(SOMAXCONN), "100");
+    assert_eq!(h.item("net.core.somaxconn").item.state, State::Contested);
+    h.advance(Duration::from_millis(9_900)).await;
+    assert_eq!(h.read(SOMAXCONN), "100");
+    h.advance(Duration::from_millis(100)).await;
+    assert_eq!(h.read(SOMAXCONN), "4096", "corrected when the backoff ends");
+    assert_eq!(h.snap().last_pass.as_ref().unwrap().trigger, Trigger::Retry);
+
+    // The backoff doubles: a revert now waits 20 s.
+    h.change(SOMAXCONN, "100\n").await;
+    h.advance(Duration::from_millis(19_900)).await;
+    assert_eq!(h.read(SOMAXCONN), "100");
+    h.advance(Duration::from_millis(100)).await;
+    assert_eq!(h.read(SOMAXCONN), "4096");
+
+    // A whole quiet window later, a rescan finds it compliant: uncontested.
+    h.advance(Duration::from_secs(61)).await;
+    h.advance(Duration::from_secs(60)).await;
+    let item = h.item("net.core.somaxconn");
+    assert_eq!(item.item.state, State::Compliant, "{:?}", item.item.detail);
+    assert!(h.snap().compliant());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_write_is_retried_with_backoff_and_never_stops_the_loop() {
+    let dir = fake_host();
+    // A 0444 sysctl: the kernel refuses writes even from root (EACCES), so
+    // the write fails for real and nothing on this host changes.
+    std::fs::create_dir_all(dir.path().join("proc/sys/kernel")).unwrap();
+    std::os::unix::fs::symlink(
+        "/proc/sys/kernel/ngroups_max",
+        dir.path().join("proc/sys/kernel/ngroups_max"),
+    )
+    .unwrap();
+    write(
+        dir.path(),
+        BASE,
+        "version: 1\nmode: enforce\nsysctl:\n  net.core.somaxconn: 4096\n  kernel.ngroups_max: 1000\n",
+    );
+    let cfg = config(&dir);
+    let h = Harness::start(dir, cfg).await;
+    let item = h.item("kernel.ngroups_max");
+    assert_eq!(item.item.state, State::Failed);
+    let detail = item.item.detail.join("\n");
+    assert!(detail.contains("permission denied"), "{detail}");
+    assert!(detail.contains("next write in 1s"), "{detail}");
+    // The other key was corrected all the same.
+    assert_eq!(h.read(SOMAXCONN), "4096");
+
+    let passes = h.passes();
+    h.advance(Duration::from_millis(900)).await;
+    assert_eq!(h.passes(), passes, "no attempt before the backoff ends");
+    h.advance(Duration::from_millis(100)).await;
+    assert_eq!(h.passes(), passes + 1);
+    let snap = h.snap();
+    assert_eq!(snap.last_pass.as_ref().unwrap().trigger, Trigger::Retry);
+    let detail = h.item("kernel.ngroups_max").item.detail.join("\n");
+    assert!(detail.contains("failed 2 time(s) in a row"), "{detail}");
+    assert!(detail.contains("next write in 2s"), "{detail}");
+    // 2 s, then 4 s, then 8 s (the maximum), then 8 s again.
+    for (wait, n) in [(2, 3), (4, 4), (8, 5), (8, 6)] {
+        h.advance(Duration::from_secs(wait)).await;
+        assert_eq!(h.passes(), passes + n - 1, "after {wait}s");
+    }
+    // The persisted file never holds the value that failed.
+    assert!(
+        !h.read("etc/sysctl.d/99-zz-holdfast.conf")
+            .contains("ngroups_max")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_rescan_rereads_everything_and_applies_keys_that_appear_later() {
+    let dir = fake_host();
+    write(
+        dir.path(),
+        BASE,
+        "version: 1\nmode: enforce\nsysctl:\n  net.core.somaxconn: 4096\n  net.ipv4.conf.hf0.rp_filter: 2\n",
+    );
+    let cfg = config(&dir);
+    let h = Harness::start(dir, cfg).await;
+    assert_eq!(
+        h.item("net.ipv4.conf.hf0.rp_filter").item.state,
+        State::Unsupported
+    );
+    let arms = h.arms.0.lock().unwrap().len();
+
+    // The interface appears: no watch could exist on it, and no event comes.
+    write(h.dir.path(), "proc/sys/net/ipv4/conf/hf0/rp_filter", "0\n");
+    // An external change that inotify would miss (another procfs instance).
+    write(h.dir.path(), SOMAXCONN, "128\n");
+    let passes = h.passes();
+    h.advance(Duration::from_secs(59)).await;
+    assert_eq!(h.passes(), passes, "nothing before the rescan");
+    h.advance(Duration::from_secs(1)).await;
+    assert_eq!(h.passes(), passes + 1);
+    let snap = h.snap();
+    assert_eq!(snap.last_pass.as_ref().unwrap().trigger, Trigger::Rescan);
+    assert_eq!(h.read("proc/sys/net/ipv4/conf/hf0/rp_filter"), "2");
+    assert_eq!(h.read(SOMAXCONN), "4096");
+    assert_eq!(
+        h.arms.0.lock().unwrap().len(),
+        arms + 1,
+        "the rescan re-arms the watches"
+    );
+    // Periodic: the next one 60 s later.
+    h.advance(Duration::from_secs(60)).await;
+    assert_eq!(h.passes(), passes + 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bad_push_keeps_the_last_good_policy_and_a_good_one_replaces_it() {
+    let dir = fake_host();
+    let cfg = config(&dir);
+    let h = Harness::start(dir, cfg).await;
+    let push = "etc/holdfast/policy.d/20-push.yaml";
+
+    // Config management writes the file in bursts: one reload after 200 ms
+    // of quiet.
+    h.change(push, "version: 1\nsysctl:\n").await;
+    h.advance(Duration::from_millis(100)).await;
+    h.change(
+        push,
+        "version: 1\nsysctl:\n  net.core.somaxconn: {mni: 1}\n",
+    )
+    .await;
+    h.advance(Duration::from_millis(199)).await;
+    assert!(h.snap().policy.rejected.is_none(), "still debouncing");
+    h.advance(Duration::from_millis(1)).await;
+    let snap = h.snap();
+    let rejected = snap.policy.rejected.as_ref().expect("rejected");
+    assert_eq!(rejected.errors.len(), 1);
+    let e = &rejected.errors[0];
+    assert!(e.source.file.ends_with("20-push.yaml"), "{e}");
+    assert_eq!((e.source.line, e.source.column), (3, 24));
+    assert_eq!(snap.last_pass.as_ref().unwrap().trigger, Trigger::Policy);
+    let files = snap.policy.files();
+    assert_eq!(files.len(), 1);
+    assert!(files[0].ends_with("10-base.yaml"), "{files:?}");
+
+    // The old policy is still enforced.
+    h.change(SOMAXCONN, "1\n").await;
+    assert_eq!(h.read(SOMAXCONN), "4096");
+
+    // A valid push replaces it: only the changed setting is written.
+    h.change(push, "version: 1\nsysctl:\n  net.core.somaxconn: 8192\n")
+        .await;
+    h.advance(Duration::from_millis(200)).await;
+    let snap = h.snap();
+    assert!(snap.policy.rejected.is_none());
+    assert_eq!(h.read(SOMAXCONN), "8192");
+    let change = snap.policy.last_change.as_ref().unwrap();
+    assert_eq!(change.changed, ["sysctl net.core.somaxconn"]);
+    assert!(change.added.is_empty() && change.removed.is_empty());
+    let item = h.item("net.core.somaxconn");
+    assert_eq!(item.item.desired, "8192");
+    assert!(
+        item.item
+            .source
+            .as_ref()
+            .unwrap()
+            .file
+            .ends_with("20-push.yaml")
+    );
+    // A fresh backoff history for the changed setting.
+    assert_eq!(item.corrections, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_invalid_first_policy_enforces_nothing_until_a_valid_one_arrives() {
+    let dir = fake_host();
+    write(
+        dir.path(),
+        BASE,
+        "version: 1\nmode: enforce\nsysctl:\n  net.core.somaxconn: 050\n",
+    );
+    let cfg = config(&dir);
+    let h = Harness::start(dir, cfg).await;
+    let snap = h.snap();
+    assert!(snap.policy.in_force.is_none());
+    assert!(snap.policy.rejected.is_some());
+    assert!(!snap.compliant());
+    assert_eq!(h.read(SOMAXCONN), "128", "nothing written");
+
+    h.change(
+        BASE,
+        "version: 1\nmode: enforce\nsysctl:\n  net.core.somaxconn: 4096\n",
+    )
+    .await;
+    h.advance(Duration::from_millis(200)).await;
+    assert!(h.snap().policy.in_force.is_some());
+    assert_eq!(h.read(SOMAXCONN), "4096");
+}
+
+#[tokio::test(start_paused = true)]
+async fn sighup_reloads_at_once_and_shutdown_ends_the_loop() {
+    let dir = fake_host();
+    let cfg = config(&dir);
+    let h = Harness::start(dir, cfg).await;
+    write(
+        h.dir.path(),
+        BASE,
+        "version: 1\nmode: enforce\nsysctl:\n  net.core.somaxconn: 2048\n",
+    );
+    h.control.send(Control::Reload).unwrap();
+    settle().await;
+    assert_eq!(
+        h.snap().last_pass.as_ref().unwrap().trigger,
+        Trigger::Signal
+    );
+    assert_eq!(h.read(SOMAXCONN), "2048");
+
+    h.control.send(Control::Shutdown).unwrap();
+    settle().await;
+    assert!(h.task.is_finished());
+}
+
+#[tokio::test(start_paused = true)]
+async fn file_events_and_lost_events_cause_a_full_pass() {
+    let dir = fake_host();
+    let cfg = config(&dir);
+    let h = Harness::start(dir, cfg).await;
+    h.change("etc/sysctl.d/50-other.conf", "net.core.somaxconn = 1\n")
+        .await;
+    let snap = h.snap();
+    let pass = snap.last_pass.as_ref().unwrap();
+    assert_eq!((pass.trigger, pass.full), (Trigger::Event, true));
+    // The conflict is now known.
+    assert_eq!(h.item("net.core.somaxconn").item.conflicts.len(), 1);
+
+    // inotify's queue overflowed (or the loop's channel was full): the
+    // events that were lost are made up for by a full pass.
+    let passes = h.passes();
+    write(h.dir.path(), SOMAXCONN, "7\n");
+    h.overflow.store(true, Ordering::SeqCst);
+    // Any wake-up makes the loop look at the flag.
+    h.events
+        .send(WatchEvent {
+            paths: vec![h.dir.path().join("unrelated")],
+            removed: false,
+        })
+        .await
+        .unwrap();
+    settle().await;
+    assert_eq!(h.passes(), passes + 1);
+    assert!(h.snap().last_pass.as_ref().unwrap().full);
+    assert_eq!(h.read(SOMAXCONN), "4096");
+}

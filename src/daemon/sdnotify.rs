@@ -1,0 +1,73 @@
+//! systemd's notification protocol (sd-notify): `READY=1` after the first
+//! pass, `STATUS=3 drifted, 41 compliant` when the summary changes,
+//! `WATCHDOG=1` every half `WATCHDOG_USEC` from the loop itself (so a stuck
+//! loop is restarted), `STOPPING=1` on the way out. Without `NOTIFY_SOCKET`
+//! every call is a no-op.
+
+use std::time::Duration;
+
+use sd_notify::NotifyState;
+use tokio::time::Instant;
+
+#[derive(Debug)]
+pub struct Notifier {
+    ready: bool,
+    last_status: String,
+    watchdog: Option<Duration>,
+    next_ping: Option<Instant>,
+    warned: bool,
+}
+
+impl Notifier {
+    /// `watchdog`: the `WATCHDOG_USEC` interval, when systemd set one.
+    pub fn new(watchdog: Option<Duration>) -> Notifier {
+        Notifier {
+            ready: false,
+            last_status: String::new(),
+            watchdog: watchdog.filter(|d| !d.is_zero()),
+            next_ping: None,
+            warned: false,
+        }
+    }
+
+    fn send(&mut self, states: &[NotifyState<'_>]) {
+        if let Err(e) = sd_notify::notify(states) {
+            if !self.warned {
+                tracing::warn!("cannot notify systemd (NOTIFY_SOCKET): {e}");
+                self.warned = true;
+            }
+        }
+    }
+
+    /// After every pass: readiness once, then the status line when it changes.
+    pub fn after_pass(&mut self, status: &str) {
+        if !self.ready {
+            self.ready = true;
+            self.last_status = status.to_string();
+            self.send(&[NotifyState::Ready, NotifyState::Status(status)]);
+        } else if self.last_status != status {
+            self.last_status = status.to_string();
+            self.send(&[NotifyState::Status(status)]);
+        }
+    }
+
+    /// When the next watchdog ping is due, if the watchdog is on.
+    pub fn next_ping(&self, now: Instant) -> Option<Instant> {
+        self.watchdog.map(|_| self.next_ping.unwrap_or(now))
+    }
+
+    /// Pings the watchdog when due.
+    pub fn tick(&mut self, now: Instant) {
+        let Some(interval) = self.watchdog else {
+            return;
+        };
+        if self.next_ping.is_none_or(|t| now >= t) {
+            self.send(&[NotifyState::Watchdog]);
+            self.next_ping = Some(now + interval / 2);
+        }
+    }
+
+    pub fn stopping(&mut self) {
+        self.send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+    }
+}

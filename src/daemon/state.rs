@@ -1,0 +1,299 @@
+//! What the loop publishes after every pass: an immutable [`Snapshot`] that
+//! the status API, the metrics and `holdfast status` read. The loop swaps in
+//! a new `Arc<Snapshot>`; readers clone the `Arc` and never hold a lock
+//! while they serialize or write to a client.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::item::{self, Item, State};
+use crate::policy::{Mode, Policy, PolicyError};
+
+use super::schedule::Trigger;
+
+/// The state of the daemon after a pass.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub version: &'static str,
+    pub pid: u32,
+    pub started_at: SystemTime,
+    pub policy: PolicyState,
+    pub last_pass: Option<PassInfo>,
+    pub items: Vec<ItemStatus>,
+    /// Problems reading auxiliary files in the last full pass.
+    pub warnings: Vec<String>,
+    pub listeners: Arc<Vec<ListenerStatus>>,
+    pub watches: WatchStatus,
+    pub rescan_interval: Duration,
+}
+
+impl Snapshot {
+    /// Before the first pass.
+    pub fn starting(listeners: Arc<Vec<ListenerStatus>>, rescan_interval: Duration) -> Snapshot {
+        Snapshot {
+            version: env!("CARGO_PKG_VERSION"),
+            pid: std::process::id(),
+            started_at: SystemTime::now(),
+            policy: PolicyState::default(),
+            last_pass: None,
+            items: Vec::new(),
+            warnings: Vec::new(),
+            listeners,
+            watches: WatchStatus::default(),
+            rescan_interval,
+        }
+    }
+
+    /// Whether the host is in line with a policy in force. With no policy in
+    /// force (the first one was rejected) nothing is enforced: not compliant.
+    pub fn compliant(&self) -> bool {
+        self.policy.in_force.is_some() && !self.items.iter().any(|i| i.item.state.is_drift())
+    }
+
+    pub fn count(&self, state: State) -> usize {
+        self.items.iter().filter(|i| i.item.state == state).count()
+    }
+
+    /// `3 drifted, 41 compliant`: the non-zero counts, for systemd's STATUS=.
+    pub fn summary_line(&self) -> String {
+        let items: Vec<Item> = self.items.iter().map(|i| i.item.clone()).collect();
+        let counts: Vec<String> = item::summary(&items)
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(s, n)| format!("{n} {s}"))
+            .collect();
+        let mut line = if self.policy.in_force.is_none() {
+            "no policy in force".to_string()
+        } else if counts.is_empty() {
+            "no settings".to_string()
+        } else {
+            counts.join(", ")
+        };
+        if self.policy.rejected.is_some() {
+            line.push_str("; newest policy push rejected");
+        }
+        line
+    }
+}
+
+/// The policy in force and the fate of the newest push.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyState {
+    pub in_force: Option<Arc<Policy>>,
+    /// When the policy in force was loaded.
+    pub loaded_at: Option<SystemTime>,
+    /// Set while the newest push is rejected; the policy in force stays.
+    pub rejected: Option<Rejection>,
+    /// What the last accepted reload changed.
+    pub last_change: Option<PolicyChange>,
+}
+
+impl PolicyState {
+    pub fn files(&self) -> Vec<String> {
+        self.in_force
+            .as_ref()
+            .map(|p| p.files.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn mode(&self) -> Option<Mode> {
+        self.in_force.as_ref().map(|p| p.default_mode())
+    }
+}
+
+/// A rejected policy push.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    pub at: SystemTime,
+    /// Validation errors, each with file, line and column.
+    pub errors: Vec<PolicyError>,
+    /// An error reading the sources (a file vanished, a directory is empty).
+    pub message: Option<String>,
+}
+
+/// What a policy reload changed, per setting (`sysctl net.core.somaxconn`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyChange {
+    pub at: Option<SystemTime>,
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+impl PolicyChange {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.changed.is_empty() && self.removed.is_empty()
+    }
+}
+
+/// The last pass.
+#[derive(Debug, Clone)]
+pub struct PassInfo {
+    pub number: u64,
+    pub at: SystemTime,
+    /// Monotonic time of the pass, for the health check.
+    pub at_monotonic: std::time::Instant,
+    pub duration: Duration,
+    pub trigger: Trigger,
+    /// Whether everything was re-read, or only the keys an event named.
+    pub full: bool,
+}
+
+/// One setting as the daemon shows it.
+#[derive(Debug, Clone)]
+pub struct ItemStatus {
+    /// The item, with the state the daemon shows (see `Tracker::shown_state`).
+    pub item: Item,
+    /// When the shown state or the actual value last changed.
+    pub last_change: SystemTime,
+    /// Corrections within the contested-detection window.
+    pub corrections: usize,
+    /// When holdfast will write the item again, while it is held back.
+    pub next_attempt: Option<SystemTime>,
+}
+
+/// Where the API listens (or failed to).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerStatus {
+    pub address: String,
+    pub origin: ListenerOrigin,
+    /// Why it is not listening, if it is not.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerOrigin {
+    /// The default set (loopback :80 and the Unix socket).
+    Default,
+    /// `--listen`.
+    Configured,
+    /// Passed by systemd (LISTEN_FDS).
+    SocketActivation,
+}
+
+impl ListenerOrigin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerOrigin::Default => "default",
+            ListenerOrigin::Configured => "configured",
+            ListenerOrigin::SocketActivation => "socket-activation",
+        }
+    }
+}
+
+/// The inotify watches after the last arming.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WatchStatus {
+    pub watched: usize,
+    pub missing: usize,
+    pub errors: Vec<String>,
+}
+
+/// RFC 3339 in UTC with milliseconds: `2025-05-01T12:34:56.789Z`.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, day) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian
+/// calendar (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// A duration as people read it: `850ms`, `12s`, `5m`, `1h30m`.
+pub fn human_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let s = d.as_secs();
+    match (s / 3600, s % 3600 / 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, 0) => format!("{m}m"),
+        (0, m, s) => format!("{m}m{s}s"),
+        (h, 0, _) => format!("{h}h"),
+        (h, m, _) => format!("{h}h{m}m"),
+    }
+}
+
+/// `60s`, `5m`, `500ms`, `1h`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (e.g. 60s, 5m, 500ms)"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(format!("`{s}`: unknown unit `{unit}` (ms, s, m, h)")),
+    };
+    if d.is_zero() {
+        return Err("a duration must be more than 0".into());
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_utc_with_milliseconds() {
+        let at = |s: u64, ms: u64| {
+            rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(s) + Duration::from_millis(ms))
+        };
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(at(951_782_400, 5), "2000-02-29T00:00:00.005Z");
+        assert_eq!(at(1_746_102_896, 789), "2025-05-01T12:34:56.789Z");
+        assert_eq!(at(4_102_444_799, 999), "2099-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn durations_read_like_people_write_them() {
+        let s = Duration::from_secs;
+        assert_eq!(human_duration(Duration::from_millis(850)), "850ms");
+        assert_eq!(human_duration(s(12)), "12s");
+        assert_eq!(human_duration(s(300)), "5m");
+        assert_eq!(human_duration(s(330)), "5m30s");
+        assert_eq!(human_duration(s(5400)), "1h30m");
+        assert_eq!(human_duration(s(7200)), "2h");
+    }
+
+    #[test]
+    fn parses_durations_with_units() {
+        assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5 min").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("1d").unwrap_err().contains("unknown unit"));
+    }
+}

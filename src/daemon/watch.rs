@@ -1,0 +1,556 @@
+//! What the daemon watches, and what an event on a path means.
+//!
+//! [`plan`] and [`WatchMap`] are pure: from the policy and the host root
+//! they list the files and directories to watch and map an event's path
+//! back to what it concerns. [`NotifyWatcher`] is the I/O side: it arms
+//! inotify watches (the `notify` crate) and forwards events to the loop.
+//!
+//! An event is only ever a reason to re-read (DESIGN-NOTES §7): inotify
+//! misses writes through another procfs instance or from another network
+//! namespace, so the periodic rescan stays the backstop.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use notify::event::{AccessKind, ModifyKind};
+use notify::{EventKind, RecursiveMode, Watcher as _};
+use tokio::sync::mpsc;
+
+use crate::host::{HostRoot, SYSCTL_CONF_DIRS};
+use crate::policy::Policy;
+use crate::sysctl::SysctlKey;
+
+/// What a watched path is about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Concern {
+    /// A key's /proc/sys file: re-read that key.
+    Sysctl(SysctlKey),
+    /// Configuration a full pass re-reads (sysctl.d, limits.d, ...).
+    Files,
+    /// The policy sources: reload (debounced).
+    Policy,
+}
+
+/// Which events under a watched path matter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// The file itself.
+    File,
+    /// Entries of a directory whose names end with one of these suffixes
+    /// (hidden files, such as editors' and holdfast's temp files, excluded).
+    Entries(&'static [&'static str]),
+    /// One named entry of a directory (a policy file given by path: its
+    /// directory is watched so that an atomic replace is seen).
+    Entry(PathBuf),
+}
+
+/// One path to watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchSpec {
+    pub path: PathBuf,
+    pub scope: Scope,
+    pub concern: Concern,
+    /// When the path does not exist, watch its nearest existing ancestor so
+    /// that its creation is seen (the policy directory on a fresh host).
+    pub follow_creation: bool,
+}
+
+/// Where the policy comes from, as the daemon watches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicySource {
+    /// The policy directory under the host root (the default).
+    Default(PathBuf),
+    Dir(PathBuf),
+    File(PathBuf),
+}
+
+impl PolicySource {
+    /// Classifies the `--policy` arguments (I/O: whether each is a
+    /// directory); none means the host's policy directory.
+    pub fn classify(host: &HostRoot, explicit: &[PathBuf]) -> Vec<PolicySource> {
+        if explicit.is_empty() {
+            return vec![PolicySource::Default(host.policy_dir())];
+        }
+        explicit
+            .iter()
+            .map(|p| {
+                if p.is_dir() {
+                    PolicySource::Dir(p.clone())
+                } else {
+                    PolicySource::File(p.clone())
+                }
+            })
+            .collect()
+    }
+}
+
+const YAML: &[&str] = &[".yaml", ".yml"];
+const CONF: &[&str] = &[".conf"];
+
+/// The watches for a policy (none in force: only the policy sources).
+pub fn plan(host: &HostRoot, policy: Option<&Policy>, sources: &[PolicySource]) -> Vec<WatchSpec> {
+    let mut out = Vec::new();
+    for source in sources {
+        out.push(match source {
+            PolicySource::Default(dir) => WatchSpec {
+                path: dir.clone(),
+                scope: Scope::Entries(YAML),
+                concern: Concern::Policy,
+                follow_creation: true,
+            },
+            PolicySource::Dir(dir) => WatchSpec {
+                path: dir.clone(),
+                scope: Scope::Entries(YAML),
+                concern: Concern::Policy,
+                follow_creation: false,
+            },
+            PolicySource::File(file) => WatchSpec {
+                path: file
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."))
+                    .to_path_buf(),
+                scope: Scope::Entry(file.clone()),
+                concern: Concern::Policy,
+                follow_creation: false,
+            },
+        });
+    }
+    let Some(policy) = policy else {
+        return out;
+    };
+    if !policy.sysctls.is_empty() {
+        for key in policy.sysctls.keys() {
+            out.push(WatchSpec {
+                path: host.sysctl_path(key),
+                scope: Scope::File,
+                concern: Concern::Sysctl(key.clone()),
+                follow_creation: false,
+            });
+        }
+        for dir in SYSCTL_CONF_DIRS {
+            out.push(files(host.path(dir), Scope::Entries(CONF)));
+        }
+        out.push(files(host.path("etc/sysctl.conf"), Scope::File));
+    }
+    if !policy.limits.is_empty() {
+        out.push(files(host.limits_conf(), Scope::File));
+        out.push(files(host.limits_d(), Scope::Entries(CONF)));
+    }
+    out
+}
+
+fn files(path: PathBuf, scope: Scope) -> WatchSpec {
+    WatchSpec {
+        path,
+        scope,
+        concern: Concern::Files,
+        follow_creation: false,
+    }
+}
+
+/// Maps an event's path to what it concerns.
+#[derive(Debug, Clone, Default)]
+pub struct WatchMap {
+    specs: Vec<WatchSpec>,
+    by_path: HashMap<PathBuf, Vec<usize>>,
+}
+
+impl WatchMap {
+    pub fn new(specs: Vec<WatchSpec>) -> WatchMap {
+        let mut by_path: HashMap<PathBuf, Vec<usize>> = HashMap::new();
+        for (i, s) in specs.iter().enumerate() {
+            by_path.entry(s.path.clone()).or_default().push(i);
+        }
+        WatchMap { specs, by_path }
+    }
+
+    pub fn specs(&self) -> &[WatchSpec] {
+        &self.specs
+    }
+
+    /// What an event on `path` concerns (deduplicated, in a stable order).
+    pub fn concerns(&self, path: &Path) -> Vec<Concern> {
+        let mut out = Vec::new();
+        // The watched path itself: a file written, or a directory removed.
+        for &i in self.by_path.get(path).into_iter().flatten() {
+            out.push(self.specs[i].concern.clone());
+        }
+        // An entry of a watched directory.
+        if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
+            for &i in self.by_path.get(dir).into_iter().flatten() {
+                let spec = &self.specs[i];
+                let relevant = match &spec.scope {
+                    Scope::File => false,
+                    Scope::Entries(suffixes) => entry_matches(name, suffixes),
+                    Scope::Entry(file) => file.as_path() == path,
+                };
+                if relevant {
+                    out.push(spec.concern.clone());
+                }
+            }
+        }
+        // Something on the way to a path that does not exist yet.
+        for spec in self.specs.iter().filter(|s| s.follow_creation) {
+            if spec.path != path && spec.path.starts_with(path) {
+                out.push(spec.concern.clone());
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+fn entry_matches(name: &OsStr, suffixes: &[&str]) -> bool {
+    let Some(name) = name.to_str() else {
+        return false;
+    };
+    !name.starts_with('.') && suffixes.iter().any(|s| name.ends_with(s))
+}
+
+/// An inotify event the loop must look at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchEvent {
+    pub paths: Vec<PathBuf>,
+    /// The path was removed or moved away: its watch is gone.
+    pub removed: bool,
+}
+
+/// Whether an event kind is a reason to re-read. Opening, reading and
+/// metadata changes are not: holdfast's own reads fire `IN_OPEN` on every
+/// watched file, and acting on them would make the loop feed itself.
+pub fn relevant(kind: &EventKind) -> Option<bool> {
+    match kind {
+        EventKind::Access(AccessKind::Close(notify::event::AccessMode::Write)) => Some(false),
+        EventKind::Access(_) => None,
+        EventKind::Modify(ModifyKind::Metadata(_)) => None,
+        EventKind::Modify(ModifyKind::Name(_)) => Some(true),
+        EventKind::Remove(_) => Some(true),
+        EventKind::Modify(_) | EventKind::Create(_) | EventKind::Any | EventKind::Other => {
+            Some(false)
+        }
+    }
+}
+
+/// Counts of the last arming, for status and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ArmReport {
+    /// Paths with a watch.
+    pub watched: usize,
+    /// Wanted paths that do not exist (armed when they appear, at a rescan).
+    pub missing: usize,
+    pub errors: Vec<String>,
+}
+
+/// Keeps the set of watches in line with a list of specs.
+pub trait Arm: Send {
+    fn arm(&mut self, specs: &[WatchSpec]) -> ArmReport;
+}
+
+/// The path to watch for a spec right now: itself if it exists, else (for
+/// `follow_creation`) its nearest existing ancestor.
+fn watch_target(spec: &WatchSpec) -> Option<PathBuf> {
+    if spec.path.exists() {
+        return Some(spec.path.clone());
+    }
+    if !spec.follow_creation {
+        return None;
+    }
+    spec.path
+        .ancestors()
+        .skip(1)
+        .find(|p| p.is_dir())
+        .map(Path::to_path_buf)
+}
+
+/// inotify through the `notify` crate. Events are filtered on notify's
+/// thread (open/read/metadata dropped) and sent to the loop over a bounded
+/// channel; when the channel is full, or inotify's queue overflowed, the
+/// `overflow` flag asks the loop for a full pass instead.
+pub struct NotifyWatcher {
+    watcher: notify::INotifyWatcher,
+    /// Watched path → (device, inode) when armed; a changed inode means the
+    /// file was replaced and needs a new watch.
+    armed: HashMap<PathBuf, (u64, u64)>,
+    /// Paths removed since the last arming: inotify dropped their watches
+    /// (and a new file there may reuse the inode number).
+    gone: Arc<Mutex<Vec<PathBuf>>>,
+}
+
+impl NotifyWatcher {
+    pub fn start(
+        events: mpsc::Sender<WatchEvent>,
+        overflow: Arc<AtomicBool>,
+    ) -> Result<NotifyWatcher, notify::Error> {
+        let gone = Arc::new(Mutex::new(Vec::new()));
+        let gone_in_handler = Arc::clone(&gone);
+        let handler = move |res: notify::Result<notify::Event>| match res {
+            Ok(event) => {
+                if event.need_rescan() {
+                    overflow.store(true, Ordering::SeqCst);
+                }
+                let Some(removed) = relevant(&event.kind) else {
+                    return;
+                };
+                if removed {
+                    lock(&gone_in_handler).extend(event.paths.iter().cloned());
+                }
+                let ev = WatchEvent {
+                    paths: event.paths,
+                    removed,
+                };
+                if let Err(mpsc::error::TrySendError::Full(_)) = events.try_send(ev) {
+                    overflow.store(true, Ordering::SeqCst);
+                }
+            }
+            Err(e) => {
+                tracing::warn!("inotify: {e}; falling back to a full pass");
+                overflow.store(true, Ordering::SeqCst);
+            }
+        };
+        let watcher = notify::INotifyWatcher::new(handler, notify::Config::default())?;
+        Ok(NotifyWatcher {
+            watcher,
+            armed: HashMap::new(),
+            gone,
+        })
+    }
+}
+
+/// The lists behind these locks stay valid whatever a panicking holder did.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Arm for NotifyWatcher {
+    fn arm(&mut self, specs: &[WatchSpec]) -> ArmReport {
+        let mut report = ArmReport::default();
+        for path in std::mem::take(&mut *lock(&self.gone)) {
+            self.armed.remove(&path);
+        }
+        let mut wanted: HashSet<PathBuf> = HashSet::new();
+        for spec in specs {
+            match watch_target(spec) {
+                Some(target) => {
+                    if target != spec.path {
+                        report.missing += 1;
+                    }
+                    wanted.insert(target);
+                }
+                None => report.missing += 1,
+            }
+        }
+        let stale: Vec<PathBuf> = self
+            .armed
+            .keys()
+            .filter(|p| !wanted.contains(*p))
+            .cloned()
+            .collect();
+        for path in stale {
+            self.armed.remove(&path);
+            // The watch may already be gone with its file.
+            let _ = self.watcher.unwatch(&path);
+        }
+        for path in wanted {
+            let Ok(meta) = std::fs::metadata(&path) else {
+                report.missing += 1;
+                continue;
+            };
+            let id = (meta.dev(), meta.ino());
+            if self.armed.get(&path) == Some(&id) {
+                report.watched += 1;
+                continue;
+            }
+            if self.armed.remove(&path).is_some() {
+                let _ = self.watcher.unwatch(&path);
+            }
+            match self.watcher.watch(&path, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    self.armed.insert(path, id);
+                    report.watched += 1;
+                }
+                Err(e) => report.errors.push(format!("watch {}: {e}", path.display())),
+            }
+        }
+        report
+    }
+}
+
+/// No inotify (it could not be initialised): the rescan does all the work.
+#[derive(Debug, Default)]
+pub struct NoWatcher;
+
+impl Arm for NoWatcher {
+    fn arm(&mut self, specs: &[WatchSpec]) -> ArmReport {
+        ArmReport {
+            watched: 0,
+            missing: 0,
+            errors: vec![format!(
+                "inotify is not available: {} paths are checked only by the periodic rescan",
+                specs.len()
+            )],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(text: &str) -> Policy {
+        Policy::from_files([("p.yaml", text)]).unwrap()
+    }
+
+    #[test]
+    fn plan_watches_keys_boot_config_limits_and_the_policy_dir() {
+        let host = HostRoot::new("/r");
+        let p = policy(
+            "version: 1\nsysctl:\n  net.core.somaxconn: 4096\nlimits:\n  - {domain: \"*\", item: nofile, soft: 1024, hard: 1024}\n",
+        );
+        let sources = PolicySource::classify(&host, &[]);
+        let specs = plan(&host, Some(&p), &sources);
+        let paths: Vec<String> = specs.iter().map(|s| s.path.display().to_string()).collect();
+        assert_eq!(
+            paths,
+            [
+                "/r/etc/holdfast/policy.d",
+                "/r/proc/sys/net/core/somaxconn",
+                "/r/etc/sysctl.d",
+                "/r/run/sysctl.d",
+                "/r/usr/local/lib/sysctl.d",
+                "/r/usr/lib/sysctl.d",
+                "/r/lib/sysctl.d",
+                "/r/etc/sysctl.conf",
+                "/r/etc/security/limits.conf",
+                "/r/etc/security/limits.d",
+            ]
+        );
+        // No policy in force: only the policy sources.
+        assert_eq!(plan(&host, None, &sources).len(), 1);
+    }
+
+    #[test]
+    fn events_map_to_what_they_concern() {
+        let host = HostRoot::new("/r");
+        let p = policy("version: 1\nsysctl:\n  net.core.somaxconn: 4096\n");
+        let sources = [
+            PolicySource::Default(host.policy_dir()),
+            PolicySource::File(PathBuf::from("/cm/extra.yaml")),
+        ];
+        let map = WatchMap::new(plan(&host, Some(&p), &sources));
+        let c = |p: &str| map.concerns(Path::new(p));
+        assert_eq!(
+            c("/r/proc/sys/net/core/somaxconn"),
+            [Concern::Sysctl(
+                SysctlKey::parse("net.core.somaxconn").unwrap()
+            )]
+        );
+        assert_eq!(c("/r/etc/sysctl.d/10-k8s.conf"), [Concern::Files]);
+        assert_eq!(c("/r/etc/sysctl.conf"), [Concern::Files]);
+        assert!(c("/r/etc/sysctl.d/.99-zz-holdfast.conf.holdfast-tmp").is_empty());
+        assert!(c("/r/etc/sysctl.d/README").is_empty());
+        assert_eq!(
+            c("/r/etc/holdfast/policy.d/10-base.yaml"),
+            [Concern::Policy]
+        );
+        assert_eq!(c("/r/etc/holdfast/policy.d"), [Concern::Policy]);
+        // The policy directory does not exist yet: its ancestors' events count.
+        assert_eq!(c("/r/etc/holdfast"), [Concern::Policy]);
+        assert!(c("/r/etc/passwd").is_empty());
+        assert_eq!(c("/cm/extra.yaml"), [Concern::Policy]);
+        assert!(c("/cm/other.yaml").is_empty());
+    }
+
+    #[test]
+    fn only_changes_are_relevant_not_opens_or_reads() {
+        use notify::event::{AccessMode, CreateKind, DataChange, RemoveKind, RenameMode};
+        assert_eq!(
+            relevant(&EventKind::Access(AccessKind::Open(AccessMode::Any))),
+            None
+        );
+        assert_eq!(
+            relevant(&EventKind::Access(AccessKind::Close(AccessMode::Read))),
+            None
+        );
+        assert_eq!(
+            relevant(&EventKind::Modify(ModifyKind::Metadata(
+                notify::event::MetadataKind::Any
+            ))),
+            None
+        );
+        assert_eq!(
+            relevant(&EventKind::Access(AccessKind::Close(AccessMode::Write))),
+            Some(false)
+        );
+        assert_eq!(
+            relevant(&EventKind::Modify(ModifyKind::Data(DataChange::Any))),
+            Some(false)
+        );
+        assert_eq!(relevant(&EventKind::Create(CreateKind::File)), Some(false));
+        assert_eq!(relevant(&EventKind::Remove(RemoveKind::File)), Some(true));
+        assert_eq!(
+            relevant(&EventKind::Modify(ModifyKind::Name(RenameMode::From))),
+            Some(true)
+        );
+    }
+
+    async fn next_change(rx: &mut mpsc::Receiver<WatchEvent>) -> WatchEvent {
+        loop {
+            let ev = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+                .await
+                .expect("an inotify event within 5 s")
+                .expect("channel open");
+            if !ev.removed {
+                return ev;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn notify_watcher_sees_writes_and_rearms_replaced_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("somaxconn");
+        std::fs::write(&file, "128\n").unwrap();
+        let (tx, mut rx) = mpsc::channel(16);
+        let overflow = Arc::new(AtomicBool::new(false));
+        let mut w = NotifyWatcher::start(tx, overflow).unwrap();
+        let specs = vec![
+            WatchSpec {
+                path: file.clone(),
+                scope: Scope::File,
+                concern: Concern::Files,
+                follow_creation: false,
+            },
+            WatchSpec {
+                path: dir.path().join("missing"),
+                scope: Scope::File,
+                concern: Concern::Files,
+                follow_creation: false,
+            },
+        ];
+        let r = w.arm(&specs);
+        assert_eq!((r.watched, r.missing), (1, 1), "{r:?}");
+        // Reading is not an event the loop sees.
+        let _ = std::fs::read_to_string(&file).unwrap();
+        std::fs::write(&file, "4096\n").unwrap();
+        let ev = next_change(&mut rx).await;
+        assert_eq!(ev.paths, std::slice::from_ref(&file));
+
+        // Replaced by a new file: the next arming watches the new file.
+        std::fs::remove_file(&file).unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        std::fs::write(&file, "1\n").unwrap();
+        let r = w.arm(&specs);
+        assert_eq!(r.watched, 1);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        while rx.try_recv().is_ok() {}
+        std::fs::write(&file, "2\n").unwrap();
+        let ev = next_change(&mut rx).await;
+        assert_eq!(ev.paths, [file]);
+    }
+}

@@ -1,0 +1,617 @@
+//! `holdfast serve` end to end on a fake host root with real inotify: the
+//! binary runs against a temp dir, listens on a temp-dir Unix socket and an
+//! ephemeral loopback port (never :80), and the tests change files under the
+//! root as another writer would.
+
+mod common;
+
+use std::io::Read;
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::FakeHost;
+use holdfast::daemon::client::{self, Response};
+use holdfast::daemon::listen::ListenAddr;
+use serde_json::Value;
+
+const BASE: &str = "etc/holdfast/policy.d/10-base.yaml";
+
+/// A running `holdfast serve`; killed if a test fails before stopping it.
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn host() -> FakeHost {
+    let h = FakeHost::new();
+    h.sysctl("net.core.somaxconn", "128");
+    h.write(
+        BASE,
+        "version: 1\nmode: enforce\nsysctl:\n  net.core.somaxconn: 4096\n",
+    );
+    h
+}
+
+fn holdfast(h: &FakeHost, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_holdfast"));
+    cmd.arg("--root").arg(h.root()).args(args);
+    cmd
+}
+
+fn start(h: &FakeHost, extra: &[&str]) -> Daemon {
+    start_with(h, extra, |_| {})
+}
+
+fn start_with(h: &FakeHost, extra: &[&str], setup: impl FnOnce(&mut Command)) -> Daemon {
+    let socket = h.path("hf.sock");
+    let mut cmd = holdfast(h, &["serve", "--listen", socket.to_str().unwrap()]);
+    cmd.args(extra)
+        .env("HOLDFAST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    setup(&mut cmd);
+    let child = cmd.spawn().expect("spawn holdfast serve");
+    let mut d = Daemon { child, socket };
+    wait_ready(&mut d);
+    d
+}
+
+fn unix(d: &Daemon) -> ListenAddr {
+    ListenAddr::Unix(d.socket.clone())
+}
+
+fn get(addr: &ListenAddr, target: &str) -> Response {
+    client::get(addr, target, "*/*", Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("GET {target}: {e}"))
+}
+
+/// Waits for the first pass (healthz 200).
+fn wait_ready(d: &mut Daemon) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(r) = client::get(&unix(d), "/healthz", "*/*", Duration::from_secs(1))
+            && r.status == 200
+        {
+            return;
+        }
+        if let Ok(Some(status)) = d.child.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = d.child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            panic!("holdfast serve exited early ({status}):\n{err}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "holdfast serve not ready in 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn status(d: &Daemon) -> Value {
+    let r = get(&unix(d), "/status");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    serde_json::from_slice(&r.body).expect("status JSON")
+}
+
+fn item<'a>(status: &'a Value, key: &str) -> &'a Value {
+    status["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["key"] == key)
+        .unwrap_or_else(|| panic!("no {key} in {status:#}"))
+}
+
+/// Polls the status until `pred` holds (10 s at most).
+fn wait_for(d: &Daemon, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = status(d);
+        if pred(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {s:#}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn sigterm(d: &Daemon) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &d.child.id().to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok);
+}
+
+/// Waits for the daemon to exit and returns its exit code and stderr.
+fn exit_within(d: &mut Daemon, limit: Duration) -> (Option<i32>, Duration, String) {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = d.child.try_wait().expect("wait") {
+            let mut err = String::new();
+            if let Some(mut e) = d.child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            return (status.code(), started.elapsed(), err);
+        }
+        assert!(
+            started.elapsed() < limit,
+            "holdfast serve did not exit within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn serve_corrects_drift_keeps_the_last_good_policy_applies_a_good_push_and_stops_on_sigterm() {
+    let h = host();
+    let mut d = start(&h, &[]);
+
+    // The first pass corrected the host.
+    let s = status(&d);
+    assert_eq!(h.get_sysctl("net.core.somaxconn"), "4096");
+    assert_eq!(item(&s, "net.core.somaxconn")["state"], "corrected");
+    assert_eq!(s["compliant"], true);
+    assert_eq!(s["policy"]["last_error"], Value::Null);
+
+    // Another writer changes the value: inotify → re-read → corrected.
+    h.sysctl("net.core.somaxconn", "512");
+    let s = wait_for(&d, "the second correction", |s| {
+        item(s, "net.core.somaxconn")["corrections"] == 2
+    });
+    assert_eq!(h.get_sysctl("net.core.somaxconn"), "4096");
+    let it = item(&s, "net.core.somaxconn");
+    assert_eq!(it["state"], "corrected");
+    assert_eq!(it["actual"], "4096");
+    assert!(
+        it["source"]["file"]
+            .as_str()
+            .unwrap()
+            .ends_with("10-base.yaml")
+    );
+    assert!(it["last_change"].as_str().unwrap().ends_with('Z'));
+
+    // An invalid push: rejected with its location, nothing applied.
+    h.write(
+        "etc/holdfast/policy.d/20-push.yaml",
+        "version: 1\nsysctl:\n  net.core.somaxconn: 9999\n  vm.swappiness: {valu: 10}\n",
+    );
+    let s = wait_for(&d, "the rejection", |s| {
+        !s["policy"]["last_error"].is_null()
+    });
+    let err = &s["policy"]["last_error"];
+    let message = err["message"].as_str().unwrap();
+    assert!(message.contains("20-push.yaml:4:"), "{message}");
+    assert_eq!(err["errors"][0]["line"], 4);
+    assert_eq!(
+        h.get_sysctl("net.core.somaxconn"),
+        "4096",
+        "nothing applied"
+    );
+    assert_eq!(s["policy"]["files"].as_array().unwrap().len(), 1);
+    // The previous policy is still enforced.
+    h.sysctl("net.core.somaxconn", "1");
+    wait_for(&d, "the old policy's correction", |s| {
+        item(s, "net.core.somaxconn")["corrections"] == 3
+    });
+    assert_eq!(h.get_sysctl("net.core.somaxconn"), "4096");
+    // The text view and `holdfast status` show the rejection too.
+    let text = get(&unix(&d), "/status?format=text");
+    let text = String::from_utf8(text.body).unwrap();
+    assert!(text.contains("policy push REJECTED"), "{text}");
+    assert!(text.contains("20-push.yaml:4:"), "{text}");
+
+    // A valid push: applied, only the changed setting written.
+    h.write(
+        "etc/holdfast/policy.d/20-push.yaml",
+        "version: 1\nsysctl:\n  net.core.somaxconn: 8192\n",
+    );
+    let s = wait_for(&d, "the new policy", |s| {
+        s["policy"]["last_error"].is_null() && item(s, "net.core.somaxconn")["desired"] == "8192"
+    });
+    assert_eq!(h.get_sysctl("net.core.somaxconn"), "8192");
+    assert_eq!(
+        s["policy"]["last_change"]["changed"],
+        serde_json::json!(["sysctl net.core.somaxconn"])
+    );
+    assert!(
+        h.read("etc/sysctl.d/99-zz-holdfast.conf")
+            .contains("net.core.somaxconn = 8192")
+    );
+
+    // SIGTERM: exit 0 within a second, socket removed.
+    sigterm(&d);
+    let (code, took, log) = exit_within(&mut d, Duration::from_secs(1));
+    assert_eq!(code, Some(0), "{log}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    assert!(!d.socket.exists(), "the Unix socket is removed on exit");
+    assert!(log.contains("corrected"), "{log}");
+    assert!(
+        log.contains("20-push.yaml:4:"),
+        "the log names the error: {log}"
+    );
+}
+
+#[test]
+fn the_api_serves_status_filters_text_health_and_metrics_read_only() {
+    let h = host();
+    h.sysctl("vm.swappiness", "60");
+    h.write(
+        "etc/holdfast/policy.d/20-audit.yaml",
+        "version: 1\nsysctl:\n  vm.swappiness: {value: 10, mode: audit}\n",
+    );
+    let d = start(&h, &["--listen", "127.0.0.1:0"]);
+    let s = status(&d);
+    let tcp = s["daemon"]["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|l| {
+            l["address"]
+                .as_str()
+                .filter(|a| a.starts_with("127.0.0.1:"))
+        })
+        .expect("the TCP listener in status");
+    let tcp = ListenAddr::parse(tcp).unwrap();
+
+    let r = get(&tcp, "/status?state=drifted");
+    assert_eq!(r.status, 200);
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["compliant"], false);
+    let items = v["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["key"], "vm.swappiness");
+    assert_eq!(v["summary"]["drifted"], 1);
+    // The key and holdfast's persisted sysctl.d file.
+    assert_eq!(v["summary"]["corrected"], 2);
+
+    let r = client::get(&tcp, "/status", "text/plain", Duration::from_secs(5)).unwrap();
+    assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
+    let text = String::from_utf8(r.body).unwrap();
+    assert!(
+        text.contains("NOT compliant: 2 corrected, 1 drifted"),
+        "{text}"
+    );
+
+    let r = get(&tcp, "/status?state=drifed");
+    assert_eq!(r.status, 400);
+    assert!(String::from_utf8_lossy(&r.body).contains("unknown state"));
+
+    let r = get(&tcp, "/healthz");
+    assert_eq!(r.status, 200);
+    assert!(String::from_utf8_lossy(&r.body).starts_with("ok"));
+
+    let r = get(&tcp, "/metrics");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let metrics = String::from_utf8(r.body).unwrap();
+    for line in [
+        "holdfast_setting_state{kind=\"sysctl\",key=\"vm.swappiness\",state=\"drifted\"} 1",
+        "holdfast_setting_state{kind=\"sysctl\",key=\"vm.swappiness\",state=\"compliant\"} 0",
+        "holdfast_corrections_total{kind=\"sysctl\"} 1",
+        "holdfast_policy_reloads_total{result=\"success\"} 1",
+        "holdfast_compliant 0",
+        "holdfast_contested_settings 0",
+    ] {
+        assert!(metrics.contains(line), "{line} not in:\n{metrics}");
+    }
+    assert!(metrics.contains("holdfast_pass_duration_seconds_bucket{le=\"+Inf\"} "));
+    promtool_accepts(&metrics);
+
+    let r = client::get(
+        &tcp,
+        "/metrics",
+        "application/openmetrics-text;version=1.0.0",
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    assert!(String::from_utf8_lossy(&r.body).ends_with("# EOF\n"));
+
+    // Read-only, hardened.
+    for (request, code) in [
+        (
+            "POST /status HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            "405",
+        ),
+        (
+            "DELETE /nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            "405",
+        ),
+        (
+            "GET /nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            "404",
+        ),
+        (
+            "HEAD /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            "200",
+        ),
+        (
+            "GET /status HTTP/1.1\r\nHost: x\r\nContent-Length: 4096\r\nConnection: close\r\n\r\n",
+            "413",
+        ),
+    ] {
+        let reply = raw_request(&tcp, request.as_bytes());
+        assert!(
+            reply.starts_with(&format!("HTTP/1.1 {code}")),
+            "{request:?} -> {reply}"
+        );
+        if request.starts_with("HEAD") {
+            assert!(reply.ends_with("\r\n\r\n"), "HEAD has no body: {reply}");
+        }
+    }
+    let huge = format!(
+        "GET /status HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(16 * 1024)
+    );
+    let reply = raw_request(&tcp, huge.as_bytes());
+    assert!(reply.starts_with("HTTP/1.1 431"), "{reply}");
+}
+
+/// Sends raw bytes and returns the reply (the server closes after it).
+fn raw_request(addr: &ListenAddr, request: &[u8]) -> String {
+    use std::io::Write;
+    let ListenAddr::Tcp(a) = addr else {
+        panic!("tcp only")
+    };
+    let mut s = std::net::TcpStream::connect(a).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `promtool check metrics` (Debian's prometheus package) must accept the
+/// exposition. CI installs promtool; elsewhere the check says it was skipped.
+fn promtool_accepts(metrics: &str) {
+    use std::io::Write;
+    let Ok(mut child) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "promtool is missing in CI (.ci/run installs it)"
+        );
+        eprintln!("skipped: promtool check metrics (promtool not installed)");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}\n{metrics}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn holdfast_status_prints_the_report_and_exits_like_check() {
+    let h = host();
+    let d = start(&h, &[]);
+    let sock = d.socket.to_str().unwrap().to_string();
+    let out = holdfast(&h, &["status", "--connect", &sock])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("net.core.somaxconn"), "{text}");
+    assert!(text.contains("\ncompliant: 2 corrected"), "{text}");
+
+    let out = holdfast(&h, &["--format", "json", "status", "--connect", &sock])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["schema_version"], 1);
+
+    // Drift an audit-only setting: exit 2.
+    h.sysctl("vm.swappiness", "60");
+    h.write(
+        "etc/holdfast/policy.d/20-audit.yaml",
+        "version: 1\nsysctl:\n  vm.swappiness: {value: 10, mode: audit}\n",
+    );
+    wait_for(&d, "the audit item", |s| {
+        s["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["key"] == "vm.swappiness")
+    });
+    let out = holdfast(&h, &["status", "--connect", &sock, "--state", "drifted"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("vm.swappiness"), "{text}");
+    assert!(!text.contains("net.core.somaxconn  "), "filtered: {text}");
+
+    // No daemon there: exit 1 with a hint.
+    let out = holdfast(
+        &h,
+        &["status", "--connect", h.path("none.sock").to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot connect") && err.contains("none.sock"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_port_already_taken_is_reported_and_reconciling_goes_on() {
+    let h = host();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut d = start(&h, &["--listen", &addr]);
+    let s = status(&d);
+    let listeners = s["daemon"]["listeners"].as_array().unwrap();
+    let failed = listeners
+        .iter()
+        .find(|l| l["address"] == addr.as_str())
+        .unwrap();
+    assert_eq!(failed["state"], "failed");
+    assert!(
+        failed["error"].as_str().unwrap().contains("in use"),
+        "{failed}"
+    );
+    // Still reconciling.
+    h.sysctl("net.core.somaxconn", "3");
+    wait_for(&d, "the correction", |s| {
+        item(s, "net.core.somaxconn")["corrections"] == 2
+    });
+    let out = holdfast(&h, &["status", "--connect", d.socket.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("NOT listening on {addr}")), "{text}");
+    sigterm(&d);
+    let (code, _, log) = exit_within(&mut d, Duration::from_secs(1));
+    assert_eq!(code, Some(0));
+    assert!(log.contains("NOT listening"), "{log}");
+}
+
+#[test]
+fn non_loopback_addresses_are_refused_without_allow_remote() {
+    let h = host();
+    let out = holdfast(&h, &["serve", "--listen", "0.0.0.0:8080"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refusing to listen on 0.0.0.0:8080"), "{err}");
+    assert!(err.contains("--allow-remote"), "{err}");
+    let out = holdfast(&h, &["serve", "--listen", "nonsense"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
+
+/// Reads datagrams from the fake NOTIFY_SOCKET until `want` is among them.
+fn recv_until(sock: &UnixDatagram, want: &str, seen: &mut Vec<String>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 4096];
+    while !seen.iter().any(|m| m.contains(want)) {
+        assert!(Instant::now() < deadline, "no {want} in {seen:?}");
+        if let Ok(n) = sock.recv(&mut buf) {
+            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+}
+
+#[test]
+fn systemd_gets_ready_status_watchdog_and_stopping() {
+    let h = host();
+    let path = h.path("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut d = start_with(&h, &[], |cmd| {
+        cmd.env("NOTIFY_SOCKET", &path)
+            .env("WATCHDOG_USEC", "200000");
+    });
+    let mut seen = Vec::new();
+    recv_until(&sock, "READY=1", &mut seen);
+    let ready = seen.iter().find(|m| m.contains("READY=1")).unwrap();
+    assert!(ready.contains("STATUS=2 corrected"), "{ready}");
+    // Pinged every 100 ms (half of WATCHDOG_USEC) by the loop.
+    let window = Instant::now() + Duration::from_millis(500);
+    let mut pings = 0;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < window {
+        if let Ok(n) = sock.recv(&mut buf) {
+            pings += usize::from(String::from_utf8_lossy(&buf[..n]).contains("WATCHDOG=1"));
+        }
+    }
+    assert!((3..=7).contains(&pings), "{pings} pings in 500 ms");
+    sigterm(&d);
+    recv_until(&sock, "STOPPING=1", &mut seen);
+    let (code, _, _) = exit_within(&mut d, Duration::from_secs(1));
+    assert_eq!(code, Some(0));
+}
+
+#[test]
+fn socket_activation_serves_on_the_socket_systemd_passes() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let h = host();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fd = listener.as_raw_fd();
+    let socket = h.path("hf.sock");
+    // systemd's contract: the sockets from fd 3 on, LISTEN_FDS, and
+    // LISTEN_PID naming the service process (the shell execs holdfast, so
+    // its pid is holdfast's).
+    let mut cmd = Command::new("sh");
+    cmd.args([
+        "-c",
+        r#"LISTEN_PID=$$ LISTEN_FDS=1 exec "$HF" --root "$ROOT" serve --listen "$SOCK""#,
+    ])
+    .env("HF", env!("CARGO_BIN_EXE_holdfast"))
+    .env("ROOT", h.root())
+    .env("SOCK", &socket)
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    // SAFETY: dup2 and fcntl are async-signal-safe; between fork and exec
+    // they only place the listening socket at fd 3 without close-on-exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if fd != 3 && libc::dup2(fd, 3) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // dup2 onto itself keeps close-on-exec: clear it either way.
+            if libc::fcntl(3, libc::F_SETFD, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    drop(listener);
+    let mut d = Daemon { child, socket };
+    wait_ready(&mut d);
+    let s = status(&d);
+    let activated = s["daemon"]["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["origin"] == "socket-activation")
+        .unwrap_or_else(|| panic!("{s:#}"));
+    assert_eq!(activated["address"], addr.to_string());
+    let r = get(&ListenAddr::Tcp(addr), "/healthz");
+    assert_eq!(r.status, 200);
+}
