@@ -7,17 +7,23 @@
 //! - `apply` is idempotent: a second pass over a converged host writes
 //!   nothing (it re-reads, finds every value compliant, and stops there).
 //! - Every write is verified by reading the value back; an item is
-//!   `corrected` only when the kernel reports the policy's value.
+//!   `corrected` only when the kernel (or systemd, or pam_limits' reading of
+//!   the files) reports the policy's value.
+//! - systemd: at most one daemon-reload per pass, only when a unit file
+//!   holdfast owns changed; a service is restarted only on explicit request.
 
 use std::time::Instant;
 
+use crate::cgroup::{observe as cgroup_observe, plan as cgroup_plan};
 use crate::host::{self, HostRoot, IoError};
 use crate::item::{Action, Item, Kind, State};
 use crate::limits::{observe as limits_observe, plan as limits_plan};
 use crate::policy::Policy;
+use crate::services::{self, observe as services_observe};
 use crate::sysctl::Comparison;
 use crate::sysctl::observe::{self as sysctl_observe, Observed};
 use crate::sysctl::plan::{self as sysctl_plan, SysctlHost};
+use crate::systemd::{self, Systemctl, SystemdClient};
 
 /// The result of a pass.
 #[derive(Debug, Clone)]
@@ -29,9 +35,48 @@ pub struct Pass {
     pub duration: std::time::Duration,
 }
 
+/// What a pass works with: the host root and, when holdfast can talk to the
+/// host's systemd, a client for it.
+pub struct Context<'a> {
+    pub host: &'a HostRoot,
+    pub systemd: Option<&'a dyn SystemdClient>,
+}
+
+static SYSTEMCTL: Systemctl = Systemctl;
+
+impl<'a> Context<'a> {
+    /// The production context: `systemctl` when the root is `/` and systemd
+    /// is PID 1; no client otherwise (a fake or foreign root must never
+    /// reach the running systemd).
+    pub fn for_host(host: &'a HostRoot) -> Context<'a> {
+        let own_root = host.root() == std::path::Path::new("/");
+        let systemd: Option<&dyn SystemdClient> =
+            (own_root && systemd::is_pid1(host)).then_some(&SYSTEMCTL as &dyn SystemdClient);
+        Context { host, systemd }
+    }
+}
+
+/// What `apply` may do beyond correcting drift.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApplyOptions {
+    /// Restart services whose running processes still have old limits.
+    /// Never done without this explicit request.
+    pub restart_services: bool,
+}
+
 /// Observes the host and plans the changes apply would make. Writes nothing.
 pub fn plan(host: &HostRoot, policy: &Policy) -> Pass {
+    plan_in(&Context::for_host(host), policy)
+}
+
+/// One reconcile pass with the default options.
+pub fn apply(host: &HostRoot, policy: &Policy) -> Pass {
+    apply_in(&Context::for_host(host), policy, ApplyOptions::default())
+}
+
+pub fn plan_in(ctx: &Context<'_>, policy: &Policy) -> Pass {
     let started = Instant::now();
+    let host = ctx.host;
     let (sysctl_host, mut warnings) = sysctl_observe::observe(host, policy);
     let mut items = sysctl_plan::plan(policy, &sysctl_host);
     if !policy.limits.is_empty() {
@@ -39,47 +84,73 @@ pub fn plan(host: &HostRoot, policy: &Policy) -> Pass {
         warnings.extend(w);
         items.extend(limits_plan::plan(policy, &limits_host));
     }
+    let (units, w) = plan_units(ctx, policy);
+    warnings.extend(w);
+    items.extend(units);
     Pass {
         items,
-        warnings: collect_warnings(policy, &warnings),
+        warnings: collect_warnings(&warnings),
         duration: started.elapsed(),
     }
 }
 
-/// Read problems, plus the policy sections this version validates but does
-/// not manage yet, so a report never implies they were checked.
-fn collect_warnings(policy: &Policy, io: &[IoError]) -> Vec<String> {
-    let mut out: Vec<String> = io.iter().map(IoError::to_string).collect();
-    let mut unmanaged = Vec::new();
-    if !policy.services.is_empty() {
-        unmanaged.push("services");
+fn has_service_settings(policy: &Policy) -> bool {
+    !services::managed_units(policy).is_empty() || policy.service_defaults.limit_nofile.is_some()
+}
+
+fn has_cgroup_settings(policy: &Policy) -> bool {
+    policy.cgroup.controllers.is_some() || !policy.cgroup.slices.is_empty()
+}
+
+/// Observes and plans what goes through systemd or cgroupfs: services and
+/// cgroup slices.
+fn plan_units(ctx: &Context<'_>, policy: &Policy) -> (Vec<Item>, Vec<IoError>) {
+    let mut items = Vec::new();
+    let mut warnings = Vec::new();
+    if has_service_settings(policy) {
+        let (services_host, w) = services_observe::observe(ctx.host, ctx.systemd, policy);
+        warnings.extend(w);
+        items.extend(services::plan(policy, &services_host));
     }
-    if policy.cgroup.controllers.is_some() || !policy.cgroup.slices.is_empty() {
-        unmanaged.push("cgroup");
+    if has_cgroup_settings(policy) {
+        let (cgroup_host, w) = cgroup_observe::observe(ctx.host, ctx.systemd, policy);
+        warnings.extend(w);
+        items.extend(cgroup_plan::plan(policy, &cgroup_host));
     }
-    if !unmanaged.is_empty() {
-        out.push(format!(
-            "policy sections validated but not checked by this version: {}",
-            unmanaged.join(", ")
-        ));
-    }
-    out
+    (items, warnings)
 }
 
 /// One reconcile pass: plan, then carry out the plan.
-pub fn apply(host: &HostRoot, policy: &Policy) -> Pass {
-    apply_holding(host, policy, &|_| false)
-}
-
 /// Which items must not be changed in this pass: the daemon holds items that
 /// are in backoff (contested, or failing) this way. Every kind of setting
 /// honours it: a held item keeps its planned action, unexecuted, and its
 /// drifted state.
 pub type Hold<'a> = &'a dyn Fn(&Item) -> bool;
 
-/// [`apply`], except that the items `hold` selects are left as they are.
+pub fn apply_in(ctx: &Context<'_>, policy: &Policy, options: ApplyOptions) -> Pass {
+    apply_in_holding(ctx, policy, options, &|_| false)
+}
+
+/// [`apply`] on the production context, except that the items `hold`
+/// selects are left as they are.
 pub fn apply_holding(host: &HostRoot, policy: &Policy, hold: Hold<'_>) -> Pass {
+    apply_in_holding(
+        &Context::for_host(host),
+        policy,
+        ApplyOptions::default(),
+        hold,
+    )
+}
+
+/// [`apply_in`], except that the items `hold` selects are left as they are.
+pub fn apply_in_holding(
+    ctx: &Context<'_>,
+    policy: &Policy,
+    options: ApplyOptions,
+    hold: Hold<'_>,
+) -> Pass {
     let started = Instant::now();
+    let host = ctx.host;
     let (sysctl_host, mut warnings) = sysctl_observe::observe(host, policy);
     let mut items = apply_sysctls_observed(host, policy, &sysctl_host, hold);
     if !policy.limits.is_empty() {
@@ -87,11 +158,205 @@ pub fn apply_holding(host: &HostRoot, policy: &Policy, hold: Hold<'_>) -> Pass {
         warnings.extend(w);
         items.extend(apply_limits(host, policy, &limits_host, hold));
     }
+    if has_service_settings(policy) || has_cgroup_settings(policy) {
+        let (units, w) = apply_units(ctx, policy, options);
+        warnings.extend(w);
+        items.extend(units);
+    }
     Pass {
         items,
-        warnings: collect_warnings(policy, &warnings),
+        warnings: collect_warnings(&warnings),
         duration: started.elapsed(),
     }
+}
+
+/// Services and cgroups, in one systemd phase:
+/// 1. write the unit files holdfast owns (drop-ins, slice units);
+/// 2. one daemon-reload for the whole pass, only if a file changed;
+/// 3. observe again and carry out the runtime actions that view calls for:
+///    start slices, `SetUnitProperties(runtime)` for settings another writer
+///    changed, or, without systemd, create holdfast's cgroups, enable
+///    controllers top-down and write its limits;
+/// 4. restart services whose processes still run with old settings, only
+///    when `--restart-services` asks;
+/// 5. observe a last time, so every state is what the host now really has.
+fn apply_units(
+    ctx: &Context<'_>,
+    policy: &Policy,
+    options: ApplyOptions,
+) -> (Vec<Item>, Vec<IoError>) {
+    let (mut planned, mut warnings) = plan_units(ctx, policy);
+    let wrote_unit_files = planned
+        .iter()
+        .any(|i| i.kind == Kind::UnitFile && i.action.is_some());
+    execute_file_actions(&mut planned);
+    let mut notes: Vec<(String, String)> = Vec::new();
+    if wrote_unit_files && let Some(client) = ctx.systemd {
+        if let Err(e) = client.daemon_reload() {
+            notes.push((String::new(), format!("daemon-reload failed: {e}")));
+        }
+    }
+    let (mut mid, _) = plan_units(ctx, policy);
+    let mut acted: Vec<String> = Vec::new();
+    for item in mid.iter_mut() {
+        let Some(action) = item.action.take() else {
+            continue;
+        };
+        match execute_runtime_action(ctx, &action) {
+            Ok(true) => acted.push(item.key.clone()),
+            Ok(false) => {}
+            Err(why) => notes.push((item.key.clone(), why)),
+        }
+    }
+    let mut restarted = Vec::new();
+    if options.restart_services
+        && let Some(client) = ctx.systemd
+    {
+        let (now, _) = plan_units(ctx, policy);
+        let mut units: Vec<&str> = now
+            .iter()
+            .filter(|i| {
+                matches!(i.kind, Kind::ServiceLimit | Kind::ServicePosture)
+                    && i.state == State::RestartRequired
+            })
+            .filter_map(|i| i.key.split_once(' ').map(|(unit, _)| unit))
+            .collect();
+        units.sort_unstable();
+        units.dedup();
+        for unit in units {
+            match client.restart(unit) {
+                Ok(()) => {
+                    wait_for_exec(ctx.host, client, unit);
+                    restarted.push(unit.to_string());
+                }
+                Err(e) => notes.push((unit.to_string(), format!("restart failed: {e}"))),
+            }
+        }
+    }
+    let (mut after, w) = plan_units(ctx, policy);
+    warnings.extend(w);
+    for item in after.iter_mut() {
+        let unit = item
+            .key
+            .split_once(' ')
+            .map_or(item.key.as_str(), |(u, _)| u);
+        let was_restarted = restarted.iter().any(|r| r == unit);
+        let prev = planned
+            .iter()
+            .find(|p| p.kind == item.kind && p.key == item.key);
+        if let Some(prev) = prev
+            && item.kind == Kind::UnitFile
+            && matches!(prev.state, State::Corrected | State::Failed)
+        {
+            item.state = prev.state;
+            item.detail = prev.detail.clone();
+        } else if item.state == State::Compliant
+            && (prev.is_some_and(|p| p.state != State::Compliant)
+                || was_restarted
+                || acted.contains(&item.key))
+        {
+            item.state = State::Corrected;
+        }
+        if was_restarted && matches!(item.kind, Kind::ServiceLimit | Kind::ServicePosture) {
+            item.detail
+                .push("restarted by holdfast (--restart-services)".into());
+        }
+        for (key, note) in &notes {
+            if key.is_empty() || *key == item.key || *key == unit {
+                item.detail.push(note.clone());
+                if !key.is_empty() && item.state != State::Compliant {
+                    item.state = State::Failed;
+                }
+            }
+        }
+    }
+    (after, warnings)
+}
+
+/// After a restart, waits (at most 10 s) until the unit's main process has
+/// exec'd its program. `systemctl restart` of a simple service returns once
+/// systemd has forked; until the exec, the child is still systemd's (named
+/// `(prog)`), with systemd's environment and capabilities, and verifying it
+/// would report transient drift.
+fn wait_for_exec(host: &HostRoot, client: &dyn SystemdClient, unit: &str) {
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let execd = client
+            .unit(unit)
+            .ok()
+            .and_then(|i| i.main_pid)
+            .is_none_or(|pid| {
+                std::fs::read_to_string(host.path(&format!("proc/{pid}/comm")))
+                    .map(|comm| !comm.starts_with('('))
+                    .unwrap_or(true)
+            });
+        if execd {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Carries out one runtime action of the systemd phase. `Ok(true)` when it
+/// acted, `Err` with an explanation when it failed.
+fn execute_runtime_action(ctx: &Context<'_>, action: &Action) -> Result<bool, String> {
+    let client = || {
+        ctx.systemd
+            .ok_or_else(|| "systemd not asked: the host root is not /".to_string())
+    };
+    match action {
+        Action::StartUnit { unit } => client()?.start(unit).map_err(|e| e.to_string())?,
+        Action::SetUnitProperties { unit, assignments } => client()?
+            .set_properties_runtime(unit, assignments)
+            .map_err(|e| e.to_string())?,
+        Action::CreateCgroup { path } => match std::fs::create_dir(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(explain_cgroup_error(&IoError::new(
+                    "create cgroup",
+                    path,
+                    e,
+                )));
+            }
+        },
+        Action::EnableController {
+            subtree_control,
+            controller,
+        } => host::write_kernel_file(subtree_control, &format!("+{controller}"))
+            .map_err(|e| explain_cgroup_error(&e))?,
+        Action::WriteCgroupFile { path, value } => {
+            host::write_kernel_file(path, value).map_err(|e| explain_cgroup_error(&e))?
+        }
+        Action::WriteSysctl { .. } | Action::WriteFile { .. } | Action::RemoveFile { .. } => {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// cgroupfs errors, with what they mean for holdfast (design notes, §3).
+fn explain_cgroup_error(e: &IoError) -> String {
+    let why = match e.errno() {
+        Some(16) => {
+            "EBUSY: the no-internal-processes rule (a cgroup with processes cannot give its children domain controllers), or a controller still in use below"
+        }
+        Some(22) => "EINVAL: the kernel rejected the value or the controller name",
+        Some(2) => {
+            "ENOENT: the controller is not enabled in the parent, or the file does not exist here: cannot manage this here"
+        }
+        Some(1) | Some(13) => {
+            "permission denied (nsdelegate, or not root): cannot manage this here"
+        }
+        Some(30) => "EROFS: cgroupfs is mounted read-only here: cannot manage this here",
+        _ => "cgroupfs write failed",
+    };
+    format!("{why}: {e}")
+}
+
+/// Problems reading auxiliary files, as report warnings.
+fn collect_warnings(io: &[IoError]) -> Vec<String> {
+    io.iter().map(IoError::to_string).collect()
 }
 
 /// Writes the planned sysctls (overcommit limit before mode), then reads each

@@ -20,16 +20,32 @@ pub enum Kind {
     Limit,
     /// holdfast's limits.d file.
     LimitsFile,
+    /// A systemd service's limit (or the services' default).
+    ServiceLimit,
+    /// One posture field of a service (no_new_privileges, seccomp, ...),
+    /// verified on its running processes.
+    ServicePosture,
+    /// A unit drop-in, slice unit or `system.conf.d` file holdfast owns.
+    UnitFile,
+    /// One setting of a slice (`memory.max`, `cpu.max`, ...).
+    CgroupLimit,
+    /// A cgroup controller enabled on the path to the managed slices.
+    CgroupController,
 }
 
 impl Kind {
     /// Every kind, for filters and metrics. A test fails to compile when a
     /// kind is added to the enum and not here.
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Sysctl,
         Kind::SysctlPersist,
         Kind::Limit,
         Kind::LimitsFile,
+        Kind::ServiceLimit,
+        Kind::ServicePosture,
+        Kind::UnitFile,
+        Kind::CgroupLimit,
+        Kind::CgroupController,
     ];
 
     pub fn parse(s: &str) -> Option<Kind> {
@@ -42,6 +58,11 @@ impl Kind {
             Kind::SysctlPersist => "sysctl-persist",
             Kind::Limit => "limit",
             Kind::LimitsFile => "limits-file",
+            Kind::ServiceLimit => "service-limit",
+            Kind::ServicePosture => "service-posture",
+            Kind::UnitFile => "unit-file",
+            Kind::CgroupLimit => "cgroup",
+            Kind::CgroupController => "cgroup-controller",
         }
     }
 }
@@ -133,6 +154,29 @@ pub enum Action {
     RemoveFile {
         path: PathBuf,
     },
+    /// Change properties of a running unit through systemd, this boot only.
+    SetUnitProperties {
+        unit: String,
+        assignments: Vec<String>,
+    },
+    /// Start a unit (a slice, so that its cgroup exists).
+    StartUnit {
+        unit: String,
+    },
+    /// Create a cgroup directory in holdfast's own subtree (no systemd).
+    CreateCgroup {
+        path: PathBuf,
+    },
+    /// Enable one controller in a cgroup's `cgroup.subtree_control`.
+    EnableController {
+        subtree_control: PathBuf,
+        controller: String,
+    },
+    /// Write a limit file of a cgroup in holdfast's own subtree.
+    WriteCgroupFile {
+        path: PathBuf,
+        value: String,
+    },
 }
 
 impl fmt::Display for Action {
@@ -141,6 +185,22 @@ impl fmt::Display for Action {
             Action::WriteSysctl { key, value } => write!(f, "write {key} = {value}"),
             Action::WriteFile { path, .. } => write!(f, "write {}", path.display()),
             Action::RemoveFile { path } => write!(f, "remove {}", path.display()),
+            Action::SetUnitProperties { unit, assignments } => {
+                write!(
+                    f,
+                    "systemctl set-property --runtime {unit} {}",
+                    assignments.join(" ")
+                )
+            }
+            Action::StartUnit { unit } => write!(f, "systemctl start {unit}"),
+            Action::CreateCgroup { path } => write!(f, "mkdir {}", path.display()),
+            Action::EnableController {
+                subtree_control,
+                controller,
+            } => write!(f, "echo +{controller} > {}", subtree_control.display()),
+            Action::WriteCgroupFile { path, value } => {
+                write!(f, "echo {value} > {}", path.display())
+            }
         }
     }
 }
@@ -264,6 +324,11 @@ mod tests {
             Kind::SysctlPersist => 1,
             Kind::Limit => 2,
             Kind::LimitsFile => 3,
+            Kind::ServiceLimit => 4,
+            Kind::ServicePosture => 5,
+            Kind::UnitFile => 6,
+            Kind::CgroupLimit => 7,
+            Kind::CgroupController => 8,
         }
     }
 

@@ -5,6 +5,7 @@
 //! writes the host through an injected [`host::HostRoot`]. See ARCHITECTURE.md
 //! for the map.
 
+pub mod audit;
 pub mod cgroup;
 pub mod daemon;
 pub mod engine;
@@ -12,7 +13,10 @@ pub mod host;
 pub mod item;
 pub mod limits;
 pub mod policy;
+pub mod posture;
 pub mod report;
 pub mod safety;
+pub mod services;
 pub mod sources;
 pub mod sysctl;
+pub mod systemd;

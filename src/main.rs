@@ -13,10 +13,11 @@ use holdfast::daemon::listen::{self, ListenAddr};
 use holdfast::daemon::schedule::TrackerConfig;
 use holdfast::daemon::status::StatusJson;
 use holdfast::daemon::{self, ServeOptions, client};
-use holdfast::engine::{self, Pass};
+use holdfast::engine::{self, ApplyOptions, Pass};
 use holdfast::host::HostRoot;
 use holdfast::item;
 use holdfast::policy::{Policy, PolicyErrors};
+use holdfast::posture::Severity;
 use holdfast::report::{self, TextStyle};
 use holdfast::sources::{self, LoadError};
 
@@ -35,8 +36,9 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
     version,
     about = "Keep a Linux host converged on a declarative hardening policy",
     long_about = "holdfast reads a desired-state policy (YAML) and checks or converges the host on it: \
-sysctls in /proc/sys (persisted to /etc/sysctl.d so they hold across boots) and session limits \
-(pam_limits, /etc/security/limits.d).\n\n\
+sysctls in /proc/sys (persisted to /etc/sysctl.d so they hold across boots), session limits \
+(pam_limits, /etc/security/limits.d) and systemd services' LimitNOFILE (drop-ins, verified on \
+the running processes), and cgroup v2 slices (through systemd, or in its own subtree).\n\n\
 Exit codes: 0 = compliant, 1 = error (bad policy, I/O), 2 = drift found (check, plan, status) or left after apply.",
     after_help = "Policy sources: --policy PATH (file or directory of *.yaml, repeatable); by default \
 /etc/holdfast/policy.d/*.yaml under --root, else the bundled baseline (audit mode)."
@@ -66,7 +68,26 @@ enum Command {
     Plan,
     /// Run one reconcile pass: correct drift of settings in enforce mode,
     /// persist enforced sysctls, verify by reading back.
-    Apply,
+    Apply {
+        /// Also restart services whose running processes still have old
+        /// limits (never done without this flag).
+        #[arg(long)]
+        restart_services: bool,
+    },
+    /// Audit the security posture of every running service (managed or
+    /// not): no_new_privs, seccomp, capabilities, root. Needs systemd.
+    /// Exits 2 when a finding at or above --fail-on exists.
+    Audit {
+        /// The lowest severity that makes the exit code 2.
+        #[arg(long, value_enum, default_value_t = Level::Medium)]
+        fail_on: Level,
+    },
+    /// Generate the man page or shell completions (for packaging).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: Generate,
+    },
     /// Validate policy files without looking at the host.
     Validate {
         /// Policy files or directories to validate together (merged in order).
@@ -121,14 +142,46 @@ struct ServeArgs {
     contested_window: Duration,
 }
 
+#[derive(Subcommand, Debug)]
+enum Generate {
+    /// The man page (roff) on standard output.
+    Man,
+    /// Shell completions on standard output.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum Format {
     Text,
     Json,
+    /// SARIF 2.1.0 (audit only).
+    Sarif,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Level {
+    Low,
+    Medium,
+    High,
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // clap exits 2 on a usage error, which config management would read as
+    // drift: usage errors are errors (1) here.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                EXIT_ERROR
+            } else {
+                EXIT_COMPLIANT
+            });
+        }
+    };
     match run(&cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -140,11 +193,24 @@ fn main() -> ExitCode {
 
 fn run(cli: &Cli) -> anyhow::Result<u8> {
     let host = HostRoot::new(&cli.root);
+    if cli.format == Format::Sarif && !matches!(cli.command, Command::Audit { .. }) {
+        anyhow::bail!("--format sarif is for `holdfast audit`; use text or json here");
+    }
     match &cli.command {
+        Command::Generate { what } => generate(what),
+        Command::Audit { fail_on } => audit(&host, cli.format, *fail_on),
         Command::Validate { files } => validate(&host, files, cli.format),
-        Command::Check => pass(cli, &host, "check", TextStyle::Check, engine::plan),
-        Command::Plan => pass(cli, &host, "plan", TextStyle::Plan, engine::plan),
-        Command::Apply => pass(cli, &host, "apply", TextStyle::Apply, engine::apply),
+        Command::Check => pass(cli, &host, "check", TextStyle::Check, &engine::plan),
+        Command::Plan => pass(cli, &host, "plan", TextStyle::Plan, &engine::plan),
+        Command::Apply { restart_services } => {
+            let options = ApplyOptions {
+                restart_services: *restart_services,
+            };
+            let run = |host: &HostRoot, policy: &Policy| {
+                engine::apply_in(&engine::Context::for_host(host), policy, options)
+            };
+            pass(cli, &host, "apply", TextStyle::Apply, &run)
+        }
         Command::Serve(args) => serve(cli, host, args),
         Command::Status { connect, state } => status(&host, connect.as_deref(), state, cli.format),
     }
@@ -228,7 +294,7 @@ fn status(
     let doc: StatusJson = serde_json::from_str(&body)
         .with_context(|| format!("{addr}: the status is not the JSON this version reads"))?;
     match format {
-        Format::Json => print!("{body}"),
+        Format::Json | Format::Sarif => print!("{body}"),
         Format::Text => print!("{}", daemon::status::to_text(&doc)),
     }
     if doc.last_pass.is_none() {
@@ -248,7 +314,7 @@ fn pass(
     host: &HostRoot,
     command: &str,
     style: TextStyle,
-    run: fn(&HostRoot, &Policy) -> Pass,
+    run: &dyn Fn(&HostRoot, &Policy) -> Pass,
 ) -> anyhow::Result<u8> {
     if !cli.root.is_dir() {
         anyhow::bail!("--root {}: not a directory", cli.root.display());
@@ -260,7 +326,7 @@ fn pass(
     };
     let result = run(host, &policy);
     match cli.format {
-        Format::Json => println!(
+        Format::Json | Format::Sarif => println!(
             "{}",
             report::to_json(command, &cli.root.display().to_string(), &policy, &result)
         ),
@@ -270,6 +336,49 @@ fn pass(
         EXIT_COMPLIANT
     } else {
         EXIT_DRIFT
+    })
+}
+
+fn generate(what: &Generate) -> anyhow::Result<u8> {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let mut out = std::io::stdout();
+    match what {
+        Generate::Man => clap_mangen::Man::new(cmd)
+            .render(&mut out)
+            .context("cannot write the man page")?,
+        Generate::Completions { shell } => {
+            clap_complete::generate(*shell, &mut cmd, "holdfast", &mut out)
+        }
+    }
+    Ok(EXIT_COMPLIANT)
+}
+
+fn audit(host: &HostRoot, format: Format, fail_on: Level) -> anyhow::Result<u8> {
+    let ctx = engine::Context::for_host(host);
+    let Some(client) = ctx.systemd else {
+        anyhow::bail!(
+            "audit reads systemd's running services: systemd is not PID 1 here (or --root is not /)"
+        );
+    };
+    let result = holdfast::audit::run(host, client).context("cannot list the running services")?;
+    match format {
+        Format::Text => print!("{}", result.to_text()),
+        Format::Json => println!("{}", result.to_json()),
+        Format::Sarif => println!(
+            "{}",
+            serde_json::to_string_pretty(&result.to_sarif()).unwrap_or_default()
+        ),
+    }
+    let level = match fail_on {
+        Level::Low => Severity::Low,
+        Level::Medium => Severity::Medium,
+        Level::High => Severity::High,
+    };
+    Ok(if result.fails(level) {
+        EXIT_DRIFT
+    } else {
+        EXIT_COMPLIANT
     })
 }
 
@@ -291,7 +400,9 @@ fn validate(host: &HostRoot, files: &[PathBuf], format: Format) -> anyhow::Resul
         Err(PolicyErrors(errors)) => errors,
     };
     match format {
-        Format::Json => println!("{}", report::validation_json(names.clone(), &errors)),
+        Format::Json | Format::Sarif => {
+            println!("{}", report::validation_json(names.clone(), &errors))
+        }
         Format::Text if errors.is_empty() => println!("valid: {}", names.join(", ")),
         Format::Text => {
             for e in &errors {

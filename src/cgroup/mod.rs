@@ -1,5 +1,13 @@
-//! The cgroup v2 model shared by the policy and (later) the systemd and
-//! cgroupfs backends: controllers, sizes, `cpu.max`, `pids.max`. Pure.
+//! cgroup v2: the model shared by the policy and the backends (controllers,
+//! sizes, `cpu.max`, `pids.max`, and the four knobs a slice can set), pure;
+//! `detect` tells which cgroup hierarchy a host has and who owns it;
+//! `plan` judges and plans slices through systemd or in holdfast's own
+//! cgroupfs subtree (pure); `observe` reads.
+
+pub mod detect;
+pub mod knob;
+pub mod observe;
+pub mod plan;
 
 use std::fmt;
 

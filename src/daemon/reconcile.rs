@@ -4,8 +4,9 @@
 //!
 //! # Guarantees
 //! - Errors never stop the loop: a failed read or write is the item's
-//!   `failed` state, retried with backoff; a pass that panics is logged and
-//!   the loop goes on with the previous state.
+//!   `failed` state, retried with backoff. A panic is a bug: the release
+//!   build aborts and systemd restarts the daemon (the watchdog catches a
+//!   loop that hangs instead).
 //! - A rejected policy push changes nothing on the host: the last good
 //!   policy stays in force, and the rejection (file:line:col) is in status,
 //!   the log and the metrics until a valid push replaces it.
@@ -22,7 +23,6 @@
 //!   writes from another network namespace; the rescan corrects those.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -410,19 +410,9 @@ impl Reconciler {
     fn full_pass(&mut self, policy: &Policy, now: Instant) {
         let trackers = &self.trackers;
         let hold = |item: &Item| is_held(trackers, item, now);
-        let host = &self.cfg.host;
-        let result = panic::catch_unwind(AssertUnwindSafe(|| {
-            engine::apply_holding(host, policy, &hold)
-        }));
-        match result {
-            Ok(pass) => {
-                self.warnings = pass.warnings;
-                self.absorb(pass.items, now, true, &HashMap::new());
-            }
-            Err(p) => {
-                tracing::error!("a full pass panicked: {}", panic_text(&p));
-            }
-        }
+        let pass = engine::apply_holding(&self.cfg.host, policy, &hold);
+        self.warnings = pass.warnings;
+        self.absorb(pass.items, now, true, &HashMap::new());
         let (cache, _) = sysctl_observe::observe(&self.cfg.host, policy);
         self.cache = Some(cache);
     }
@@ -497,18 +487,7 @@ impl Reconciler {
             (item.kind == Kind::Sysctl && !refreshed.contains(item.key.as_str()))
                 || is_held(trackers, item, now)
         };
-        let cached: &SysctlHost = cache;
-        let result = panic::catch_unwind(AssertUnwindSafe(|| {
-            engine::apply_sysctls_observed(host, policy, cached, &hold)
-        }));
-        let items = match result {
-            Ok(items) => items,
-            Err(p) => {
-                tracing::error!("a pass panicked: {}", panic_text(&p));
-                self.schedule.files_changed();
-                return;
-            }
-        };
+        let items = engine::apply_sysctls_observed(host, policy, cache, &hold);
         for item in &items {
             match (item.kind, item.state) {
                 (Kind::Sysctl, State::Corrected) => {
@@ -768,13 +747,6 @@ fn is_held(trackers: &HashMap<ItemId, Tracker>, item: &Item, now: Instant) -> bo
         && trackers
             .get(&id_of(item))
             .is_some_and(|t| !t.may_write(now))
-}
-
-fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into())
 }
 
 #[cfg(test)]

@@ -252,3 +252,28 @@ fn file_item(host: &LimitsHost, content: Option<String>, any_enforced: bool) -> 
     }
     item
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// holdfast's own file parses back, with pam_limits' rules, to
+        /// exactly the values it was rendered from.
+        #[test]
+        fn managed_file_round_trips(soft in 0i64..10_000_000, extra in 0i64..10_000_000, user in "[a-z][a-z0-9_]{0,8}") {
+            let hard = soft + extra;
+            let text = format!("version: 1\nlimits:\n  - {{domain: \"{user}\", item: nofile, soft: {soft}, hard: {hard}}}\n");
+            let policy = Policy::from_files([("p.yaml", text.as_str())]).unwrap();
+            let rule = &policy.limits[0];
+            let entries = [(rule, LimitType::Soft, LimitValue::Value(soft)), (rule, LimitType::Hard, LimitValue::Value(hard))];
+            let rendered = render_managed_file(&policy, &entries);
+            let (lines, bad) = conf::parse(std::path::Path::new("f"), &rendered);
+            prop_assert!(bad.is_empty());
+            let got = |k| conf::effective(&lines, &rule.domain, k, LimitItem::Nofile).map(|l| l.value);
+            prop_assert_eq!(got(LimitType::Soft), Some(LimitValue::Value(soft)));
+            prop_assert_eq!(got(LimitType::Hard), Some(LimitValue::Value(hard)));
+        }
+    }
+}

@@ -82,6 +82,7 @@ pub struct Policy {
     /// At most one rule per (domain, item), in the order first written.
     pub limits: Vec<LimitRule>,
     pub services: BTreeMap<String, ServiceRule>,
+    pub service_defaults: ServiceDefaults,
     pub cgroup: CgroupPolicy,
     pub safety: Safety,
 }
@@ -128,8 +129,53 @@ pub struct ServiceRule {
     /// The slice's name without `.slice`.
     pub slice: Option<Sourced<String>>,
     pub limit_nofile: Option<Sourced<LimitPair>>,
+    pub posture: Posture,
     pub mode: Option<Sourced<Mode>>,
     pub source: Source,
+}
+
+/// A service's security posture: enforced through its drop-in, verified on
+/// its running processes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Posture {
+    pub no_new_privileges: Option<Sourced<bool>>,
+    /// systemd `SystemCallFilter=` sets and names.
+    pub seccomp: Option<Sourced<Vec<String>>>,
+    /// The capability bounding set; nothing else is allowed.
+    pub capabilities: Option<Sourced<Vec<String>>>,
+    /// The user the service runs as (never root).
+    pub user: Option<Sourced<String>>,
+    pub go_runtime: Option<Sourced<GoRuntime>>,
+}
+
+impl Posture {
+    pub fn is_empty(&self) -> bool {
+        *self == Posture::default()
+    }
+}
+
+/// The Go runtime baseline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoRuntime {
+    pub gomaxprocs: GoMaxProcs,
+    pub godebug: Option<String>,
+    pub gotraceback: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoMaxProcs {
+    /// ceil(cpu.max quota / period) of the service's slice; the CPU count
+    /// without a quota.
+    Auto,
+    Fixed(u32),
+}
+
+/// Settings systemd applies to every service (`system.conf.d`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceDefaults {
+    /// `DefaultLimitNOFILE=`.
+    pub limit_nofile: Option<Sourced<LimitPair>>,
+    pub mode: Option<Sourced<Mode>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -225,6 +271,12 @@ impl Policy {
                 Some(existing) => {
                     overlay_field(&mut existing.slice, rule.slice);
                     overlay_field(&mut existing.limit_nofile, rule.limit_nofile);
+                    let (p, later) = (&mut existing.posture, rule.posture);
+                    overlay_field(&mut p.no_new_privileges, later.no_new_privileges);
+                    overlay_field(&mut p.seccomp, later.seccomp);
+                    overlay_field(&mut p.capabilities, later.capabilities);
+                    overlay_field(&mut p.user, later.user);
+                    overlay_field(&mut p.go_runtime, later.go_runtime);
                     overlay_field(&mut existing.mode, rule.mode);
                     existing.source = rule.source;
                 }
@@ -233,6 +285,11 @@ impl Policy {
                 }
             }
         }
+        overlay_field(
+            &mut self.service_defaults.limit_nofile,
+            later.service_defaults.limit_nofile,
+        );
+        overlay_field(&mut self.service_defaults.mode, later.service_defaults.mode);
         if later.cgroup.controllers.is_some() {
             self.cgroup.controllers = later.cgroup.controllers;
         }

@@ -20,6 +20,7 @@ pub struct RawDoc {
     pub sysctl: Option<Entries<RawSysctl>>,
     pub limits: Option<Vec<Spanned<RawLimit>>>,
     pub services: Option<Entries<RawService>>,
+    pub service_defaults: Option<RawServiceDefaults>,
     pub cgroup: Option<RawCgroup>,
     pub safety: Option<RawSafety>,
 }
@@ -74,6 +75,28 @@ pub struct RawLimit {
 #[serde(deny_unknown_fields)]
 pub struct RawService {
     pub slice: Option<Spanned<String>>,
+    pub limit_nofile: Option<Spanned<Scalar>>,
+    pub no_new_privileges: Option<Spanned<Scalar>>,
+    pub seccomp: Option<Spanned<Vec<Spanned<String>>>>,
+    pub capabilities: Option<Spanned<Vec<Spanned<String>>>>,
+    pub user: Option<Spanned<String>>,
+    pub go_runtime: Option<Spanned<RawGoRuntime>>,
+    pub mode: Option<Spanned<String>>,
+}
+
+/// The Go runtime baseline of a service.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGoRuntime {
+    pub gomaxprocs: Option<Spanned<Scalar>>,
+    pub godebug: Option<Spanned<String>>,
+    pub gotraceback: Option<Spanned<String>>,
+}
+
+/// Defaults for every systemd service (systemd's `DefaultLimitNOFILE=`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServiceDefaults {
     pub limit_nofile: Option<Spanned<Scalar>>,
     pub mode: Option<Spanned<String>>,
 }

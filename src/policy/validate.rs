@@ -12,12 +12,47 @@ use super::raw::{
     Entries, RawCgroup, RawDoc, RawLimit, RawSafety, RawService, RawSlice, RawSysctl, Scalar,
 };
 use super::{
-    CgroupPolicy, FORMAT_VERSION, LimitPair, LimitRule, Mode, Policy, PolicyError, Safety,
-    ServiceRule, SliceRule, Source, Sourced, SysctlRule,
+    CgroupPolicy, FORMAT_VERSION, GoMaxProcs, GoRuntime, LimitPair, LimitRule, Mode, Policy,
+    PolicyError, Posture, Safety, ServiceDefaults, ServiceRule, SliceRule, Source, Sourced,
+    SysctlRule,
 };
 use crate::cgroup::{Bytes, CONTROLLERS, Count, CpuMax};
 use crate::limits::{Domain, LimitItem, LimitValue};
 use crate::sysctl::{Expect, KeyError, SysctlKey, SysctlValue};
+
+/// systemd's system-call sets (`systemd-analyze syscall-filter`).
+const SYSCALL_SETS: &[&str] = &[
+    "aio",
+    "basic-io",
+    "chown",
+    "clock",
+    "cpu-emulation",
+    "debug",
+    "default",
+    "file-system",
+    "io-event",
+    "ipc",
+    "keyring",
+    "known",
+    "memlock",
+    "module",
+    "mount",
+    "network-io",
+    "obsolete",
+    "pkey",
+    "privileged",
+    "process",
+    "raw-io",
+    "reboot",
+    "resources",
+    "sandbox",
+    "setuid",
+    "signal",
+    "swap",
+    "sync",
+    "system-service",
+    "timer",
+];
 
 /// Parses and validates one file into a policy fragment.
 pub fn file(name: &str, text: &str) -> Result<Policy, Vec<PolicyError>> {
@@ -33,6 +68,8 @@ pub fn file(name: &str, text: &str) -> Result<Policy, Vec<PolicyError>> {
         errors: Vec::new(),
     };
     let policy = v.doc(raw);
+    // In file order, whatever order the checks ran in.
+    v.errors.sort_by_key(|e| (e.source.line, e.source.column));
     if v.errors.is_empty() {
         Ok(policy)
     } else {
@@ -134,6 +171,19 @@ impl Validator {
         let sysctls = raw.sysctl.map(|e| self.sysctls(e)).unwrap_or_default();
         let limits = raw.limits.map(|l| self.limits(l)).unwrap_or_default();
         let services = raw.services.map(|s| self.services(s)).unwrap_or_default();
+        let service_defaults = raw
+            .service_defaults
+            .map(|d| ServiceDefaults {
+                limit_nofile: d.limit_nofile.as_ref().and_then(|v| {
+                    let pair = self.limit_pair(v)?;
+                    Some(Sourced {
+                        value: pair,
+                        source: self.src(v),
+                    })
+                }),
+                mode: self.opt_mode(&d.mode),
+            })
+            .unwrap_or_default();
         let cgroup = raw.cgroup.map(|c| self.cgroup(c)).unwrap_or_default();
         let safety = raw.safety.map(|s| self.safety(s)).unwrap_or_default();
         Policy {
@@ -142,6 +192,7 @@ impl Validator {
             sysctls,
             limits,
             services,
+            service_defaults,
             cgroup,
             safety,
         }
@@ -441,6 +492,7 @@ impl Validator {
                     source: self.src(v),
                 })
             });
+            let posture = self.posture(&s);
             let mode = self.opt_mode(&s.mode);
             if unit_ok {
                 out.insert(
@@ -449,6 +501,7 @@ impl Validator {
                         unit: unit.value,
                         slice,
                         limit_nofile,
+                        posture,
                         mode,
                         source,
                     },
@@ -456,6 +509,140 @@ impl Validator {
             }
         }
         out
+    }
+
+    fn posture(&mut self, s: &RawService) -> Posture {
+        let no_new_privileges = s.no_new_privileges.as_ref().and_then(|v| match v.value {
+            Scalar::Bool(b) => Some(Sourced {
+                value: b,
+                source: self.src(v),
+            }),
+            ref other => {
+                let e = self.error(
+                    v,
+                    format!("no_new_privileges must be true or false, not {other}"),
+                );
+                self.push(e);
+                None
+            }
+        });
+        let seccomp = s.seccomp.as_ref().map(|list| {
+            for (i, entry) in list.value.iter().enumerate() {
+                let name = entry.value.strip_prefix('~').filter(|_| i == 0).unwrap_or(&entry.value);
+                let valid = match name.strip_prefix('@') {
+                    Some(set) => SYSCALL_SETS.contains(&set),
+                    None => !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+                };
+                if !valid {
+                    let e = self
+                        .error(entry, format!("seccomp entry {:?} is not a system call or a systemd set", entry.value))
+                        .with_hint("use systemd SystemCallFilter= names: @system-service, @network-io, ... or system call names; `~` negates the first entry");
+                    self.push(e);
+                }
+            }
+            Sourced {
+                value: list.value.iter().map(|e| e.value.clone()).collect(),
+                source: self.src(list),
+            }
+        });
+        let capabilities = s.capabilities.as_ref().map(|list| {
+            for entry in &list.value {
+                if crate::posture::caps::bit(&entry.value).is_none() {
+                    let e = self
+                        .error(entry, format!("unknown capability {:?}", entry.value))
+                        .with_hint(
+                            "capability names are as in capabilities(7), e.g. CAP_NET_BIND_SERVICE",
+                        );
+                    self.push(e);
+                }
+            }
+            Sourced {
+                value: list
+                    .value
+                    .iter()
+                    .map(|e| e.value.to_ascii_uppercase())
+                    .collect(),
+                source: self.src(list),
+            }
+        });
+        let user = s.user.as_ref().and_then(|u| {
+            let name = &u.value;
+            if name == "root" || name == "0" {
+                let e = self.error(u, "user must not be root").with_hint(
+                    "run the service as a dedicated user; give it only the capabilities it needs",
+                );
+                self.push(e);
+                return None;
+            }
+            let valid = name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                && name.chars().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-')
+                });
+            if !valid {
+                let e = self.error(u, format!("user {name:?} is not a valid user name"));
+                self.push(e);
+                return None;
+            }
+            Some(Sourced {
+                value: name.clone(),
+                source: self.src(u),
+            })
+        });
+        let go_runtime = s.go_runtime.as_ref().and_then(|g| {
+            let raw = &g.value;
+            let mut valid = true;
+            let gomaxprocs = match &raw.gomaxprocs {
+                None => GoMaxProcs::Auto,
+                Some(v) => match &v.value {
+                    Scalar::Str(s) if s == "auto" => GoMaxProcs::Auto,
+                    Scalar::Int(n) if (1..=4096).contains(n) => {
+                        GoMaxProcs::Fixed(u32::try_from(*n).unwrap_or(1))
+                    }
+                    other => {
+                        let e = self
+                            .error(v, format!("gomaxprocs must be `auto` or a positive number, not {other}"))
+                            .with_hint("`auto` follows the slice's cpu.max quota");
+                        self.push(e);
+                        valid = false;
+                        GoMaxProcs::Auto
+                    }
+                },
+            };
+            if let Some(tb) = &raw.gotraceback
+                && !["none", "single", "all", "system", "crash"].contains(&tb.value.as_str())
+            {
+                let e = self
+                    .error(tb, format!("gotraceback {:?} is not a Go traceback level", tb.value))
+                    .with_hint("none, single, all, system or crash");
+                self.push(e);
+                valid = false;
+            }
+            if let Some(d) = &raw.godebug
+                && (d.value.is_empty() || d.value.chars().any(char::is_whitespace))
+            {
+                let e = self.error(d, "godebug must be comma-separated key=value pairs without spaces");
+                self.push(e);
+                valid = false;
+            }
+            if !valid {
+                return None;
+            }
+            Some(Sourced {
+                value: GoRuntime {
+                    gomaxprocs,
+                    godebug: raw.godebug.as_ref().map(|d| d.value.clone()),
+                    gotraceback: raw.gotraceback.as_ref().map(|t| t.value.clone()),
+                },
+                source: self.src(g),
+            })
+        });
+        Posture {
+            no_new_privileges,
+            seccomp,
+            capabilities,
+            user,
+            go_runtime,
+        }
     }
 
     fn unit_name(&mut self, unit: &Spanned<String>) -> bool {

@@ -430,3 +430,35 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever whitespace the kernel or a person uses, a value reads
+        /// back equal to its canonical form, and the canonical form is what
+        /// a policy would write.
+        #[test]
+        fn canonical_form_round_trips(fields in prop::collection::vec(any::<i64>(), 1..6), tabs in any::<bool>()) {
+            let sep = if tabs { "\t" } else { "   " };
+            let text: Vec<String> = fields.iter().map(|n| n.to_string()).collect();
+            let kernel = SysctlValue::from_kernel(&format!("{}\n", text.join(sep)));
+            let policy = SysctlValue::from_policy(&text.join(" ")).unwrap();
+            prop_assert_eq!(&kernel, &policy);
+            prop_assert_eq!(SysctlValue::from_policy(&kernel.canonical()).unwrap(), kernel);
+        }
+
+        /// A bound either holds or the planned target satisfies it.
+        #[test]
+        fn range_targets_satisfy_the_range(n in any::<i64>(), lo in -1000i64..1000, width in 0i64..1000) {
+            let expect = Expect::Range { min: Some(lo.into()), max: Some((lo + width).into()) };
+            match expect.compare(&SysctlValue::from_int(n.into())) {
+                Comparison::Compliant => prop_assert!(i128::from(n) >= lo.into() && i128::from(n) <= (lo + width).into()),
+                Comparison::Drifted { target } => prop_assert_eq!(expect.compare(&target), Comparison::Compliant),
+                Comparison::Incomparable(_) => prop_assert!(false),
+            }
+        }
+    }
+}

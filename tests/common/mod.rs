@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod fake_systemd;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,322 @@
+//! A systemd double for fake-root tests. It behaves like systemd where
+//! holdfast can see it: `daemon-reload` reads holdfast's drop-ins and slice
+//! units into unit properties (and re-applies an active slice's cgroup
+//! files, undoing raw writes, as systemd does); runtime properties survive
+//! reloads; `start` creates a slice's cgroup (dashes nest: `go-app.slice`
+//! lives at `go.slice/go-app.slice`) with controllers enabled on its path;
+//! `restart` gives a service's processes the configured limits and moves
+//! them into its slice.
+
+#![allow(dead_code)]
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+use holdfast::cgroup::knob::cpu_max_from_systemd;
+use holdfast::cgroup::{Bytes, Count, CpuMax};
+use holdfast::limits::LimitValue;
+use holdfast::systemd::{SystemdClient, SystemdError, UnitInfo};
+
+use super::FakeHost;
+
+pub struct FakeSystemd<'a> {
+    pub host: &'a FakeHost,
+    pub units: RefCell<BTreeMap<String, UnitInfo>>,
+    /// Every request, in order: `reload`, `start X`, `restart X`, `set X a b`.
+    pub calls: RefCell<Vec<String>>,
+    /// `set-property --runtime` assignments per unit (they survive reloads).
+    runtime: RefCell<BTreeMap<String, Vec<String>>>,
+}
+
+pub fn proc_limits(soft: i64, hard: i64) -> String {
+    format!(
+        "Limit                     Soft Limit           Hard Limit           Units     \nMax open files            {soft:<20} {hard:<20} files     \n"
+    )
+}
+
+/// The cgroup path systemd gives a slice: every dash-separated prefix nests.
+pub fn slice_cgroup(unit: &str) -> String {
+    let stem = unit.trim_end_matches(".slice");
+    let parts: Vec<&str> = stem.split('-').collect();
+    let mut path = String::new();
+    for i in 1..=parts.len() {
+        path.push_str(&format!("/{}.slice", parts[..i].join("-")));
+    }
+    path
+}
+
+impl<'a> FakeSystemd<'a> {
+    /// A host with systemd as PID 1, cgroup v2, and `myapp.service` running
+    /// as PIDs 4242 and 4243 with nofile 1024:524288 in system.slice.
+    pub fn new(host: &'a FakeHost) -> Self {
+        std::fs::create_dir_all(host.path("run/systemd/system")).unwrap();
+        host.write(
+            "sys/fs/cgroup/cgroup.controllers",
+            "cpuset cpu io memory hugetlb pids rdma misc\n",
+        );
+        host.write("sys/fs/cgroup/cgroup.subtree_control", "memory pids\n");
+        host.write("proc/4242/limits", &proc_limits(1024, 524288));
+        host.write("proc/4243/limits", &proc_limits(1024, 524288));
+        host.write(
+            "sys/fs/cgroup/system.slice/myapp.service/cgroup.procs",
+            "4242\n4243\n",
+        );
+        let mut units = BTreeMap::new();
+        units.insert(
+            "myapp.service".to_string(),
+            UnitInfo {
+                load_state: "loaded".into(),
+                active_state: "active".into(),
+                main_pid: Some(4242),
+                control_group: Some("/system.slice/myapp.service".into()),
+                limit_nofile_soft: Some(LimitValue::Value(1024)),
+                limit_nofile_hard: Some(LimitValue::Value(524288)),
+                slice: Some("system.slice".into()),
+                ..UnitInfo::default()
+            },
+        );
+        FakeSystemd {
+            host,
+            units: RefCell::new(units),
+            calls: RefCell::new(Vec::new()),
+            runtime: RefCell::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn calls_matching(&self, prefix: &str) -> usize {
+        self.calls
+            .borrow()
+            .iter()
+            .filter(|c| c.starts_with(prefix))
+            .count()
+    }
+
+    fn apply_assignment(info: &mut UnitInfo, assignment: &str) {
+        let Some((k, v)) = assignment.split_once('=') else {
+            return;
+        };
+        let bytes = |v: &str| {
+            if v == "infinity" {
+                Some(Bytes::Max)
+            } else {
+                v.parse().ok().map(Bytes::Value)
+            }
+        };
+        match k {
+            "LimitNOFILE" => {
+                let (s, h) = v.split_once(':').unwrap_or((v, v));
+                info.limit_nofile_soft = s.parse().ok().map(LimitValue::Value);
+                info.limit_nofile_hard = h.parse().ok().map(LimitValue::Value);
+            }
+            "Slice" => info.slice = Some(v.to_string()),
+            "MemoryMax" => info.memory_max = bytes(v),
+            "MemoryHigh" => info.memory_high = bytes(v),
+            "TasksMax" => {
+                info.tasks_max = if v == "infinity" {
+                    Some(Count::Max)
+                } else {
+                    v.parse().ok().map(Count::Value)
+                }
+            }
+            "CPUQuota" => {
+                let period = info.cpu_max.map(|c| c.period_us);
+                let per_sec = v
+                    .strip_suffix('%')
+                    .and_then(|p| p.parse::<f64>().ok())
+                    .map(|p| (p * 10_000.0).round() as u64);
+                info.cpu_max = Some(cpu_max_from_systemd(per_sec, period));
+            }
+            "CPUQuotaPeriodSec" => {
+                let period: Option<u64> = v.strip_suffix("us").and_then(|p| p.parse().ok());
+                let old = info.cpu_max.unwrap_or(CpuMax {
+                    quota_us: None,
+                    period_us: 100_000,
+                });
+                let per_sec = old.quota_us.map(|q| q * 1_000_000 / old.period_us);
+                info.cpu_max = Some(cpu_max_from_systemd(per_sec, period));
+            }
+            _ => {}
+        }
+    }
+
+    /// Writes an active slice's cgroup files from its properties, as systemd
+    /// realizes a cgroup.
+    fn realize(&self, info: &UnitInfo) {
+        let Some(cg) = &info.control_group else {
+            return;
+        };
+        let dir = format!("sys/fs/cgroup{cg}");
+        let bytes = |b: Option<Bytes>| b.map_or("max".to_string(), |b| b.to_string());
+        self.host.write(
+            &format!("{dir}/memory.max"),
+            &format!("{}\n", bytes(info.memory_max)),
+        );
+        self.host.write(
+            &format!("{dir}/memory.high"),
+            &format!("{}\n", bytes(info.memory_high)),
+        );
+        let cpu = info.cpu_max.unwrap_or(CpuMax {
+            quota_us: None,
+            period_us: 100_000,
+        });
+        self.host
+            .write(&format!("{dir}/cpu.max"), &format!("{cpu}\n"));
+        let pids = info.tasks_max.map_or("max".to_string(), |c| c.to_string());
+        self.host
+            .write(&format!("{dir}/pids.max"), &format!("{pids}\n"));
+        // Accounting enables the controllers on the path.
+        let mut path = String::from("sys/fs/cgroup");
+        for part in cg.split('/').filter(|p| !p.is_empty()) {
+            self.host.write(
+                &format!("{path}/cgroup.subtree_control"),
+                "cpu io memory pids\n",
+            );
+            self.host.write(
+                &format!("{path}/cgroup.controllers"),
+                "cpu io memory pids\n",
+            );
+            path.push('/');
+            path.push_str(part);
+        }
+        self.host.write(
+            &format!("{path}/cgroup.controllers"),
+            "cpu io memory pids\n",
+        );
+    }
+}
+
+impl SystemdClient for FakeSystemd<'_> {
+    fn unit(&self, unit: &str) -> Result<UnitInfo, SystemdError> {
+        Ok(self.units.borrow().get(unit).cloned().unwrap_or(UnitInfo {
+            load_state: "not-found".into(),
+            active_state: "inactive".into(),
+            ..UnitInfo::default()
+        }))
+    }
+
+    fn default_limit_nofile(&self) -> Result<Option<(LimitValue, LimitValue)>, SystemdError> {
+        Ok(Some((LimitValue::Value(1024), LimitValue::Value(524288))))
+    }
+
+    fn daemon_reload(&self) -> Result<(), SystemdError> {
+        self.calls.borrow_mut().push("reload".into());
+        let etc = self.host.path("etc/systemd/system");
+        let Ok(entries) = std::fs::read_dir(&etc) else {
+            return Ok(());
+        };
+        let mut units = self.units.borrow_mut();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let (unit, file) = if let Some(unit) = name.strip_suffix(".d") {
+                (unit.to_string(), entry.path().join("90-holdfast.conf"))
+            } else if name.ends_with(".slice") {
+                (name.clone(), entry.path())
+            } else {
+                continue;
+            };
+            let Ok(text) = std::fs::read_to_string(&file) else {
+                continue;
+            };
+            let info = units.entry(unit.clone()).or_insert_with(|| UnitInfo {
+                load_state: "loaded".into(),
+                active_state: "inactive".into(),
+                ..UnitInfo::default()
+            });
+            info.load_state = "loaded".into();
+            let overridden = info
+                .drop_in_paths
+                .iter()
+                .any(|p| p.ends_with("99-override.conf"));
+            if !overridden {
+                for line in text.lines() {
+                    Self::apply_assignment(info, line);
+                }
+            }
+            let p = file.display().to_string();
+            if name.ends_with(".d") && !info.drop_in_paths.contains(&p) {
+                info.drop_in_paths.insert(0, p);
+            }
+            for a in self.runtime.borrow().get(&unit).into_iter().flatten() {
+                Self::apply_assignment(info, a);
+            }
+            if unit.ends_with(".slice") && info.active_state == "active" {
+                self.realize(info);
+            }
+        }
+        Ok(())
+    }
+
+    fn start(&self, unit: &str) -> Result<(), SystemdError> {
+        self.calls.borrow_mut().push(format!("start {unit}"));
+        let mut units = self.units.borrow_mut();
+        let Some(info) = units.get_mut(unit) else {
+            return Err(SystemdError {
+                args: format!("start {unit}"),
+                message: "Unit not found.".into(),
+            });
+        };
+        info.active_state = "active".into();
+        info.control_group = Some(slice_cgroup(unit));
+        self.realize(info);
+        Ok(())
+    }
+
+    fn set_properties_runtime(
+        &self,
+        unit: &str,
+        assignments: &[String],
+    ) -> Result<(), SystemdError> {
+        self.calls
+            .borrow_mut()
+            .push(format!("set {unit} {}", assignments.join(" ")));
+        self.runtime
+            .borrow_mut()
+            .entry(unit.to_string())
+            .or_default()
+            .extend(assignments.iter().cloned());
+        let mut units = self.units.borrow_mut();
+        let info = units.get_mut(unit).expect("unit");
+        for a in assignments {
+            Self::apply_assignment(info, a);
+        }
+        let dir = format!("/run/systemd/system.control/{unit}.d/50-holdfast-runtime.conf");
+        if !info.drop_in_paths.contains(&dir) {
+            info.drop_in_paths.push(dir);
+        }
+        if info.active_state == "active" {
+            self.realize(info);
+        }
+        Ok(())
+    }
+
+    fn running_services(&self) -> Result<Vec<String>, SystemdError> {
+        Ok(self
+            .units
+            .borrow()
+            .iter()
+            .filter(|(name, info)| name.ends_with(".service") && info.active_state == "active")
+            .map(|(name, _)| name.clone())
+            .collect())
+    }
+
+    fn restart(&self, unit: &str) -> Result<(), SystemdError> {
+        self.calls.borrow_mut().push(format!("restart {unit}"));
+        let mut units = self.units.borrow_mut();
+        let info = units.get_mut(unit).expect("unit");
+        if let (Some(LimitValue::Value(s)), Some(LimitValue::Value(h))) =
+            (info.limit_nofile_soft, info.limit_nofile_hard)
+        {
+            self.host.write("proc/4242/limits", &proc_limits(s, h));
+            self.host.write("proc/4243/limits", &proc_limits(s, h));
+        }
+        if let Some(slice) = &info.slice {
+            info.control_group = Some(format!("{}/{unit}", slice_cgroup(slice)));
+            let procs = format!(
+                "sys/fs/cgroup{}/cgroup.procs",
+                info.control_group.as_deref().unwrap_or("")
+            );
+            self.host.write(&procs, "4242\n4243\n");
+        }
+        Ok(())
+    }
+}
