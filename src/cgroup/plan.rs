@@ -130,11 +130,13 @@ pub fn slice_unit(name: &str) -> String {
     format!("{name}.slice")
 }
 
-/// The accounting setting that makes systemd enable a controller on the
-/// path to a slice.
+/// The setting that makes systemd enable a controller on the path to a
+/// slice. For cpu, accounting alone is not enough on cgroup v2 (cpu.stat
+/// exists without the controller), so the slice gets the default weight,
+/// which changes nothing but needs the controller.
 fn accounting_directive(controller: &str) -> Option<&'static str> {
     match controller {
-        "cpu" => Some("CPUAccounting=yes"),
+        "cpu" => Some("CPUWeight=100"),
         "memory" => Some("MemoryAccounting=yes"),
         "pids" => Some("TasksAccounting=yes"),
         "io" => Some("IOAccounting=yes"),

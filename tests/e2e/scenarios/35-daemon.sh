@@ -7,6 +7,8 @@
 . "$E2E_SUITE/lib.sh"
 
 somaxconn() { cat /proc/sys/net/core/somaxconn; }
+before_somaxconn=$(somaxconn)
+before_swappiness=$(cat /proc/sys/vm/swappiness)
 status_json() { curl -fsS http://localhost/status; }
 item_field() { # KEY FIELD: one field of one item of /status
     status_json | jq -r --arg k "$1" ".items[] | select(.key == \$k) | .$2"
@@ -88,9 +90,11 @@ note "systemctl stop took ${ms} ms"
 check "it stopped within a second" test "$ms" -lt 1000
 expect_eq "no restarts along the way" 0 "$(systemctl show -P NRestarts holdfast.service)"
 
-# Leave the host as the next scenario would want it.
+# Leave the host as the next scenario (the package install) wants it.
 systemctl stop holdfast.socket
 rm -f /etc/systemd/system/holdfast.service /etc/systemd/system/holdfast.socket \
     /etc/holdfast/policy.d/10-e2e.yaml /etc/holdfast/policy.d/20-push.yaml \
     /etc/sysctl.d/99-zz-holdfast.conf
+rm -rf /run/holdfast
 systemctl daemon-reload
+sysctl -qw net.core.somaxconn="$before_somaxconn" vm.swappiness="$before_swappiness"

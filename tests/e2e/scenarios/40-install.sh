@@ -1,0 +1,99 @@
+#!/bin/bash
+# Ship it (issue: packages and an install test on a real systemd host): the
+# .deb installed with apt, the unit active, `curl localhost/status`, the
+# baseline in audit mode changing nothing, an enforce push converging the
+# host, external drift corrected, an invalid push rejected, reload and
+# restart, and removal. Needs the .deb in $E2E_FILES (tests/e2e/run with
+# HOLDFAST_E2E_FILES=path/to/holdfast_*.deb; .ci/run does this).
+. "$E2E_SUITE/lib.sh"
+
+deb=$(ls "$E2E_FILES"/holdfast_*.deb 2>/dev/null | head -n 1)
+if [ -z "$deb" ]; then
+    fail "a .deb to install" "no holdfast_*.deb in \$E2E_FILES (set HOLDFAST_E2E_FILES)"
+    exit 0
+fi
+hf=/usr/bin/holdfast
+status_json() { curl -sf --max-time 5 http://localhost/status; }
+json_field() { jq -r "$1" 2>/dev/null; }
+
+# Earlier scenarios left their own files: start from a host holdfast never touched.
+rm -f /etc/security/limits.d/90-holdfast.conf /etc/sysctl.d/99-zz-holdfast.conf
+before_oc=$(cat /proc/sys/vm/overcommit_memory)
+before_somaxconn=$(cat /proc/sys/net/core/somaxconn)
+
+check "apt-get install ./holdfast_*.deb" env DEBIAN_FRONTEND=noninteractive apt-get install -y "$deb"
+check "the unit is active" wait_until 30 systemctl is-active --quiet holdfast.service
+check "the socket unit is active" systemctl is-active --quiet holdfast.socket
+capture systemd-analyze verify /lib/systemd/system/holdfast.service /lib/systemd/system/holdfast.socket
+if [ "$last_status" -eq 0 ] && [ -z "$last_output" ]; then
+    pass "systemd-analyze verify is clean"
+else
+    fail "systemd-analyze verify is clean" "status $last_status: $last_output"
+fi
+note "systemd-analyze security: $(systemd-analyze security holdfast.service 2>/dev/null | tail -n 1)"
+check "curl localhost/status answers" wait_until 20 status_json
+doc=$(status_json)
+expect_eq "the baseline is in force" "/etc/holdfast/policy.d/00-baseline.yaml" "$(printf '%s' "$doc" | json_field '.policy.files[0]')"
+expect_eq "in audit mode" audit "$(printf '%s' "$doc" | json_field '.policy.mode')"
+expect_eq "audit mode changed nothing (overcommit)" "$before_oc" "$(cat /proc/sys/vm/overcommit_memory)"
+check "audit mode wrote no sysctl.d file" test ! -e /etc/sysctl.d/99-zz-holdfast.conf
+expect_exit "holdfast status answers over the Unix socket" "0 2" $hf status
+
+# An enforce push, as the Ansible role does it.
+printf '[Service]\nExecStart=/bin/sleep infinity\n' >/etc/systemd/system/e2e-pkg.service
+systemctl daemon-reload
+systemctl start e2e-pkg.service
+cat >/etc/holdfast/policy.d/50-site.yaml <<'YAML'
+version: 1
+mode: enforce
+sysctl:
+  net.core.somaxconn: 8192
+limits:
+  - {domain: "*", item: nofile, soft: 65536, hard: 65536}
+services:
+  e2e-pkg.service: {slice: pkg-app, limit_nofile: 65536}
+cgroup:
+  slices:
+    pkg-app: {memory.max: 200M, pids.max: 256}
+YAML
+check "the push is applied (somaxconn)" wait_until 20 sh -c '[ "$(cat /proc/sys/net/core/somaxconn)" = 8192 ]'
+check "the sysctl is persisted" grep -q 'net.core.somaxconn = 8192' /etc/sysctl.d/99-zz-holdfast.conf
+check "limits.d written" wait_until 10 test -f /etc/security/limits.d/90-holdfast.conf
+check "the slice has its limits" wait_until 20 sh -c '[ "$(cat /sys/fs/cgroup/pkg.slice/pkg-app.slice/memory.max 2>/dev/null)" = 209715200 ]'
+check "the service's drop-in" wait_until 10 grep -q 'LimitNOFILE=65536:65536' /etc/systemd/system/e2e-pkg.service.d/90-holdfast.conf
+expect_exit "apply --restart-services moves the service" "0 2" $hf apply --restart-services
+pid=$(systemctl show -P MainPID e2e-pkg.service)
+expect_eq "the service runs with LimitNOFILE 65536" 65536 "$(awk '/^Max open files/ {print $4}' /proc/"$pid"/limits)"
+
+# External drift, corrected by the daemon.
+sysctl -qw net.core.somaxconn=128
+check "external drift corrected" wait_until 10 sh -c '[ "$(cat /proc/sys/net/core/somaxconn)" = 8192 ]'
+if [ "$last_status" -ne 0 ]; then
+    note "daemon log: $(journalctl -u holdfast.service --no-pager -n 40 | tr '\n' '|')"
+    note "status item: $(status_json | jq -c '.items[] | select(.key == "net.core.somaxconn")')"
+    note "watches: $(status_json | jq -c '.daemon.watches')"
+fi
+check "status shows the correction" wait_until 10 bash -o pipefail -c \
+    "curl -sf http://localhost/status | jq -e '.items[] | select(.key == \"net.core.somaxconn\") | .state == \"corrected\" or .state == \"compliant\"' >/dev/null"
+
+# An invalid push is rejected; the old policy stays in force.
+printf 'version: 1\nsysctl:\n  net.core.somaxconn: {mni: 1}\n' >/etc/holdfast/policy.d/60-bad.yaml
+check "the rejection is reported with file and line" wait_until 20 bash -o pipefail -c \
+    "curl -sf http://localhost/status | jq -e '.policy.last_error.errors[0] | .file == \"/etc/holdfast/policy.d/60-bad.yaml\" and .line == 3' >/dev/null"
+sysctl -qw net.core.somaxconn=256
+check "the old policy is still enforced" wait_until 10 sh -c '[ "$(cat /proc/sys/net/core/somaxconn)" = 8192 ]'
+rm -f /etc/holdfast/policy.d/60-bad.yaml
+
+check "systemctl reload holdfast" systemctl reload holdfast.service
+check "still active after reload" wait_until 10 systemctl is-active --quiet holdfast.service
+check "systemctl restart holdfast" systemctl restart holdfast.service
+check "active after restart" wait_until 20 systemctl is-active --quiet holdfast.service
+sysctl -qw net.core.somaxconn=512
+check "converged after restart" wait_until 10 sh -c '[ "$(cat /proc/sys/net/core/somaxconn)" = 8192 ]'
+expect_exit "holdfast status: compliant" "0" $hf status
+
+check "apt-get remove holdfast" env DEBIAN_FRONTEND=noninteractive apt-get remove -y holdfast
+check "the unit is gone" sh -c '! systemctl is-active --quiet holdfast.service'
+check "the host still works (systemd running)" sh -c 'systemctl is-system-running | grep -Eq "running|degraded"'
+check "a service still starts" systemctl restart e2e-pkg.service
+note "somaxconn before the install: $before_somaxconn; after removal: $(cat /proc/sys/net/core/somaxconn)"
