@@ -120,7 +120,6 @@ fn plan_units(ctx: &Context<'_>, policy: &Policy) -> (Vec<Item>, Vec<IoError>) {
     (items, warnings)
 }
 
-/// One reconcile pass: plan, then carry out the plan.
 /// Which items must not be changed in this pass: the daemon holds items that
 /// are in backoff (contested, or failing) this way. Every kind of setting
 /// honours it: a held item keeps its planned action, unexecuted, and its
@@ -159,7 +158,7 @@ pub fn apply_in_holding(
         items.extend(apply_limits(host, policy, &limits_host, hold));
     }
     if has_service_settings(policy) || has_cgroup_settings(policy) {
-        let (units, w) = apply_units(ctx, policy, options);
+        let (units, w) = apply_units(ctx, policy, options, hold);
         warnings.extend(w);
         items.extend(units);
     }
@@ -184,12 +183,15 @@ fn apply_units(
     ctx: &Context<'_>,
     policy: &Policy,
     options: ApplyOptions,
+    hold: Hold<'_>,
 ) -> (Vec<Item>, Vec<IoError>) {
     let (mut planned, mut warnings) = plan_units(ctx, policy);
+    let parked = park_held(&mut planned, hold);
     let wrote_unit_files = planned
         .iter()
         .any(|i| i.kind == Kind::UnitFile && i.action.is_some());
     execute_file_actions(&mut planned);
+    unpark(&mut planned, parked);
     let mut notes: Vec<(String, String)> = Vec::new();
     if wrote_unit_files && let Some(client) = ctx.systemd {
         if let Err(e) = client.daemon_reload() {
@@ -199,6 +201,9 @@ fn apply_units(
     let (mut mid, _) = plan_units(ctx, policy);
     let mut acted: Vec<String> = Vec::new();
     for item in mid.iter_mut() {
+        if hold(item) {
+            continue;
+        }
         let Some(action) = item.action.take() else {
             continue;
         };
