@@ -9,6 +9,7 @@ pub mod audit;
 pub mod cgroup;
 pub mod daemon;
 pub mod engine;
+pub mod harden;
 pub mod host;
 pub mod item;
 pub mod limits;

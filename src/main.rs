@@ -127,6 +127,11 @@ struct ServeArgs {
     /// Allow --listen on non-loopback addresses (the API has no authentication).
     #[arg(long)]
     allow_remote: bool,
+    /// Do not install the seccomp allow-list (no_new_privs and the
+    /// capability drop still happen). For diagnosing a system call the list
+    /// lacks; see README.
+    #[arg(long)]
+    no_seccomp: bool,
     /// Full rescan interval (re-reads everything, re-arms watches): 60s, 5m, 500ms.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration_arg)]
     rescan: Duration,
@@ -239,6 +244,7 @@ fn serve(cli: &Cli, host: HostRoot, args: &ServeArgs) -> anyhow::Result<u8> {
         policy_paths: cli.policy.clone(),
         listen,
         allow_remote: args.allow_remote,
+        seccomp: !args.no_seccomp,
         rescan: args.rescan,
         debounce: args.debounce,
         trackers,

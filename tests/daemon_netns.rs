@@ -3,6 +3,8 @@
 //! external `sysctl -w net.core.somaxconn=…` is seen through inotify on
 //! /proc/sys and corrected by the daemon. Only the namespace's `net.*`
 //! keys change; the host's settings and files are checked to be untouched.
+//! The daemon runs hardened (no_new_privs, its seccomp allow-list) while it
+//! corrects.
 //! Needs root (CI is root); elsewhere the test says it was skipped.
 
 use std::path::Path;
@@ -52,6 +54,7 @@ for i in $(seq 200); do
     sleep 0.05
 done
 echo "ready=$rc"
+grep -E '^(NoNewPrivs|Seccomp):' /proc/$PID/status
 echo "initial=$(cat /proc/sys/net/core/somaxconn)"
 sysctl -w net.core.somaxconn=128 >/dev/null
 v=
@@ -90,6 +93,10 @@ echo "persisted:"; cat /etc/sysctl.d/99-zz-holdfast.conf
     // exit 0 (compliant) from `holdfast status` once ready.
     assert!(text.contains("ready=0"), "{text}\n{log}");
     assert!(text.contains("initial=8191"), "{text}\n{log}");
+    // It hardened itself, and still reconciles below.
+    assert!(text.contains("NoNewPrivs:\t1"), "{text}\n{log}");
+    #[cfg(target_arch = "x86_64")]
+    assert!(text.contains("Seccomp:\t2"), "{text}\n{log}");
     assert!(
         text.contains("after=8191"),
         "the daemon restored the value: {text}\n{log}"

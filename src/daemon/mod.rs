@@ -52,6 +52,9 @@ pub struct ServeOptions {
     pub rescan: Duration,
     pub debounce: Duration,
     pub trackers: TrackerConfig,
+    /// Install the seccomp allow-list once the sockets are bound
+    /// (no_new_privs and the capability drop happen regardless).
+    pub seccomp: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +118,16 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         .filter_map(|l| l.owned_path().map(|p| p.to_path_buf()))
         .collect();
     let statuses = Arc::new(statuses);
+    // The sockets are bound: from here on holdfast needs no more privilege
+    // than its job, and says so.
+    match crate::harden::lock_down(opts.seccomp) {
+        Ok(h) => tracing::info!(
+            capabilities = %h.capabilities_kept.join(","),
+            seccomp_syscalls = h.seccomp_syscalls.unwrap_or(0),
+            "hardened: no_new_privs set, capabilities dropped, seccomp allow-list installed"
+        ),
+        Err(e) => tracing::error!("could not harden the daemon: {e}; reconciling goes on"),
+    }
 
     let (publish, snapshots) = channel::channel(Arc::new(Snapshot::starting(
         Arc::clone(&statuses),

@@ -32,6 +32,10 @@ else
 fi
 note "systemd-analyze security: $(systemd-analyze security holdfast.service 2>/dev/null | tail -n 1)"
 check "curl localhost/status answers" wait_until 20 status_json
+hf_pid=$(systemctl show -P MainPID holdfast.service)
+expect_eq "the running daemon has NoNewPrivs 1" 1 "$(awk '/^NoNewPrivs:/ {print $2}' /proc/"$hf_pid"/status)"
+expect_eq "the running daemon has Seccomp 2" 2 "$(awk '/^Seccomp:/ {print $2}' /proc/"$hf_pid"/status)"
+note "daemon capabilities: $(awk '/^CapEff:/ {print $2}' /proc/"$hf_pid"/status)"
 doc=$(status_json)
 expect_eq "the baseline is in force" "/etc/holdfast/policy.d/00-baseline.yaml" "$(printf '%s' "$doc" | json_field '.policy.files[0]')"
 expect_eq "in audit mode" audit "$(printf '%s' "$doc" | json_field '.policy.mode')"
