@@ -268,6 +268,16 @@ pub struct OwnFile<'a> {
     pub stale_note: &'a str,
 }
 
+/// How reports describe whether a file is there.
+pub fn presence(content: Option<&str>) -> String {
+    if content.is_some() {
+        "present"
+    } else {
+        "absent"
+    }
+    .to_string()
+}
+
 pub fn own_file_item(f: OwnFile<'_>) -> Item {
     let mut item = Item::new(
         f.kind,

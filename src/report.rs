@@ -2,11 +2,11 @@
 //! The JSON types here are the only serializable types: the core does not
 //! derive `Serialize`, and this layer converts (the schema is in README).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::engine::Pass;
-use crate::item::{self, Item, State};
-use crate::policy::{Policy, PolicyError};
+use crate::item::{self, Conflict, Item, State};
+use crate::policy::{Policy, PolicyError, Source};
 
 /// The JSON report schema version; bump on incompatible changes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -30,11 +30,21 @@ pub struct PolicyJson {
     pub mode: &'static str,
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SourceJson {
     pub file: String,
     pub line: u64,
     pub column: u64,
+}
+
+impl From<&Source> for SourceJson {
+    fn from(s: &Source) -> Self {
+        SourceJson {
+            file: s.file.to_string(),
+            line: s.line,
+            column: s.column,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -51,12 +61,23 @@ pub struct ItemJson {
     pub conflicts: Vec<ConflictJson>,
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConflictJson {
     pub file: String,
     pub line: u32,
     pub value: String,
     pub wins_at_boot: bool,
+}
+
+impl From<&Conflict> for ConflictJson {
+    fn from(c: &Conflict) -> Self {
+        ConflictJson {
+            file: c.file.display().to_string(),
+            line: c.line,
+            value: c.value.clone(),
+            wins_at_boot: c.wins_at_boot,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -83,23 +104,10 @@ pub fn item_json(i: &Item) -> ItemJson {
         actual: (!i.actual.is_empty()).then(|| i.actual.clone()),
         state: i.state.as_str(),
         mode: i.mode.as_str(),
-        source: i.source.as_ref().map(|s| SourceJson {
-            file: s.file.to_string(),
-            line: s.line,
-            column: s.column,
-        }),
+        source: i.source.as_ref().map(SourceJson::from),
         action: i.action.as_ref().map(|a| a.to_string()),
         detail: i.detail.clone(),
-        conflicts: i
-            .conflicts
-            .iter()
-            .map(|c| ConflictJson {
-                file: c.file.display().to_string(),
-                line: c.line,
-                value: c.value.clone(),
-                wins_at_boot: c.wins_at_boot,
-            })
-            .collect(),
+        conflicts: i.conflicts.iter().map(ConflictJson::from).collect(),
     }
 }
 

@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use super::detect::CgroupMode;
 use super::knob::{Knob, KnobKind};
 use super::{Bytes, Count};
-use crate::item::{Action, Item, Kind, OwnFile, State, own_file_item};
+use crate::item::{Action, Item, Kind, OwnFile, State, own_file_item, presence};
 use crate::policy::{Mode, Policy, SliceRule};
 use crate::systemd::UnitInfo;
 
@@ -295,11 +295,7 @@ fn plan_systemd(policy: &Policy, host: &CgroupHost) -> Vec<Item> {
             desired: Some(content),
             mode,
             desired_label: format!("slice unit {unit}"),
-            actual_label: if current.is_some() {
-                "present".into()
-            } else {
-                "absent".into()
-            },
+            actual_label: presence(current.as_deref()),
             stale_note: "",
         });
         items.push(file_item);

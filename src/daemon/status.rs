@@ -120,20 +120,8 @@ pub struct StatusItemJson {
     pub conflicts: Vec<ConflictJson>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SourceJson {
-    pub file: String,
-    pub line: u64,
-    pub column: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ConflictJson {
-    pub file: String,
-    pub line: u32,
-    pub value: String,
-    pub wins_at_boot: bool,
-}
+/// The same source and conflict shapes as the CLI's JSON report.
+pub use crate::report::{ConflictJson, SourceJson};
 
 /// Which items a status request wants.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -323,26 +311,13 @@ pub fn to_json(snap: &Snapshot, filter: &Filter) -> StatusJson {
                     actual: (!i.actual.is_empty()).then(|| i.actual.clone()),
                     state: i.state.as_str().to_string(),
                     mode: i.mode.as_str().to_string(),
-                    source: i.source.as_ref().map(|s| SourceJson {
-                        file: s.file.to_string(),
-                        line: s.line,
-                        column: s.column,
-                    }),
+                    source: i.source.as_ref().map(SourceJson::from),
                     last_change: rfc3339(s.last_change),
                     corrections: s.corrections,
                     next_attempt: s.next_attempt.map(rfc3339),
                     pending_action: i.action.as_ref().map(|a| a.to_string()),
                     detail: i.detail.clone(),
-                    conflicts: i
-                        .conflicts
-                        .iter()
-                        .map(|c| ConflictJson {
-                            file: c.file.display().to_string(),
-                            line: c.line,
-                            value: c.value.clone(),
-                            wins_at_boot: c.wins_at_boot,
-                        })
-                        .collect(),
+                    conflicts: i.conflicts.iter().map(ConflictJson::from).collect(),
                 }
             })
             .collect(),

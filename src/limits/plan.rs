@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use super::conf::{self, LimitLine, LimitType, Malformed};
 use super::{LimitItem, LimitValue};
-use crate::item::{Conflict, Item, Kind, OwnFile, State, own_file_item};
+use crate::item::{Conflict, Item, Kind, OwnFile, State, own_file_item, presence};
 use crate::policy::{LimitRule, Mode, Policy};
 
 /// What was read from the host for the limits part of a pass.
@@ -223,11 +223,6 @@ fn is_limits_d(line: &LimitLine, host: &LimitsHost) -> bool {
 }
 
 fn file_item(host: &LimitsHost, content: Option<String>, any_enforced: bool) -> Item {
-    let present = if host.managed.is_some() {
-        "present"
-    } else {
-        "absent"
-    };
     let desired_label = if content.is_some() {
         "holdfast's limits"
     } else {
@@ -244,7 +239,7 @@ fn file_item(host: &LimitsHost, content: Option<String>, any_enforced: bool) -> 
             Mode::Audit
         },
         desired_label: desired_label.to_string(),
-        actual_label: present.to_string(),
+        actual_label: presence(host.managed.as_deref()),
         stale_note: "holdfast's file from an earlier enforced policy is still there; sessions get its limits",
     });
     if item.state == State::Compliant {

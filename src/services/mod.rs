@@ -13,7 +13,7 @@ pub mod observe;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::item::{Conflict, Item, Kind, OwnFile, State, own_file_item};
+use crate::item::{Conflict, Item, Kind, OwnFile, State, own_file_item, presence};
 use crate::limits::LimitValue;
 use crate::policy::{GoMaxProcs, LimitPair, Policy, ServiceRule};
 use crate::posture::{ProcStatus, caps, gomaxprocs_for};
@@ -244,11 +244,7 @@ fn plan_unit(policy: &Policy, rule: &ServiceRule, host: &ServicesHost) -> Vec<It
         desired: Some(content),
         mode,
         desired_label: format!("drop-in for {}", rule.unit),
-        actual_label: if current.is_some() {
-            "present".into()
-        } else {
-            "absent".into()
-        },
+        actual_label: presence(current.as_deref()),
         stale_note: "",
     });
     let mut items = Vec::new();
@@ -397,45 +393,64 @@ fn posture_items(
             item.detail
                 .push("holdfast's drop-in does not have it yet".into());
         }
-        match host.units.get(&rule.unit) {
-            None => {
-                if let Some(why) = &host.not_queried {
-                    item.detail.push(format!("systemd not asked: {why}"));
-                }
-            }
-            Some(UnitObservation { info: Err(e), .. }) => {
-                item.detail.push(format!("cannot ask systemd: {e}"))
-            }
-            Some(UnitObservation {
-                info: Ok(_),
-                processes,
-            }) => {
-                let found: Vec<String> = processes.iter().filter_map(&evidence).collect();
-                let read = processes.iter().filter(|pr| pr.status.is_some()).count();
-                item.actual = if found.is_empty() {
-                    if read > 0 {
-                        format!("ok in {read} process(es)")
-                    } else {
-                        "not running".into()
-                    }
+        if let Ok((_, processes)) = unit_view(host, &rule.unit, &mut item) {
+            let found: Vec<String> = processes.iter().filter_map(&evidence).collect();
+            let read = processes.iter().filter(|pr| pr.status.is_some()).count();
+            item.actual = if found.is_empty() {
+                if read > 0 {
+                    format!("ok in {read} process(es)")
                 } else {
-                    format!("{} of {read} process(es) differ", found.len())
-                };
-                if !found.is_empty() {
-                    item.detail.extend(found);
-                    if file_right {
-                        item.state = State::RestartRequired;
-                        item.detail.push(format!(
-                            "the configuration is right; the running processes get it when {} restarts (holdfast apply --restart-services)",
-                            rule.unit
-                        ));
-                    }
+                    "not running".into()
+                }
+            } else {
+                format!("{} of {read} process(es) differ", found.len())
+            };
+            if !found.is_empty() {
+                item.detail.extend(found);
+                if file_right {
+                    item.state = State::RestartRequired;
+                    item.detail.push(format!(
+                        "the configuration is right; the running processes get it when {} restarts (holdfast apply --restart-services)",
+                        rule.unit
+                    ));
                 }
             }
         }
         items.push(item);
     }
     items
+}
+
+/// What systemd said about a unit, with the reason noted on `item` when it
+/// could not be asked or answer.
+fn unit_view<'a>(
+    host: &'a ServicesHost,
+    unit: &str,
+    item: &mut Item,
+) -> Result<(&'a UnitInfo, &'a [ProcLimits]), Unknown> {
+    match host.units.get(unit) {
+        None => {
+            if let Some(why) = &host.not_queried {
+                item.detail.push(format!("systemd not asked: {why}"));
+            }
+            Err(Unknown::NotAsked)
+        }
+        Some(UnitObservation { info: Err(e), .. }) => {
+            item.detail.push(format!("cannot ask systemd: {e}"));
+            Err(Unknown::Failed)
+        }
+        Some(UnitObservation {
+            info: Ok(info),
+            processes,
+        }) => Ok((info, processes)),
+    }
+}
+
+/// Why [`unit_view`] has nothing to say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unknown {
+    NotAsked,
+    Failed,
 }
 
 /// Where the unit's processes are, and whether systemd and the running
@@ -453,39 +468,29 @@ fn judge_slice(
     } else {
         State::Drifted
     };
-    match host.units.get(&rule.unit) {
-        None => {
-            if let Some(why) = &host.not_queried {
-                item.detail.push(format!("systemd not asked: {why}"));
-            }
-        }
-        Some(UnitObservation { info: Err(e), .. }) => {
-            item.detail.push(format!("cannot ask systemd: {e}"));
-        }
-        Some(UnitObservation { info: Ok(info), .. }) => {
-            item.actual = info.slice.clone().unwrap_or_default();
-            let systemd_right = info.slice.as_deref() == Some(want.as_str());
-            let in_slice = info
-                .control_group
-                .as_deref()
-                .is_some_and(|cg| cg.split('/').any(|part| part == want));
-            if file_right && !systemd_right {
-                item.state = State::Drifted;
-                item.detail.push(if info.need_daemon_reload {
-                    "systemd has not reloaded the drop-in yet (daemon-reload pending)".to_string()
-                } else {
-                    format!("systemd puts {} in {}", rule.unit, item.actual)
-                });
-            } else if file_right && info.active_state == "active" && !in_slice {
-                item.state = State::RestartRequired;
-                item.detail.push(format!(
-                    "the running processes are still in {}; they move to {want} when {} restarts (holdfast apply --restart-services)",
-                    info.control_group.as_deref().unwrap_or("another cgroup"),
-                    rule.unit
-                ));
-            } else if let Some(cg) = &info.control_group {
-                item.detail.push(format!("cgroup {cg}"));
-            }
+    if let Ok((info, _)) = unit_view(host, &rule.unit, &mut item) {
+        item.actual = info.slice.clone().unwrap_or_default();
+        let systemd_right = info.slice.as_deref() == Some(want.as_str());
+        let in_slice = info
+            .control_group
+            .as_deref()
+            .is_some_and(|cg| cg.split('/').any(|part| part == want));
+        if file_right && !systemd_right {
+            item.state = State::Drifted;
+            item.detail.push(if info.need_daemon_reload {
+                "systemd has not reloaded the drop-in yet (daemon-reload pending)".to_string()
+            } else {
+                format!("systemd puts {} in {}", rule.unit, item.actual)
+            });
+        } else if file_right && info.active_state == "active" && !in_slice {
+            item.state = State::RestartRequired;
+            item.detail.push(format!(
+                "the running processes are still in {}; they move to {want} when {} restarts (holdfast apply --restart-services)",
+                info.control_group.as_deref().unwrap_or("another cgroup"),
+                rule.unit
+            ));
+        } else if let Some(cg) = &info.control_group {
+            item.detail.push(format!("cgroup {cg}"));
         }
     }
     item
@@ -512,74 +517,61 @@ fn judge_limit(
             systemd_value(want.hard)
         ));
     }
-    match host.units.get(&rule.unit) {
-        None => {
-            if let Some(why) = &host.not_queried {
-                item.detail.push(format!("systemd not asked: {why}"));
-            }
+    let view = unit_view(host, &rule.unit, &mut item);
+    if view == Err(Unknown::Failed) && file_right {
+        state = State::Failed;
+    }
+    if let Ok((info, processes)) = view {
+        let configured = (info.limit_nofile_soft, info.limit_nofile_hard);
+        if let (Some(s), Some(h)) = configured {
+            item.detail
+                .push(format!("systemd will start it with {}", pair_text(s, h)));
         }
-        Some(UnitObservation { info: Err(e), .. }) => {
-            item.detail.push(format!("cannot ask systemd: {e}"));
-            if file_right {
-                state = State::Failed;
-            }
+        if info.load_state == "not-found" {
+            item.detail.push(format!(
+                "{} is not installed; the drop-in waits for it",
+                rule.unit
+            ));
         }
-        Some(UnitObservation {
-            info: Ok(info),
-            processes,
-        }) => {
-            let configured = (info.limit_nofile_soft, info.limit_nofile_hard);
-            if let (Some(s), Some(h)) = configured {
-                item.detail
-                    .push(format!("systemd will start it with {}", pair_text(s, h)));
-            }
-            if info.load_state == "not-found" {
+        let systemd_right = configured == (Some(want.soft), Some(want.hard));
+        if file_right && !systemd_right {
+            state = State::Drifted;
+            if info.need_daemon_reload {
+                item.detail.push(
+                    "systemd has not reloaded the drop-in yet (daemon-reload pending)".into(),
+                );
+            } else if let Some(later) = later_drop_in(&info.drop_in_paths, path) {
                 item.detail.push(format!(
-                    "{} is not installed; the drop-in waits for it",
+                    "overridden by {later}, which systemd reads after holdfast's drop-in"
+                ));
+                item.conflicts.push(Conflict {
+                    file: PathBuf::from(later),
+                    line: 0,
+                    value: configured.1.map(|h| h.to_string()).unwrap_or_default(),
+                    wins_at_boot: true,
+                });
+            }
+        }
+        let running: Vec<String> = processes
+            .iter()
+            .filter_map(|p| p.nofile.map(|(s, h)| (p.pid, s, h)))
+            .filter(|(_, s, h)| (*s, *h) != (want.soft, want.hard))
+            .map(|(pid, s, h)| format!("PID {pid} runs with {}", pair_text(s, h)))
+            .collect();
+        if let Some(first) = processes.iter().find_map(|p| p.nofile) {
+            item.actual = pair_text(first.0, first.1);
+        } else if let (Some(s), Some(h)) = configured {
+            item.actual = pair_text(s, h);
+        }
+        if !running.is_empty() {
+            item.detail.extend(running);
+            if state == State::Compliant || (state == State::Drifted && file_right && systemd_right)
+            {
+                state = State::RestartRequired;
+                item.detail.push(format!(
+                    "the configuration is right; the running processes get it when {} restarts (holdfast apply --restart-services)",
                     rule.unit
                 ));
-            }
-            let systemd_right = configured == (Some(want.soft), Some(want.hard));
-            if file_right && !systemd_right {
-                state = State::Drifted;
-                if info.need_daemon_reload {
-                    item.detail.push(
-                        "systemd has not reloaded the drop-in yet (daemon-reload pending)".into(),
-                    );
-                } else if let Some(later) = later_drop_in(&info.drop_in_paths, path) {
-                    item.detail.push(format!(
-                        "overridden by {later}, which systemd reads after holdfast's drop-in"
-                    ));
-                    item.conflicts.push(Conflict {
-                        file: PathBuf::from(later),
-                        line: 0,
-                        value: configured.1.map(|h| h.to_string()).unwrap_or_default(),
-                        wins_at_boot: true,
-                    });
-                }
-            }
-            let running: Vec<String> = processes
-                .iter()
-                .filter_map(|p| p.nofile.map(|(s, h)| (p.pid, s, h)))
-                .filter(|(_, s, h)| (*s, *h) != (want.soft, want.hard))
-                .map(|(pid, s, h)| format!("PID {pid} runs with {}", pair_text(s, h)))
-                .collect();
-            if let Some(first) = processes.iter().find_map(|p| p.nofile) {
-                item.actual = pair_text(first.0, first.1);
-            } else if let (Some(s), Some(h)) = configured {
-                item.actual = pair_text(s, h);
-            }
-            if !running.is_empty() {
-                item.detail.extend(running);
-                if state == State::Compliant
-                    || (state == State::Drifted && file_right && systemd_right)
-                {
-                    state = State::RestartRequired;
-                    item.detail.push(format!(
-                        "the configuration is right; the running processes get it when {} restarts (holdfast apply --restart-services)",
-                        rule.unit
-                    ));
-                }
             }
         }
     }
@@ -645,11 +637,7 @@ fn plan_default(policy: &Policy, host: &ServicesHost) -> Vec<Item> {
         desired: Some(content),
         mode,
         desired_label: "systemd service defaults".into(),
-        actual_label: if current.is_some() {
-            "present".into()
-        } else {
-            "absent".into()
-        },
+        actual_label: presence(current.as_deref()),
         stale_note: "",
     });
     vec![item, file_item]
