@@ -118,3 +118,14 @@ fn posture_fields_are_validated_with_locations() {
         .to_string();
     insta::assert_snapshot!(err);
 }
+
+#[test]
+fn a_fixed_gomaxprocs_above_the_slice_quota_is_rejected() {
+    let text = "version: 1\nservices:\n  a.service:\n    slice: s\n    go_runtime: {gomaxprocs: 4}\ncgroup:\n  slices:\n    s: {cpu.max: \"200000 100000\"}\n";
+    let err = Policy::from_files([("p.yaml", text)])
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("p.yaml:5:17: a.service: gomaxprocs 4 exceeds the CPU quota of slice s (ceil(200000 / 100000) = 2)"), "{err}");
+    let ok = text.replace("gomaxprocs: 4", "gomaxprocs: 2");
+    assert!(Policy::from_files([("p.yaml", ok.as_str())]).is_ok());
+}

@@ -81,6 +81,35 @@ pub fn file(name: &str, text: &str) -> Result<Policy, Vec<PolicyError>> {
 /// different files).
 pub fn merged(policy: &Policy) -> Vec<PolicyError> {
     let mut errors = Vec::new();
+    for svc in policy.services.values() {
+        let (Some(go), Some(slice)) = (&svc.posture.go_runtime, &svc.slice) else {
+            continue;
+        };
+        let GoMaxProcs::Fixed(n) = go.value.gomaxprocs else {
+            continue;
+        };
+        let quota = policy
+            .cgroup
+            .slices
+            .get(&slice.value)
+            .and_then(|s| s.cpu_max.as_ref())
+            .and_then(|c| c.value.quota_us.map(|q| (q, c.value.period_us)));
+        if let Some((q, p)) = quota {
+            let allowed = q.div_ceil(p.max(1)).max(1);
+            if u64::from(n) > allowed {
+                errors.push(
+                    PolicyError::new(
+                        go.source.clone(),
+                        format!(
+                            "{}: gomaxprocs {n} exceeds the CPU quota of slice {} (ceil({q} / {p}) = {allowed})",
+                            svc.unit, slice.value
+                        ),
+                    )
+                    .with_hint("use `gomaxprocs: auto`, or a number at most the quota"),
+                );
+            }
+        }
+    }
     for slice in policy.cgroup.slices.values() {
         if let (Some(high), Some(max)) = (&slice.memory_high, &slice.memory_max)
             && let (Bytes::Value(h), Bytes::Value(m)) = (high.value, max.value)

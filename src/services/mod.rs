@@ -107,7 +107,10 @@ pub fn gomaxprocs(policy: &Policy, rule: &ServiceRule, cpus: u32, setting: GoMax
     let auto = gomaxprocs_for(quota, cpus);
     match setting {
         GoMaxProcs::Auto => auto,
-        GoMaxProcs::Fixed(n) => n,
+        // Validation refuses a number above the slice's quota; above the
+        // host's CPUs (no quota) it is capped: more Ps than CPUs only adds
+        // scheduling overhead.
+        GoMaxProcs::Fixed(n) => n.min(auto),
     }
 }
 
