@@ -189,14 +189,7 @@ impl Validator {
                 .with_hint("this holdfast reads `version: 1`");
             self.push(e);
         }
-        let mode = raw
-            .mode
-            .as_ref()
-            .and_then(|m| self.mode(m))
-            .map(|value| Sourced {
-                value,
-                source: self.src(raw.mode.as_ref().expect("checked above")),
-            });
+        let mode = self.opt_mode(&raw.mode);
         let sysctls = raw.sysctl.map(|e| self.sysctls(e)).unwrap_or_default();
         let limits = raw.limits.map(|l| self.limits(l)).unwrap_or_default();
         let services = raw.services.map(|s| self.services(s)).unwrap_or_default();
