@@ -90,8 +90,10 @@ impl PolicySource {
 
 const YAML: &[&str] = &[".yaml", ".yml"];
 const CONF: &[&str] = &[".conf"];
+const SLICE: &[&str] = &[".slice"];
 
-/// The watches for a policy (none in force: only the policy sources).
+/// The watches for a policy (none in force: only the policy sources). Reads
+/// only whether systemd is PID 1 (its cgroups are not holdfast's to watch).
 pub fn plan(host: &HostRoot, policy: Option<&Policy>, sources: &[PolicySource]) -> Vec<WatchSpec> {
     let mut out = Vec::new();
     for source in sources {
@@ -140,6 +142,49 @@ pub fn plan(host: &HostRoot, policy: Option<&Policy>, sources: &[PolicySource]) 
     if !policy.limits.is_empty() {
         out.push(files(host.limits_conf(), Scope::File));
         out.push(files(host.limits_d(), Scope::Entries(CONF)));
+    }
+    // Unit files: holdfast's drop-ins and slice units, a competing drop-in
+    // beside them, and runtime overrides (`set-property --runtime`). An
+    // event is a reason for a full pass, which asks systemd what it makes
+    // of them.
+    for unit in crate::services::managed_units(policy) {
+        out.push(files(
+            host.path(&format!("etc/systemd/system/{}.d", unit.unit)),
+            Scope::Entries(CONF),
+        ));
+    }
+    if policy.service_defaults.limit_nofile.is_some() {
+        out.push(files(
+            host.path("etc/systemd/system.conf.d"),
+            Scope::Entries(CONF),
+        ));
+    }
+    if !policy.cgroup.slices.is_empty() {
+        out.push(files(
+            host.path("etc/systemd/system"),
+            Scope::Entries(SLICE),
+        ));
+        for name in policy.cgroup.slices.keys() {
+            out.push(files(
+                host.path(&format!("run/systemd/system.control/{name}.slice.d")),
+                Scope::Entries(CONF),
+            ));
+            // Without systemd, holdfast's own cgroup's limit files. (Under
+            // systemd the slice's cgroup path is systemd's to say; the
+            // rescan re-reads it.)
+            if !crate::systemd::is_pid1(host) {
+                for kind in crate::cgroup::knob::KnobKind::ALL {
+                    out.push(files(
+                        host.path(&format!(
+                            "sys/fs/cgroup/{}/{name}/{}",
+                            crate::cgroup::plan::HOLDFAST_SUBTREE,
+                            kind.file()
+                        )),
+                        Scope::File,
+                    ));
+                }
+            }
+        }
     }
     out
 }
@@ -432,6 +477,35 @@ mod tests {
         );
         // No policy in force: only the policy sources.
         assert_eq!(plan(&host, None, &sources).len(), 1);
+    }
+
+    #[test]
+    fn unit_files_and_holdfasts_own_cgroup_files_are_watched() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostRoot::new(dir.path());
+        let p = policy(
+            "version: 1\nservices:\n  a.service: {limit_nofile: 1024}\nservice_defaults: {limit_nofile: 1024}\ncgroup:\n  slices:\n    batch: {pids.max: 10}\n",
+        );
+        let paths: Vec<String> = plan(&host, Some(&p), &[])
+            .iter()
+            .filter(|s| s.concern == Concern::Files)
+            .map(|s| {
+                s.path
+                    .strip_prefix(dir.path())
+                    .unwrap()
+                    .display()
+                    .to_string()
+            })
+            .collect();
+        for want in [
+            "etc/systemd/system/a.service.d",
+            "etc/systemd/system.conf.d",
+            "etc/systemd/system",
+            "run/systemd/system.control/batch.slice.d",
+            "sys/fs/cgroup/holdfast.slice/batch/pids.max",
+        ] {
+            assert!(paths.iter().any(|p| p == want), "{want} not in {paths:?}");
+        }
     }
 
     #[test]
