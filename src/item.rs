@@ -268,6 +268,26 @@ pub struct OwnFile<'a> {
     pub stale_note: &'a str,
 }
 
+/// A systemd unit file or drop-in holdfast owns, which must have `content`.
+pub fn unit_file_item(
+    path: &std::path::Path,
+    current: Option<&str>,
+    content: String,
+    mode: Mode,
+    label: String,
+) -> Item {
+    own_file_item(OwnFile {
+        kind: Kind::UnitFile,
+        path,
+        current,
+        desired: Some(content),
+        mode,
+        desired_label: label,
+        actual_label: presence(current),
+        stale_note: "",
+    })
+}
+
 /// How reports describe whether a file is there.
 pub fn presence(content: Option<&str>) -> String {
     if content.is_some() {

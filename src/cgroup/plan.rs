@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use super::detect::CgroupMode;
 use super::knob::{Knob, KnobKind};
 use super::{Bytes, Count};
-use crate::item::{Action, Item, Kind, OwnFile, State, own_file_item, presence};
+use crate::item::{Action, Item, Kind, State, unit_file_item};
 use crate::policy::{Mode, Policy, SliceRule};
 use crate::systemd::UnitInfo;
 
@@ -288,16 +288,13 @@ fn plan_systemd(policy: &Policy, host: &CgroupHost) -> Vec<Item> {
             .clone()
             .unwrap_or_else(|| (PathBuf::from(&unit), None));
         let file_right = current.as_deref() == Some(content.as_str());
-        let file_item = own_file_item(OwnFile {
-            kind: Kind::UnitFile,
-            path: &path,
-            current: current.as_deref(),
-            desired: Some(content),
+        let file_item = unit_file_item(
+            &path,
+            current.as_deref(),
+            content,
             mode,
-            desired_label: format!("slice unit {unit}"),
-            actual_label: presence(current.as_deref()),
-            stale_note: "",
-        });
+            format!("slice unit {unit}"),
+        );
         items.push(file_item);
 
         // The slice itself: active, so its cgroup exists.

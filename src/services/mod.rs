@@ -13,7 +13,7 @@ pub mod observe;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::item::{Conflict, Item, Kind, OwnFile, State, own_file_item, presence};
+use crate::item::{Conflict, Item, Kind, State, unit_file_item};
 use crate::limits::LimitValue;
 use crate::policy::{GoMaxProcs, LimitPair, Policy, ServiceRule};
 use crate::posture::{ProcStatus, caps, gomaxprocs_for};
@@ -240,16 +240,13 @@ fn plan_unit(policy: &Policy, rule: &ServiceRule, host: &ServicesHost) -> Vec<It
         .unwrap_or_else(|| (PathBuf::from(DROP_IN_NAME), None));
     let content = render_drop_in(policy, rule, host.cpus);
     let file_right = current.as_deref() == Some(content.as_str());
-    let file_item = own_file_item(OwnFile {
-        kind: Kind::UnitFile,
-        path: &path,
-        current: current.as_deref(),
-        desired: Some(content),
+    let file_item = unit_file_item(
+        &path,
+        current.as_deref(),
+        content,
         mode,
-        desired_label: format!("drop-in for {}", rule.unit),
-        actual_label: presence(current.as_deref()),
-        stale_note: "",
-    });
+        format!("drop-in for {}", rule.unit),
+    );
     let mut items = Vec::new();
     if let (Some(item), Some(limit)) = (limit_item, &rule.limit_nofile) {
         items.push(judge_limit(
@@ -633,16 +630,13 @@ fn plan_default(policy: &Policy, host: &ServicesHost) -> Vec<Item> {
         _ => State::Compliant,
     };
     item.detail.push("applies to services started after the daemon-reload; running services keep their limits until they restart".into());
-    let file_item = own_file_item(OwnFile {
-        kind: Kind::UnitFile,
+    let file_item = unit_file_item(
         path,
-        current: current.as_deref(),
-        desired: Some(content),
+        current.as_deref(),
+        content,
         mode,
-        desired_label: "systemd service defaults".into(),
-        actual_label: presence(current.as_deref()),
-        stale_note: "",
-    });
+        "systemd service defaults".into(),
+    );
     vec![item, file_item]
 }
 
