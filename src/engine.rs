@@ -279,24 +279,31 @@ fn apply_units(
 }
 
 /// After a restart, waits (at most 10 s) until the unit's main process has
-/// exec'd its program. `systemctl restart` of a simple service returns once
-/// systemd has forked; until the exec, the child is still systemd's (named
-/// `(prog)`), with systemd's environment and capabilities, and verifying it
-/// would report transient drift.
+/// exec'd its program and settled. `systemctl restart` of a simple service
+/// returns once systemd has forked; until the exec the child is still
+/// systemd's (named `(prog)`), with systemd's environment and capabilities,
+/// and for a moment after it the kernel is still laying out the new
+/// environment (/proc/PID/environ reads empty or short). Verifying then would
+/// report transient drift, so the wait ends when the name is the program's
+/// and two reads of its environment 100 ms apart agree.
 fn wait_for_exec(host: &HostRoot, client: &dyn SystemdClient, unit: &str) {
     let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    let pause = std::time::Duration::from_millis(100);
     while Instant::now() < deadline {
-        let execd = client
-            .unit(unit)
-            .ok()
-            .and_then(|i| i.main_pid)
-            .is_none_or(|pid| {
-                std::fs::read_to_string(host.path(&format!("proc/{pid}/comm")))
-                    .map(|comm| !comm.starts_with('('))
-                    .unwrap_or(true)
-            });
-        if execd {
+        let Some(pid) = client.unit(unit).ok().and_then(|i| i.main_pid) else {
             return;
+        };
+        let read = |file: &str| std::fs::read(host.path(&format!("proc/{pid}/{file}"))).ok();
+        let Some(comm) = read("comm") else {
+            return;
+        };
+        if !comm.starts_with(b"(") {
+            let first = read("environ");
+            std::thread::sleep(pause);
+            if first.as_ref().is_some_and(|e| !e.is_empty()) && read("environ") == first {
+                return;
+            }
+            continue;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }

@@ -34,6 +34,7 @@ expect_match "posture is restart-required before the restart" '"key": "e2e-go.se
 expect_exit "apply --restart-services" "0" holdfast apply --policy "$pol" --restart-services
 pid=$(systemctl show -P MainPID e2e-go.service)
 check "the restarted service has exec'd" test "$(cat /proc/"$pid"/comm)" = sleep
+check "its environment is laid out" wait_until 10 grep -q GOTRACEBACK= /proc/"$pid"/environ
 status=/proc/$pid/status
 expect_eq "NoNewPrivs" 1 "$(awk '/^NoNewPrivs:/ {print $2}' "$status")"
 expect_eq "Seccomp filter mode" 2 "$(awk '/^Seccomp:/ {print $2}' "$status")"
