@@ -87,13 +87,27 @@ pub struct ValidationJson {
     pub errors: Vec<ErrorJson>,
 }
 
-#[derive(Serialize)]
+/// One policy error, as `validate --format json` and the status API's
+/// rejected push show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorJson {
     pub file: String,
     pub line: u64,
     pub column: u64,
     pub message: String,
     pub hint: Option<String>,
+}
+
+impl From<&PolicyError> for ErrorJson {
+    fn from(e: &PolicyError) -> Self {
+        ErrorJson {
+            file: e.source.file.to_string(),
+            line: e.source.line,
+            column: e.source.column,
+            message: e.message.clone(),
+            hint: e.hint.clone(),
+        }
+    }
 }
 
 pub fn item_json(i: &Item) -> ItemJson {
@@ -141,16 +155,7 @@ pub fn validation_json(files: Vec<String>, errors: &[PolicyError]) -> String {
     let report = ValidationJson {
         valid: errors.is_empty(),
         files,
-        errors: errors
-            .iter()
-            .map(|e| ErrorJson {
-                file: e.source.file.to_string(),
-                line: e.source.line,
-                column: e.source.column,
-                message: e.message.clone(),
-                hint: e.hint.clone(),
-            })
-            .collect(),
+        errors: errors.iter().map(ErrorJson::from).collect(),
     };
     serde_json::to_string_pretty(&report).unwrap_or_default()
 }

@@ -48,15 +48,6 @@ pub struct RejectionJson {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PolicyErrorJson {
-    pub file: String,
-    pub line: u64,
-    pub column: u64,
-    pub message: String,
-    pub hint: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChangeJson {
     pub at: Option<String>,
     pub added: Vec<String>,
@@ -121,7 +112,7 @@ pub struct StatusItemJson {
 }
 
 /// The same source and conflict shapes as the CLI's JSON report.
-pub use crate::report::{ConflictJson, SourceJson};
+pub use crate::report::{ConflictJson, ErrorJson as PolicyErrorJson, SourceJson};
 
 /// Which items a status request wants.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -243,17 +234,7 @@ pub fn to_json(snap: &Snapshot, filter: &Filter) -> StatusJson {
                         .collect::<Vec<_>>()
                         .join("\n"),
                 },
-                errors: r
-                    .errors
-                    .iter()
-                    .map(|e| PolicyErrorJson {
-                        file: e.source.file.to_string(),
-                        line: e.source.line,
-                        column: e.source.column,
-                        message: e.message.clone(),
-                        hint: e.hint.clone(),
-                    })
-                    .collect(),
+                errors: r.errors.iter().map(PolicyErrorJson::from).collect(),
             }),
             last_change: p.last_change.as_ref().map(|c| ChangeJson {
                 at: c.at.map(rfc3339),
