@@ -7,20 +7,14 @@
 //! corrects.
 //! Needs root (CI is root); elsewhere the test says it was skipped.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
-fn can_unshare() -> bool {
-    Command::new("unshare")
-        .args(["--net", "--mount", "true"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
 #[test]
 fn serve_corrects_an_external_sysctl_write_on_the_real_kernel() {
-    if !can_unshare() {
+    if !common::can_unshare() {
         eprintln!("skipped: needs root and unshare(2) for a network namespace");
         return;
     }

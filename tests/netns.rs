@@ -4,16 +4,10 @@
 //! Only `net.*` keys are used: they belong to the namespace. Needs root (CI
 //! is root); elsewhere the tests say they were skipped.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
-
-fn can_unshare() -> bool {
-    Command::new("unshare")
-        .args(["--net", "--mount", "true"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
 
 /// Runs a shell script in a new network and mount namespace, with a private
 /// tmpfs on /etc/sysctl.d. `$HF` is the holdfast binary, `$P` the policy.
@@ -43,7 +37,7 @@ fn in_netns(policy: &Path, script: &str) -> (i32, String) {
 
 macro_rules! require_namespaces {
     () => {
-        if !can_unshare() {
+        if !common::can_unshare() {
             eprintln!("skipped: needs root and unshare(2) for a network namespace");
             return;
         }

@@ -110,3 +110,13 @@ pub fn item<'a>(report: &'a serde_json::Value, key: &str) -> &'a serde_json::Val
 pub fn state<'a>(report: &'a serde_json::Value, key: &str) -> &'a str {
     item(report, key)["state"].as_str().expect("state")
 }
+
+/// Whether this process may create network and mount namespaces (root, with
+/// unshare(1)): the real-kernel tests need them and say "skipped" otherwise.
+pub fn can_unshare() -> bool {
+    std::process::Command::new("unshare")
+        .args(["--net", "--mount", "true"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
