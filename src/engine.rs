@@ -1,29 +1,34 @@
-//! One reconcile pass: observe the host, plan against the policy, and (for
-//! `apply`) carry out the plan and verify it. The CLI runs one pass; the
-//! daemon runs them in a loop.
+//! One reconcile pass, the same for every area: observe, plan (pure), carry
+//! out the plan's actions through their backends, re-observe only the areas
+//! that acted, and merge what was planned, what was done and what is now
+//! there by one rule. The CLI runs one pass; the daemon runs them in a loop.
 //!
 //! # Guarantees
 //! - `check` and `plan` never write to the host.
 //! - `apply` is idempotent: a second pass over a converged host writes
-//!   nothing (it re-reads, finds every value compliant, and stops there).
-//! - Every write is verified by reading the value back; an item is
-//!   `corrected` only when the kernel (or systemd, or pam_limits' reading of
-//!   the files) reports the policy's value.
+//!   nothing (it reads, finds every value compliant, and stops there).
+//! - Every write is verified by reading it back: a file by its content, a
+//!   sysctl, limit, unit or cgroup setting by observing its area again after
+//!   the pass acted. An item is `corrected` only when that read shows the
+//!   policy's value.
+//! - Each area is observed at most twice per pass (before and after acting),
+//!   and only once when nothing was done to it.
 //! - systemd: at most one daemon-reload per pass, only when a unit file
 //!   holdfast owns changed; a service is restarted only on explicit request.
+//! - A held item (the daemon's backoff) keeps its planned action, unexecuted,
+//!   and its drifted state.
 
+use std::collections::{BTreeSet, HashMap};
 use std::time::Instant;
 
-use crate::cgroup::{observe as cgroup_observe, plan as cgroup_plan};
+use crate::area::{Area, Observation};
 use crate::host::{self, HostRoot, IoError};
-use crate::item::{Action, Item, Kind, State};
-use crate::limits::{observe as limits_observe, plan as limits_plan};
+use crate::item::{Action, Item, ItemKey, Kind, State};
 use crate::policy::Policy;
-use crate::services::{self, observe as services_observe};
-use crate::sysctl::Comparison;
-use crate::sysctl::observe::{self as sysctl_observe, Observed};
 use crate::sysctl::plan::{self as sysctl_plan, SysctlHost};
-use crate::systemd::{self, Systemctl, SystemdClient};
+use crate::sysctl::{SysctlKey, observe as sysctl_observe};
+
+pub use crate::area::Context;
 
 /// The result of a pass.
 #[derive(Debug, Clone)]
@@ -33,27 +38,9 @@ pub struct Pass {
     /// sysctl.d file, say); reported, never fatal.
     pub warnings: Vec<String>,
     pub duration: std::time::Duration,
-}
-
-/// What a pass works with: the host root and, when holdfast can talk to the
-/// host's systemd, a client for it.
-pub struct Context<'a> {
-    pub host: &'a HostRoot,
-    pub systemd: Option<&'a dyn SystemdClient>,
-}
-
-static SYSTEMCTL: Systemctl = Systemctl;
-
-impl<'a> Context<'a> {
-    /// The production context: `systemctl` when the root is `/` and systemd
-    /// is PID 1; no client otherwise (a fake or foreign root must never
-    /// reach the running systemd).
-    pub fn for_host(host: &'a HostRoot) -> Context<'a> {
-        let own_root = host.root() == std::path::Path::new("/");
-        let systemd: Option<&dyn SystemdClient> =
-            (own_root && systemd::is_pid1(host)).then_some(&SYSTEMCTL as &dyn SystemdClient);
-        Context { host, systemd }
-    }
+    /// What the pass last read of the sysctls, for a caller that keeps it
+    /// (the daemon re-reads only the keys an event names).
+    pub sysctl: Option<SysctlHost>,
 }
 
 /// What `apply` may do beyond correcting drift.
@@ -63,6 +50,11 @@ pub struct ApplyOptions {
     /// Never done without this explicit request.
     pub restart_services: bool,
 }
+
+/// Which items must not be changed in this pass: the daemon holds items that
+/// are in backoff (contested, or failing) this way. Every area honours it: a
+/// held item keeps its planned action, unexecuted, and its drifted state.
+pub type Hold<'a> = &'a dyn Fn(&Item) -> bool;
 
 /// Observes the host and plans the changes apply would make. Writes nothing.
 pub fn plan(host: &HostRoot, policy: &Policy) -> Pass {
@@ -76,55 +68,10 @@ pub fn apply(host: &HostRoot, policy: &Policy) -> Pass {
 
 pub fn plan_in(ctx: &Context<'_>, policy: &Policy) -> Pass {
     let started = Instant::now();
-    let host = ctx.host;
-    let (sysctl_host, mut warnings) = sysctl_observe::observe(host, policy);
-    let mut items = sysctl_plan::plan(policy, &sysctl_host);
-    if !policy.limits.is_empty() {
-        let (limits_host, w) = limits_observe::observe(host);
-        warnings.extend(w);
-        items.extend(limits_plan::plan(policy, &limits_host));
-    }
-    let (units, w) = plan_units(ctx, policy);
-    warnings.extend(w);
-    items.extend(units);
-    Pass {
-        items,
-        warnings: collect_warnings(&warnings),
-        duration: started.elapsed(),
-    }
+    let (observations, warnings) = observe_all(ctx, policy);
+    let items = observations.iter().flat_map(|o| o.plan(policy)).collect();
+    finish(items, &warnings, started, observations)
 }
-
-fn has_service_settings(policy: &Policy) -> bool {
-    !services::managed_units(policy).is_empty() || policy.service_defaults.limit_nofile.is_some()
-}
-
-fn has_cgroup_settings(policy: &Policy) -> bool {
-    policy.cgroup.controllers.is_some() || !policy.cgroup.slices.is_empty()
-}
-
-/// Observes and plans what goes through systemd or cgroupfs: services and
-/// cgroup slices.
-fn plan_units(ctx: &Context<'_>, policy: &Policy) -> (Vec<Item>, Vec<IoError>) {
-    let mut items = Vec::new();
-    let mut warnings = Vec::new();
-    if has_service_settings(policy) {
-        let (services_host, w) = services_observe::observe(ctx.host, ctx.systemd, policy);
-        warnings.extend(w);
-        items.extend(services::plan(policy, &services_host));
-    }
-    if has_cgroup_settings(policy) {
-        let (cgroup_host, w) = cgroup_observe::observe(ctx.host, ctx.systemd, policy);
-        warnings.extend(w);
-        items.extend(cgroup_plan::plan(policy, &cgroup_host));
-    }
-    (items, warnings)
-}
-
-/// Which items must not be changed in this pass: the daemon holds items that
-/// are in backoff (contested, or failing) this way. Every kind of setting
-/// honours it: a held item keeps its planned action, unexecuted, and its
-/// drifted state.
-pub type Hold<'a> = &'a dyn Fn(&Item) -> bool;
 
 pub fn apply_in(ctx: &Context<'_>, policy: &Policy, options: ApplyOptions) -> Pass {
     apply_in_holding(ctx, policy, options, &|_| false)
@@ -149,202 +96,426 @@ pub fn apply_in_holding(
     hold: Hold<'_>,
 ) -> Pass {
     let started = Instant::now();
-    let host = ctx.host;
-    let (sysctl_host, mut warnings) = sysctl_observe::observe(host, policy);
-    let mut items = apply_sysctls_observed(host, policy, &sysctl_host, hold);
-    if !policy.limits.is_empty() {
-        let (limits_host, w) = limits_observe::observe(host);
-        warnings.extend(w);
-        items.extend(apply_limits(host, policy, &limits_host, hold));
+    let (observations, mut warnings) = observe_all(ctx, policy);
+    let (items, observations, w) = run(ctx, policy, options, hold, observations);
+    warnings.extend(w);
+    finish(items, &warnings, started, observations)
+}
+
+/// The sysctl area of a pass over host state the caller has already read:
+/// plan, write the keys (except held ones), re-read what was written, then
+/// plan and write the persisted file from the verified values. `observed`
+/// is updated with every read and write, so the caller's copy stays true.
+/// The daemon passes its cache, refreshed only for the keys an event
+/// concerns, so that a change to one key costs one read and one write.
+///
+/// A held key keeps its planned write (unexecuted), so the persisted file
+/// still holds the policy's value for it: backing off at runtime does not
+/// change what boot applies.
+pub fn apply_sysctls_observed(
+    host: &HostRoot,
+    policy: &Policy,
+    observed: &mut SysctlHost,
+    hold: Hold<'_>,
+) -> Vec<Item> {
+    let ctx = Context {
+        host,
+        systemd: None,
+    };
+    let obs = vec![Observation::Sysctl(std::mem::take(observed))];
+    let (items, mut observations, _) = run(&ctx, policy, ApplyOptions::default(), hold, obs);
+    if let Some(Observation::Sysctl(h)) = observations.pop() {
+        *observed = h;
     }
-    if has_service_settings(policy) || has_cgroup_settings(policy) {
-        let (units, w) = apply_units(ctx, policy, options, hold);
-        warnings.extend(w);
-        items.extend(units);
+    items
+}
+
+fn observe_all(ctx: &Context<'_>, policy: &Policy) -> (Vec<Observation>, Vec<IoError>) {
+    let mut warnings = Vec::new();
+    let mut observations = Vec::new();
+    for area in Area::ALL {
+        if area.has_settings(policy) {
+            let (o, w) = area.observe(ctx, policy);
+            warnings.extend(w);
+            observations.push(o);
+        }
     }
+    (observations, warnings)
+}
+
+fn finish(
+    items: Vec<Item>,
+    warnings: &[IoError],
+    started: Instant,
+    observations: Vec<Observation>,
+) -> Pass {
+    let sysctl = observations.into_iter().find_map(|o| match o {
+        Observation::Sysctl(h) => Some(h),
+        _ => None,
+    });
     Pass {
         items,
-        warnings: collect_warnings(&warnings),
+        warnings: warnings.iter().map(IoError::to_string).collect(),
         duration: started.elapsed(),
+        sysctl,
     }
 }
 
-/// Services and cgroups, in one systemd phase:
-/// 1. write the unit files holdfast owns (drop-ins, slice units);
-/// 2. one daemon-reload for the whole pass, only if a file changed;
-/// 3. observe again and carry out the runtime actions that view calls for:
-///    start slices, `SetUnitProperties(runtime)` for settings another writer
-///    changed, or, without systemd, create holdfast's cgroups, enable
-///    controllers top-down and write its limits;
-/// 4. restart services whose processes still run with old settings, only
-///    when `--restart-services` asks;
-/// 5. observe a last time, so every state is what the host now really has.
-fn apply_units(
+/// What became of one executed action.
+#[derive(Debug, Clone)]
+enum Outcome {
+    /// Done, and (for files) read back with the content written.
+    Done,
+    /// Not done, or done but not as asked; the explanation says which.
+    Failed(String),
+}
+
+/// Everything the pass did, keyed by item.
+#[derive(Default)]
+struct Record {
+    outcomes: HashMap<ItemKey, Outcome>,
+    /// Areas whose host state the pass changed (or may have: a reload).
+    acted: BTreeSet<Area>,
+    /// Sysctls written, to be re-read.
+    written: Vec<SysctlKey>,
+    /// Units restarted on request.
+    restarted: Vec<String>,
+    /// Notes for every item of an area (a failed daemon-reload).
+    area_notes: Vec<(Area, String)>,
+    /// Notes for every item of a unit (a failed restart).
+    unit_notes: Vec<(String, String)>,
+}
+
+/// The stages of a pass, in order. Actions of one stage run before any of
+/// the next: kernel values first, then files, then one daemon-reload, then
+/// what systemd or cgroupfs do at runtime, then restarts.
+fn run(
     ctx: &Context<'_>,
     policy: &Policy,
     options: ApplyOptions,
     hold: Hold<'_>,
-) -> (Vec<Item>, Vec<IoError>) {
-    let (mut planned, mut warnings) = plan_units(ctx, policy);
-    let parked = park_held(&mut planned, hold);
-    let wrote_unit_files = planned
+    mut observations: Vec<Observation>,
+) -> (Vec<Item>, Vec<Observation>, Vec<IoError>) {
+    let mut warnings = Vec::new();
+    let planned: Vec<Vec<Item>> = observations.iter().map(|o| o.plan(policy)).collect();
+    let mut record = Record::default();
+
+    // 1. Sysctls, in the order the overcommit gate needs (limit before mode).
+    let mut writes: Vec<(&Item, &SysctlKey, &crate::sysctl::SysctlValue)> = planned
         .iter()
-        .any(|i| i.kind == Kind::UnitFile && i.action.is_some());
-    execute_file_actions(&mut planned);
-    unpark(&mut planned, parked);
-    let mut notes: Vec<(String, String)> = Vec::new();
-    if wrote_unit_files && let Some(client) = ctx.systemd {
-        if let Err(e) = client.daemon_reload() {
-            notes.push((String::new(), format!("daemon-reload failed: {e}")));
-        }
+        .flatten()
+        .filter(|i| !hold(i))
+        .filter_map(|i| match &i.action {
+            Some(Action::WriteSysctl { key, value }) => Some((i, key, value)),
+            _ => None,
+        })
+        .collect();
+    writes.sort_by_key(|(_, key, _)| sysctl_plan::write_order(key.as_str()));
+    for (item, key, value) in writes {
+        record.acted.insert(Area::Sysctl);
+        record.written.push(key.clone());
+        let outcome = match sysctl_observe::write_key(ctx.host, key, value) {
+            Ok(()) => Outcome::Done,
+            Err(e) => Outcome::Failed(explain_write_error(&e)),
+        };
+        record.outcomes.insert(item.key.clone(), outcome);
     }
-    let (mut mid, _) = plan_units(ctx, policy);
-    let mut acted: Vec<String> = Vec::new();
-    for item in mid.iter_mut() {
-        if hold(item) {
+
+    // 2. Files. holdfast's sysctl.d file is planned after the sysctls are
+    //    verified (step 6), so boot gets the values the kernel accepted.
+    let mut unit_files_changed = false;
+    for item in planned.iter().flatten() {
+        if hold(item) || item.kind() == Kind::SysctlPersist {
             continue;
         }
-        let Some(action) = item.action.take() else {
+        let Some(action @ (Action::WriteFile { .. } | Action::RemoveFile { .. })) = &item.action
+        else {
             continue;
         };
-        match execute_runtime_action(ctx, &action) {
-            Ok(true) => acted.push(item.key.clone()),
-            Ok(false) => {}
-            Err(why) => notes.push((item.key.clone(), why)),
+        let outcome = execute_file_action(action);
+        record.acted.insert(Area::of(item.kind()));
+        if item.kind() == Kind::UnitFile && matches!(outcome, Outcome::Done) {
+            unit_files_changed = true;
         }
+        record.outcomes.insert(item.key.clone(), outcome);
     }
-    let mut restarted = Vec::new();
-    if options.restart_services
-        && let Some(client) = ctx.systemd
-    {
-        let (now, _) = plan_units(ctx, policy);
-        let mut units: Vec<&str> = now
-            .iter()
-            .filter(|i| {
-                matches!(i.kind, Kind::ServiceLimit | Kind::ServicePosture)
-                    && i.state == State::RestartRequired
-            })
-            .filter_map(|i| i.key.split_once(' ').map(|(unit, _)| unit))
-            .collect();
-        units.sort_unstable();
-        units.dedup();
-        for unit in units {
-            match client.restart(unit) {
-                Ok(()) => {
-                    wait_for_exec(ctx.host, client, unit);
-                    restarted.push(unit.to_string());
-                }
-                Err(e) => notes.push((unit.to_string(), format!("restart failed: {e}"))),
+
+    // 3. One daemon-reload for the whole pass, only if a unit file changed.
+    if unit_files_changed && let Some(client) = ctx.systemd {
+        record.acted.extend([Area::Services, Area::Cgroup]);
+        if let Err(e) = client.daemon_reload() {
+            for area in [Area::Services, Area::Cgroup] {
+                record
+                    .area_notes
+                    .push((area, format!("daemon-reload failed: {e}")));
             }
         }
     }
-    let (mut after, w) = plan_units(ctx, policy);
-    warnings.extend(w);
-    for item in after.iter_mut() {
-        let unit = item
-            .key
-            .split_once(' ')
-            .map_or(item.key.as_str(), |(u, _)| u);
-        let was_restarted = restarted.iter().any(|r| r == unit);
-        let prev = planned
-            .iter()
-            .find(|p| p.kind == item.kind && p.key == item.key);
-        if let Some(prev) = prev
-            && item.kind == Kind::UnitFile
-            && matches!(prev.state, State::Corrected | State::Failed)
-        {
-            item.state = prev.state;
-            item.detail = prev.detail.clone();
-        } else if item.state == State::Compliant
-            && (prev.is_some_and(|p| p.state != State::Compliant)
-                || was_restarted
-                || acted.contains(&item.key))
-        {
-            item.state = State::Corrected;
+
+    // 4. Runtime actions: start slices, SetUnitProperties(runtime), or,
+    //    without systemd, holdfast's own cgroups top-down.
+    for item in planned.iter().flatten() {
+        if hold(item) {
+            continue;
         }
-        if was_restarted && matches!(item.kind, Kind::ServiceLimit | Kind::ServicePosture) {
+        let Some(action) = &item.action else {
+            continue;
+        };
+        if let Some(result) = execute_runtime_action(ctx, action) {
+            record.acted.insert(Area::of(item.kind()));
+            let outcome = match result {
+                Ok(()) => Outcome::Done,
+                Err(why) => Outcome::Failed(why),
+            };
+            record.outcomes.insert(item.key.clone(), outcome);
+        }
+    }
+
+    // 5. Restarts, only on request: services whose processes run with old
+    //    settings, or whose drop-in this pass rewrote.
+    if options.restart_services
+        && let Some(client) = ctx.systemd
+    {
+        for unit in units_to_restart(&planned, &record, hold) {
+            match client.restart(&unit) {
+                Ok(()) => {
+                    record.acted.insert(Area::Services);
+                    record.restarted.push(unit);
+                }
+                Err(e) => record
+                    .unit_notes
+                    .push((unit, format!("restart failed: {e}"))),
+            }
+        }
+    }
+
+    // 6. Observe again what was acted on, and merge.
+    let mut items = Vec::new();
+    for (obs, before) in observations.iter_mut().zip(planned) {
+        let area = obs.area();
+        let mut merged = if record.acted.contains(&area) {
+            warnings.extend(obs.refresh(ctx, policy, &record.written));
+            merge(&before, obs.plan(policy), &record, hold)
+        } else {
+            before
+        };
+        if let Observation::Sysctl(h) = obs {
+            persist(policy, h, &mut merged, hold);
+        }
+        items.extend(merged);
+    }
+    (items, observations, warnings)
+}
+
+/// The units `--restart-services` restarts: those with an item that is
+/// `restart-required`, or drifted with the unit's drop-in rewritten in this
+/// pass (its new settings apply only at the next start).
+fn units_to_restart(planned: &[Vec<Item>], record: &Record, hold: Hold<'_>) -> Vec<String> {
+    let rewritten: BTreeSet<&str> = planned
+        .iter()
+        .flatten()
+        .filter(|i| i.kind() == Kind::UnitFile)
+        .filter(|i| matches!(record.outcomes.get(&i.key), Some(Outcome::Done)))
+        .filter_map(|i| i.key.unit())
+        .collect();
+    let mut units: BTreeSet<String> = BTreeSet::new();
+    for item in planned.iter().flatten() {
+        if !matches!(item.kind(), Kind::ServiceLimit | Kind::ServicePosture) || hold(item) {
+            continue;
+        }
+        let Some(unit) = item.key.unit() else {
+            continue;
+        };
+        let stale = item.state == State::RestartRequired
+            || (item.state == State::Drifted && rewritten.contains(unit));
+        if stale {
+            units.insert(unit.to_string());
+        }
+    }
+    units.into_iter().collect()
+}
+
+/// The one merge rule. `after` is the area's plan over what it reads now;
+/// `before` is what the pass planned from its first reading.
+/// - A held item stays as planned now (drifted, its action unexecuted).
+/// - An action that failed makes its item `failed`, with the reason, unless
+///   the host now has the policy's value anyway.
+/// - A sysctl written but read back different is `failed` with both values.
+/// - An item whose action ran keeps the plan's explanations (the safety
+///   figures that allowed it) before what the new reading adds.
+/// - An item compliant now that was not before, or whose action ran, or
+///   whose unit was restarted, is `corrected`.
+fn merge(before: &[Item], after: Vec<Item>, record: &Record, hold: Hold<'_>) -> Vec<Item> {
+    let prev: HashMap<&ItemKey, &Item> = before.iter().map(|i| (&i.key, i)).collect();
+    let mut out = after;
+    for item in out.iter_mut() {
+        let area = Area::of(item.kind());
+        for (a, note) in &record.area_notes {
+            if *a == area {
+                item.detail.push(note.clone());
+            }
+        }
+        let unit = item.key.unit().map(str::to_string);
+        let restarted = unit.as_ref().is_some_and(|u| record.restarted.contains(u))
+            && matches!(item.kind(), Kind::ServiceLimit | Kind::ServicePosture);
+        if hold(item) {
+            continue;
+        }
+        let was = prev.get(&item.key).copied();
+        let outcome = record.outcomes.get(&item.key);
+        // What the plan said when it decided to act (a safety check's
+        // figures, say) still explains the action.
+        if let (Some(_), Some(was)) = (outcome, was) {
+            let mut detail: Vec<String> = was
+                .detail
+                .iter()
+                .filter(|d| !item.detail.contains(d))
+                .cloned()
+                .collect();
+            detail.append(&mut item.detail);
+            item.detail = detail;
+        }
+        match outcome {
+            Some(Outcome::Failed(why)) => {
+                item.detail.push(why.clone());
+                if item.state != State::Compliant {
+                    item.state = State::Failed;
+                    item.action = None;
+                }
+            }
+            Some(Outcome::Done) => {
+                if item.state == State::Compliant {
+                    item.state = State::Corrected;
+                } else if let Some(Action::WriteSysctl { value, .. }) =
+                    was.and_then(|w| w.action.as_ref())
+                {
+                    let now = if item.actual.is_empty() {
+                        "nothing".to_string()
+                    } else {
+                        item.actual.clone()
+                    };
+                    item.detail
+                        .push(format!("wrote {value}, but the kernel reads back {now}"));
+                    item.state = State::Failed;
+                    item.action = None;
+                }
+            }
+            None => {
+                if item.state == State::Compliant
+                    && (restarted || was.is_some_and(|w| w.state != State::Compliant))
+                {
+                    item.state = State::Corrected;
+                }
+            }
+        }
+        if restarted {
             item.detail
                 .push("restarted by holdfast (--restart-services)".into());
         }
-        for (key, note) in &notes {
-            if key.is_empty() || *key == item.key || *key == unit {
+        for (u, note) in &record.unit_notes {
+            if unit.as_ref() == Some(u) {
                 item.detail.push(note.clone());
-                if !key.is_empty() && item.state != State::Compliant {
+                if item.state != State::Compliant {
                     item.state = State::Failed;
                 }
             }
         }
     }
-    (after, warnings)
+    out
 }
 
-/// After a restart, waits (at most 10 s) until the unit's main process has
-/// exec'd its program and settled. `systemctl restart` of a simple service
-/// returns once systemd has forked; until the exec the child is still
-/// systemd's (named `(prog)`), with systemd's environment and capabilities,
-/// and for a moment after it the kernel is still laying out the new
-/// environment (/proc/PID/environ reads empty or short). Verifying then would
-/// report transient drift, so the wait ends when the name is the program's
-/// and two reads of its environment 100 ms apart agree.
-fn wait_for_exec(host: &HostRoot, client: &dyn SystemdClient, unit: &str) {
-    let deadline = Instant::now() + std::time::Duration::from_secs(10);
-    let pause = std::time::Duration::from_millis(100);
-    while Instant::now() < deadline {
-        let Some(pid) = client.unit(unit).ok().and_then(|i| i.main_pid) else {
-            return;
-        };
-        let read = |file: &str| std::fs::read(host.path(&format!("proc/{pid}/{file}"))).ok();
-        let Some(comm) = read("comm") else {
-            return;
-        };
-        if !comm.starts_with(b"(") {
-            let first = read("environ");
-            std::thread::sleep(pause);
-            if first.as_ref().is_some_and(|e| !e.is_empty()) && read("environ") == first {
-                return;
+/// holdfast's sysctl.d file must hold the values the kernel really has now,
+/// so it is planned from the merged sysctl items and written last.
+fn persist(policy: &Policy, obs: &mut SysctlHost, items: &mut Vec<Item>, hold: Hold<'_>) {
+    items.retain(|i| i.kind() != Kind::SysctlPersist);
+    let Some(mut item) = sysctl_plan::persist_item(policy, items, obs) else {
+        return;
+    };
+    if !hold(&item)
+        && let Some(action) = item.action.take()
+    {
+        match execute_file_action(&action) {
+            Outcome::Done => {
+                item.state = State::Corrected;
+                item.actual = item.desired.clone();
+                obs.persisted = host::read_optional(&obs.persist_path).ok().flatten();
             }
-            continue;
+            Outcome::Failed(why) => {
+                item.state = State::Failed;
+                item.detail.push(why);
+            }
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    items.push(item);
+}
+
+/// Writes or removes one of holdfast's files, then reads it back: `Done`
+/// only when the file has exactly the content written (or is gone).
+fn execute_file_action(action: &Action) -> Outcome {
+    match action {
+        Action::WriteFile { path, content } => {
+            if let Err(e) = host::write_atomic(path, content, 0o644) {
+                return Outcome::Failed(e.to_string());
+            }
+            match host::read_optional(path) {
+                Ok(Some(now)) if now == *content => Outcome::Done,
+                Ok(Some(_)) => Outcome::Failed(format!(
+                    "wrote {}, but it reads back with other content (another writer?)",
+                    path.display()
+                )),
+                Ok(None) => Outcome::Failed(format!(
+                    "wrote {}, but it is gone when read back (another writer?)",
+                    path.display()
+                )),
+                Err(e) => Outcome::Failed(format!("wrote it, then could not read it back: {e}")),
+            }
+        }
+        Action::RemoveFile { path } => match std::fs::remove_file(path) {
+            Ok(()) => Outcome::Done,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Outcome::Done,
+            Err(e) => Outcome::Failed(IoError::new("remove", path, e).to_string()),
+        },
+        _ => Outcome::Failed(format!("not a file action: {action}")),
     }
 }
 
-/// Carries out one runtime action of the systemd phase. `Ok(true)` when it
-/// acted, `Err` with an explanation when it failed.
-fn execute_runtime_action(ctx: &Context<'_>, action: &Action) -> Result<bool, String> {
+/// Carries out one runtime action (systemd or cgroupfs); `None` when the
+/// action is not one of those.
+fn execute_runtime_action(ctx: &Context<'_>, action: &Action) -> Option<Result<(), String>> {
     let client = || {
         ctx.systemd
             .ok_or_else(|| "systemd not asked: the host root is not /".to_string())
     };
-    match action {
-        Action::StartUnit { unit } => client()?.start(unit).map_err(|e| e.to_string())?,
-        Action::SetUnitProperties { unit, assignments } => client()?
-            .set_properties_runtime(unit, assignments)
-            .map_err(|e| e.to_string())?,
+    let result = match action {
+        Action::StartUnit { unit } => {
+            client().and_then(|c| c.start(unit).map_err(|e| e.to_string()))
+        }
+        Action::SetUnitProperties { unit, assignments } => client().and_then(|c| {
+            c.set_properties_runtime(unit, assignments)
+                .map_err(|e| e.to_string())
+        }),
         Action::CreateCgroup { path } => match std::fs::create_dir(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => {
-                return Err(explain_cgroup_error(&IoError::new(
-                    "create cgroup",
-                    path,
-                    e,
-                )));
-            }
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(explain_cgroup_error(&IoError::new(
+                "create cgroup",
+                path,
+                e,
+            ))),
         },
         Action::EnableController {
             subtree_control,
             controller,
         } => host::write_kernel_file(subtree_control, &format!("+{controller}"))
-            .map_err(|e| explain_cgroup_error(&e))?,
+            .map_err(|e| explain_cgroup_error(&e)),
         Action::WriteCgroupFile { path, value } => {
-            host::write_kernel_file(path, value).map_err(|e| explain_cgroup_error(&e))?
+            host::write_kernel_file(path, value).map_err(|e| explain_cgroup_error(&e))
         }
         Action::WriteSysctl { .. } | Action::WriteFile { .. } | Action::RemoveFile { .. } => {
-            return Ok(false);
+            return None;
         }
-    }
-    Ok(true)
+    };
+    Some(result)
 }
 
 /// cgroupfs errors, with what they mean for holdfast (design notes, §3).
@@ -364,176 +535,6 @@ fn explain_cgroup_error(e: &IoError) -> String {
         _ => "cgroupfs write failed",
     };
     format!("{why}: {e}")
-}
-
-/// Problems reading auxiliary files, as report warnings.
-fn collect_warnings(io: &[IoError]) -> Vec<String> {
-    io.iter().map(IoError::to_string).collect()
-}
-
-/// Writes the planned sysctls (overcommit limit before mode), then reads each
-/// back to verify.
-fn execute_sysctl_writes(host: &HostRoot, policy: &Policy, items: &mut [Item]) {
-    let mut order: Vec<usize> = (0..items.len())
-        .filter(|&i| matches!(items[i].action, Some(Action::WriteSysctl { .. })))
-        .collect();
-    order.sort_by_key(|&i| sysctl_plan::write_order(&items[i].key));
-    for i in order {
-        let item = &mut items[i];
-        let Some(Action::WriteSysctl { key, value }) = item.action.take() else {
-            continue;
-        };
-        if let Err(e) = sysctl_observe::write_key(host, &key, &value) {
-            item.state = State::Failed;
-            item.detail.push(explain_write_error(&e));
-            continue;
-        }
-        let Some(rule) = policy.sysctls.get(&key) else {
-            continue;
-        };
-        match sysctl_observe::read_key(host, &key) {
-            Observed::Value(now) => {
-                item.actual = now.canonical();
-                if rule.expect.compare(&now) == Comparison::Compliant {
-                    item.state = State::Corrected;
-                } else {
-                    item.state = State::Failed;
-                    item.detail
-                        .push(format!("wrote {value}, but the kernel reads back {now}"));
-                }
-            }
-            other => {
-                item.state = State::Failed;
-                item.detail.push(format!(
-                    "wrote {value}, then could not read it back: {other:?}"
-                ));
-            }
-        }
-    }
-}
-
-/// Writes holdfast's limits.d file, then reads every limits file again and
-/// recomputes the effective values: an entry is `corrected` only when
-/// pam_limits would now give sessions the policy's value.
-fn apply_limits(
-    host: &HostRoot,
-    policy: &Policy,
-    before: &limits_plan::LimitsHost,
-    hold: Hold<'_>,
-) -> Vec<Item> {
-    let mut planned = limits_plan::plan(policy, before);
-    let parked = park_held(&mut planned, hold);
-    if !planned.iter().any(|i| i.action.is_some()) {
-        unpark(&mut planned, parked);
-        return planned;
-    }
-    execute_file_actions(&mut planned);
-    let (after_host, _) = limits_observe::observe(host);
-    let mut after = limits_plan::plan(policy, &after_host);
-    for item in after.iter_mut() {
-        let Some(prev) = planned
-            .iter()
-            .find(|p| p.kind == item.kind && p.key == item.key)
-        else {
-            continue;
-        };
-        if item.kind == Kind::LimitsFile && prev.action.is_none() && prev.state != State::Drifted {
-            // The file item keeps the outcome of the write (corrected/failed).
-            item.state = prev.state;
-            item.detail = prev.detail.clone();
-        } else if item.state == State::Compliant && prev.state == State::Drifted {
-            item.state = State::Corrected;
-        }
-    }
-    after
-}
-
-/// The sysctl part of a pass over host state the caller has already read:
-/// plan, write the keys (except held ones), verify, then plan and write the
-/// persisted file from the verified values. `apply` passes what it has just
-/// observed; the daemon passes its cache, refreshed only for the keys an
-/// event concerns, so that a change to one key costs one read and one write.
-///
-/// A held key keeps its planned write (unexecuted), so the persisted file
-/// still holds the policy's value for it: backing off at runtime does not
-/// change what boot applies.
-pub fn apply_sysctls_observed(
-    host: &HostRoot,
-    policy: &Policy,
-    observed: &SysctlHost,
-    hold: Hold<'_>,
-) -> Vec<Item> {
-    let mut items = sysctl_plan::plan(policy, observed);
-    let parked = park_held(&mut items, hold);
-    execute_sysctl_writes(host, policy, &mut items);
-    unpark(&mut items, parked);
-    refresh_persist_item(policy, observed, &mut items);
-    let parked = park_held(&mut items, hold);
-    execute_file_actions(&mut items);
-    unpark(&mut items, parked);
-    items
-}
-
-/// Takes the actions of held items out of the list, so the executors skip
-/// them; [`unpark`] puts them back.
-fn park_held(items: &mut [Item], hold: Hold<'_>) -> Vec<(usize, Action)> {
-    let mut parked = Vec::new();
-    for (i, item) in items.iter_mut().enumerate() {
-        if item.action.is_some()
-            && hold(item)
-            && let Some(action) = item.action.take()
-        {
-            parked.push((i, action));
-        }
-    }
-    parked
-}
-
-fn unpark(items: &mut [Item], parked: Vec<(usize, Action)>) {
-    for (i, action) in parked {
-        if let Some(item) = items.get_mut(i) {
-            item.action = Some(action);
-        }
-    }
-}
-
-/// The persisted file must hold the values the kernel really has now, so it
-/// is planned again after the writes.
-fn refresh_persist_item(policy: &Policy, sysctl_host: &SysctlHost, items: &mut Vec<Item>) {
-    items.retain(|i| i.kind != Kind::SysctlPersist);
-    items.extend(sysctl_plan::persist_item(policy, items, sysctl_host));
-}
-
-fn execute_file_actions(items: &mut [Item]) {
-    for item in items.iter_mut() {
-        let result = match item.action.take() {
-            Some(Action::WriteFile { path, content }) => host::write_atomic(&path, &content, 0o644),
-            Some(Action::RemoveFile { path }) => std::fs::remove_file(&path)
-                .or_else(|e| {
-                    if e.kind() == std::io::ErrorKind::NotFound {
-                        Ok(())
-                    } else {
-                        Err(e)
-                    }
-                })
-                .map_err(|e| IoError::new("remove", &path, e)),
-            Some(other) => {
-                item.action = Some(other);
-                continue;
-            }
-            None => continue,
-        };
-        match result {
-            Ok(()) => {
-                item.state = State::Corrected;
-                item.actual = item.desired.clone();
-            }
-            Err(e) => {
-                item.state = State::Failed;
-                item.detail.push(e.to_string());
-            }
-        }
-    }
 }
 
 /// Turns a failed sysctl write into an explanation a person can act on.

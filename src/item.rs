@@ -6,6 +6,9 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use crate::cgroup::HOLDFAST_SUBTREE;
+use crate::cgroup::knob::KnobKind;
+use crate::limits::{Domain, LimitItem, LimitType};
 use crate::policy::{Mode, Source};
 use crate::sysctl::{SysctlKey, SysctlValue};
 
@@ -63,6 +66,163 @@ impl Kind {
             Kind::UnitFile => "unit-file",
             Kind::CgroupLimit => "cgroup",
             Kind::CgroupController => "cgroup-controller",
+        }
+    }
+}
+
+/// A service setting that lives in holdfast's drop-in and applies on the
+/// service's next start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ServiceSetting {
+    LimitNofile,
+    Slice,
+}
+
+impl ServiceSetting {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceSetting::LimitNofile => "LimitNOFILE",
+            ServiceSetting::Slice => "Slice",
+        }
+    }
+}
+
+/// One field of a service's security posture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PostureField {
+    NoNewPrivileges,
+    Seccomp,
+    Capabilities,
+    User,
+    GoRuntime,
+}
+
+impl PostureField {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PostureField::NoNewPrivileges => "no_new_privileges",
+            PostureField::Seccomp => "seccomp",
+            PostureField::Capabilities => "capabilities",
+            PostureField::User => "user",
+            PostureField::GoRuntime => "go_runtime",
+        }
+    }
+}
+
+/// The identity of one managed setting. Reports print it with `Display`
+/// (the text the CLI, the status API and the metrics show); code matches
+/// on its fields and never parses the text back.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ItemKey {
+    /// A value in /proc/sys.
+    Sysctl(SysctlKey),
+    /// holdfast's sysctl.d file.
+    SysctlFile(PathBuf),
+    /// One pam_limits value of a domain.
+    Limit {
+        domain: Domain,
+        kind: LimitType,
+        item: LimitItem,
+    },
+    /// holdfast's limits.d file.
+    LimitsFile(PathBuf),
+    /// A line pam_limits skips (malformed), in any limits file.
+    LimitsLine { file: PathBuf, line: u32 },
+    /// A setting in a service's drop-in.
+    Service {
+        unit: String,
+        setting: ServiceSetting,
+    },
+    /// `DefaultLimitNOFILE=` of the service manager.
+    DefaultLimitNofile,
+    /// One posture field of a service, verified on its processes.
+    Posture { unit: String, field: PostureField },
+    /// A drop-in, slice unit or `system.conf.d` file holdfast owns, with
+    /// the unit it configures (none for the manager's defaults).
+    UnitFile { path: PathBuf, unit: Option<String> },
+    /// A systemd slice being active (its cgroup exists).
+    Slice { unit: String },
+    /// One limit of a systemd slice.
+    SliceKnob { unit: String, knob: KnobKind },
+    /// holdfast's own cgroup subtree (no systemd): `/holdfast.slice`
+    /// itself, or one policy slice in it.
+    OwnCgroup { slice: Option<String> },
+    /// One limit of a policy slice in holdfast's own subtree.
+    OwnCgroupKnob { slice: String, knob: KnobKind },
+    /// A controller enabled on the path to the managed slices; `at_root`
+    /// for the root cgroup's own `cgroup.subtree_control` (no systemd).
+    Controller { name: String, at_root: bool },
+}
+
+impl ItemKey {
+    /// The kind of setting this key names.
+    pub fn kind(&self) -> Kind {
+        match self {
+            ItemKey::Sysctl(_) => Kind::Sysctl,
+            ItemKey::SysctlFile(_) => Kind::SysctlPersist,
+            ItemKey::Limit { .. } => Kind::Limit,
+            ItemKey::LimitsFile(_) | ItemKey::LimitsLine { .. } => Kind::LimitsFile,
+            ItemKey::Service { .. } | ItemKey::DefaultLimitNofile => Kind::ServiceLimit,
+            ItemKey::Posture { .. } => Kind::ServicePosture,
+            ItemKey::UnitFile { .. } => Kind::UnitFile,
+            ItemKey::Slice { .. }
+            | ItemKey::SliceKnob { .. }
+            | ItemKey::OwnCgroup { .. }
+            | ItemKey::OwnCgroupKnob { .. } => Kind::CgroupLimit,
+            ItemKey::Controller { .. } => Kind::CgroupController,
+        }
+    }
+
+    /// The systemd unit this setting belongs to, if any.
+    pub fn unit(&self) -> Option<&str> {
+        match self {
+            ItemKey::Service { unit, .. }
+            | ItemKey::Posture { unit, .. }
+            | ItemKey::Slice { unit }
+            | ItemKey::SliceKnob { unit, .. } => Some(unit),
+            ItemKey::UnitFile { unit, .. } => unit.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The sysctl this key names, if it is one.
+    pub fn sysctl(&self) -> Option<&SysctlKey> {
+        match self {
+            ItemKey::Sysctl(k) => Some(k),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ItemKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ItemKey::Sysctl(k) => write!(f, "{k}"),
+            ItemKey::SysctlFile(p) | ItemKey::LimitsFile(p) | ItemKey::UnitFile { path: p, .. } => {
+                write!(f, "{}", p.display())
+            }
+            ItemKey::Limit { domain, kind, item } => {
+                write!(f, "{domain} {} {item}", kind.as_str())
+            }
+            ItemKey::LimitsLine { file, line } => write!(f, "{}:{line}", file.display()),
+            ItemKey::Service { unit, setting } => write!(f, "{unit} {}", setting.as_str()),
+            ItemKey::DefaultLimitNofile => f.write_str("DefaultLimitNOFILE"),
+            ItemKey::Posture { unit, field } => write!(f, "{unit} {}", field.as_str()),
+            ItemKey::Slice { unit } => f.write_str(unit),
+            ItemKey::SliceKnob { unit, knob } => write!(f, "{unit} {}", knob.file()),
+            ItemKey::OwnCgroup { slice: None } => write!(f, "/{HOLDFAST_SUBTREE}"),
+            ItemKey::OwnCgroup { slice: Some(s) } => write!(f, "/{HOLDFAST_SUBTREE}/{s}"),
+            ItemKey::OwnCgroupKnob { slice, knob } => {
+                write!(f, "/{HOLDFAST_SUBTREE}/{slice} {}", knob.file())
+            }
+            ItemKey::Controller {
+                name,
+                at_root: false,
+            } => write!(f, "controller {name}"),
+            ItemKey::Controller {
+                name,
+                at_root: true,
+            } => write!(f, "controller {name} in /"),
         }
     }
 }
@@ -218,8 +378,7 @@ pub struct Conflict {
 /// One managed setting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Item {
-    pub kind: Kind,
-    pub key: String,
+    pub key: ItemKey,
     pub desired: String,
     /// What the host has; empty when it has nothing (an absent key).
     pub actual: String,
@@ -235,10 +394,9 @@ pub struct Item {
 }
 
 impl Item {
-    pub fn new(kind: Kind, key: impl Into<String>, desired: impl Into<String>, mode: Mode) -> Item {
+    pub fn new(key: ItemKey, desired: impl Into<String>, mode: Mode) -> Item {
         Item {
-            kind,
-            key: key.into(),
+            key,
             desired: desired.into(),
             actual: String::new(),
             state: State::Compliant,
@@ -249,6 +407,11 @@ impl Item {
             conflicts: Vec::new(),
         }
     }
+
+    /// The kind of setting, from its key.
+    pub fn kind(&self) -> Kind {
+        self.key.kind()
+    }
 }
 
 /// One of holdfast's own files (its sysctl.d file, its limits.d file) as an
@@ -257,7 +420,7 @@ impl Item {
 /// the write or removal; in audit mode a file left by an earlier enforced
 /// policy is reported with `stale_note`.
 pub struct OwnFile<'a> {
-    pub kind: Kind,
+    pub key: ItemKey,
     pub path: &'a std::path::Path,
     pub current: Option<&'a str>,
     pub desired: Option<String>,
@@ -268,8 +431,10 @@ pub struct OwnFile<'a> {
     pub stale_note: &'a str,
 }
 
-/// A systemd unit file or drop-in holdfast owns, which must have `content`.
+/// A systemd unit file or drop-in holdfast owns, which must have `content`;
+/// `unit` is the unit it configures (none for the manager's defaults).
 pub fn unit_file_item(
+    unit: Option<&str>,
     path: &std::path::Path,
     current: Option<&str>,
     content: String,
@@ -277,7 +442,10 @@ pub fn unit_file_item(
     label: String,
 ) -> Item {
     own_file_item(OwnFile {
-        kind: Kind::UnitFile,
+        key: ItemKey::UnitFile {
+            path: path.to_path_buf(),
+            unit: unit.map(str::to_string),
+        },
         path,
         current,
         desired: Some(content),
@@ -299,12 +467,7 @@ pub fn presence(content: Option<&str>) -> String {
 }
 
 pub fn own_file_item(f: OwnFile<'_>) -> Item {
-    let mut item = Item::new(
-        f.kind,
-        f.path.display().to_string(),
-        f.desired_label,
-        f.mode,
-    );
+    let mut item = Item::new(f.key, f.desired_label, f.mode);
     item.actual = f.actual_label;
     let action = match f.desired {
         Some(content) => (f.current != Some(content.as_str())).then(|| Action::WriteFile {

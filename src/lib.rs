@@ -5,6 +5,7 @@
 //! writes the host through an injected [`host::HostRoot`]. See ARCHITECTURE.md
 //! for the map.
 
+pub mod area;
 pub mod audit;
 pub mod cgroup;
 pub mod daemon;

@@ -112,8 +112,8 @@ impl From<&PolicyError> for ErrorJson {
 
 pub fn item_json(i: &Item) -> ItemJson {
     ItemJson {
-        kind: i.kind.as_str(),
-        key: i.key.clone(),
+        kind: i.kind().as_str(),
+        key: i.key.to_string(),
         desired: i.desired.clone(),
         actual: (!i.actual.is_empty()).then(|| i.actual.clone()),
         state: i.state.as_str(),
@@ -191,7 +191,7 @@ pub fn to_text(policy: &Policy, pass: &Pass, style: TextStyle) -> String {
         .iter()
         .map(|i| {
             [
-                cell(&i.key),
+                cell(&i.key.to_string()),
                 cell(&i.desired),
                 cell(if i.actual.is_empty() { "-" } else { &i.actual }),
                 i.state.as_str().to_string(),

@@ -31,7 +31,7 @@ fn policy(text: &str) -> Policy {
 fn find<'a>(items: &'a [Item], key: &str) -> &'a Item {
     items
         .iter()
-        .find(|i| i.key == key)
+        .find(|i| i.key.to_string() == key)
         .unwrap_or_else(|| panic!("no item {key}: {items:#?}"))
 }
 

@@ -33,7 +33,7 @@ const HARDENED_STATUS: &str = "Name:\tmyapp\nUid:\t998\t998\t998\t998\nGid:\t998
 fn find<'a>(items: &'a [Item], key: &str) -> &'a Item {
     items
         .iter()
-        .find(|i| i.key == key)
+        .find(|i| i.key.to_string() == key)
         .unwrap_or_else(|| panic!("no {key}: {items:#?}"))
 }
 

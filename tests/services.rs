@@ -25,7 +25,7 @@ const ENFORCE: &str =
 fn find<'a>(items: &'a [Item], kind: Kind, key_end: &str) -> &'a Item {
     items
         .iter()
-        .find(|i| i.kind == kind && i.key.ends_with(key_end))
+        .find(|i| i.kind() == kind && i.key.to_string().ends_with(key_end))
         .unwrap_or_else(|| panic!("no {kind:?} item ending {key_end}: {items:#?}"))
 }
 

@@ -15,7 +15,7 @@ pub enum Knob {
 }
 
 /// Which knob, without a value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum KnobKind {
     MemoryHigh,
     MemoryMax,

@@ -11,6 +11,10 @@ pub mod plan;
 
 use std::fmt;
 
+/// holdfast's own cgroup subtree under the cgroup root, used only where
+/// systemd does not own the cgroup tree.
+pub const HOLDFAST_SUBTREE: &str = "holdfast.slice";
+
 /// The cgroup v2 controllers a policy may ask for.
 pub const CONTROLLERS: &[&str] = &[
     "cpu", "cpuset", "io", "memory", "pids", "hugetlb", "rdma", "misc",

@@ -23,12 +23,12 @@ use std::path::PathBuf;
 use super::detect::CgroupMode;
 use super::knob::{Knob, KnobKind};
 use super::{Bytes, Count};
-use crate::item::{Action, Item, Kind, State, unit_file_item};
+use crate::item::{Action, Item, ItemKey, State, unit_file_item};
 use crate::policy::{Mode, Policy, SliceRule};
 use crate::systemd::UnitInfo;
 
 /// The subtree holdfast owns on hosts without systemd.
-pub const HOLDFAST_SUBTREE: &str = "holdfast.slice";
+pub use super::HOLDFAST_SUBTREE;
 
 /// One cgroup on the path to a slice.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -174,8 +174,10 @@ fn unsupported_items(policy: &Policy, why: &str) -> Vec<Item> {
         .flat_map(|c| c.value.iter())
     {
         let mut item = Item::new(
-            Kind::CgroupController,
-            format!("controller {c}"),
+            ItemKey::Controller {
+                name: c.clone(),
+                at_root: false,
+            },
             "enabled",
             policy.default_mode(),
         );
@@ -188,8 +190,10 @@ fn unsupported_items(policy: &Policy, why: &str) -> Vec<Item> {
         let mode = policy.mode_of(rule.mode.as_ref().map(|m| m.value));
         for k in knobs(rule) {
             let mut item = Item::new(
-                Kind::CgroupLimit,
-                format!("{} {}", slice_unit(&rule.name), k.kind().file()),
+                ItemKey::SliceKnob {
+                    unit: slice_unit(&rule.name),
+                    knob: k.kind(),
+                },
                 k.to_string(),
                 mode,
             );
@@ -289,6 +293,7 @@ fn plan_systemd(policy: &Policy, host: &CgroupHost) -> Vec<Item> {
             .unwrap_or_else(|| (PathBuf::from(&unit), None));
         let file_right = current.as_deref() == Some(content.as_str());
         let file_item = unit_file_item(
+            Some(&unit),
             &path,
             current.as_deref(),
             content,
@@ -298,7 +303,7 @@ fn plan_systemd(policy: &Policy, host: &CgroupHost) -> Vec<Item> {
         items.push(file_item);
 
         // The slice itself: active, so its cgroup exists.
-        let mut slice_item = Item::new(Kind::CgroupLimit, unit.clone(), "active", mode);
+        let mut slice_item = Item::new(ItemKey::Slice { unit: unit.clone() }, "active", mode);
         slice_item.source = Some(rule.source.clone());
         match &obs.info {
             None => {
@@ -336,8 +341,10 @@ fn plan_systemd(policy: &Policy, host: &CgroupHost) -> Vec<Item> {
         for k in &wanted {
             let kind = k.kind();
             let mut item = Item::new(
-                Kind::CgroupLimit,
-                format!("{unit} {}", kind.file()),
+                ItemKey::SliceKnob {
+                    unit: unit.clone(),
+                    knob: kind,
+                },
                 k.to_string(),
                 mode,
             );
@@ -418,8 +425,10 @@ fn controller_items_systemd(
     let mut items = Vec::new();
     for c in controllers.iter().filter(|c| listed.value.contains(c)) {
         let mut item = Item::new(
-            Kind::CgroupController,
-            format!("controller {c}"),
+            ItemKey::Controller {
+                name: c.clone(),
+                at_root: false,
+            },
             "enabled",
             policy.default_mode(),
         );
@@ -501,12 +510,7 @@ fn plan_cgroupfs(policy: &Policy, host: &CgroupHost) -> Vec<Item> {
     let root = ancestors.first().cloned().unwrap_or_default();
     let ours = ancestors.get(1).cloned().unwrap_or_default();
 
-    let mut subtree_item = Item::new(
-        Kind::CgroupLimit,
-        format!("/{HOLDFAST_SUBTREE}"),
-        "exists",
-        mode,
-    );
+    let mut subtree_item = Item::new(ItemKey::OwnCgroup { slice: None }, "exists", mode);
     subtree_item
         .detail
         .push("holdfast's own cgroup subtree (no systemd on this host)".into());
@@ -526,8 +530,10 @@ fn plan_cgroupfs(policy: &Policy, host: &CgroupHost) -> Vec<Item> {
 
     for c in &controllers {
         let mut item = Item::new(
-            Kind::CgroupController,
-            format!("controller {c}"),
+            ItemKey::Controller {
+                name: c.clone(),
+                at_root: false,
+            },
             "enabled",
             mode,
         );
@@ -563,7 +569,10 @@ fn plan_cgroupfs(policy: &Policy, host: &CgroupHost) -> Vec<Item> {
             // holdfast's subtree. Two items keep the order visible.
             if !in_root {
                 let mut root_item = item.clone();
-                root_item.key = format!("controller {c} in /");
+                root_item.key = ItemKey::Controller {
+                    name: c.clone(),
+                    at_root: true,
+                };
                 root_item.action = Some(Action::EnableController {
                     subtree_control: host.root.join("cgroup.subtree_control"),
                     controller: c.clone(),
@@ -584,8 +593,9 @@ fn plan_cgroupfs(policy: &Policy, host: &CgroupHost) -> Vec<Item> {
         let obs = host.slices.get(&rule.name).unwrap_or(&empty);
         let dir = subtree_dir.join(&rule.name);
         let mut slice_item = Item::new(
-            Kind::CgroupLimit,
-            format!("/{HOLDFAST_SUBTREE}/{}", rule.name),
+            ItemKey::OwnCgroup {
+                slice: Some(rule.name.clone()),
+            },
             "exists",
             mode,
         );
@@ -605,8 +615,10 @@ fn plan_cgroupfs(policy: &Policy, host: &CgroupHost) -> Vec<Item> {
         for k in knobs(rule) {
             let kind = k.kind();
             let mut item = Item::new(
-                Kind::CgroupLimit,
-                format!("/{HOLDFAST_SUBTREE}/{} {}", rule.name, kind.file()),
+                ItemKey::OwnCgroupKnob {
+                    slice: rule.name.clone(),
+                    knob: kind,
+                },
                 k.to_string(),
                 mode,
             );

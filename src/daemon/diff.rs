@@ -5,72 +5,178 @@
 //! now differs from the new policy.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use super::state::PolicyChange;
-use crate::policy::Policy;
+use crate::cgroup::plan::slice_unit;
+use crate::item::ItemKey;
+use crate::limits::{Domain, LimitItem};
+use crate::policy::{Mode, Policy};
+use crate::safety::OvercommitKey;
+use crate::sysctl::SysctlKey;
 
-/// Each setting of a policy as `name → what it asks for`, effective mode
-/// included (a policy-wide `mode:` change changes every inheriting item).
-fn settings(p: &Policy) -> BTreeMap<String, String> {
+/// One setting of a policy, as a push adds, changes or removes it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SettingId {
+    Sysctl(SysctlKey),
+    Limit {
+        domain: Domain,
+        item: LimitItem,
+    },
+    /// Everything the policy asks of one service (limits, slice, posture).
+    Service(String),
+    /// `service_defaults`.
+    ServiceDefaults,
+    /// One slice (its limits).
+    Slice(String),
+    Controllers,
+    OvercommitHeadroom,
+}
+
+impl SettingId {
+    /// Whether an item reports on (part of) this setting: a push that
+    /// changes the setting resets exactly these items' backoff history.
+    pub fn covers(&self, key: &ItemKey) -> bool {
+        match (self, key) {
+            (SettingId::Sysctl(k), ItemKey::Sysctl(i)) => k == i,
+            // The persisted file holds every enforced key.
+            (SettingId::Sysctl(_), ItemKey::SysctlFile(_)) => true,
+            (
+                SettingId::Limit { domain, item },
+                ItemKey::Limit {
+                    domain: d, item: i, ..
+                },
+            ) => domain == d && item == i,
+            (SettingId::Limit { .. }, ItemKey::LimitsFile(_)) => true,
+            (
+                SettingId::Service(unit),
+                ItemKey::Service { .. } | ItemKey::Posture { .. } | ItemKey::UnitFile { .. },
+            ) => key.unit() == Some(unit.as_str()),
+            (SettingId::ServiceDefaults, ItemKey::DefaultLimitNofile) => true,
+            (SettingId::ServiceDefaults, ItemKey::UnitFile { unit, .. }) => unit.is_none(),
+            (
+                SettingId::Slice(name),
+                ItemKey::Slice { .. } | ItemKey::SliceKnob { .. } | ItemKey::UnitFile { .. },
+            ) => key.unit() == Some(slice_unit(name).as_str()),
+            (SettingId::Slice(name), ItemKey::OwnCgroup { slice: Some(s) }) => s == name,
+            (SettingId::Slice(name), ItemKey::OwnCgroupKnob { slice, .. }) => slice == name,
+            (SettingId::Controllers, ItemKey::Controller { .. }) => true,
+            (SettingId::OvercommitHeadroom, ItemKey::Sysctl(k)) => {
+                OvercommitKey::from_sysctl(k.as_str()).is_some()
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for SettingId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SettingId::Sysctl(k) => write!(f, "sysctl {k}"),
+            SettingId::Limit { domain, item } => write!(f, "limit {domain} {item}"),
+            SettingId::Service(unit) => write!(f, "service {unit}"),
+            SettingId::ServiceDefaults => f.write_str("service_defaults"),
+            SettingId::Slice(name) => write!(f, "slice {name}"),
+            SettingId::Controllers => f.write_str("cgroup controllers"),
+            SettingId::OvercommitHeadroom => f.write_str("safety overcommit_headroom_percent"),
+        }
+    }
+}
+
+/// What a rule asks for: every field of its typed value (through `Debug`,
+/// so a field added to a rule is compared without anyone listing it here),
+/// with the places it was written left out, plus its effective mode.
+fn fingerprint(rule: &impl fmt::Debug, mode: Mode) -> String {
+    format!("{} ({mode})", without_sources(&format!("{rule:?}")))
+}
+
+/// Removes every `source: Source { .. }` from a `Debug` rendering: where a
+/// setting was written is not what it asks for.
+fn without_sources(debug: &str) -> String {
+    const START: &str = "source: Source {";
+    let mut out = String::with_capacity(debug.len());
+    let mut rest = debug;
+    while let Some(at) = rest.find(START) {
+        out.push_str(&rest[..at]);
+        rest = &rest[at + START.len()..];
+        // Skip to the closing brace, stepping over the quoted file name
+        // (which may itself contain braces or escaped quotes).
+        let mut in_string = false;
+        let mut escaped = false;
+        let mut end = rest.len();
+        for (i, c) in rest.char_indices() {
+            match (in_string, escaped, c) {
+                (true, true, _) => escaped = false,
+                (true, false, '\\') => escaped = true,
+                (true, false, '"') => in_string = false,
+                (false, _, '"') => in_string = true,
+                (false, _, '}') => {
+                    end = i + 1;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Each setting of a policy with what it asks for, effective mode included
+/// (a policy-wide `mode:` change changes every inheriting setting).
+fn settings(p: &Policy) -> BTreeMap<SettingId, String> {
     let mut out = BTreeMap::new();
     for r in p.sysctls.values() {
         out.insert(
-            format!("sysctl {}", r.key),
-            format!("{} ({})", r.expect, p.mode_of(r.mode)),
+            SettingId::Sysctl(r.key.clone()),
+            fingerprint(r, p.mode_of(r.mode)),
         );
     }
     for r in &p.limits {
         out.insert(
-            format!("limit {} {}", r.domain, r.item),
-            format!("{:?} {:?} ({})", r.soft, r.hard, p.mode_of(r.mode)),
+            SettingId::Limit {
+                domain: r.domain.clone(),
+                item: r.item,
+            },
+            fingerprint(r, p.mode_of(r.mode)),
         );
     }
     for (unit, r) in &p.services {
-        out.insert(
-            format!("service {unit}"),
-            format!(
-                "{:?} {:?} {:?}",
-                r.slice.as_ref().map(|s| &s.value),
-                r.limit_nofile.as_ref().map(|s| s.value),
-                p.mode_of(r.mode.as_ref().map(|m| m.value))
-            ),
-        );
+        let mode = p.mode_of(r.mode.as_ref().map(|m| m.value));
+        out.insert(SettingId::Service(unit.clone()), fingerprint(r, mode));
+    }
+    let d = &p.service_defaults;
+    if d.limit_nofile.is_some() {
+        let mode = p.mode_of(d.mode.as_ref().map(|m| m.value));
+        out.insert(SettingId::ServiceDefaults, fingerprint(d, mode));
     }
     for (name, r) in &p.cgroup.slices {
-        out.insert(
-            format!("slice {name}"),
-            format!(
-                "{:?} {:?} {:?} {:?} {:?}",
-                r.memory_max.as_ref().map(|s| &s.value),
-                r.memory_high.as_ref().map(|s| &s.value),
-                r.cpu_max.as_ref().map(|s| &s.value),
-                r.pids_max.as_ref().map(|s| &s.value),
-                p.mode_of(r.mode.as_ref().map(|m| m.value))
-            ),
-        );
+        let mode = p.mode_of(r.mode.as_ref().map(|m| m.value));
+        out.insert(SettingId::Slice(name.clone()), fingerprint(r, mode));
     }
     if let Some(c) = &p.cgroup.controllers {
-        out.insert("cgroup controllers".into(), format!("{:?}", c.value));
+        out.insert(SettingId::Controllers, fingerprint(c, p.default_mode()));
     }
     if let Some(h) = &p.safety.overcommit_headroom_percent {
         out.insert(
-            "safety overcommit_headroom_percent".into(),
-            h.value.to_string(),
+            SettingId::OvercommitHeadroom,
+            fingerprint(h, p.default_mode()),
         );
     }
     out
 }
 
-/// The settings added, changed (value or effective mode) and removed.
-/// Moving a setting to another line or file is not a change.
+/// The settings added, changed (any field, or the effective mode) and
+/// removed. Moving a setting to another line or file is not a change.
 pub fn policy_change(old: Option<&Policy>, new: &Policy) -> PolicyChange {
     let before = old.map(settings).unwrap_or_default();
     let after = settings(new);
     let mut change = PolicyChange::default();
-    for (name, want) in &after {
-        match before.get(name) {
-            None => change.added.push(name.clone()),
-            Some(had) if had != want => change.changed.push(name.clone()),
+    for (id, want) in &after {
+        match before.get(id) {
+            None => change.added.push(id.clone()),
+            Some(had) if had != want => change.changed.push(id.clone()),
             Some(_) => {}
         }
     }
@@ -90,6 +196,54 @@ mod tests {
         Policy::from_files(files.iter().copied()).unwrap()
     }
 
+    fn names(ids: &[SettingId]) -> Vec<String> {
+        ids.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn posture_and_service_defaults_changes_are_changes() {
+        let svc = |nnp: &str, nofile: u32| {
+            p(&[(
+                "a.yaml",
+                &format!(
+                    "version: 1\nmode: enforce\nservices:\n  myapp.service:\n    no_new_privileges: {nnp}\nservice_defaults:\n  limit_nofile: {nofile}\n"
+                ),
+            )])
+        };
+        let c = policy_change(Some(&svc("true", 65536)), &svc("false", 65536));
+        assert_eq!(names(&c.changed), ["service myapp.service"]);
+        let c = policy_change(Some(&svc("true", 65536)), &svc("true", 131072));
+        assert_eq!(names(&c.changed), ["service_defaults"]);
+        let posture = ItemKey::Posture {
+            unit: "myapp.service".into(),
+            field: crate::item::PostureField::NoNewPrivileges,
+        };
+        assert!(SettingId::Service("myapp.service".into()).covers(&posture));
+        assert!(!SettingId::Service("other.service".into()).covers(&posture));
+        assert!(SettingId::ServiceDefaults.covers(&ItemKey::DefaultLimitNofile));
+    }
+
+    #[test]
+    fn a_slice_covers_its_knobs_and_unit_file() {
+        let slice = SettingId::Slice("go-app".into());
+        let knob = ItemKey::SliceKnob {
+            unit: "go-app.slice".into(),
+            knob: crate::cgroup::knob::KnobKind::MemoryMax,
+        };
+        let file = ItemKey::UnitFile {
+            path: "/etc/systemd/system/go-app.slice".into(),
+            unit: Some("go-app.slice".into()),
+        };
+        assert!(slice.covers(&knob) && slice.covers(&file));
+        assert!(!SettingId::Slice("go".into()).covers(&knob));
+    }
+
+    #[test]
+    fn sources_are_left_out_of_what_a_setting_asks_for() {
+        let a = "Rule { value: 1, source: Source { file: \"a}\\\".yaml\", line: 3, column: 5 }, mode: None }";
+        assert_eq!(without_sources(a), "Rule { value: 1, , mode: None }");
+    }
+
     #[test]
     fn names_added_changed_and_removed_settings() {
         let old = p(&[(
@@ -101,9 +255,9 @@ mod tests {
             "version: 1\nmode: enforce\n# a comment moves every line\nsysctl:\n  net.core.somaxconn: 8192\n  kernel.pid_max: {min: 4194304, mode: audit}\n  fs.suid_dumpable: 0\n",
         )]);
         let c = policy_change(Some(&old), &new);
-        assert_eq!(c.added, ["sysctl fs.suid_dumpable"]);
-        assert_eq!(c.changed, ["sysctl net.core.somaxconn"]);
-        assert_eq!(c.removed, ["sysctl vm.swappiness"]);
+        assert_eq!(names(&c.added), ["sysctl fs.suid_dumpable"]);
+        assert_eq!(names(&c.changed), ["sysctl net.core.somaxconn"]);
+        assert_eq!(names(&c.removed), ["sysctl vm.swappiness"]);
         assert!(policy_change(Some(&new), &new).is_empty());
     }
 
@@ -121,7 +275,7 @@ mod tests {
             ("b.yaml", "version: 1\nmode: enforce\n"),
         ]);
         let c = policy_change(Some(&old), &new);
-        assert_eq!(c.changed, ["sysctl net.core.somaxconn"]);
+        assert_eq!(names(&c.changed), ["sysctl net.core.somaxconn"]);
         assert!(c.added.is_empty() && c.removed.is_empty());
         // The first load adds everything.
         assert_eq!(policy_change(None, &old).added.len(), 2);

@@ -215,10 +215,11 @@ impl Collector for StateCollector {
                 MetricType::Gauge,
             )?;
             for i in &snap.items {
+                let key = i.item.key.to_string();
                 for s in State::ALL {
                     let labels = [
-                        ("kind", i.item.kind.as_str()),
-                        ("key", i.item.key.as_str()),
+                        ("kind", i.item.kind().as_str()),
+                        ("key", key.as_str()),
                         ("state", s.as_str()),
                     ];
                     ConstGauge::new(i64::from(i.item.state == s))

@@ -31,7 +31,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::diff;
+use super::diff::{self, SettingId};
 use super::metrics::Metrics;
 use super::schedule::{Debouncer, Retries, Schedule, Tracker, TrackerConfig, Transition, Work};
 use super::sdnotify::Notifier;
@@ -41,20 +41,26 @@ use super::state::{
 };
 use super::watch::{self as watches, Arm, Concern, PolicySource, WatchEvent, WatchMap};
 use super::writers;
+use crate::area;
 use crate::engine;
 use crate::host::{self, HostRoot};
-use crate::item::{Item, Kind, State};
+use crate::item::{Item, ItemKey, State};
 use crate::policy::{Mode, Policy};
 use crate::safety::{MemInfo, OvercommitKey};
 use crate::sources::{self, LoadError};
+use crate::sysctl::SysctlKey;
 use crate::sysctl::observe::{self as sysctl_observe, Observed};
 use crate::sysctl::plan::{self as sysctl_plan, SysctlHost};
-use crate::sysctl::{SysctlKey, SysctlValue};
+use crate::systemd::SystemdClient;
 
 /// How the loop runs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LoopConfig {
     pub host: HostRoot,
+    /// The host's systemd, when holdfast may talk to it (the production
+    /// client when the root is `/` and systemd is PID 1; a test double in
+    /// tests; none otherwise).
+    pub systemd: Option<Arc<dyn SystemdClient>>,
     /// `--policy` paths; empty: the policy directory under the root.
     pub policy_paths: Vec<PathBuf>,
     pub rescan: Duration,
@@ -68,6 +74,7 @@ pub struct LoopConfig {
 impl LoopConfig {
     pub fn new(host: HostRoot, policy_paths: Vec<PathBuf>) -> LoopConfig {
         LoopConfig {
+            systemd: area::production_client_arc(&host),
             host,
             policy_paths,
             rescan: Duration::from_secs(60),
@@ -88,10 +95,10 @@ pub enum Control {
     Shutdown,
 }
 
-type ItemId = (Kind, String);
+type ItemId = ItemKey;
 
 fn id_of(item: &Item) -> ItemId {
-    (item.kind, item.key.clone())
+    item.key.clone()
 }
 
 /// One setting as the loop keeps it.
@@ -245,12 +252,11 @@ impl Reconciler {
                 continue;
             };
             if t.hold_until().is_some_and(|h| h <= now) {
-                if e.status.item.kind == Kind::Sysctl {
-                    if let Ok(k) = SysctlKey::parse(&e.status.item.key) {
-                        retries.keys.insert(k);
+                match e.status.item.key.sysctl() {
+                    Some(k) => {
+                        retries.keys.insert(k.clone());
                     }
-                } else {
-                    retries.other = true;
+                    None => retries.other = true,
                 }
             }
         }
@@ -382,27 +388,17 @@ impl Reconciler {
         self.cache = None;
     }
 
-    /// A setting whose desired value changed starts with a clean backoff
-    /// history.
+    /// A setting that a push added, changed or removed starts with a clean
+    /// backoff history: exactly the items it covers forget theirs.
     fn forget_history(&mut self, change: &super::state::PolicyChange) {
-        let names = change
+        let ids: Vec<&SettingId> = change
             .added
             .iter()
             .chain(&change.changed)
-            .chain(&change.removed);
-        let mut limits_changed = false;
-        for name in names {
-            if let Some(key) = name.strip_prefix("sysctl ") {
-                self.trackers.remove(&(Kind::Sysctl, key.to_string()));
-                self.trackers.retain(|(k, _), _| *k != Kind::SysctlPersist);
-            } else if name.starts_with("limit ") {
-                limits_changed = true;
-            }
-        }
-        if limits_changed {
-            self.trackers
-                .retain(|(k, _), _| !matches!(k, Kind::Limit | Kind::LimitsFile));
-        }
+            .chain(&change.removed)
+            .collect();
+        self.trackers
+            .retain(|key, _| !ids.iter().any(|id| id.covers(key)));
     }
 
     /// Re-reads everything (every kind, through the engine), corrects what
@@ -410,11 +406,14 @@ impl Reconciler {
     fn full_pass(&mut self, policy: &Policy, now: Instant) {
         let trackers = &self.trackers;
         let hold = |item: &Item| is_held(trackers, item, now);
-        let pass = engine::apply_holding(&self.cfg.host, policy, &hold);
+        let ctx = engine::Context {
+            host: &self.cfg.host,
+            systemd: self.cfg.systemd.as_deref(),
+        };
+        let pass = engine::apply_in_holding(&ctx, policy, engine::ApplyOptions::default(), &hold);
         self.warnings = pass.warnings;
         self.absorb(pass.items, now, true, &HashMap::new());
-        let (cache, _) = sysctl_observe::observe(&self.cfg.host, policy);
-        self.cache = Some(cache);
+        self.cache = pass.sysctl;
     }
 
     /// Re-reads only `keys` (and what the overcommit gate needs with them),
@@ -453,7 +452,7 @@ impl Reconciler {
                 .as_deref()
                 .and_then(MemInfo::parse);
         }
-        let mut before = HashMap::new();
+        let mut before: HashMap<ItemKey, String> = HashMap::new();
         let mut torn: HashSet<String> = HashSet::new();
         for k in &refresh {
             let observed = sysctl_observe::read_key(host, k);
@@ -467,7 +466,7 @@ impl Reconciler {
                     torn.insert(k.as_str().to_string());
                     continue;
                 }
-                before.insert(k.as_str().to_string(), v.canonical());
+                before.insert(ItemKey::Sysctl(k.clone()), v.canonical());
             }
             cache.values.insert(k.clone(), observed);
         }
@@ -484,30 +483,19 @@ impl Reconciler {
         // Keys not re-read keep their cached state and are never written
         // from it.
         let hold = |item: &Item| {
-            (item.kind == Kind::Sysctl && !refreshed.contains(item.key.as_str()))
+            item.key
+                .sysctl()
+                .is_some_and(|k| !refreshed.contains(k.as_str()))
                 || is_held(trackers, item, now)
         };
+        // The engine keeps the cache true: it re-reads what it wrote and
+        // records the persisted file it wrote.
         let items = engine::apply_sysctls_observed(host, policy, cache, &hold);
-        for item in &items {
-            match (item.kind, item.state) {
-                (Kind::Sysctl, State::Corrected) => {
-                    if let Ok(k) = SysctlKey::parse(&item.key) {
-                        cache
-                            .values
-                            .insert(k, Observed::Value(SysctlValue::from_kernel(&item.actual)));
-                    }
-                }
-                (Kind::SysctlPersist, State::Corrected) => {
-                    cache.persisted = host::read_optional(&cache.persist_path).ok().flatten();
-                }
-                _ => {}
-            }
-        }
         let fresh: Vec<Item> = items
             .into_iter()
-            .filter(|i| match i.kind {
-                Kind::Sysctl => wanted.contains(i.key.as_str()),
-                Kind::SysctlPersist => true,
+            .filter(|i| match &i.key {
+                ItemKey::Sysctl(k) => wanted.contains(k.as_str()),
+                ItemKey::SysctlFile(_) => true,
                 _ => false,
             })
             .collect();
@@ -524,7 +512,7 @@ impl Reconciler {
         fresh: Vec<Item>,
         now: Instant,
         full: bool,
-        before: &HashMap<String, String>,
+        before: &HashMap<ItemKey, String>,
     ) {
         let wall = SystemTime::now();
         let cfg = self.cfg.trackers;
@@ -556,7 +544,7 @@ impl Reconciler {
 
             match found {
                 State::Corrected => {
-                    self.metrics.correction(item.kind);
+                    self.metrics.correction(item.kind());
                     // The value found: read just now by a key pass, else the
                     // last one known.
                     let from = before
@@ -566,21 +554,21 @@ impl Reconciler {
                         .filter(|v| !v.is_empty());
                     match from {
                         Some(from) => tracing::info!(
-                            kind = item.kind.as_str(),
+                            kind = item.kind().as_str(),
                             key = %item.key,
                             from = %from,
                             to = %item.actual,
                             "corrected"
                         ),
                         None => tracing::info!(
-                            kind = item.kind.as_str(),
+                            kind = item.kind().as_str(),
                             key = %item.key,
                             to = %item.actual,
                             "corrected"
                         ),
                     }
                 }
-                State::Failed => self.metrics.failure(item.kind),
+                State::Failed => self.metrics.failure(item.kind()),
                 _ => {}
             }
             let mut suspects = prev.map(|p| p.suspects.clone()).unwrap_or_default();
@@ -590,7 +578,7 @@ impl Reconciler {
                         running.get_or_insert_with(|| writers::running_processes(&self.cfg.host));
                     suspects = writers::likely_writers(&item.key, &item.conflicts, names);
                     tracing::warn!(
-                        kind = item.kind.as_str(),
+                        kind = item.kind().as_str(),
                         key = %item.key,
                         corrections,
                         next_correction_in = %human_duration(hold),
@@ -599,7 +587,7 @@ impl Reconciler {
                     );
                 }
                 Transition::StillContested { hold } => tracing::warn!(
-                    kind = item.kind.as_str(),
+                    kind = item.kind().as_str(),
                     key = %item.key,
                     next_correction_in = %human_duration(hold),
                     "contested setting corrected again"
@@ -607,13 +595,13 @@ impl Reconciler {
                 Transition::Uncontested => {
                     suspects.clear();
                     tracing::info!(
-                        kind = item.kind.as_str(),
+                        kind = item.kind().as_str(),
                         key = %item.key,
                         "no longer contested"
                     );
                 }
                 Transition::Failing { attempt, retry_in } => tracing::warn!(
-                    kind = item.kind.as_str(),
+                    kind = item.kind().as_str(),
                     key = %item.key,
                     attempt,
                     retry_in = %human_duration(retry_in),
@@ -621,7 +609,7 @@ impl Reconciler {
                     "failed"
                 ),
                 Transition::Recovered => tracing::info!(
-                    kind = item.kind.as_str(),
+                    kind = item.kind().as_str(),
                     key = %item.key,
                     "recovered"
                 ),

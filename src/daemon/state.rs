@@ -115,9 +115,9 @@ pub struct Rejection {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PolicyChange {
     pub at: Option<SystemTime>,
-    pub added: Vec<String>,
-    pub changed: Vec<String>,
-    pub removed: Vec<String>,
+    pub added: Vec<super::diff::SettingId>,
+    pub changed: Vec<super::diff::SettingId>,
+    pub removed: Vec<super::diff::SettingId>,
 }
 
 impl PolicyChange {

@@ -238,9 +238,9 @@ pub fn to_json(snap: &Snapshot, filter: &Filter) -> StatusJson {
             }),
             last_change: p.last_change.as_ref().map(|c| ChangeJson {
                 at: c.at.map(rfc3339),
-                added: c.added.clone(),
-                changed: c.changed.clone(),
-                removed: c.removed.clone(),
+                added: c.added.iter().map(ToString::to_string).collect(),
+                changed: c.changed.iter().map(ToString::to_string).collect(),
+                removed: c.removed.iter().map(ToString::to_string).collect(),
             }),
         },
         last_pass: snap.last_pass.as_ref().map(|l| PassJson {
@@ -281,13 +281,13 @@ pub fn to_json(snap: &Snapshot, filter: &Filter) -> StatusJson {
             .iter()
             .filter(|i| {
                 (filter.states.is_empty() || filter.states.contains(&i.item.state))
-                    && (filter.kinds.is_empty() || filter.kinds.contains(&i.item.kind))
+                    && (filter.kinds.is_empty() || filter.kinds.contains(&i.item.kind()))
             })
             .map(|s| {
                 let i = &s.item;
                 StatusItemJson {
-                    kind: i.kind.as_str().to_string(),
-                    key: i.key.clone(),
+                    kind: i.kind().as_str().to_string(),
+                    key: i.key.to_string(),
                     desired: i.desired.clone(),
                     actual: (!i.actual.is_empty()).then(|| i.actual.clone()),
                     state: i.state.as_str().to_string(),
@@ -398,7 +398,7 @@ pub fn to_text(s: &StatusJson) -> String {
         .iter()
         .map(|i| {
             [
-                cell(&i.key),
+                cell(&i.key.to_string()),
                 cell(&i.desired),
                 cell(i.actual.as_deref().unwrap_or("-")),
                 i.state.clone(),
@@ -489,7 +489,11 @@ mod tests {
         .unwrap();
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_746_102_896);
         let item = |key: &str, state: State, actual: &str| {
-            let mut i = Item::new(Kind::Sysctl, key, "4096", Mode::Enforce);
+            let mut i = Item::new(
+                crate::item::ItemKey::Sysctl(crate::sysctl::SysctlKey::parse(key).unwrap()),
+                "4096",
+                Mode::Enforce,
+            );
             i.state = state;
             i.actual = actual.into();
             i.source = Some(Source {

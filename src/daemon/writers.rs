@@ -10,7 +10,7 @@
 //! forwarding; configuration-management agents apply their own values.
 
 use crate::host::HostRoot;
-use crate::item::Conflict;
+use crate::item::{Conflict, ItemKey};
 
 /// A process name (as in /proc/PID/comm, at most 15 bytes) and the keys it
 /// is known to write: exact keys, prefixes ending in `.`, or `*` for any.
@@ -86,15 +86,26 @@ fn writes(patterns: &[&str], key: &str) -> bool {
         .any(|p| *p == "*" || *p == key || (p.ends_with('.') && key.starts_with(p)))
 }
 
-/// The likely writers of `key`, most specific evidence first: other
+/// Configuration-management agents, which may write any setting.
+const ANY_SETTING_WRITERS: &[&str] = &["puppet", "chef-client", "salt-minion"];
+
+/// The likely writers of a setting, most specific evidence first: other
 /// configuration files that set it to another value, then running
-/// processes known to write it.
-pub fn likely_writers(key: &str, conflicts: &[Conflict], running: &[String]) -> Vec<String> {
+/// processes known to write it. The sysctl writers (systemd-sysctl, TuneD,
+/// kubelet, ...) are named only for sysctls; for other settings only the
+/// agents that may write anything are.
+pub fn likely_writers(key: &ItemKey, conflicts: &[Conflict], running: &[String]) -> Vec<String> {
+    let sysctl = key.sysctl().map(|k| k.as_str());
     let mut out: Vec<String> = conflicts
         .iter()
         .map(|c| {
+            let reapplied = if sysctl.is_some() {
+                " (re-applied by systemd-sysctl, `sysctl --system` or TuneD)"
+            } else {
+                ""
+            };
             format!(
-                "{}:{} sets {} (re-applied by systemd-sysctl, `sysctl --system` or TuneD)",
+                "{}:{} sets {}{reapplied}",
                 c.file.display(),
                 c.line,
                 c.value
@@ -102,7 +113,11 @@ pub fn likely_writers(key: &str, conflicts: &[Conflict], running: &[String]) -> 
         })
         .collect();
     for (name, patterns, why) in KNOWN_WRITERS {
-        if writes(patterns, key) && running.iter().any(|r| r == name) {
+        let writes_it = match sysctl {
+            Some(k) => writes(patterns, k),
+            None => ANY_SETTING_WRITERS.contains(name),
+        };
+        if writes_it && running.iter().any(|r| r == name) {
             out.push(format!("process {name} is running: {why}"));
         }
     }
@@ -136,6 +151,22 @@ mod tests {
     use super::*;
     use std::path::PathBuf;
 
+    fn sysctl(k: &str) -> ItemKey {
+        ItemKey::Sysctl(crate::sysctl::SysctlKey::parse(k).unwrap())
+    }
+
+    #[test]
+    fn sysctl_writers_are_not_named_for_other_settings() {
+        let slice = ItemKey::SliceKnob {
+            unit: "go-app.slice".into(),
+            knob: crate::cgroup::knob::KnobKind::MemoryMax,
+        };
+        let running = vec!["tuned".to_string(), "puppet".to_string()];
+        let got = likely_writers(&slice, &[], &running);
+        assert_eq!(got.len(), 1, "{got:#?}");
+        assert!(got[0].contains("puppet"), "{got:#?}");
+    }
+
     #[test]
     fn names_conflicting_files_then_known_processes() {
         let conflicts = [Conflict {
@@ -149,7 +180,7 @@ mod tests {
             "sshd".to_string(),
             "tuned".to_string(),
         ];
-        let got = likely_writers("vm.overcommit_memory", &conflicts, &running);
+        let got = likely_writers(&sysctl("vm.overcommit_memory"), &conflicts, &running);
         assert_eq!(got.len(), 3, "{got:#?}");
         assert!(
             got[0].starts_with("/etc/sysctl.d/90-k8s.conf:2 sets 1"),
@@ -158,10 +189,15 @@ mod tests {
         assert!(got[1].contains("kubelet"), "{got:#?}");
         assert!(got[2].contains("tuned"), "{got:#?}");
         // kubelet does not touch somaxconn; nothing known runs: no evidence.
-        assert!(likely_writers("net.core.somaxconn", &[], &["kubelet".into()]).is_empty());
+        assert!(likely_writers(&sysctl("net.core.somaxconn"), &[], &["kubelet".into()]).is_empty());
         // Prefix patterns.
         assert_eq!(
-            likely_writers("net.ipv4.conf.eth0.forwarding", &[], &["dockerd".into()]).len(),
+            likely_writers(
+                &sysctl("net.ipv4.conf.eth0.forwarding"),
+                &[],
+                &["dockerd".into()]
+            )
+            .len(),
             1
         );
     }

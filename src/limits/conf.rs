@@ -7,23 +7,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub use super::LimitType;
 use super::{Domain, LimitItem, LimitValue};
-
-/// Which limit a line sets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum LimitType {
-    Soft,
-    Hard,
-}
-
-impl LimitType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LimitType::Soft => "soft",
-            LimitType::Hard => "hard",
-        }
-    }
-}
 
 /// One parsed line; a `-` line yields a soft and a hard line.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,6 +8,22 @@ pub mod plan;
 
 use std::fmt;
 
+/// Which limit a line sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LimitType {
+    Soft,
+    Hard,
+}
+
+impl LimitType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitType::Soft => "soft",
+            LimitType::Hard => "hard",
+        }
+    }
+}
+
 /// A pam_limits item (limits.conf(5)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum LimitItem {

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use super::conf::{self, LimitLine, LimitType, Malformed};
 use super::{LimitItem, LimitValue};
-use crate::item::{Conflict, Item, Kind, OwnFile, State, own_file_item, presence};
+use crate::item::{Conflict, Item, ItemKey, OwnFile, State, own_file_item, presence};
 use crate::policy::{LimitRule, Mode, Policy};
 
 /// What was read from the host for the limits part of a pass.
@@ -142,8 +142,12 @@ pub fn plan(policy: &Policy, host: &LimitsHost) -> Vec<Item> {
     }
 
     for (w, why) in wanted.iter().zip(refused) {
-        let key = format!("{} {} {}", w.rule.domain, w.kind.as_str(), w.rule.item);
-        let mut item = Item::new(Kind::Limit, key, w.value.to_string(), w.mode);
+        let key = ItemKey::Limit {
+            domain: w.rule.domain.clone(),
+            kind: w.kind,
+            item: w.rule.item,
+        };
+        let mut item = Item::new(key, w.value.to_string(), w.mode);
         item.source = Some(w.rule.source.clone());
         let current = conf::effective(&host.lines, &w.rule.domain, w.kind, w.rule.item);
         item.actual = current.map(|l| l.value.to_string()).unwrap_or_default();
@@ -201,8 +205,10 @@ pub fn plan(policy: &Policy, host: &LimitsHost) -> Vec<Item> {
 
     for m in &host.malformed {
         let mut item = Item::new(
-            Kind::LimitsFile,
-            format!("{}:{}", m.file.display(), m.line),
+            ItemKey::LimitsLine {
+                file: m.file.clone(),
+                line: m.line,
+            },
             "a valid line",
             Mode::Audit,
         );
@@ -229,7 +235,7 @@ fn file_item(host: &LimitsHost, content: Option<String>, any_enforced: bool) -> 
         "absent (no enforced limits)"
     };
     let mut item = own_file_item(OwnFile {
-        kind: Kind::LimitsFile,
+        key: ItemKey::LimitsFile(host.managed_path.clone()),
         path: &host.managed_path,
         current: host.managed.as_deref(),
         desired: content,

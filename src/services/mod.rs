@@ -13,7 +13,7 @@ pub mod observe;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::item::{Conflict, Item, Kind, State, unit_file_item};
+use crate::item::{Conflict, Item, ItemKey, PostureField, ServiceSetting, State, unit_file_item};
 use crate::limits::LimitValue;
 use crate::policy::{GoMaxProcs, LimitPair, Policy, ServiceRule};
 use crate::posture::{ProcStatus, caps, gomaxprocs_for};
@@ -208,8 +208,10 @@ fn plan_unit(policy: &Policy, rule: &ServiceRule, host: &ServicesHost) -> Vec<It
     let mode = policy.mode_of(rule.mode.as_ref().map(|m| m.value));
     let limit_item = rule.limit_nofile.as_ref().map(|limit| {
         let mut item = Item::new(
-            Kind::ServiceLimit,
-            format!("{} LimitNOFILE", rule.unit),
+            ItemKey::Service {
+                unit: rule.unit.clone(),
+                setting: ServiceSetting::LimitNofile,
+            },
             limit.value.to_string(),
             mode,
         );
@@ -218,8 +220,10 @@ fn plan_unit(policy: &Policy, rule: &ServiceRule, host: &ServicesHost) -> Vec<It
     });
     let slice_item = rule.slice.as_ref().map(|slice| {
         let mut item = Item::new(
-            Kind::ServiceLimit,
-            format!("{} Slice", rule.unit),
+            ItemKey::Service {
+                unit: rule.unit.clone(),
+                setting: ServiceSetting::Slice,
+            },
             format!("{}.slice", slice.value),
             mode,
         );
@@ -241,6 +245,7 @@ fn plan_unit(policy: &Policy, rule: &ServiceRule, host: &ServicesHost) -> Vec<It
     let content = render_drop_in(policy, rule, host.cpus);
     let file_right = current.as_deref() == Some(content.as_str());
     let file_item = unit_file_item(
+        Some(&rule.unit),
         &path,
         current.as_deref(),
         content,
@@ -277,10 +282,10 @@ fn posture_items(
     mode: crate::policy::Mode,
 ) -> Vec<Item> {
     let p = &rule.posture;
-    let mut checks: Vec<(&str, String, crate::policy::Source, Evidence)> = Vec::new();
+    let mut checks: Vec<(PostureField, String, crate::policy::Source, Evidence)> = Vec::new();
     if let Some(n) = p.no_new_privileges.as_ref().filter(|n| n.value) {
         checks.push((
-            "no_new_privileges",
+            PostureField::NoNewPrivileges,
             "yes".into(),
             n.source.clone(),
             Box::new(|pr: &ProcLimits| {
@@ -291,7 +296,7 @@ fn posture_items(
     }
     if let Some(f) = &p.seccomp {
         checks.push((
-            "seccomp",
+            PostureField::Seccomp,
             f.value.join(" "),
             f.source.clone(),
             Box::new(|pr: &ProcLimits| {
@@ -314,7 +319,7 @@ fn posture_items(
             c.value.join(" ")
         };
         checks.push((
-            "capabilities",
+            PostureField::Capabilities,
             desired,
             c.source.clone(),
             Box::new(move |pr: &ProcLimits| {
@@ -336,7 +341,7 @@ fn posture_items(
     }
     if let Some(u) = &p.user {
         checks.push((
-            "user",
+            PostureField::User,
             u.value.clone(),
             u.source.clone(),
             Box::new(|pr: &ProcLimits| {
@@ -358,7 +363,7 @@ fn posture_items(
             .collect::<Vec<_>>()
             .join(" ");
         checks.push((
-            "go_runtime",
+            PostureField::GoRuntime,
             desired,
             g.source.clone(),
             Box::new(move |pr: &ProcLimits| {
@@ -378,8 +383,10 @@ fn posture_items(
     let mut items = Vec::new();
     for (field, desired, source, evidence) in checks {
         let mut item = Item::new(
-            Kind::ServicePosture,
-            format!("{} {field}", rule.unit),
+            ItemKey::Posture {
+                unit: rule.unit.clone(),
+                field,
+            },
             desired,
             mode,
         );
@@ -604,12 +611,7 @@ fn plan_default(policy: &Policy, host: &ServicesHost) -> Vec<Item> {
         return Vec::new();
     };
     let mode = policy.mode_of(defaults.mode.as_ref().map(|m| m.value));
-    let mut item = Item::new(
-        Kind::ServiceLimit,
-        "DefaultLimitNOFILE",
-        limit.value.to_string(),
-        mode,
-    );
+    let mut item = Item::new(ItemKey::DefaultLimitNofile, limit.value.to_string(), mode);
     item.source = Some(limit.source.clone());
     if !host.systemd {
         return vec![no_systemd_item(item)];
@@ -631,6 +633,7 @@ fn plan_default(policy: &Policy, host: &ServicesHost) -> Vec<Item> {
     };
     item.detail.push("applies to services started after the daemon-reload; running services keep their limits until they restart".into());
     let file_item = unit_file_item(
+        None,
         path,
         current.as_deref(),
         content,

@@ -316,6 +316,20 @@ impl fmt::Display for Expect {
     }
 }
 
+/// What reading a key's /proc/sys file found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observed {
+    Value(SysctlValue),
+    /// ENOENT: this kernel has no such key (yet: keys appear when a module
+    /// loads or an interface comes up).
+    Absent,
+    /// EACCES/EPERM on read: a write-only key such as `vm.drop_caches`, or a
+    /// key this process may not read.
+    Unreadable(String),
+    /// Any other failure, with the path and the OS error.
+    Failed(String),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,7 @@
 
 use std::io;
 
+pub use super::Observed;
 use super::conf::{self, Assignment};
 use super::plan::{self, SysctlHost};
 use super::{SysctlKey, SysctlValue};
@@ -39,20 +40,6 @@ pub fn observe(host: &HostRoot, policy: &Policy) -> (SysctlHost, Vec<IoError>) {
         persist_path,
     };
     (state, warnings)
-}
-
-/// What reading a key's /proc/sys file found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Observed {
-    Value(SysctlValue),
-    /// ENOENT: this kernel has no such key (yet: keys appear when a module
-    /// loads or an interface comes up).
-    Absent,
-    /// EACCES/EPERM on read: a write-only key such as `vm.drop_caches`, or a
-    /// key this process may not read.
-    Unreadable(String),
-    /// Any other failure, with the path and the OS error.
-    Failed(String),
 }
 
 pub fn read_key(host: &HostRoot, key: &SysctlKey) -> Observed {

@@ -12,10 +12,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::conf::{self, Assignment};
-use super::observe::Observed;
-use super::{Comparison, Expect, SysctlKey, SysctlValue};
+use super::{Comparison, Expect, Observed, SysctlKey, SysctlValue};
 use crate::host::SYSCTL_PERSIST_FILE;
-use crate::item::{Action, Conflict, Item, Kind, OwnFile, State, own_file_item};
+use crate::item::{Action, Conflict, Item, ItemKey, OwnFile, State, own_file_item};
 use crate::policy::{Mode, Policy, SysctlRule};
 use crate::safety::{self, GateFigures, MemInfo, Overcommit, OvercommitKey, Verdict};
 
@@ -79,8 +78,7 @@ fn compare(policy: &Policy, rule: &SysctlRule, host: &SysctlHost) -> (Item, Opti
     let mode = policy.mode_of(rule.mode);
     let mut target = None;
     let mut item = Item::new(
-        Kind::Sysctl,
-        rule.key.as_str(),
+        ItemKey::Sysctl(rule.key.clone()),
         rule.expect.to_string(),
         mode,
     );
@@ -209,7 +207,10 @@ fn gate_overcommit(
     let mut planned = current;
     for (item, target) in items.iter().zip(targets) {
         if let Some(value) = target
-            && let Some(which) = OvercommitKey::from_sysctl(&item.key)
+            && let Some(which) = item
+                .key
+                .sysctl()
+                .and_then(|k| OvercommitKey::from_sysctl(k.as_str()))
             && let Some(n) = value.as_single_int().and_then(|n| u64::try_from(n).ok())
         {
             match which {
@@ -227,7 +228,11 @@ fn gate_overcommit(
     let (mode_verdict, limit_verdict) =
         safety::overcommit_gate(host.meminfo.as_ref(), current, planned, headroom);
     for (item, target) in items.iter_mut().zip(targets) {
-        let Some(which) = OvercommitKey::from_sysctl(&item.key) else {
+        let Some(which) = item
+            .key
+            .sysctl()
+            .and_then(|k| OvercommitKey::from_sysctl(k.as_str()))
+        else {
             continue;
         };
         if target.is_none() {
@@ -305,10 +310,7 @@ pub fn persist_item(policy: &Policy, items: &[Item], host: &SysctlHost) -> Optio
             continue;
         }
         any_enforced = true;
-        let Some(item) = items
-            .iter()
-            .find(|i| i.kind == Kind::Sysctl && i.key == rule.key.as_str())
-        else {
+        let Some(item) = items.iter().find(|i| i.key.sysctl() == Some(&rule.key)) else {
             continue;
         };
         if let Some(value) = persist_value(rule, item) {
@@ -336,7 +338,7 @@ pub fn persist_item(policy: &Policy, items: &[Item], host: &SysctlHost) -> Optio
         (None, "absent (no enforced sysctls)".to_string())
     };
     Some(own_file_item(OwnFile {
-        kind: Kind::SysctlPersist,
+        key: ItemKey::SysctlFile(host.persist_path.clone()),
         path: &host.persist_path,
         current: host.persisted.as_deref(),
         desired,

@@ -157,8 +157,9 @@ fn parse_rlimit(v: &str) -> Option<LimitValue> {
     }
 }
 
-/// The requests holdfast makes of systemd.
-pub trait SystemdClient {
+/// The requests holdfast makes of systemd. `Send + Sync`: the daemon's loop
+/// thread owns one.
+pub trait SystemdClient: Send + Sync {
     fn unit(&self, unit: &str) -> Result<UnitInfo, SystemdError>;
     /// The manager's `DefaultLimitNOFILESoft` and `DefaultLimitNOFILE`.
     fn default_limit_nofile(&self) -> Result<Option<(LimitValue, LimitValue)>, SystemdError>;
@@ -202,6 +203,42 @@ impl Systemctl {
     }
 }
 
+impl Systemctl {
+    /// After a restart, waits (at most `limit`) until the unit's main
+    /// process has exec'd its program and settled. `systemctl restart` of a
+    /// simple service returns once systemd has forked; until the exec the
+    /// child is still systemd's (named `(prog)`), with systemd's environment
+    /// and capabilities, and for a moment after it the kernel is still
+    /// laying out the new environment (/proc/PID/environ reads empty or
+    /// short). Verifying then would report transient drift, so the wait ends
+    /// when the name is the program's and two reads of its environment
+    /// 100 ms apart agree. This client only ever serves the host it runs on,
+    /// so /proc is the real one.
+    fn wait_for_exec(&self, unit: &str, limit: std::time::Duration) {
+        let host = HostRoot::new("/");
+        let deadline = std::time::Instant::now() + limit;
+        let pause = std::time::Duration::from_millis(100);
+        while std::time::Instant::now() < deadline {
+            let Some(pid) = self.unit(unit).ok().and_then(|i| i.main_pid) else {
+                return;
+            };
+            let read = |file: &str| std::fs::read(host.path(&format!("proc/{pid}/{file}"))).ok();
+            let Some(comm) = read("comm") else {
+                return;
+            };
+            if !comm.starts_with(b"(") {
+                let first = read("environ");
+                std::thread::sleep(pause);
+                if first.as_ref().is_some_and(|e| !e.is_empty()) && read("environ") == first {
+                    return;
+                }
+                continue;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
 impl SystemdClient for Systemctl {
     fn unit(&self, unit: &str) -> Result<UnitInfo, SystemdError> {
         let mut args = vec!["show", unit];
@@ -228,7 +265,9 @@ impl SystemdClient for Systemctl {
     }
 
     fn restart(&self, unit: &str) -> Result<(), SystemdError> {
-        self.run(&["restart", unit]).map(|_| ())
+        self.run(&["restart", unit])?;
+        self.wait_for_exec(unit, std::time::Duration::from_secs(10));
+        Ok(())
     }
 
     fn start(&self, unit: &str) -> Result<(), SystemdError> {

@@ -9,8 +9,9 @@
 
 #![allow(dead_code)]
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use holdfast::cgroup::knob::cpu_max_from_systemd;
 use holdfast::cgroup::{Bytes, Count, CpuMax};
@@ -19,8 +20,42 @@ use holdfast::systemd::{SystemdClient, SystemdError, UnitInfo};
 
 use super::FakeHost;
 
-pub struct FakeSystemd<'a> {
-    pub host: &'a FakeHost,
+/// A `RefCell`-like cell that is `Sync`, so the double can be shared with
+/// the daemon's loop thread.
+pub struct RefCell<T>(Mutex<T>);
+
+impl<T> RefCell<T> {
+    pub fn new(value: T) -> Self {
+        RefCell(Mutex::new(value))
+    }
+    pub fn borrow(&self) -> MutexGuard<'_, T> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+    pub fn borrow_mut(&self) -> MutexGuard<'_, T> {
+        self.borrow()
+    }
+}
+
+/// The fake host's root, as the double needs it (it outlives no test dir:
+/// the test keeps its `FakeHost`).
+pub struct Root(PathBuf);
+
+impl Root {
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.0.join(rel)
+    }
+    pub fn write(&self, rel: &str, content: &str) {
+        let p = self.path(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, content).expect("write");
+    }
+    pub fn root(&self) -> &Path {
+        &self.0
+    }
+}
+
+pub struct FakeSystemd {
+    pub host: Root,
     pub units: RefCell<BTreeMap<String, UnitInfo>>,
     /// Every request, in order: `reload`, `start X`, `restart X`, `set X a b`.
     pub calls: RefCell<Vec<String>>,
@@ -45,10 +80,10 @@ pub fn slice_cgroup(unit: &str) -> String {
     path
 }
 
-impl<'a> FakeSystemd<'a> {
+impl FakeSystemd {
     /// A host with systemd as PID 1, cgroup v2, and `myapp.service` running
     /// as PIDs 4242 and 4243 with nofile 1024:524288 in system.slice.
-    pub fn new(host: &'a FakeHost) -> Self {
+    pub fn new(host: &FakeHost) -> Self {
         std::fs::create_dir_all(host.path("run/systemd/system")).unwrap();
         host.write(
             "sys/fs/cgroup/cgroup.controllers",
@@ -76,7 +111,7 @@ impl<'a> FakeSystemd<'a> {
             },
         );
         FakeSystemd {
-            host,
+            host: Root(host.root().to_path_buf()),
             units: RefCell::new(units),
             calls: RefCell::new(Vec::new()),
             runtime: RefCell::new(BTreeMap::new()),
@@ -185,7 +220,7 @@ impl<'a> FakeSystemd<'a> {
     }
 }
 
-impl SystemdClient for FakeSystemd<'_> {
+impl SystemdClient for FakeSystemd {
     fn unit(&self, unit: &str) -> Result<UnitInfo, SystemdError> {
         Ok(self.units.borrow().get(unit).cloned().unwrap_or(UnitInfo {
             load_state: "not-found".into(),

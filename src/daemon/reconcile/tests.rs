@@ -126,7 +126,7 @@ impl Harness {
         self.snap()
             .items
             .iter()
-            .find(|i| i.item.key == key)
+            .find(|i| i.item.key.to_string() == key)
             .cloned()
             .unwrap_or_else(|| panic!("no item {key}"))
     }
@@ -393,7 +393,14 @@ async fn a_bad_push_keeps_the_last_good_policy_and_a_good_one_replaces_it() {
     assert!(snap.policy.rejected.is_none());
     assert_eq!(h.read(SOMAXCONN), "8192");
     let change = snap.policy.last_change.as_ref().unwrap();
-    assert_eq!(change.changed, ["sysctl net.core.somaxconn"]);
+    assert_eq!(
+        change
+            .changed
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["sysctl net.core.somaxconn"]
+    );
     assert!(change.added.is_empty() && change.removed.is_empty());
     let item = h.item("net.core.somaxconn");
     assert_eq!(item.item.desired, "8192");

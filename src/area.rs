@@ -1,0 +1,214 @@
+//! The areas holdfast manages, behind one interface. An area is a domain of
+//! settings with its own way of reading the host and its own planner:
+//! sysctls, session limits, systemd services, cgroup slices. The engine and
+//! the daemon never name an area's modules; they loop over [`Area::ALL`] and
+//! go through the functions here, each an exhaustive `match`, so the
+//! compiler lists everything a new area must supply.
+//!
+//! How to add an area (ARCHITECTURE.md has the long form):
+//! 1. its module: value types in the module root, a pure `plan(policy,
+//!    &Host) -> Vec<Item>`, an `observe(host, ...)`;
+//! 2. a variant here, in [`Area`], [`Area::ALL`] and [`Observation`], and an
+//!    arm in every `match` the compiler then points at;
+//! 3. its item keys in `item::ItemKey` and its settings in
+//!    `daemon::diff::SettingId`.
+
+use std::fmt;
+
+use crate::cgroup::plan::CgroupHost;
+use crate::cgroup::{observe as cgroup_observe, plan as cgroup_plan};
+use crate::host::{HostRoot, IoError};
+use crate::item::Kind;
+use crate::limits::plan::LimitsHost;
+use crate::limits::{observe as limits_observe, plan as limits_plan};
+use crate::policy::Policy;
+use crate::services::{self, ServicesHost, observe as services_observe};
+use crate::sysctl::plan::{self as sysctl_plan, SysctlHost};
+use crate::sysctl::{SysctlKey, observe as sysctl_observe};
+use crate::systemd::{self, Systemctl, SystemdClient};
+
+/// What a pass works with: the host root and, when holdfast can talk to the
+/// host's systemd, a client for it.
+#[derive(Clone, Copy)]
+pub struct Context<'a> {
+    pub host: &'a HostRoot,
+    pub systemd: Option<&'a dyn SystemdClient>,
+}
+
+static SYSTEMCTL: Systemctl = Systemctl;
+
+impl<'a> Context<'a> {
+    /// The production context: systemd's client when the root is `/` and
+    /// systemd is PID 1; no client otherwise (a fake or foreign root must
+    /// never reach the running systemd).
+    pub fn for_host(host: &'a HostRoot) -> Context<'a> {
+        Context {
+            host,
+            systemd: production_client(host),
+        }
+    }
+}
+
+/// The client for the running systemd, when `host` is this machine and
+/// systemd is its PID 1.
+pub fn production_client(host: &HostRoot) -> Option<&'static dyn SystemdClient> {
+    let own_root = host.root() == std::path::Path::new("/");
+    (own_root && systemd::is_pid1(host)).then_some(&SYSTEMCTL as &dyn SystemdClient)
+}
+
+/// [`production_client`] as a shareable handle, for the daemon's loop.
+pub fn production_client_arc(host: &HostRoot) -> Option<std::sync::Arc<dyn SystemdClient>> {
+    production_client(host)
+        .map(|_| std::sync::Arc::new(Systemctl) as std::sync::Arc<dyn SystemdClient>)
+}
+
+/// A domain of settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Area {
+    Sysctl,
+    Limits,
+    Services,
+    Cgroup,
+}
+
+/// What an area read of the host: the input of its planner.
+#[derive(Debug, Clone)]
+pub enum Observation {
+    Sysctl(SysctlHost),
+    Limits(LimitsHost),
+    Services(ServicesHost),
+    Cgroup(CgroupHost),
+}
+
+impl Area {
+    /// Every area, in the order a pass visits them: kernel values first,
+    /// then the files sessions read, then systemd (services before the
+    /// slices they are moved into).
+    pub const ALL: [Area; 4] = [Area::Sysctl, Area::Limits, Area::Services, Area::Cgroup];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Area::Sysctl => "sysctl",
+            Area::Limits => "limits",
+            Area::Services => "services",
+            Area::Cgroup => "cgroup",
+        }
+    }
+
+    /// The area an item of this kind belongs to.
+    pub fn of(kind: Kind) -> Area {
+        match kind {
+            Kind::Sysctl | Kind::SysctlPersist => Area::Sysctl,
+            Kind::Limit | Kind::LimitsFile => Area::Limits,
+            Kind::ServiceLimit | Kind::ServicePosture => Area::Services,
+            // Unit files belong to whichever systemd area wrote them; both
+            // go through the same reload, so either is right for routing.
+            Kind::UnitFile => Area::Services,
+            Kind::CgroupLimit | Kind::CgroupController => Area::Cgroup,
+        }
+    }
+
+    /// Whether the policy asks anything of this area. An area with nothing
+    /// to manage is not observed at all (no file read, no systemd request).
+    /// The sysctl area always is: its persisted file may be left from an
+    /// earlier enforced policy.
+    pub fn has_settings(self, policy: &Policy) -> bool {
+        match self {
+            Area::Sysctl => true,
+            Area::Limits => !policy.limits.is_empty(),
+            Area::Services => {
+                !services::managed_units(policy).is_empty()
+                    || policy.service_defaults.limit_nofile.is_some()
+            }
+            Area::Cgroup => policy.cgroup.controllers.is_some() || !policy.cgroup.slices.is_empty(),
+        }
+    }
+
+    /// Reads what this area's planner needs. Unreadable auxiliary files are
+    /// warnings; they never stop the pass.
+    pub fn observe(self, ctx: &Context<'_>, policy: &Policy) -> (Observation, Vec<IoError>) {
+        match self {
+            Area::Sysctl => {
+                let (o, w) = sysctl_observe::observe(ctx.host, policy);
+                (Observation::Sysctl(o), w)
+            }
+            Area::Limits => {
+                let (o, w) = limits_observe::observe(ctx.host);
+                (Observation::Limits(o), w)
+            }
+            Area::Services => {
+                let (o, w) = services_observe::observe(ctx.host, ctx.systemd, policy);
+                (Observation::Services(o), w)
+            }
+            Area::Cgroup => {
+                let (o, w) = cgroup_observe::observe(ctx.host, ctx.systemd, policy);
+                (Observation::Cgroup(o), w)
+            }
+        }
+    }
+}
+
+impl Observation {
+    pub fn area(&self) -> Area {
+        match self {
+            Observation::Sysctl(_) => Area::Sysctl,
+            Observation::Limits(_) => Area::Limits,
+            Observation::Services(_) => Area::Services,
+            Observation::Cgroup(_) => Area::Cgroup,
+        }
+    }
+
+    /// The area's plan over what was read. Pure.
+    pub fn plan(&self, policy: &Policy) -> Vec<crate::item::Item> {
+        match self {
+            Observation::Sysctl(h) => sysctl_plan::plan(policy, h),
+            Observation::Limits(h) => limits_plan::plan(policy, h),
+            Observation::Services(h) => services::plan(policy, h),
+            Observation::Cgroup(h) => cgroup_plan::plan(policy, h),
+        }
+    }
+
+    /// Reads again after the pass acted on this area. Sysctls re-read only
+    /// the keys that were written (every other key is as it was read, and a
+    /// key pass must stay one read and one write); the other areas read
+    /// everything again, since one file or reload changes many settings.
+    pub fn refresh(
+        &mut self,
+        ctx: &Context<'_>,
+        policy: &Policy,
+        written: &[SysctlKey],
+    ) -> Vec<IoError> {
+        match self {
+            Observation::Sysctl(h) => {
+                for k in written {
+                    h.values
+                        .insert(k.clone(), sysctl_observe::read_key(ctx.host, k));
+                }
+                Vec::new()
+            }
+            Observation::Limits(_) | Observation::Services(_) | Observation::Cgroup(_) => {
+                let (fresh, warnings) = self.area().observe(ctx, policy);
+                *self = fresh;
+                warnings
+            }
+        }
+    }
+}
+
+impl fmt::Display for Area {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_belongs_to_a_listed_area() {
+        for k in Kind::ALL {
+            assert!(Area::ALL.contains(&Area::of(k)), "{k:?}");
+        }
+    }
+}
