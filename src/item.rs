@@ -431,8 +431,15 @@ pub struct OwnFile<'a> {
     pub stale_note: &'a str,
 }
 
+/// The first line of every unit file and drop-in holdfast writes. A file at
+/// one of holdfast's paths without it is someone else's, and holdfast never
+/// replaces it.
+pub const OWN_UNIT_FILE_MARK: &str = "# Managed by holdfast";
+
 /// A systemd unit file or drop-in holdfast owns, which must have `content`;
-/// `unit` is the unit it configures (none for the manager's defaults).
+/// `unit` is the unit it configures (none for the manager's defaults). A
+/// file already there that holdfast did not write (no
+/// [`OWN_UNIT_FILE_MARK`]) is `refused`, never overwritten.
 pub fn unit_file_item(
     unit: Option<&str>,
     path: &std::path::Path,
@@ -441,6 +448,21 @@ pub fn unit_file_item(
     mode: Mode,
     label: String,
 ) -> Item {
+    debug_assert!(content.starts_with(OWN_UNIT_FILE_MARK));
+    if let Some(foreign) = current.filter(|c| !c.starts_with(OWN_UNIT_FILE_MARK)) {
+        let key = ItemKey::UnitFile {
+            path: path.to_path_buf(),
+            unit: unit.map(str::to_string),
+        };
+        let mut item = Item::new(key, label, mode);
+        item.actual = format!("a file holdfast did not write ({} bytes)", foreign.len());
+        item.state = State::Refused;
+        item.detail.push(format!(
+            "{} exists and holdfast did not write it (no \"{OWN_UNIT_FILE_MARK}\" first line): holdfast never replaces a site's own unit file; move its settings into the policy and remove it, or manage this unit outside holdfast",
+            path.display()
+        ));
+        return item;
+    }
     own_file_item(OwnFile {
         key: ItemKey::UnitFile {
             path: path.to_path_buf(),

@@ -59,6 +59,8 @@ pub struct FakeSystemd {
     pub units: RefCell<BTreeMap<String, UnitInfo>>,
     /// Every request, in order: `reload`, `start X`, `restart X`, `set X a b`.
     pub calls: RefCell<Vec<String>>,
+    /// Every unit whose properties were asked for, in order (`unit()`).
+    pub queries: RefCell<Vec<String>>,
     /// `set-property --runtime` assignments per unit (they survive reloads).
     runtime: RefCell<BTreeMap<String, Vec<String>>>,
 }
@@ -114,8 +116,14 @@ impl FakeSystemd {
             host: Root(host.root().to_path_buf()),
             units: RefCell::new(units),
             calls: RefCell::new(Vec::new()),
+            queries: RefCell::new(Vec::new()),
             runtime: RefCell::new(BTreeMap::new()),
         }
+    }
+
+    /// How often `unit()` was asked about `unit`.
+    pub fn queries_of(&self, unit: &str) -> usize {
+        self.queries.borrow().iter().filter(|u| *u == unit).count()
     }
 
     pub fn calls_matching(&self, prefix: &str) -> usize {
@@ -222,6 +230,7 @@ impl FakeSystemd {
 
 impl SystemdClient for FakeSystemd {
     fn unit(&self, unit: &str) -> Result<UnitInfo, SystemdError> {
+        self.queries.borrow_mut().push(unit.to_string());
         Ok(self.units.borrow().get(unit).cloned().unwrap_or(UnitInfo {
             load_state: "not-found".into(),
             active_state: "inactive".into(),

@@ -1,0 +1,100 @@
+//! The apply pipeline's contract, checked with the systemd double: each area
+//! is observed at most twice in a pass (before and after acting) and once
+//! when nothing was done; holdfast never replaces a unit file it did not
+//! write.
+
+mod common;
+
+use common::FakeHost;
+use common::fake_systemd::FakeSystemd;
+use holdfast::engine::{self, ApplyOptions, Context};
+use holdfast::host::HostRoot;
+use holdfast::item::{Item, State};
+use holdfast::policy::Policy;
+
+const POLICY: &str = r#"version: 1
+mode: enforce
+services:
+  myapp.service: {slice: go-app, limit_nofile: 65536, no_new_privileges: true}
+cgroup:
+  controllers: [cpu, memory, pids]
+  slices:
+    go-app: {memory.max: 100M, pids.max: 512}
+"#;
+
+fn policy() -> Policy {
+    Policy::from_files([("p.yaml", POLICY)]).unwrap()
+}
+
+fn find<'a>(items: &'a [Item], key: &str) -> &'a Item {
+    items
+        .iter()
+        .find(|i| i.key.to_string() == key)
+        .unwrap_or_else(|| panic!("no item {key}: {items:#?}"))
+}
+
+#[test]
+fn a_pass_observes_each_unit_at_most_twice_and_once_when_converged() {
+    let h = FakeHost::new();
+    let fake = FakeSystemd::new(&h);
+    let root = HostRoot::new(h.root());
+    let ctx = Context {
+        host: &root,
+        systemd: Some(&fake),
+    };
+    let p = policy();
+
+    let first = engine::apply_in(&ctx, &p, ApplyOptions::default());
+    assert_eq!(fake.calls_matching("reload"), 1);
+    assert!(
+        first.items.iter().any(|i| i.state == State::Corrected),
+        "{:#?}",
+        first.items
+    );
+    // Before and after acting: the service area asks about the service,
+    // the cgroup area about the slice, each twice.
+    assert_eq!(fake.queries_of("myapp.service"), 2);
+    assert_eq!(fake.queries_of("go-app.slice"), 2);
+
+    fake.queries.borrow_mut().clear();
+    fake.calls.borrow_mut().clear();
+    let second = engine::apply_in(&ctx, &p, ApplyOptions::default());
+    // Converged except what waits for a restart: nothing to do, so each
+    // area is read once and nothing is asked of systemd but its view.
+    assert!(fake.calls.borrow().is_empty(), "{:?}", fake.calls.borrow());
+    assert_eq!(fake.queries_of("myapp.service"), 1);
+    assert_eq!(fake.queries_of("go-app.slice"), 1);
+    assert!(
+        second
+            .items
+            .iter()
+            .all(|i| matches!(i.state, State::Compliant | State::RestartRequired)),
+        "{:#?}",
+        second.items
+    );
+}
+
+#[test]
+fn a_unit_file_holdfast_did_not_write_is_refused_not_replaced() {
+    let h = FakeHost::new();
+    let fake = FakeSystemd::new(&h);
+    let site = "# the site's own slice\n[Slice]\nMemoryMax=2G\n";
+    h.write("etc/systemd/system/go-app.slice", site);
+    let root = HostRoot::new(h.root());
+    let ctx = Context {
+        host: &root,
+        systemd: Some(&fake),
+    };
+    let pass = engine::apply_in(&ctx, &policy(), ApplyOptions::default());
+    assert_eq!(h.read("etc/systemd/system/go-app.slice"), site);
+    let path = h.path("etc/systemd/system/go-app.slice");
+    let file = find(&pass.items, &path.display().to_string());
+    assert_eq!(file.state, State::Refused, "{file:#?}");
+    assert!(
+        file.detail
+            .iter()
+            .any(|d| d.contains(&path.display().to_string()) && d.contains("did not write")),
+        "{file:#?}"
+    );
+    assert!(file.action.is_none());
+}
