@@ -41,21 +41,62 @@ fn magic(path: &Path) -> Option<FsType> {
         .map(|s| s.filesystem_type())
 }
 
+/// What detection looks at under a root.
+#[derive(Debug, Clone, Copy)]
+struct Probe {
+    /// The filesystem type of `sys/fs/cgroup`, if it exists.
+    top: Option<FsType>,
+    /// Whether `sys/fs/cgroup` is a mount point (a device of its own).
+    top_mounted: bool,
+    unified: Option<FsType>,
+    /// Marker files, for a fake root (a plain directory tree).
+    top_controllers: bool,
+    unified_controllers: bool,
+    top_is_dir: bool,
+}
+
+/// The decision, pure. A real host mounts cgroup2 or a tmpfs at
+/// `/sys/fs/cgroup`; anything else — including a plain directory that lives
+/// on a tmpfs, as a fake root under `/tmp` does on many distributions — is
+/// a fake root, judged by its files.
+fn classify(p: Probe) -> CgroupMode {
+    match p.top {
+        None => CgroupMode::Missing,
+        Some(CGROUP2_SUPER_MAGIC) => CgroupMode::Unified,
+        Some(TMPFS_MAGIC) if p.top_mounted && p.unified == Some(CGROUP2_SUPER_MAGIC) => {
+            CgroupMode::Hybrid
+        }
+        Some(TMPFS_MAGIC) if p.top_mounted => CgroupMode::Legacy,
+        Some(_) if p.top_controllers => CgroupMode::Unified,
+        Some(_) if p.unified_controllers => CgroupMode::Hybrid,
+        Some(_) if p.top_is_dir => CgroupMode::Legacy,
+        Some(_) => CgroupMode::Missing,
+    }
+}
+
+fn is_mount_point(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(me), Some(Ok(parent))) = (
+        std::fs::metadata(path),
+        path.parent().map(std::fs::metadata),
+    ) else {
+        return false;
+    };
+    me.dev() != parent.dev()
+}
+
 /// Detects the cgroup mode of the host under `host`.
 pub fn mode(host: &HostRoot) -> CgroupMode {
     let top = host.path("sys/fs/cgroup");
     let unified = top.join("unified");
-    match magic(&top) {
-        None => CgroupMode::Missing,
-        Some(CGROUP2_SUPER_MAGIC) => CgroupMode::Unified,
-        Some(TMPFS_MAGIC) if magic(&unified) == Some(CGROUP2_SUPER_MAGIC) => CgroupMode::Hybrid,
-        Some(TMPFS_MAGIC) => CgroupMode::Legacy,
-        // A plain directory: a fake host root. Judge by the files.
-        Some(_) if top.join("cgroup.controllers").is_file() => CgroupMode::Unified,
-        Some(_) if unified.join("cgroup.controllers").is_file() => CgroupMode::Hybrid,
-        Some(_) if top.is_dir() => CgroupMode::Legacy,
-        Some(_) => CgroupMode::Missing,
-    }
+    classify(Probe {
+        top: magic(&top),
+        top_mounted: is_mount_point(&top),
+        unified: magic(&unified),
+        top_controllers: top.join("cgroup.controllers").is_file(),
+        unified_controllers: unified.join("cgroup.controllers").is_file(),
+        top_is_dir: top.is_dir(),
+    })
 }
 
 #[cfg(test)]
@@ -81,6 +122,53 @@ mod tests {
         )
         .unwrap();
         assert_eq!(mode(&host), CgroupMode::Unified);
+    }
+
+    #[test]
+    fn a_fake_root_on_a_tmpfs_is_judged_by_its_files_too() {
+        // /tmp is a tmpfs on Debian 13, Fedora and Arch: the fake root's
+        // sys/fs/cgroup reads as TMPFS_MAGIC but is no mount point.
+        let fake = Probe {
+            top: Some(TMPFS_MAGIC),
+            top_mounted: false,
+            unified: Some(TMPFS_MAGIC),
+            top_controllers: true,
+            unified_controllers: false,
+            top_is_dir: true,
+        };
+        assert_eq!(classify(fake), CgroupMode::Unified);
+        let hybrid = Probe {
+            top_controllers: false,
+            unified_controllers: true,
+            ..fake
+        };
+        assert_eq!(classify(hybrid), CgroupMode::Hybrid);
+        // A real v1 or hybrid host: a tmpfs mounted there.
+        let real = Probe {
+            top_mounted: true,
+            unified: Some(CGROUP2_SUPER_MAGIC),
+            top_controllers: false,
+            ..fake
+        };
+        assert_eq!(classify(real), CgroupMode::Hybrid);
+        assert_eq!(
+            classify(Probe {
+                unified: None,
+                ..real
+            }),
+            CgroupMode::Legacy
+        );
+    }
+
+    #[test]
+    fn a_fake_root_in_a_real_tmpfs_is_judged_by_its_files() {
+        // /dev/shm is a tmpfs wherever glibc's POSIX shared memory works,
+        // which every Linux machine this suite runs on has.
+        assert_eq!(magic(Path::new("/dev/shm")), Some(TMPFS_MAGIC));
+        let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+        std::fs::create_dir_all(dir.path().join("sys/fs/cgroup")).unwrap();
+        std::fs::write(dir.path().join("sys/fs/cgroup/cgroup.controllers"), "").unwrap();
+        assert_eq!(mode(&HostRoot::new(dir.path())), CgroupMode::Unified);
     }
 
     #[test]
