@@ -13,20 +13,20 @@ use std::path::Path;
 use std::process::Command;
 
 #[test]
+#[ignore = "needs root and network namespaces: cargo test -- --include-ignored"]
 fn serve_corrects_an_external_sysctl_write_on_the_real_kernel() {
-    if !common::can_unshare() {
-        eprintln!("skipped: needs root and unshare(2) for a network namespace");
-        return;
-    }
-    if Command::new("sysctl")
-        .arg("-n")
-        .arg("kernel.ostype")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: no sysctl(8) (procps)");
-        return;
-    }
+    common::require(
+        common::can_unshare(),
+        "root and unshare(2) for a network namespace",
+    );
+    common::require(
+        Command::new("sysctl")
+            .arg("-n")
+            .arg("kernel.ostype")
+            .output()
+            .is_ok(),
+        "sysctl(8) from procps",
+    );
     let host_somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn").unwrap();
     let host_persist_exists = Path::new("/etc/sysctl.d/99-zz-holdfast.conf").exists();
     let dir = tempfile::tempdir().unwrap();

@@ -4,6 +4,8 @@
 //! file never reaches this host; the user is removed afterwards. Needs root
 //! (CI is root); elsewhere the test says it was skipped.
 
+mod common;
+
 use std::process::Command;
 
 struct ThrowawayUser(String);
@@ -43,15 +45,12 @@ fn available() -> bool {
 }
 
 #[test]
+#[ignore = "needs root, useradd, su and a mount namespace: cargo test -- --include-ignored"]
 fn su_login_session_gets_the_policy_limits() {
-    if !available() {
-        eprintln!("skipped: needs root, useradd, su and unshare");
-        return;
-    }
-    let Some(user) = ThrowawayUser::create() else {
-        eprintln!("skipped: useradd failed");
-        return;
-    };
+    common::require(available(), "root, useradd, su and unshare");
+    let user = ThrowawayUser::create();
+    common::require(user.is_some(), "useradd to succeed");
+    let Some(user) = user else { return };
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("pam.yaml");
     std::fs::write(

@@ -71,3 +71,24 @@ impl Notifier {
         self.send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_watchdog_is_pinged_every_half_interval() {
+        let mut n = Notifier::new(Some(Duration::from_millis(200)));
+        let start = Instant::now();
+        assert_eq!(n.next_ping(start), Some(start), "due at once");
+        n.tick(start);
+        assert_eq!(n.next_ping(start), Some(start + Duration::from_millis(100)));
+        // Not due yet: no new deadline.
+        n.tick(start + Duration::from_millis(99));
+        assert_eq!(n.next_ping(start), Some(start + Duration::from_millis(100)));
+        n.tick(start + Duration::from_millis(100));
+        assert_eq!(n.next_ping(start), Some(start + Duration::from_millis(200)));
+        assert_eq!(Notifier::new(None).next_ping(start), None);
+        assert_eq!(Notifier::new(Some(Duration::ZERO)).next_ping(start), None);
+    }
+}

@@ -111,8 +111,23 @@ pub fn state<'a>(report: &'a serde_json::Value, key: &str) -> &'a str {
     item(report, key)["state"].as_str().expect("state")
 }
 
+/// Stops a test whose prerequisite is missing. Tests that need root, network
+/// namespaces or an outside tool are `#[ignore]`d, so a plain `cargo test`
+/// lists them as ignored instead of passing them silently; `cargo test --
+/// --include-ignored` (what CI runs, as root) runs them, and there a missing
+/// prerequisite is a failure, never a skip.
+pub fn require(available: bool, what: &str) {
+    assert!(
+        available,
+        "this test needs {what}; it is #[ignore]d by default and runs with `cargo test -- --include-ignored` where that is available (CI is)"
+    );
+}
+
+/// The reason real-kernel tests are ignored by default.
+pub const NEEDS_ROOT: &str = "needs root and network namespaces: cargo test -- --include-ignored";
+
 /// Whether this process may create network and mount namespaces (root, with
-/// unshare(1)): the real-kernel tests need them and say "skipped" otherwise.
+/// unshare(1)): the real-kernel tests need them.
 pub fn can_unshare() -> bool {
     std::process::Command::new("unshare")
         .args(["--net", "--mount", "true"])
