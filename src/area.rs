@@ -25,7 +25,8 @@ use crate::policy::Policy;
 use crate::services::{self, ServicesHost, observe as services_observe};
 use crate::sysctl::plan::{self as sysctl_plan, SysctlHost};
 use crate::sysctl::{SysctlKey, observe as sysctl_observe};
-use crate::systemd::{self, Systemctl, SystemdClient};
+use crate::systemd::systemctl::Systemctl;
+use crate::systemd::{self, SystemdClient};
 
 /// What a pass works with: the host root and, when holdfast can talk to the
 /// host's systemd, a client for it.

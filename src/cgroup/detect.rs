@@ -8,30 +8,8 @@
 
 use std::path::Path;
 
+pub use super::CgroupMode;
 use crate::host::HostRoot;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CgroupMode {
-    /// Pure cgroup v2: holdfast manages cgroups.
-    Unified,
-    /// v1 controllers with a v2 hierarchy beside them: report only.
-    Hybrid,
-    /// Legacy v1 only: report only.
-    Legacy,
-    /// No cgroup filesystem at all.
-    Missing,
-}
-
-impl CgroupMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CgroupMode::Unified => "unified cgroup v2",
-            CgroupMode::Hybrid => "hybrid cgroup v1/v2",
-            CgroupMode::Legacy => "legacy cgroup v1",
-            CgroupMode::Missing => "no cgroup filesystem",
-        }
-    }
-}
 
 use nix::sys::statfs::{CGROUP2_SUPER_MAGIC, FsType, TMPFS_MAGIC};
 

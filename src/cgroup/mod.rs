@@ -11,6 +11,30 @@ pub mod plan;
 
 use std::fmt;
 
+/// Which cgroup hierarchy a host has (`detect` tells it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupMode {
+    /// Pure cgroup v2: holdfast manages cgroups.
+    Unified,
+    /// v1 controllers with a v2 hierarchy beside them: report only.
+    Hybrid,
+    /// Legacy v1 only: report only.
+    Legacy,
+    /// No cgroup filesystem at all.
+    Missing,
+}
+
+impl CgroupMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CgroupMode::Unified => "unified cgroup v2",
+            CgroupMode::Hybrid => "hybrid cgroup v1/v2",
+            CgroupMode::Legacy => "legacy cgroup v1",
+            CgroupMode::Missing => "no cgroup filesystem",
+        }
+    }
+}
+
 /// holdfast's own cgroup subtree under the cgroup root, used only where
 /// systemd does not own the cgroup tree.
 pub const HOLDFAST_SUBTREE: &str = "holdfast.slice";

@@ -20,7 +20,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use super::detect::CgroupMode;
+use super::CgroupMode;
 use super::knob::{Knob, KnobKind};
 use super::{Bytes, Count};
 use crate::item::{Action, Item, ItemKey, State, unit_file_item};

@@ -7,13 +7,29 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use super::state::PolicyChange;
+use std::time::SystemTime;
+
 use crate::cgroup::plan::slice_unit;
 use crate::item::ItemKey;
 use crate::limits::{Domain, LimitItem};
 use crate::policy::{Mode, Policy};
 use crate::safety::OvercommitKey;
 use crate::sysctl::SysctlKey;
+
+/// What a policy reload changed, per setting (`sysctl net.core.somaxconn`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyChange {
+    pub at: Option<SystemTime>,
+    pub added: Vec<SettingId>,
+    pub changed: Vec<SettingId>,
+    pub removed: Vec<SettingId>,
+}
+
+impl PolicyChange {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.changed.is_empty() && self.removed.is_empty()
+    }
+}
 
 /// One setting of a policy, as a push adds, changes or removes it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use crate::item::{self, Item, State};
 use crate::policy::{Mode, Policy, PolicyError};
 
+pub use super::diff::PolicyChange;
 use super::schedule::Trigger;
 
 /// The state of the daemon after a pass.
@@ -109,21 +110,6 @@ pub struct Rejection {
     pub errors: Vec<PolicyError>,
     /// An error reading the sources (a file vanished, a directory is empty).
     pub message: Option<String>,
-}
-
-/// What a policy reload changed, per setting (`sysctl net.core.somaxconn`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PolicyChange {
-    pub at: Option<SystemTime>,
-    pub added: Vec<super::diff::SettingId>,
-    pub changed: Vec<super::diff::SettingId>,
-    pub removed: Vec<super::diff::SettingId>,
-}
-
-impl PolicyChange {
-    pub fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.changed.is_empty() && self.removed.is_empty()
-    }
 }
 
 /// The last pass.
