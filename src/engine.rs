@@ -20,8 +20,8 @@ use crate::item::{Action, Item, Kind, State};
 use crate::limits::{observe as limits_observe, plan as limits_plan};
 use crate::policy::Policy;
 use crate::services::{self, observe as services_observe};
-use crate::sysctl::Comparison;
-use crate::sysctl::observe::{self as sysctl_observe, Observed};
+use crate::sysctl::converge as sysctl_converge;
+use crate::sysctl::observe as sysctl_observe;
 use crate::sysctl::plan::{self as sysctl_plan, SysctlHost};
 use crate::systemd::{self, Systemctl, SystemdClient};
 
@@ -371,45 +371,19 @@ fn collect_warnings(io: &[IoError]) -> Vec<String> {
     io.iter().map(IoError::to_string).collect()
 }
 
-/// Writes the planned sysctls (overcommit limit before mode), then reads each
-/// back to verify.
+/// Writes the planned sysctls in a safe order (the overcommit limit before
+/// the mode; keys that reset others first), then reads them back after all
+/// the writes and writes again what another write disturbed
+/// (`sysctl::converge`).
 fn execute_sysctl_writes(host: &HostRoot, policy: &Policy, items: &mut [Item]) {
-    let mut order: Vec<usize> = (0..items.len())
-        .filter(|&i| matches!(items[i].action, Some(Action::WriteSysctl { .. })))
-        .collect();
-    order.sort_by_key(|&i| sysctl_plan::write_order(&items[i].key));
-    for i in order {
-        let item = &mut items[i];
-        let Some(Action::WriteSysctl { key, value }) = item.action.take() else {
-            continue;
-        };
-        if let Err(e) = sysctl_observe::write_key(host, &key, &value) {
-            item.state = State::Failed;
-            item.detail.push(explain_write_error(&e));
-            continue;
-        }
-        let Some(rule) = policy.sysctls.get(&key) else {
-            continue;
-        };
-        match sysctl_observe::read_key(host, &key) {
-            Observed::Value(now) => {
-                item.actual = now.canonical();
-                if rule.expect.compare(&now) == Comparison::Compliant {
-                    item.state = State::Corrected;
-                } else {
-                    item.state = State::Failed;
-                    item.detail
-                        .push(format!("wrote {value}, but the kernel reads back {now}"));
-                }
-            }
-            other => {
-                item.state = State::Failed;
-                item.detail.push(format!(
-                    "wrote {value}, then could not read it back: {other:?}"
-                ));
-            }
-        }
-    }
+    sysctl_converge::execute_writes(
+        policy,
+        items,
+        &mut |key, value| {
+            sysctl_observe::write_key(host, key, value).map_err(|e| explain_write_error(&e))
+        },
+        &mut |key| sysctl_observe::read_key(host, key),
+    );
 }
 
 /// Writes holdfast's limits.d file, then reads every limits file again and
