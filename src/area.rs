@@ -23,8 +23,8 @@ use crate::limits::plan::LimitsHost;
 use crate::limits::{observe as limits_observe, plan as limits_plan};
 use crate::policy::Policy;
 use crate::services::{self, ServicesHost, observe as services_observe};
+use crate::sysctl::observe as sysctl_observe;
 use crate::sysctl::plan::{self as sysctl_plan, SysctlHost};
-use crate::sysctl::{SysctlKey, observe as sysctl_observe};
 use crate::systemd::systemctl::Systemctl;
 use crate::systemd::{self, SystemdClient};
 
@@ -169,24 +169,14 @@ impl Observation {
         }
     }
 
-    /// Reads again after the pass acted on this area. Sysctls re-read only
-    /// the keys that were written (every other key is as it was read, and a
-    /// key pass must stay one read and one write); the other areas read
-    /// everything again, since one file or reload changes many settings.
-    pub fn refresh(
-        &mut self,
-        ctx: &Context<'_>,
-        policy: &Policy,
-        written: &[SysctlKey],
-    ) -> Vec<IoError> {
+    /// Reads again after the pass acted on this area. Sysctls read nothing
+    /// more: the pass read back every key it wrote (and every key a write
+    /// may have disturbed) into this observation as it went, and a key pass
+    /// must stay one write and one read. The other areas read everything
+    /// again, since one file or reload changes many settings.
+    pub fn refresh(&mut self, ctx: &Context<'_>, policy: &Policy) -> Vec<IoError> {
         match self {
-            Observation::Sysctl(h) => {
-                for k in written {
-                    h.values
-                        .insert(k.clone(), sysctl_observe::read_key(ctx.host, k));
-                }
-                Vec::new()
-            }
+            Observation::Sysctl(_) => Vec::new(),
             Observation::Limits(_) | Observation::Services(_) | Observation::Cgroup(_) => {
                 let (fresh, warnings) = self.area().observe(ctx, policy);
                 *self = fresh;

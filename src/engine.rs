@@ -24,9 +24,9 @@ use std::time::Instant;
 use crate::area::{Area, Observation};
 use crate::host::{self, HostRoot, IoError};
 use crate::item::{Action, Item, ItemKey, Kind, State};
-use crate::policy::Policy;
+use crate::policy::{Mode, Policy};
 use crate::sysctl::plan::{self as sysctl_plan, SysctlHost};
-use crate::sysctl::{SysctlKey, observe as sysctl_observe};
+use crate::sysctl::{converge as sysctl_converge, observe as sysctl_observe};
 
 pub use crate::area::Context;
 
@@ -176,8 +176,6 @@ struct Record {
     outcomes: HashMap<ItemKey, Outcome>,
     /// Areas whose host state the pass changed (or may have: a reload).
     acted: BTreeSet<Area>,
-    /// Sysctls written, to be re-read.
-    written: Vec<SysctlKey>,
     /// Units restarted on request.
     restarted: Vec<String>,
     /// Notes for every item of an area (a failed daemon-reload).
@@ -200,25 +198,14 @@ fn run(
     let planned: Vec<Vec<Item>> = observations.iter().map(|o| o.plan(policy)).collect();
     let mut record = Record::default();
 
-    // 1. Sysctls, in the order the overcommit gate needs (limit before mode).
-    let mut writes: Vec<(&Item, &SysctlKey, &crate::sysctl::SysctlValue)> = planned
-        .iter()
-        .flatten()
-        .filter(|i| !hold(i))
-        .filter_map(|i| match &i.action {
-            Some(Action::WriteSysctl { key, value }) => Some((i, key, value)),
-            _ => None,
-        })
-        .collect();
-    writes.sort_by_key(|(_, key, _)| sysctl_plan::write_order(key.as_str()));
-    for (item, key, value) in writes {
-        record.acted.insert(Area::Sysctl);
-        record.written.push(key.clone());
-        let outcome = match sysctl_observe::write_key(ctx.host, key, value) {
-            Ok(()) => Outcome::Done,
-            Err(e) => Outcome::Failed(explain_write_error(&e)),
-        };
-        record.outcomes.insert(item.key.clone(), outcome);
+    // 1. Sysctls: written in an order that converges (the overcommit limit
+    //    before the mode, keys that reset others first), read back only
+    //    after every write of the pass, and written again when another
+    //    write disturbed them (`sysctl::converge`).
+    if let Some(Observation::Sysctl(h)) = observations.iter_mut().find(|o| o.area() == Area::Sysctl)
+    {
+        let sysctl_items = planned.iter().flatten().filter(|i| !hold(i));
+        settle_sysctls(ctx.host, policy, sysctl_items, h, &mut record);
     }
 
     // 2. Files. holdfast's sysctl.d file is planned after the sysctls are
@@ -294,7 +281,7 @@ fn run(
     for (obs, before) in observations.iter_mut().zip(planned) {
         let area = obs.area();
         let mut merged = if record.acted.contains(&area) {
-            warnings.extend(obs.refresh(ctx, policy, &record.written));
+            warnings.extend(obs.refresh(ctx, policy));
             merge(&before, obs.plan(policy), &record, hold)
         } else {
             before
@@ -305,6 +292,72 @@ fn run(
         items.extend(merged);
     }
     (items, observations, warnings)
+}
+
+/// Runs the pass's sysctl writes through [`sysctl_converge::settle`]: the
+/// planned writes, plus every enforced key that is compliant (read again
+/// when a write may have disturbed it). What it reads is recorded in the
+/// area's observation, so re-planning needs no further read.
+fn settle_sysctls<'a>(
+    host: &HostRoot,
+    policy: &Policy,
+    items: impl Iterator<Item = &'a Item>,
+    observed: &mut SysctlHost,
+    record: &mut Record,
+) {
+    let mut targets = Vec::new();
+    for item in items {
+        let Some(key) = item.key.sysctl() else {
+            continue;
+        };
+        let write = match &item.action {
+            Some(Action::WriteSysctl { value, .. }) => Some(value.clone()),
+            None if item.state == State::Compliant && item.mode == Mode::Enforce => None,
+            _ => continue,
+        };
+        let Some(rule) = policy.sysctls.get(key) else {
+            continue;
+        };
+        targets.push(sysctl_converge::Target {
+            key: key.clone(),
+            expect: rule.expect.clone(),
+            write,
+        });
+    }
+    if targets.iter().all(|t| t.write.is_none()) {
+        return;
+    }
+    record.acted.insert(Area::Sysctl);
+    let mut seen = Vec::new();
+    let outcomes = sysctl_converge::settle(
+        &targets,
+        &mut |key, value| {
+            sysctl_observe::write_key(host, key, value).map_err(|e| explain_write_error(&e))
+        },
+        &mut |key| {
+            let now = sysctl_observe::read_key(host, key);
+            seen.push((key.clone(), now.clone()));
+            now
+        },
+    );
+    observed.values.extend(seen);
+    for (target, outcome) in targets.iter().zip(outcomes) {
+        let key = ItemKey::Sysctl(target.key.clone());
+        let outcome = match outcome {
+            sysctl_converge::Outcome::Unchanged => continue,
+            // Compliant when read after every write: the merge calls it
+            // corrected; still wrong: the merge says what was read back.
+            sysctl_converge::Outcome::Corrected { .. }
+            | sysctl_converge::Outcome::NotHeld { wrote: Some(_), .. } => Outcome::Done,
+            sysctl_converge::Outcome::NotHeld {
+                wrote: None, now, ..
+            } => Outcome::Failed(format!(
+                "another write of this pass changed it ({now:?}), and the pass ran out of rounds before writing it again"
+            )),
+            sysctl_converge::Outcome::WriteFailed(why) => Outcome::Failed(why),
+        };
+        record.outcomes.insert(key, outcome);
+    }
 }
 
 /// The units `--restart-services` restarts: those with an item that is

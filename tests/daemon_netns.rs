@@ -97,7 +97,7 @@ echo "persisted:"; cat /etc/sysctl.d/99-zz-holdfast.conf
     );
     assert!(text.contains("status=0"), "{text}\n{log}");
     assert!(text.contains("exit=0"), "{text}\n{log}");
-    assert!(text.contains("-net.core.somaxconn = 8191"), "{text}");
+    assert!(text.contains("\nnet.core.somaxconn = 8191\n"), "{text}");
     let status: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("status.json")).unwrap())
             .unwrap();

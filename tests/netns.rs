@@ -83,13 +83,15 @@ rm -f "$J"
     assert!(out.contains("check-after=0"), "{out}");
     // The second apply corrects nothing.
     assert!(out.contains("0\nreapply-corrected-count"), "{out}");
-    // The missing interface's key is unsupported, and persisted with '-'.
+    // The missing interface's key is unsupported, and persisted with '-';
+    // the keys the kernel has are plain `KEY = VALUE` lines.
     assert!(out.contains("\"state\": \"unsupported\""), "{out}");
     assert!(
         out.contains("-net.ipv4.conf.holdfast0.rp_filter = 1"),
         "{out}"
     );
-    assert!(out.contains("-net.core.somaxconn = 8191"), "{out}");
+    assert!(out.contains("\nnet.core.somaxconn = 8191\n"), "{out}");
+    assert!(!out.contains("-net.core.somaxconn"), "{out}");
     // Nothing leaked to this host.
     assert_eq!(
         std::fs::read_to_string("/proc/sys/net/core/somaxconn").unwrap(),
@@ -110,10 +112,12 @@ fn a_key_that_appears_later_is_applied_when_it_appears() {
         &p,
         r#"
 "$HF" apply --policy "$P" >/dev/null; echo "first=$?"
+echo "persisted-before: $(grep rp_filter /etc/sysctl.d/99-zz-holdfast.conf)"
 ip link add hf0 type veth peer name hf1 2>/dev/null || { echo "no-veth"; exit 0; }
 "$HF" check --policy "$P" >/dev/null; echo "check=$?"
 "$HF" apply --policy "$P" >/dev/null; echo "second=$?"
 echo "value=$(cat /proc/sys/net/ipv4/conf/hf0/rp_filter)"
+echo "persisted-after: $(grep rp_filter /etc/sysctl.d/99-zz-holdfast.conf)"
 "#,
     );
     assert_eq!(code, 0, "{out}");
@@ -122,6 +126,16 @@ echo "value=$(cat /proc/sys/net/ipv4/conf/hf0/rp_filter)"
     assert!(out.contains("check=2"), "{out}");
     assert!(out.contains("second=0"), "{out}");
     assert!(out.contains("value=2"), "{out}");
+    // Absent, the key was persisted with systemd-sysctl's '-'; once the
+    // kernel has it, as a plain line that scanners read.
+    assert!(
+        out.contains("persisted-before: -net.ipv4.conf.hf0.rp_filter = 2"),
+        "{out}"
+    );
+    assert!(
+        out.contains("persisted-after: net.ipv4.conf.hf0.rp_filter = 2"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -8,6 +8,7 @@
 //!   writes canonical decimal, and the full vector for multi-value keys.
 
 pub mod conf;
+pub mod converge;
 pub mod observe;
 pub mod plan;
 

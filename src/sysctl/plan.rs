@@ -286,16 +286,41 @@ fn persist_value(rule: &SysctlRule, item: &Item) -> Option<SysctlValue> {
     }
 }
 
-/// Renders holdfast's sysctl.d file. Every line starts with `-` so boot skips
-/// keys this kernel does not have instead of failing.
-pub fn render_persist_file(entries: &[(SysctlKey, SysctlValue)]) -> String {
+/// One line of holdfast's sysctl.d file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersistEntry {
+    pub key: SysctlKey,
+    pub value: SysctlValue,
+    /// The kernel had the key when the file was planned. Only an absent key
+    /// (a module not loaded, an interface not up yet) gets the `-` prefix.
+    pub present: bool,
+}
+
+/// Renders holdfast's sysctl.d file, one `KEY = VALUE` line per key in the
+/// order of [`write_order`].
+///
+/// A key the kernel has is written as a plain `KEY = VALUE` line: that is the
+/// form compliance scanners look for (ComplianceAsCode's checks, which
+/// OpenSCAP runs for the CIS and STIG profiles, match `^\s*KEY\s*=\s*VALUE`;
+/// CIS-CAT, Lynis and Ansible read sysctl.d the same way), and a line they do
+/// not recognise fails the rule even when the running value is right. Only a
+/// key absent when the file is written gets systemd-sysctl's `-` prefix, so
+/// that boot skips it quietly on a kernel or at a moment without it.
+pub fn render_persist_file(entries: &[PersistEntry]) -> String {
     let mut out = String::from(
         "# Managed by holdfast: the enforced sysctls of its policy, so that boot\n\
          # agrees with the running values. Do not edit: holdfast rewrites this file.\n\
-         # A leading '-' makes boot skip a key this kernel does not have.\n",
+         # Keys that change others when written come first. A leading '-' marks a\n\
+         # key this kernel did not have when the file was written; boot skips it\n\
+         # if it is still missing.\n",
     );
-    for (key, value) in entries {
-        out.push_str(&format!("-{key} = {}\n", value.canonical()));
+    for entry in entries {
+        let dash = if entry.present { "" } else { "-" };
+        out.push_str(&format!(
+            "{dash}{} = {}\n",
+            entry.key,
+            entry.value.canonical()
+        ));
     }
     out
 }
@@ -314,13 +339,19 @@ pub fn persist_item(policy: &Policy, items: &[Item], host: &SysctlHost) -> Optio
             continue;
         };
         if let Some(value) = persist_value(rule, item) {
-            entries.push((rule.key.clone(), value));
+            entries.push(PersistEntry {
+                key: rule.key.clone(),
+                value,
+                present: !matches!(host.values.get(&rule.key), Some(Observed::Absent) | None),
+            });
         }
     }
-    // Boot applies lines in order: the overcommit limit before the mode, as
-    // at runtime.
-    entries
-        .sort_by(|(a, _), (b, _)| (write_order(a.as_str()), a).cmp(&(write_order(b.as_str()), b)));
+    // Boot applies lines in order: keys that change others when written come
+    // before the keys they change, and the overcommit limit before the mode,
+    // as at runtime.
+    entries.sort_by(|a, b| {
+        (write_order(a.key.as_str()), &a.key).cmp(&(write_order(b.key.as_str()), &b.key))
+    });
     if !any_enforced && host.persisted.is_none() {
         return None;
     }
@@ -362,13 +393,112 @@ fn describe_file(content: Option<&str>) -> String {
     }
 }
 
-/// The order in which planned sysctl writes must happen: the overcommit
-/// limit (ratio/kbytes) before the switch to strict mode, so the kernel never
-/// runs in mode 2 with the old, possibly lower, limit.
+/// The order in which sysctls are written, in a pass and in the persisted
+/// file that boot applies line by line: lower first, then by key. Some
+/// writes change other keys as a side effect, so a key that changes others
+/// must come before the keys it changes; otherwise the last write of a pass
+/// (or of boot) leaves an earlier key changed.
+///
+/// 0. The overcommit limit (`vm.overcommit_ratio`/`_kbytes`), so the kernel
+///    never runs in strict mode with the old, possibly lower, limit.
+/// 1. Switches that rewrite other keys (see [`resets_others`]).
+/// 2. `net.ipv4.conf.default.*` (and, to keep them together in the file,
+///    `net.ipv6.conf.default.*`): IPv4 copies a default to every interface
+///    whose own value was never written (`devinet_copy_dflt_conf`).
+/// 3. Everything else, per-interface keys included.
+/// 4. The switch to strict overcommit (`vm.overcommit_memory`), last.
 pub fn write_order(key: &str) -> u8 {
     match OvercommitKey::from_sysctl(key) {
         Some(OvercommitKey::Ratio | OvercommitKey::Kbytes) => 0,
-        Some(OvercommitKey::Memory) => 2,
-        None => 1,
+        Some(OvercommitKey::Memory) => 4,
+        None if resets_others(key) => 1,
+        None if key.starts_with("net.ipv4.conf.default.")
+            || key.starts_with("net.ipv6.conf.default.") =>
+        {
+            2
+        }
+        None => 3,
+    }
+}
+
+/// Keys whose write, when it changes the value, also rewrites other keys
+/// (Linux net/ipv4/devinet.c and net/ipv6/addrconf.c; each seen on Linux
+/// 6.18 in a network namespace):
+/// - `net.ipv4.ip_forward` (the same setting as `net.ipv4.conf.all.forwarding`):
+///   `inet_forward_change` sets `conf.all.accept_redirects` to the opposite
+///   (so switching forwarding off turns accepting redirects on), and
+///   `conf.default.forwarding` and every interface's `forwarding` to the new
+///   value;
+/// - `net.ipv6.conf.all.forwarding`: sets `conf.default.forwarding` and every
+///   interface's `forwarding`;
+/// - `net.ipv6.conf.all.disable_ipv6` and `net.ipv6.conf.all.addr_gen_mode`:
+///   set the same key of `conf.default` and of every interface.
+pub fn resets_others(key: &str) -> bool {
+    matches!(
+        key,
+        "net.ipv4.ip_forward"
+            | "net.ipv4.conf.all.forwarding"
+            | "net.ipv6.conf.all.forwarding"
+            | "net.ipv6.conf.all.disable_ipv6"
+            | "net.ipv6.conf.all.addr_gen_mode"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(key: &str, value: i128, present: bool) -> PersistEntry {
+        PersistEntry {
+            key: SysctlKey::parse(key).unwrap(),
+            value: SysctlValue::from_int(value),
+            present,
+        }
+    }
+
+    #[test]
+    fn present_keys_are_plain_lines_and_only_absent_keys_get_a_dash() {
+        let text = render_persist_file(&[
+            entry("net.ipv4.tcp_syncookies", 1, true),
+            entry("net.ipv4.conf.eth9.rp_filter", 1, false),
+        ]);
+        let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            lines,
+            [
+                "net.ipv4.tcp_syncookies = 1",
+                "-net.ipv4.conf.eth9.rp_filter = 1"
+            ]
+        );
+    }
+
+    #[test]
+    fn keys_that_reset_others_are_written_first_and_the_overcommit_mode_last() {
+        let mut keys = vec![
+            "net.ipv4.conf.all.accept_redirects",
+            "net.ipv4.conf.eth0.forwarding",
+            "vm.overcommit_memory",
+            "net.ipv4.conf.default.rp_filter",
+            "net.ipv6.conf.all.accept_ra",
+            "net.ipv4.ip_forward",
+            "net.ipv6.conf.all.forwarding",
+            "vm.overcommit_ratio",
+            "kernel.randomize_va_space",
+        ];
+        keys.sort_by_key(|k| (write_order(k), *k));
+        assert_eq!(
+            keys,
+            [
+                "vm.overcommit_ratio",
+                "net.ipv4.ip_forward",
+                "net.ipv6.conf.all.forwarding",
+                "net.ipv4.conf.default.rp_filter",
+                "kernel.randomize_va_space",
+                "net.ipv4.conf.all.accept_redirects",
+                "net.ipv4.conf.eth0.forwarding",
+                "net.ipv6.conf.all.accept_ra",
+                "vm.overcommit_memory",
+            ]
+        );
     }
 }

@@ -73,7 +73,7 @@ expect_match "the journal has the rejection" 'policy push rejected' "$last_outpu
 printf 'version: 1\nsysctl:\n  net.core.somaxconn: 8192\n' >/etc/holdfast/policy.d/20-push.yaml
 check "the valid push is applied" wait_until 5 sh -c '[ "$(cat /proc/sys/net/core/somaxconn)" = 8192 ]'
 expect_eq "the rejection is cleared" null "$(status_json | jq .policy.last_error)"
-check "the value is persisted for boot" grep -qx -- '-net.core.somaxconn = 8192' /etc/sysctl.d/99-zz-holdfast.conf
+check "the value is persisted for boot" grep -qx 'net.core.somaxconn = 8192' /etc/sysctl.d/99-zz-holdfast.conf
 
 check "systemctl reload (SIGHUP)" systemctl reload holdfast.service
 check "the reload is a pass" wait_until 5 sh -c \
