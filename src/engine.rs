@@ -15,7 +15,7 @@
 use std::time::Instant;
 
 use crate::cgroup::{observe as cgroup_observe, plan as cgroup_plan};
-use crate::host::{self, HostRoot, IoError};
+use crate::host::{HostRoot, IoError};
 use crate::item::{Action, Item, Kind, State};
 use crate::limits::{observe as limits_observe, plan as limits_plan};
 use crate::policy::Policy;
@@ -190,7 +190,7 @@ fn apply_units(
     let wrote_unit_files = planned
         .iter()
         .any(|i| i.kind == Kind::UnitFile && i.action.is_some());
-    execute_file_actions(&mut planned);
+    execute_file_actions(ctx.host, &mut planned);
     unpark(&mut planned, parked);
     let mut notes: Vec<(String, String)> = Vec::new();
     if wrote_unit_files && let Some(client) = ctx.systemd {
@@ -321,25 +321,21 @@ fn execute_runtime_action(ctx: &Context<'_>, action: &Action) -> Result<bool, St
         Action::SetUnitProperties { unit, assignments } => client()?
             .set_properties_runtime(unit, assignments)
             .map_err(|e| e.to_string())?,
-        Action::CreateCgroup { path } => match std::fs::create_dir(path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => {
-                return Err(explain_cgroup_error(&IoError::new(
-                    "create cgroup",
-                    path,
-                    e,
-                )));
-            }
-        },
+        Action::CreateCgroup { path } => ctx
+            .host
+            .create_kernel_dir(path)
+            .map_err(|e| explain_cgroup_error(&e))?,
         Action::EnableController {
             subtree_control,
             controller,
-        } => host::write_kernel_file(subtree_control, &format!("+{controller}"))
+        } => ctx
+            .host
+            .write_kernel_file(subtree_control, &format!("+{controller}"))
             .map_err(|e| explain_cgroup_error(&e))?,
-        Action::WriteCgroupFile { path, value } => {
-            host::write_kernel_file(path, value).map_err(|e| explain_cgroup_error(&e))?
-        }
+        Action::WriteCgroupFile { path, value } => ctx
+            .host
+            .write_kernel_file(path, value)
+            .map_err(|e| explain_cgroup_error(&e))?,
         Action::WriteSysctl { .. } | Action::WriteFile { .. } | Action::RemoveFile { .. } => {
             return Ok(false);
         }
@@ -427,7 +423,7 @@ fn apply_limits(
         unpark(&mut planned, parked);
         return planned;
     }
-    execute_file_actions(&mut planned);
+    execute_file_actions(host, &mut planned);
     let (after_host, _) = limits_observe::observe(host);
     let mut after = limits_plan::plan(policy, &after_host);
     for item in after.iter_mut() {
@@ -469,7 +465,7 @@ pub fn apply_sysctls_observed(
     unpark(&mut items, parked);
     refresh_persist_item(policy, observed, &mut items);
     let parked = park_held(&mut items, hold);
-    execute_file_actions(&mut items);
+    execute_file_actions(host, &mut items);
     unpark(&mut items, parked);
     items
 }
@@ -504,19 +500,11 @@ fn refresh_persist_item(policy: &Policy, sysctl_host: &SysctlHost, items: &mut V
     items.extend(sysctl_plan::persist_item(policy, items, sysctl_host));
 }
 
-fn execute_file_actions(items: &mut [Item]) {
+fn execute_file_actions(host: &HostRoot, items: &mut [Item]) {
     for item in items.iter_mut() {
         let result = match item.action.take() {
-            Some(Action::WriteFile { path, content }) => host::write_atomic(&path, &content, 0o644),
-            Some(Action::RemoveFile { path }) => std::fs::remove_file(&path)
-                .or_else(|e| {
-                    if e.kind() == std::io::ErrorKind::NotFound {
-                        Ok(())
-                    } else {
-                        Err(e)
-                    }
-                })
-                .map_err(|e| IoError::new("remove", &path, e)),
+            Some(Action::WriteFile { path, content }) => host.write_atomic(&path, &content, 0o644),
+            Some(Action::RemoveFile { path }) => host.remove_file(&path),
             Some(other) => {
                 item.action = Some(other);
                 continue;
