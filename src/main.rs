@@ -346,7 +346,11 @@ fn status(
     let response = client::get(&addr, &target, "application/json", STATUS_TIMEOUT)?;
     let body = String::from_utf8_lossy(&response.body);
     if response.status != 200 {
-        anyhow::bail!("{addr}: HTTP {}: {}", response.status, body.trim_end());
+        anyhow::bail!(
+            "{addr}: HTTP {}: {}",
+            response.status,
+            holdfast::host::escape_control(body.trim_end())
+        );
     }
     let doc: StatusJson = serde_json::from_str(&body)
         .with_context(|| format!("{addr}: the status is not the JSON this version reads"))?;
