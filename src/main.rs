@@ -131,6 +131,11 @@ struct ServeArgs {
     /// Allow --listen on non-loopback addresses (the API has no authentication).
     #[arg(long)]
     allow_remote: bool,
+    /// A name clients may use to reach the API over TCP (the Host header),
+    /// besides localhost, loopback addresses and the listener's own address;
+    /// repeatable. Other Host values get 421 (DNS rebinding protection).
+    #[arg(long, value_name = "NAME", value_parser = api_host_arg)]
+    api_host: Vec<String>,
     /// Do not install the seccomp allow-list (no_new_privs and the
     /// capability drop still happen). For diagnosing a system call the list
     /// lacks; see README.
@@ -254,6 +259,22 @@ fn bounded_duration(s: &str, min: Duration, max: Duration) -> Result<Duration, S
     Ok(d)
 }
 
+/// A host name for `--api-host`: letters, digits, `-` and `.` only.
+fn api_host_arg(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if ok {
+        Ok(s.to_ascii_lowercase())
+    } else {
+        Err(format!(
+            "`{}` is not a host name",
+            holdfast::host::escape_control(s)
+        ))
+    }
+}
+
 const MS: Duration = Duration::from_millis(1);
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -296,6 +317,7 @@ fn serve(cli: &Cli, host: HostRoot, args: &ServeArgs) -> anyhow::Result<u8> {
         listen,
         allow_remote: args.allow_remote,
         seccomp: !args.no_seccomp,
+        api_hosts: args.api_host.clone(),
         rescan: args.rescan,
         debounce: args.debounce,
         trackers,
