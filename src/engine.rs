@@ -219,7 +219,7 @@ fn run(
         else {
             continue;
         };
-        let outcome = execute_file_action(action);
+        let outcome = execute_file_action(ctx.host, action);
         record.acted.insert(Area::of(item.kind()));
         if item.kind() == Kind::UnitFile && matches!(outcome, Outcome::Done) {
             unit_files_changed = true;
@@ -287,7 +287,7 @@ fn run(
             before
         };
         if let Observation::Sysctl(h) = obs {
-            persist(policy, h, &mut merged, hold);
+            persist(ctx.host, policy, h, &mut merged, hold);
         }
         items.extend(merged);
     }
@@ -479,7 +479,13 @@ fn merge(before: &[Item], after: Vec<Item>, record: &Record, hold: Hold<'_>) -> 
 
 /// holdfast's sysctl.d file must hold the values the kernel really has now,
 /// so it is planned from the merged sysctl items and written last.
-fn persist(policy: &Policy, obs: &mut SysctlHost, items: &mut Vec<Item>, hold: Hold<'_>) {
+fn persist(
+    host: &HostRoot,
+    policy: &Policy,
+    obs: &mut SysctlHost,
+    items: &mut Vec<Item>,
+    hold: Hold<'_>,
+) {
     items.retain(|i| i.kind() != Kind::SysctlPersist);
     let Some(mut item) = sysctl_plan::persist_item(policy, items, obs) else {
         return;
@@ -487,7 +493,7 @@ fn persist(policy: &Policy, obs: &mut SysctlHost, items: &mut Vec<Item>, hold: H
     if !hold(&item)
         && let Some(action) = item.action.take()
     {
-        match execute_file_action(&action) {
+        match execute_file_action(host, &action) {
             Outcome::Done => {
                 item.state = State::Corrected;
                 item.actual = item.desired.clone();
@@ -504,10 +510,10 @@ fn persist(policy: &Policy, obs: &mut SysctlHost, items: &mut Vec<Item>, hold: H
 
 /// Writes or removes one of holdfast's files, then reads it back: `Done`
 /// only when the file has exactly the content written (or is gone).
-fn execute_file_action(action: &Action) -> Outcome {
+fn execute_file_action(host: &HostRoot, action: &Action) -> Outcome {
     match action {
         Action::WriteFile { path, content } => {
-            if let Err(e) = host::write_atomic(path, content, 0o644) {
+            if let Err(e) = host.write_atomic(path, content, 0o644) {
                 return Outcome::Failed(e.to_string());
             }
             match host::read_optional(path) {
@@ -523,10 +529,9 @@ fn execute_file_action(action: &Action) -> Outcome {
                 Err(e) => Outcome::Failed(format!("wrote it, then could not read it back: {e}")),
             }
         }
-        Action::RemoveFile { path } => match std::fs::remove_file(path) {
+        Action::RemoveFile { path } => match host.remove_file(path) {
             Ok(()) => Outcome::Done,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Outcome::Done,
-            Err(e) => Outcome::Failed(IoError::new("remove", path, e).to_string()),
+            Err(e) => Outcome::Failed(e.to_string()),
         },
         _ => Outcome::Failed(format!("not a file action: {action}")),
     }
@@ -547,23 +552,21 @@ fn execute_runtime_action(ctx: &Context<'_>, action: &Action) -> Option<Result<(
             c.set_properties_runtime(unit, assignments)
                 .map_err(|e| e.to_string())
         }),
-        Action::CreateCgroup { path } => match std::fs::create_dir(path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-            Err(e) => Err(explain_cgroup_error(&IoError::new(
-                "create cgroup",
-                path,
-                e,
-            ))),
-        },
+        Action::CreateCgroup { path } => ctx
+            .host
+            .create_kernel_dir(path)
+            .map_err(|e| explain_cgroup_error(&e)),
         Action::EnableController {
             subtree_control,
             controller,
-        } => host::write_kernel_file(subtree_control, &format!("+{controller}"))
+        } => ctx
+            .host
+            .write_kernel_file(subtree_control, &format!("+{controller}"))
             .map_err(|e| explain_cgroup_error(&e)),
-        Action::WriteCgroupFile { path, value } => {
-            host::write_kernel_file(path, value).map_err(|e| explain_cgroup_error(&e))
-        }
+        Action::WriteCgroupFile { path, value } => ctx
+            .host
+            .write_kernel_file(path, value)
+            .map_err(|e| explain_cgroup_error(&e)),
         Action::WriteSysctl { .. } | Action::WriteFile { .. } | Action::RemoveFile { .. } => {
             return None;
         }

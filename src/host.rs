@@ -6,7 +6,12 @@
 
 use std::fs;
 use std::io::{self, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use nix::sys::stat::Mode;
 
 use crate::sysctl::SysctlKey;
 
@@ -137,52 +142,526 @@ pub fn read_optional_or_warn(path: &Path, warnings: &mut Vec<IoError>) -> Option
 }
 
 /// Writes `data` to an existing kernel file (procfs, cgroupfs) in one write(2),
-/// without truncating or creating: these files take a value per write.
+/// resolved beneath `/` without following any symbolic link (see
+/// [`HostRoot::write_kernel_file`], which callers with a host root use).
 pub fn write_kernel_file(path: &Path, data: &str) -> Result<(), IoError> {
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|e| IoError::new("open", path, e))?;
-    f.write_all(data.as_bytes())
-        .map_err(|e| IoError::new("write", path, e))
+    HostRoot::new("/").write_kernel_file(path, data)
 }
 
-/// Replaces a regular file atomically: write a temp file beside it, fsync,
-/// rename over the target, fsync the directory. Readers see the old or the
-/// new content, never a torn one. Creates the parent directory if needed.
+/// Replaces a regular file atomically, with the guarantees of
+/// [`HostRoot::write_atomic`] taken beneath `/` (callers with a host root use
+/// that method).
 pub fn write_atomic(path: &Path, data: &str, mode: u32) -> Result<(), IoError> {
-    use std::os::unix::fs::OpenOptionsExt;
+    HostRoot::new("/").write_atomic(path, data, mode)
+}
 
-    let dir = path
-        .parent()
-        .ok_or_else(|| IoError::new("write", path, io::Error::other("path has no parent")))?;
-    fs::create_dir_all(dir).map_err(|e| IoError::new("create directory", dir, e))?;
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{file_name}.holdfast-tmp"));
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(|e| IoError::new("create", &tmp, e))?;
-        f.write_all(data.as_bytes())
-            .map_err(|e| IoError::new("write", &tmp, e))?;
-        f.sync_all().map_err(|e| IoError::new("fsync", &tmp, e))?;
-        fs::rename(&tmp, path).map_err(|e| IoError::new("rename into place", path, e))?;
-        // The rename is durable only once the directory entry is.
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| IoError::new("fsync directory", dir, e))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+/// The suffix of holdfast's temporary files. Writers are serialised by the
+/// writer lock ([`HostRoot::lock_writers`]), so a temp file found beside a
+/// file being written is a leftover of a killed writer and is removed.
+const TEMP_SUFFIX: &str = ".holdfast-tmp";
+
+/// Makes temp names unique within the process (with the PID, across
+/// processes): two writers never share a temp file.
+static TEMP_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Directories holdfast creates on the way to a file it writes.
+const DIR_MODE: u32 = 0o755;
+
+/// How the parent directory of a file holdfast creates is resolved: inside
+/// the root as if it were `/` (a symlinked `/etc/sysctl.d` is followed, an
+/// absolute or `..` target cannot leave the root), never through /proc's
+/// magic links.
+fn resolve_in_root() -> ResolveFlag {
+    ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS
+}
+
+/// How kernel files, cgroup directories and names inside an already-opened
+/// directory are resolved: beneath the starting directory, no symbolic link
+/// at all.
+fn resolve_strict() -> ResolveFlag {
+    ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS
+}
+
+/// An `io::Error` from an errno, with plain words for the two refusals of
+/// safe resolution.
+fn errno_error(e: Errno) -> io::Error {
+    match e {
+        Errno::ELOOP => io::Error::other(
+            "a symbolic link is in the way (holdfast does not follow links here; see ARCHITECTURE.md)",
+        ),
+        Errno::EXDEV => io::Error::other("the path resolves outside the host root"),
+        e => io::Error::from_raw_os_error(e as i32),
     }
-    result
+}
+
+fn openat2_in(
+    dir: impl AsFd,
+    rel: &Path,
+    flags: OFlag,
+    mode: u32,
+    resolve: ResolveFlag,
+) -> Result<OwnedFd, Errno> {
+    let how = OpenHow::new()
+        .flags(flags | OFlag::O_CLOEXEC)
+        .mode(Mode::from_bits_truncate(mode))
+        .resolve(resolve);
+    loop {
+        match openat2(dir.as_fd(), rel, how) {
+            // The kernel asks for a retry when a rename raced the lookup.
+            Err(Errno::EAGAIN) | Err(Errno::EINTR) => continue,
+            other => return other,
+        }
+    }
+}
+
+impl HostRoot {
+    /// `path` relative to the root, refused when it is not under the root
+    /// or climbs with `..`.
+    fn relative<'a>(&self, path: &'a Path) -> Result<&'a Path, IoError> {
+        let outside = || {
+            IoError::new(
+                "resolve",
+                path,
+                io::Error::other(format!("not under the host root {}", self.root.display())),
+            )
+        };
+        let rel = path.strip_prefix(&self.root).map_err(|_| outside())?;
+        if rel
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(outside());
+        }
+        Ok(rel)
+    }
+
+    fn open_root(&self) -> Result<OwnedFd, IoError> {
+        let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        nix::fcntl::open(&self.root, flags, Mode::empty())
+            .map_err(|e| IoError::new("open host root", &self.root, errno_error(e)))
+    }
+
+    /// Opens (creating what is missing, mode 0755) the directory `rel` under
+    /// the root for reading: resolved in the root, never outside it.
+    fn ensure_dir(&self, root: &OwnedFd, rel: &Path) -> Result<OwnedFd, IoError> {
+        self.ensure_dir_mode(root, rel, DIR_MODE)
+    }
+
+    /// [`HostRoot::ensure_dir`] creating the last directory with `mode`.
+    fn ensure_dir_mode(&self, root: &OwnedFd, rel: &Path, mode: u32) -> Result<OwnedFd, IoError> {
+        let shown = self.root.join(rel);
+        if rel.as_os_str().is_empty() {
+            return openat2_in(
+                root,
+                Path::new("."),
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+                0,
+                resolve_strict(),
+            )
+            .map_err(|e| IoError::new("open directory", &shown, errno_error(e)));
+        }
+        match openat2_in(
+            root,
+            rel,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+            0,
+            resolve_in_root(),
+        ) {
+            Ok(fd) => Ok(fd),
+            Err(Errno::ENOENT) => {
+                let parent = self.ensure_dir(root, rel.parent().unwrap_or(Path::new("")))?;
+                let name = rel.file_name().unwrap_or_default();
+                match nix::sys::stat::mkdirat(&parent, name, Mode::from_bits_truncate(mode)) {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(e) => return Err(IoError::new("create directory", &shown, errno_error(e))),
+                }
+                openat2_in(
+                    &parent,
+                    Path::new(name),
+                    OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+                    0,
+                    resolve_strict(),
+                )
+                .map_err(|e| IoError::new("open directory", &shown, errno_error(e)))
+            }
+            Err(e) => Err(IoError::new("open directory", &shown, errno_error(e))),
+        }
+    }
+
+    /// Opens the existing parent directory of `rel` (resolved in the root),
+    /// or `None` when it does not exist.
+    fn open_parent(&self, root: &OwnedFd, rel: &Path) -> Result<Option<OwnedFd>, IoError> {
+        let dir = rel.parent().unwrap_or(Path::new(""));
+        if dir.as_os_str().is_empty() {
+            return self.ensure_dir(root, dir).map(Some);
+        }
+        match openat2_in(
+            root,
+            dir,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+            0,
+            resolve_in_root(),
+        ) {
+            Ok(fd) => Ok(Some(fd)),
+            Err(Errno::ENOENT) => Ok(None),
+            Err(e) => Err(IoError::new(
+                "open directory",
+                &self.root.join(dir),
+                errno_error(e),
+            )),
+        }
+    }
+
+    /// Replaces a regular file under the root atomically: a temp file beside
+    /// it, created with `O_EXCL | O_NOFOLLOW` under a unique name, given
+    /// `mode` (whatever the umask) and, when holdfast runs as root, owner
+    /// root:root; written, fsynced, renamed over the target, and the
+    /// directory fsynced. Readers see the old or the new content, never a
+    /// torn one.
+    ///
+    /// # Guarantees
+    /// - Nothing outside the root is written: the directory is resolved
+    ///   inside the root (symlinked directories are followed as in a chroot),
+    ///   the temp file and the rename are relative to that directory, and a
+    ///   symbolic link at the target's name is replaced, never written
+    ///   through.
+    /// - Missing directories on the way are created (mode 0755).
+    ///
+    /// # Assumptions
+    /// The caller holds the writer lock: temp files of this target left by
+    /// a killed writer are removed first.
+    pub fn write_atomic(&self, path: &Path, data: &str, mode: u32) -> Result<(), IoError> {
+        let rel = self.relative(path)?;
+        let Some(name) = rel.file_name() else {
+            return Err(IoError::new(
+                "write",
+                path,
+                io::Error::other("path has no file name"),
+            ));
+        };
+        let root = self.open_root()?;
+        let dir = self.ensure_dir(&root, rel.parent().unwrap_or(Path::new("")))?;
+        let dir_path = path.parent().unwrap_or(path);
+        let prefix = {
+            let mut p = std::ffi::OsString::from(".");
+            p.push(name);
+            p.push(".");
+            p
+        };
+        remove_stale_temps(&dir, dir_path, &prefix)?;
+
+        let (tmp_name, file) = create_temp(&dir, dir_path, &prefix, mode)?;
+        let tmp = dir_path.join(&tmp_name);
+        let result = (|| {
+            let mut f = fs::File::from(file);
+            f.write_all(data.as_bytes())
+                .map_err(|e| IoError::new("write", &tmp, e))?;
+            f.sync_all().map_err(|e| IoError::new("fsync", &tmp, e))?;
+            nix::fcntl::renameat(&dir, tmp_name.as_os_str(), &dir, name)
+                .map_err(|e| IoError::new("rename into place", path, errno_error(e)))?;
+            // The rename is durable only once the directory entry is.
+            nix::unistd::fsync(&dir)
+                .map_err(|e| IoError::new("fsync directory", dir_path, errno_error(e)))
+        })();
+        if result.is_err() {
+            let _ = nix::unistd::unlinkat(
+                &dir,
+                tmp_name.as_os_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            );
+        }
+        result
+    }
+
+    /// Writes `data` to an existing kernel file (procfs, cgroupfs) under the
+    /// root in one write(2), opened with `O_TRUNC` (a plain file in a fake
+    /// root holds exactly the value, as the kernel's do) and resolved beneath
+    /// the root without following any symbolic link: /proc/sys and cgroupfs
+    /// have none, so one there was planted.
+    pub fn write_kernel_file(&self, path: &Path, data: &str) -> Result<(), IoError> {
+        let rel = self.relative(path)?;
+        let root = self.open_root()?;
+        let fd = openat2_in(
+            &root,
+            rel,
+            OFlag::O_WRONLY | OFlag::O_TRUNC | OFlag::O_NOFOLLOW,
+            0,
+            resolve_strict(),
+        )
+        .map_err(|e| IoError::new("open", path, errno_error(e)))?;
+        fs::File::from(fd)
+            .write_all(data.as_bytes())
+            .map_err(|e| IoError::new("write", path, e))
+    }
+
+    /// Creates a directory in a kernel file system (a cgroup) under the root;
+    /// an existing directory is fine. Resolved like
+    /// [`HostRoot::write_kernel_file`]: no symbolic link anywhere.
+    pub fn create_kernel_dir(&self, path: &Path) -> Result<(), IoError> {
+        let rel = self.relative(path)?;
+        let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+            return Err(IoError::new(
+                "create directory",
+                path,
+                io::Error::other("path has no name"),
+            ));
+        };
+        let root = self.open_root()?;
+        let open = |dir: &OwnedFd, p: &Path| {
+            openat2_in(
+                dir,
+                p,
+                OFlag::O_PATH | OFlag::O_DIRECTORY,
+                0,
+                resolve_strict(),
+            )
+            .map_err(|e| IoError::new("open directory", path, errno_error(e)))
+        };
+        let parent = if parent.as_os_str().is_empty() {
+            open(&root, Path::new("."))?
+        } else {
+            open(&root, parent)?
+        };
+        match nix::sys::stat::mkdirat(&parent, name, Mode::from_bits_truncate(DIR_MODE)) {
+            Ok(()) => Ok(()),
+            // Whatever is there must be a real directory, not a link.
+            Err(Errno::EEXIST) => open(&parent, Path::new(name)).map(drop),
+            Err(e) => Err(IoError::new("create directory", path, errno_error(e))),
+        }
+    }
+
+    /// Removes a file holdfast owns, if it is there; resolved like the
+    /// directory of [`HostRoot::write_atomic`], and the name itself is
+    /// unlinked (a link there is removed, its target untouched).
+    pub fn remove_file(&self, path: &Path) -> Result<(), IoError> {
+        let rel = self.relative(path)?;
+        let Some(name) = rel.file_name() else {
+            return Err(IoError::new(
+                "remove",
+                path,
+                io::Error::other("path has no file name"),
+            ));
+        };
+        let root = self.open_root()?;
+        let Some(dir) = self.open_parent(&root, rel)? else {
+            return Ok(());
+        };
+        match nix::unistd::unlinkat(&dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => Ok(()),
+            Err(e) => Err(IoError::new("remove", path, errno_error(e))),
+        }
+    }
+}
+
+/// Where the host-wide writer lock lives, relative to the root.
+pub const WRITER_LOCK: &str = "run/holdfast/writer.lock";
+
+/// The writer lock, held while alive: only one holdfast process writes to a
+/// host at a time (`apply` for its pass, `serve` for its life). Dropping it
+/// (or the process ending, even by SIGKILL) releases it.
+#[derive(Debug)]
+pub struct WriterLock {
+    // Closing the descriptor releases the lock: no unlock call, which the
+    // hardened daemon's seccomp list would not allow at exit anyway.
+    _file: fs::File,
+}
+
+/// Why the writer lock could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error(
+        "another holdfast is writing to this host ({holder}; lock {}), still after {waited:?}: \
+         wait for it to finish, or push the policy to the running daemon instead",
+        path.display()
+    )]
+    Busy {
+        path: PathBuf,
+        holder: String,
+        waited: std::time::Duration,
+    },
+    #[error(transparent)]
+    Io(#[from] IoError),
+}
+
+/// How often a waiting writer tries the lock again.
+const LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
+impl HostRoot {
+    pub fn writer_lock_path(&self) -> PathBuf {
+        self.path(WRITER_LOCK)
+    }
+
+    /// Takes the host-wide writer lock (`flock` on `run/holdfast/writer.lock`
+    /// under the root, created 0600 without following links), waiting at
+    /// most `wait`. `command` is recorded in the lock file with the PID, so
+    /// a writer that has to give up can say who holds it.
+    pub fn lock_writers(
+        &self,
+        command: &str,
+        wait: std::time::Duration,
+    ) -> Result<WriterLock, LockError> {
+        let path = self.writer_lock_path();
+        let rel = self.relative(&path)?;
+        let root = self.open_root()?;
+        // The directory is root-only, like the Unix socket beside it.
+        let dir = self.ensure_dir_mode(&root, rel.parent().unwrap_or(Path::new("")), 0o700)?;
+        let name = rel.file_name().unwrap_or_default();
+        let fd = openat2_in(
+            &dir,
+            Path::new(name),
+            OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW,
+            0o600,
+            resolve_strict(),
+        )
+        .map_err(|e| IoError::new("open", &path, errno_error(e)))?;
+        let mut file = fs::File::from(fd);
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            use std::os::fd::AsRawFd;
+            // SAFETY: flock(2) on a descriptor owned by `file`; no memory is
+            // passed to the kernel.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            match Errno::result(rc) {
+                Ok(_) => {
+                    let note = format!("pid {} (holdfast {command})\n", std::process::id());
+                    // The holder's note is a courtesy for the loser's message:
+                    // failing to write it does not make the lock less held.
+                    let _ = file.set_len(0).and_then(|()| {
+                        use std::io::Seek;
+                        file.seek(io::SeekFrom::Start(0))?;
+                        file.write_all(note.as_bytes())
+                    });
+                    return Ok(WriterLock { _file: file });
+                }
+                Err(Errno::EWOULDBLOCK) | Err(Errno::EINTR) => {
+                    let now = std::time::Instant::now();
+                    if now >= deadline {
+                        let holder = fs::read_to_string(&path)
+                            .ok()
+                            .map(|s| escape_control(s.trim()))
+                            .filter(|s| !s.is_empty())
+                            .unwrap_or_else(|| "holder unknown".to_string());
+                        return Err(LockError::Busy {
+                            path,
+                            holder,
+                            waited: wait,
+                        });
+                    }
+                    std::thread::sleep(LOCK_POLL.min(deadline - now));
+                }
+                Err(e) => return Err(IoError::new("lock", &path, errno_error(e)).into()),
+            }
+        }
+    }
+}
+
+/// Shows control characters (and backslashes) as escapes, so text from a
+/// file or a policy cannot move a terminal's cursor or forge lines.
+pub fn escape_control(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Creates a new temp file in `dir` with a name no other writer uses.
+fn create_temp(
+    dir: &OwnedFd,
+    dir_path: &Path,
+    prefix: &std::ffi::OsStr,
+    mode: u32,
+) -> Result<(std::ffi::OsString, OwnedFd), IoError> {
+    use std::sync::atomic::Ordering;
+    let pid = std::process::id();
+    let euid_is_root = nix::unistd::geteuid().is_root();
+    loop {
+        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let mut name = prefix.to_os_string();
+        name.push(format!("{pid}.{n}{TEMP_SUFFIX}"));
+        let shown = dir_path.join(&name);
+        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW;
+        match openat2_in(dir, Path::new(&name), flags, mode, resolve_strict()) {
+            Ok(fd) => {
+                let setup = nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(mode))
+                    .map_err(|e| IoError::new("chmod", &shown, errno_error(e)))
+                    .and_then(|()| {
+                        if euid_is_root {
+                            let root = (
+                                Some(nix::unistd::Uid::from_raw(0)),
+                                Some(nix::unistd::Gid::from_raw(0)),
+                            );
+                            nix::unistd::fchown(&fd, root.0, root.1).map_err(|e| {
+                                IoError::new("chown root:root", &shown, errno_error(e))
+                            })
+                        } else {
+                            Ok(())
+                        }
+                    });
+                if let Err(e) = setup {
+                    let _ = nix::unistd::unlinkat(
+                        dir,
+                        name.as_os_str(),
+                        nix::unistd::UnlinkatFlags::NoRemoveDir,
+                    );
+                    return Err(e);
+                }
+                return Ok((name, fd));
+            }
+            // Someone else's name (a leftover with a reused PID): take the next.
+            Err(Errno::EEXIST) => continue,
+            Err(e) => return Err(IoError::new("create", &shown, errno_error(e))),
+        }
+    }
+}
+
+/// Removes `PREFIX*.holdfast-tmp` entries of `dir`: leftovers of a writer
+/// that was killed between creating its temp file and renaming it.
+fn remove_stale_temps(
+    dir: &OwnedFd,
+    dir_path: &Path,
+    prefix: &std::ffi::OsStr,
+) -> Result<(), IoError> {
+    use std::os::unix::ffi::OsStrExt;
+    let listing = nix::dir::Dir::openat(
+        dir,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| IoError::new("list", dir_path, errno_error(e)))?;
+    let mut stale = Vec::new();
+    for entry in listing {
+        let entry = entry.map_err(|e| IoError::new("list", dir_path, errno_error(e)))?;
+        let name = entry.file_name().to_bytes();
+        if name.starts_with(prefix.as_bytes()) && name.ends_with(TEMP_SUFFIX.as_bytes()) {
+            stale.push(std::ffi::OsStr::from_bytes(name).to_os_string());
+        }
+    }
+    for name in stale {
+        match nix::unistd::unlinkat(
+            dir,
+            name.as_os_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        ) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(e) => {
+                return Err(IoError::new(
+                    "remove stale temp file",
+                    &dir_path.join(&name),
+                    errno_error(e),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Lists the regular files (or links to them) in `dir` whose names end with
@@ -233,6 +712,226 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec!["x.conf"]);
+    }
+
+    /// The temp name holdfast used before every writer got its own: a link
+    /// planted there must never be written through or installed.
+    #[test]
+    fn a_link_planted_at_a_temp_name_is_neither_written_through_nor_installed() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostRoot::new(dir.path().join("root"));
+        let outside = dir.path().join("outside");
+        fs::write(&outside, "precious\n").unwrap();
+        let target = host.path("etc/sysctl.d/99-zz-holdfast.conf");
+        fs::create_dir_all(target.parent().unwrap()).unwrap();
+        let planted = host.path("etc/sysctl.d/.99-zz-holdfast.conf.holdfast-tmp");
+        std::os::unix::fs::symlink(&outside, &planted).unwrap();
+        host.write_atomic(&target, "a = 1\n", 0o644).unwrap();
+        assert_eq!(fs::read_to_string(&outside).unwrap(), "precious\n");
+        let meta = fs::symlink_metadata(&target).unwrap();
+        assert!(meta.file_type().is_file(), "{meta:?}");
+        assert_eq!(fs::read_to_string(&target).unwrap(), "a = 1\n");
+    }
+
+    #[test]
+    fn a_link_at_the_target_is_replaced_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostRoot::new(dir.path().join("root"));
+        let outside = dir.path().join("outside");
+        fs::write(&outside, "precious\n").unwrap();
+        let target = host.path("etc/security/limits.d/90-holdfast.conf");
+        fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&outside, &target).unwrap();
+        host.write_atomic(&target, "* soft nofile 1\n", 0o644)
+            .unwrap();
+        assert_eq!(fs::read_to_string(&outside).unwrap(), "precious\n");
+        assert!(fs::symlink_metadata(&target).unwrap().file_type().is_file());
+    }
+
+    #[test]
+    fn written_files_get_the_given_mode_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostRoot::new(dir.path());
+        let target = host.path("etc/x.conf");
+        host.write_atomic(&target, "x\n", 0o640).unwrap();
+        let meta = fs::metadata(&target).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
+        if nix::unistd::geteuid().is_root() {
+            use std::os::unix::fs::MetadataExt;
+            assert_eq!((meta.uid(), meta.gid()), (0, 0));
+        }
+    }
+
+    #[test]
+    fn a_symlinked_directory_is_followed_inside_the_root_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let host = HostRoot::new(&root);
+        let outside = dir.path().join("outside-sysctl.d");
+        fs::create_dir_all(&outside).unwrap();
+        fs::create_dir_all(root.join("etc")).unwrap();
+        fs::create_dir_all(root.join("usr/lib/sysctl.d")).unwrap();
+        // A relative link inside the root works as on the real host.
+        std::os::unix::fs::symlink("../usr/lib/sysctl.d", root.join("etc/sysctl.d")).unwrap();
+        host.write_atomic(&host.path("etc/sysctl.d/a.conf"), "a = 1\n", 0o644)
+            .unwrap();
+        assert_eq!(
+            fs::read_to_string(root.join("usr/lib/sysctl.d/a.conf")).unwrap(),
+            "a = 1\n"
+        );
+        // An absolute link is taken relative to the root, as in a chroot.
+        std::os::unix::fs::symlink(&outside, root.join("etc/limits.d")).unwrap();
+        // Dangling inside the root: refused, not resolved on the real host.
+        let err = host
+            .write_atomic(&host.path("etc/limits.d/b.conf"), "b\n", 0o644)
+            .unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        fs::create_dir_all(root.join(outside.strip_prefix("/").unwrap())).unwrap();
+        host.write_atomic(&host.path("etc/limits.d/b.conf"), "b\n", 0o644)
+            .unwrap();
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
+        assert_eq!(
+            fs::read_to_string(root.join(outside.strip_prefix("/").unwrap()).join("b.conf"))
+                .unwrap(),
+            "b\n"
+        );
+    }
+
+    #[test]
+    fn kernel_file_links_out_of_the_root_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let host = HostRoot::new(&root);
+        let outside = dir.path().join("outside");
+        fs::create_dir_all(&outside).unwrap();
+        fs::write(outside.join("value"), "precious\n").unwrap();
+        fs::write(outside.join("memory.max"), "precious\n").unwrap();
+        // A planted /proc/sys/KEY link.
+        fs::create_dir_all(root.join("proc/sys/kernel")).unwrap();
+        std::os::unix::fs::symlink(outside.join("value"), root.join("proc/sys/kernel/x")).unwrap();
+        let err = host
+            .write_kernel_file(&root.join("proc/sys/kernel/x"), "1\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        // A planted holdfast.slice directory link.
+        fs::create_dir_all(root.join("sys/fs/cgroup")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("sys/fs/cgroup/holdfast.slice")).unwrap();
+        let slice = root.join("sys/fs/cgroup/holdfast.slice");
+        assert!(
+            host.write_kernel_file(&slice.join("memory.max"), "1\n")
+                .is_err()
+        );
+        assert!(host.create_kernel_dir(&slice).is_err());
+        assert!(host.create_kernel_dir(&slice.join("x.slice")).is_err());
+        assert_eq!(
+            fs::read_to_string(outside.join("value")).unwrap(),
+            "precious\n"
+        );
+        assert_eq!(
+            fs::read_to_string(outside.join("memory.max")).unwrap(),
+            "precious\n"
+        );
+        assert!(!outside.join("x.slice").exists());
+        // And no path outside the root is accepted at all.
+        assert!(
+            host.write_kernel_file(&outside.join("value"), "1\n")
+                .is_err()
+        );
+        assert!(
+            host.write_atomic(&outside.join("new"), "1\n", 0o644)
+                .is_err()
+        );
+        assert!(!outside.join("new").exists());
+    }
+
+    #[test]
+    fn kernel_file_writes_truncate() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostRoot::new(dir.path());
+        let key = host.path("proc/sys/vm/max_map_count");
+        fs::create_dir_all(key.parent().unwrap()).unwrap();
+        fs::write(&key, "65530\n").unwrap();
+        host.write_kernel_file(&key, "1\n").unwrap();
+        assert_eq!(fs::read_to_string(&key).unwrap(), "1\n");
+    }
+
+    #[test]
+    fn writers_behind_the_lock_never_tear_a_file_nor_leave_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostRoot::new(dir.path());
+        let target = host.path("etc/security/limits.d/90-holdfast.conf");
+        let a = "* hard nofile 1024\n".repeat(2000);
+        let b = "* soft nproc 77\n".repeat(3000);
+        std::thread::scope(|s| {
+            for (command, content) in [("apply", &a), ("serve", &b)] {
+                let (host, target, a, b) = (&host, &target, &a, &b);
+                s.spawn(move || {
+                    for _ in 0..50 {
+                        let _lock = host
+                            .lock_writers(command, std::time::Duration::from_secs(30))
+                            .unwrap();
+                        host.write_atomic(target, content, 0o644).unwrap();
+                        let now = fs::read_to_string(target).unwrap();
+                        assert!(now == *a || now == *b, "torn: {} bytes", now.len());
+                    }
+                });
+            }
+        });
+        let names: Vec<_> = fs::read_dir(target.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec!["90-holdfast.conf"]);
+    }
+
+    #[test]
+    fn temp_files_left_by_a_killed_writer_are_removed_by_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostRoot::new(dir.path());
+        let target = host.path("etc/sysctl.d/99-zz-holdfast.conf");
+        fs::create_dir_all(target.parent().unwrap()).unwrap();
+        let left = target
+            .parent()
+            .unwrap()
+            .join(".99-zz-holdfast.conf.4242.0.holdfast-tmp");
+        fs::write(&left, "half a fi").unwrap();
+        let other = target.parent().unwrap().join("10-other.conf");
+        fs::write(&other, "x = 1\n").unwrap();
+        host.write_atomic(&target, "a = 1\n", 0o644).unwrap();
+        assert!(!left.exists());
+        assert!(other.exists());
+    }
+
+    #[test]
+    fn the_writer_lock_admits_one_writer_and_names_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostRoot::new(dir.path());
+        let held = host
+            .lock_writers("serve", std::time::Duration::ZERO)
+            .unwrap();
+        let err = host
+            .lock_writers("apply", std::time::Duration::from_millis(120))
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, LockError::Busy { .. }), "{msg}");
+        assert!(
+            msg.contains(&format!("pid {} (holdfast serve)", std::process::id())),
+            "{msg}"
+        );
+        drop(held);
+        host.lock_writers("apply", std::time::Duration::ZERO)
+            .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&host.writer_lock_path()), 0o600);
+        assert_eq!(mode(host.writer_lock_path().parent().unwrap()), 0o700);
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(escape_control("a\nb\x1b[2J\\"), "a\\nb\\u{1b}[2J\\\\");
+        assert_eq!(escape_control("plain/path.yaml"), "plain/path.yaml");
     }
 
     #[test]

@@ -73,6 +73,10 @@ enum Command {
         /// limits (never done without this flag).
         #[arg(long)]
         restart_services: bool,
+        /// How long to wait for another holdfast writing to this host (a
+        /// running daemon, another apply) before giving up with exit 1 (at most 1h).
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = lock_wait_arg)]
+        lock_wait: Duration,
     },
     /// Audit the security posture of every running service (managed or
     /// not): no_new_privs, seccomp, capabilities, root. Needs systemd.
@@ -127,24 +131,35 @@ struct ServeArgs {
     /// Allow --listen on non-loopback addresses (the API has no authentication).
     #[arg(long)]
     allow_remote: bool,
+    /// A name clients may use to reach the API over TCP (the Host header),
+    /// besides localhost, loopback addresses and the listener's own address;
+    /// repeatable. Other Host values get 421 (DNS rebinding protection).
+    #[arg(long, value_name = "NAME", value_parser = api_host_arg)]
+    api_host: Vec<String>,
     /// Do not install the seccomp allow-list (no_new_privs and the
     /// capability drop still happen). For diagnosing a system call the list
     /// lacks; see README.
     #[arg(long)]
     no_seccomp: bool,
-    /// Full rescan interval (re-reads everything, re-arms watches): 60s, 5m, 500ms.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration_arg)]
+    /// Full rescan interval (re-reads everything, re-arms watches): 60s, 5m, 500ms;
+    /// 100ms to 24h.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = rescan_arg)]
     rescan: Duration,
-    /// How long the policy directory must be quiet before a push is loaded.
-    #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = parse_duration_arg)]
+    /// How long the policy directory must be quiet before a push is loaded
+    /// (at most 1m).
+    #[arg(long, value_name = "DURATION", default_value = "200ms", value_parser = debounce_arg)]
     debounce: Duration,
     /// Corrections within --contested-window that mark a setting contested
     /// (corrections are then backed off); 0 turns detection off.
     #[arg(long, value_name = "N", default_value_t = 5)]
     contested_after: u32,
-    /// The window of --contested-after.
-    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration_arg)]
+    /// The window of --contested-after (1s to 24h).
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = window_arg)]
     contested_window: Duration,
+    /// How long to wait for another holdfast writing to this host (an
+    /// `apply` in progress) before giving up with exit 1 (at most 1h).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = lock_wait_arg)]
+    lock_wait: Duration,
 }
 
 #[derive(Subcommand, Debug)]
@@ -207,13 +222,21 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
         Command::Validate { files } => validate(&host, files, cli.format),
         Command::Check => pass(cli, &host, "check", TextStyle::Check, &engine::plan),
         Command::Plan => pass(cli, &host, "plan", TextStyle::Plan, &engine::plan),
-        Command::Apply { restart_services } => {
+        Command::Apply {
+            restart_services,
+            lock_wait,
+        } => {
             let options = ApplyOptions {
                 restart_services: *restart_services,
             };
             let run = |host: &HostRoot, policy: &Policy| {
                 engine::apply_in(&engine::Context::for_host(host), policy, options)
             };
+            if !cli.root.is_dir() {
+                anyhow::bail!("--root {}: not a directory", cli.root.display());
+            }
+            // One writer per host: held until the report is printed.
+            let _lock = host.lock_writers("apply", *lock_wait)?;
             pass(cli, &host, "apply", TextStyle::Apply, &run)
         }
         Command::Serve(args) => serve(cli, host, args),
@@ -221,8 +244,55 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
     }
 }
 
-fn parse_duration_arg(s: &str) -> Result<Duration, String> {
-    daemon::state::parse_duration(s)
+/// A duration option, within `[min, max]`: an out-of-range value is a usage
+/// error at parse time, never an overflow later (`Instant + Duration`).
+fn bounded_duration(s: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+    let d = daemon::state::parse_duration(s)?;
+    if d < min || d > max {
+        return Err(format!(
+            "`{}` is out of range: between {} and {}",
+            s.trim(),
+            daemon::state::human_duration(min),
+            daemon::state::human_duration(max)
+        ));
+    }
+    Ok(d)
+}
+
+/// A host name for `--api-host`: letters, digits, `-` and `.` only.
+fn api_host_arg(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if ok {
+        Ok(s.to_ascii_lowercase())
+    } else {
+        Err(format!(
+            "`{}` is not a host name",
+            holdfast::host::escape_control(s)
+        ))
+    }
+}
+
+const MS: Duration = Duration::from_millis(1);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+fn rescan_arg(s: &str) -> Result<Duration, String> {
+    bounded_duration(s, Duration::from_millis(100), DAY)
+}
+
+fn debounce_arg(s: &str) -> Result<Duration, String> {
+    bounded_duration(s, MS, Duration::from_secs(60))
+}
+
+fn window_arg(s: &str) -> Result<Duration, String> {
+    bounded_duration(s, Duration::from_secs(1), DAY)
+}
+
+fn lock_wait_arg(s: &str) -> Result<Duration, String> {
+    bounded_duration(s, MS, HOUR)
 }
 
 fn serve(cli: &Cli, host: HostRoot, args: &ServeArgs) -> anyhow::Result<u8> {
@@ -236,6 +306,8 @@ fn serve(cli: &Cli, host: HostRoot, args: &ServeArgs) -> anyhow::Result<u8> {
         .map(|a| ListenAddr::parse(a))
         .collect::<Result<Vec<_>, _>>()
         .context("--listen")?;
+    // One writer per host, for the daemon's whole life.
+    let _lock = host.lock_writers("serve", args.lock_wait)?;
     let mut trackers = TrackerConfig::default();
     trackers.contest.after = args.contested_after;
     trackers.contest.window = args.contested_window;
@@ -245,6 +317,7 @@ fn serve(cli: &Cli, host: HostRoot, args: &ServeArgs) -> anyhow::Result<u8> {
         listen,
         allow_remote: args.allow_remote,
         seccomp: !args.no_seccomp,
+        api_hosts: args.api_host.clone(),
         rescan: args.rescan,
         debounce: args.debounce,
         trackers,
@@ -295,7 +368,11 @@ fn status(
     let response = client::get(&addr, &target, "application/json", STATUS_TIMEOUT)?;
     let body = String::from_utf8_lossy(&response.body);
     if response.status != 200 {
-        anyhow::bail!("{addr}: HTTP {}: {}", response.status, body.trim_end());
+        anyhow::bail!(
+            "{addr}: HTTP {}: {}",
+            response.status,
+            holdfast::host::escape_control(body.trim_end())
+        );
     }
     let doc: StatusJson = serde_json::from_str(&body)
         .with_context(|| format!("{addr}: the status is not the JSON this version reads"))?;

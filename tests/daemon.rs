@@ -333,24 +333,33 @@ fn the_api_serves_status_filters_text_health_and_metrics_read_only() {
     // Read-only, hardened.
     for (request, code) in [
         (
-            "POST /status HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            "POST /status HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             "405",
         ),
         (
-            "DELETE /nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            "DELETE /nothing HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
             "405",
         ),
         (
-            "GET /nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            "GET /nothing HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
             "404",
         ),
         (
-            "HEAD /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            "HEAD /status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
             "200",
         ),
         (
-            "GET /status HTTP/1.1\r\nHost: x\r\nContent-Length: 4096\r\nConnection: close\r\n\r\n",
+            "GET /status HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4096\r\nConnection: close\r\n\r\n",
             "413",
+        ),
+        // DNS rebinding: a page of another site that resolves to 127.0.0.1.
+        (
+            "GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            "421",
+        ),
+        (
+            "GET http://x/status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+            "421",
         ),
     ] {
         let reply = raw_request(&tcp, request.as_bytes());
@@ -363,7 +372,7 @@ fn the_api_serves_status_filters_text_health_and_metrics_read_only() {
         }
     }
     let huge = format!(
-        "GET /status HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\nConnection: close\r\n\r\n",
+        "GET /status HTTP/1.1\r\nHost: localhost\r\nX-Pad: {}\r\nConnection: close\r\n\r\n",
         "a".repeat(16 * 1024)
     );
     let reply = raw_request(&tcp, huge.as_bytes());

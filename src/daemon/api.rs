@@ -8,8 +8,15 @@
 //!   request headers bounded (8 KiB) and read within 10 s, which is also the
 //!   idle limit of a kept-alive connection; request bodies above 1 KiB are
 //!   refused (413); a response write that stalls 10 s closes the
-//!   connection; handlers time out after 5 s; at most 256 connections at
-//!   once (accepting waits for a free slot).
+//!   connection; handlers time out after 5 s.
+//! - Connection budgets per listener, taken after `accept`: 256 per TCP
+//!   listener and 32 per peer address on it, 64 on a Unix socket. A
+//!   connection over budget is closed at once, so TCP clients can never
+//!   starve the root-only Unix socket `holdfast status` uses.
+//! - DNS rebinding: over TCP the `Host` header (and an absolute-form target)
+//!   must name the listener itself — `localhost`, a loopback IP, the
+//!   listener's own address, or a name given with `--api-host`; anything
+//!   else is a 421. Requests over the Unix socket may omit `Host`.
 
 use std::future::Future;
 use std::io;
@@ -39,7 +46,12 @@ use super::metrics::{self, Metrics};
 use super::state::Snapshot;
 use super::status::{self, Query};
 
-pub const MAX_CONNECTIONS: usize = 256;
+/// Open connections at most, per TCP listener.
+pub const TCP_CONNECTIONS: usize = 256;
+/// Open connections at most from one peer address on a TCP listener.
+pub const TCP_CONNECTIONS_PER_PEER: usize = 32;
+/// Open connections at most on a Unix socket (root only).
+pub const UNIX_CONNECTIONS: usize = 64;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const HANDLER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -190,17 +202,157 @@ async fn metrics_handler(State(st): State<ApiState>, headers: HeaderMap) -> Resp
     }
 }
 
+/// Which `Host` a listener answers to (DNS rebinding protection).
+#[derive(Debug, Clone)]
+pub enum HostRule {
+    /// A Unix socket: no browser reaches it; `Host` may be absent. An
+    /// absolute-form target must still name the local host.
+    Unix { names: Arc<Vec<String>> },
+    /// A TCP listener at `local`.
+    Tcp {
+        local: std::net::SocketAddr,
+        names: Arc<Vec<String>>,
+    },
+}
+
+/// Whether a request may be served under `rule`: `host` is the `Host`
+/// header, `authority` the authority of an absolute-form target. `Err` says
+/// why not, for the 421's body.
+pub fn check_host(
+    rule: &HostRule,
+    host: Option<&str>,
+    authority: Option<&str>,
+) -> Result<(), String> {
+    let (names, local) = match rule {
+        HostRule::Unix { names } => (names, None),
+        HostRule::Tcp { local, names } => (names, Some(*local)),
+    };
+    let allowed = |value: &str| host_names_listener(value, local, names);
+    if let Some(a) = authority
+        && !allowed(a)
+    {
+        return Err(format!(
+            "this is holdfast's API, not {}: refusing a request for another host",
+            crate::host::escape_control(a)
+        ));
+    }
+    match host {
+        Some(h) if allowed(h) => Ok(()),
+        Some(h) => Err(format!(
+            "Host {} is not this server: holdfast answers only requests for localhost, \
+             a loopback address, its own address, or a name given with --api-host",
+            crate::host::escape_control(h)
+        )),
+        None if local.is_none() => Ok(()),
+        None => Err("a Host header is required".into()),
+    }
+}
+
+/// Does a `Host` value (`name`, `name:port`, `[v6]:port`) name this
+/// listener? The port, when given, must be the listener's.
+fn host_names_listener(value: &str, local: Option<std::net::SocketAddr>, names: &[String]) -> bool {
+    use std::net::IpAddr;
+    let value = value.trim();
+    let (name, port) = if let Some(rest) = value.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((ip, "")) => (ip, None),
+            Some((ip, p)) => match p.strip_prefix(':') {
+                Some(p) => (ip, Some(p)),
+                None => return false,
+            },
+            None => return false,
+        }
+    } else {
+        match value.rsplit_once(':') {
+            // More than one colon without brackets is not a valid Host.
+            Some((n, _)) if n.contains(':') => return false,
+            Some((n, p)) => (n, Some(p)),
+            None => (value, None),
+        }
+    };
+    if let Some(p) = port {
+        let Ok(p) = p.parse::<u16>() else {
+            return false;
+        };
+        if local.is_some_and(|l| l.port() != p) {
+            return false;
+        }
+    }
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.is_empty() {
+        return false;
+    }
+    if let Ok(ip) = name.parse::<IpAddr>() {
+        return ip.is_loopback()
+            || ip.to_canonical().is_loopback()
+            || local.is_some_and(|l| l.ip() == ip || l.ip().to_canonical() == ip.to_canonical());
+    }
+    name.eq_ignore_ascii_case("localhost")
+        || names
+            .iter()
+            .any(|n| n.trim_end_matches('.').eq_ignore_ascii_case(name))
+}
+
+async fn host_guard(State(rule): State<HostRule>, req: Request, next: Next) -> Response {
+    let host = match req.headers().get(axum::http::header::HOST) {
+        None => None,
+        Some(v) => match v.to_str() {
+            Ok(v) => Some(v),
+            Err(_) => {
+                return text(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    "the Host header is not text\n".into(),
+                );
+            }
+        },
+    };
+    let authority = req.uri().authority().map(|a| a.as_str());
+    match check_host(&rule, host, authority) {
+        Ok(()) => next.run(req).await,
+        Err(why) => text(StatusCode::MISDIRECTED_REQUEST, format!("{why}\n")),
+    }
+}
+
 /// Serves every listener until `shutdown` turns true (or its sender goes),
-/// then gives open connections [`SHUTDOWN_GRACE`] to finish.
-pub async fn serve(listeners: Vec<Listener>, router: Router, shutdown: watch::Receiver<bool>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+/// then gives open connections [`SHUTDOWN_GRACE`] to finish. `api_hosts`
+/// are the extra names a `Host` header may carry (`--api-host`).
+pub async fn serve(
+    listeners: Vec<Listener>,
+    router: Router,
+    shutdown: watch::Receiver<bool>,
+    api_hosts: Vec<String>,
+) {
+    let names = Arc::new(api_hosts);
     let mut loops = JoinSet::new();
     for l in listeners {
-        let (router, shutdown, slots) = (router.clone(), shutdown.clone(), Arc::clone(&slots));
+        let shutdown = shutdown.clone();
         match l {
-            Listener::Tcp(l) => loops.spawn(accept_loop(l, router, shutdown, slots)),
+            Listener::Tcp(l) => {
+                let rule = match l.local_addr() {
+                    Ok(local) => HostRule::Tcp {
+                        local,
+                        names: Arc::clone(&names),
+                    },
+                    Err(e) => {
+                        tracing::error!("a TCP listener without an address ({e}): not serving it");
+                        continue;
+                    }
+                };
+                let router = router
+                    .clone()
+                    .layer(middleware::from_fn_with_state(rule, host_guard));
+                let budget = Budget::new(TCP_CONNECTIONS, Some(TCP_CONNECTIONS_PER_PEER));
+                loops.spawn(accept_loop(l, router, shutdown, budget))
+            }
             Listener::Unix { listener, .. } => {
-                loops.spawn(accept_loop(listener, router, shutdown, slots))
+                let rule = HostRule::Unix {
+                    names: Arc::clone(&names),
+                };
+                let router = router
+                    .clone()
+                    .layer(middleware::from_fn_with_state(rule, host_guard));
+                let budget = Budget::new(UNIX_CONNECTIONS, None);
+                loops.spawn(accept_loop(listener, router, shutdown, budget))
             }
         };
     }
@@ -212,6 +364,68 @@ pub async fn serve(listeners: Vec<Listener>, router: Router, shutdown: watch::Re
     .await;
 }
 
+/// Open connections per peer address on one listener.
+type PeerCounts = Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>;
+
+/// A listener's connection budget: a total and, on TCP, a cap per peer
+/// address.
+struct Budget {
+    total: Arc<Semaphore>,
+    per_peer: Option<(usize, PeerCounts)>,
+}
+
+/// A connection's share of its listener's budget, given back on drop.
+struct Slot {
+    _total: tokio::sync::OwnedSemaphorePermit,
+    peer: Option<(std::net::IpAddr, PeerCounts)>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some((ip, counts)) = &self.peer {
+            let mut counts = counts.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = counts.get_mut(ip) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.remove(ip);
+                }
+            }
+        }
+    }
+}
+
+impl Budget {
+    fn new(total: usize, per_peer: Option<usize>) -> Self {
+        Budget {
+            total: Arc::new(Semaphore::new(total)),
+            per_peer: per_peer.map(|n| (n, Arc::default())),
+        }
+    }
+
+    /// A slot for a connection from `peer`, or why there is none.
+    fn take(&self, peer: Option<std::net::IpAddr>) -> Result<Slot, &'static str> {
+        let total = Arc::clone(&self.total)
+            .try_acquire_owned()
+            .map_err(|_| "the listener's connection budget is used up")?;
+        let peer = match (&self.per_peer, peer) {
+            (Some((cap, counts)), Some(ip)) => {
+                let mut map = counts.lock().unwrap_or_else(|e| e.into_inner());
+                let n = map.entry(ip).or_insert(0);
+                if *n >= *cap {
+                    return Err("this peer address has too many connections open");
+                }
+                *n += 1;
+                Some((ip, Arc::clone(counts)))
+            }
+            _ => None,
+        };
+        Ok(Slot {
+            _total: total,
+            peer,
+        })
+    }
+}
+
 /// Resolves once shutdown has begun (or its sender is gone).
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns must not live across an await.
@@ -221,20 +435,25 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 /// A listener of either family.
 trait Accept: Send + 'static {
     type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-    fn accept_one(&self) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+    /// The next connection and its peer's IP address (none on a Unix socket).
+    fn accept_one(
+        &self,
+    ) -> impl Future<Output = io::Result<(Self::Stream, Option<std::net::IpAddr>)>> + Send;
 }
 
 impl Accept for tokio::net::TcpListener {
     type Stream = tokio::net::TcpStream;
-    async fn accept_one(&self) -> io::Result<Self::Stream> {
-        self.accept().await.map(|(s, _)| s)
+    async fn accept_one(&self) -> io::Result<(Self::Stream, Option<std::net::IpAddr>)> {
+        self.accept()
+            .await
+            .map(|(s, a)| (s, Some(a.ip().to_canonical())))
     }
 }
 
 impl Accept for tokio::net::UnixListener {
     type Stream = tokio::net::UnixStream;
-    async fn accept_one(&self) -> io::Result<Self::Stream> {
-        self.accept().await.map(|(s, _)| s)
+    async fn accept_one(&self) -> io::Result<(Self::Stream, Option<std::net::IpAddr>)> {
+        self.accept().await.map(|(s, _)| (s, None))
     }
 }
 
@@ -242,7 +461,7 @@ async fn accept_loop<L: Accept>(
     listener: L,
     router: Router,
     mut shutdown: watch::Receiver<bool>,
-    slots: Arc<Semaphore>,
+    budget: Budget,
 ) {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -251,15 +470,9 @@ async fn accept_loop<L: Accept>(
         .max_header_size(MAX_HEADER_BYTES)
         .keep_alive(true);
     let builder = Arc::new(builder);
+    let mut refused_logged = tokio::time::Instant::now() - Duration::from_secs(60);
     loop {
-        let slot = tokio::select! {
-            s = Arc::clone(&slots).acquire_owned() => match s {
-                Ok(s) => s,
-                Err(_) => return,
-            },
-            () = stopped(&mut shutdown) => return,
-        };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept_one() => match r {
                 Ok(s) => s,
                 Err(e) => {
@@ -270,6 +483,19 @@ async fn accept_loop<L: Accept>(
                 }
             },
             () = stopped(&mut shutdown) => return,
+        };
+        // Over budget: close at once, so the backlog keeps moving and other
+        // clients (and other listeners) are not kept waiting.
+        let slot = match budget.take(peer) {
+            Ok(slot) => slot,
+            Err(why) => {
+                if refused_logged.elapsed() >= Duration::from_secs(10) {
+                    refused_logged = tokio::time::Instant::now();
+                    tracing::warn!(peer = ?peer, "connection refused: {why}");
+                }
+                drop(stream);
+                continue;
+            }
         };
         let (router, builder, mut shutdown) =
             (router.clone(), Arc::clone(&builder), shutdown.clone());
@@ -383,6 +609,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::daemon::metrics::Metrics;
     use tokio::io::AsyncWriteExt;
 
     #[tokio::test(start_paused = true)]
@@ -395,5 +622,193 @@ mod tests {
         let err = w.write_all(&[0u8; 16]).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert_eq!(started.elapsed(), Duration::from_secs(10));
+    }
+
+    fn tcp_rule(local: &str, names: &[&str]) -> HostRule {
+        HostRule::Tcp {
+            local: local.parse().unwrap(),
+            names: Arc::new(names.iter().map(|n| n.to_string()).collect()),
+        }
+    }
+
+    #[test]
+    fn host_names_the_listener_or_the_request_is_misdirected() {
+        let rule = tcp_rule("127.0.0.1:80", &["holdfast.internal"]);
+        for ok in [
+            "localhost",
+            "LOCALHOST:80",
+            "localhost.",
+            "127.0.0.1",
+            "127.0.0.1:80",
+            "127.1.2.3",
+            "[::1]",
+            "[::1]:80",
+            "holdfast.internal",
+            "Holdfast.Internal:80",
+        ] {
+            assert_eq!(check_host(&rule, Some(ok), None), Ok(()), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:80",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io",
+            "localhost:8080",
+            "10.0.0.5",
+            "[::1",
+            "::1",
+            "",
+            ":80",
+        ] {
+            assert!(check_host(&rule, Some(bad), None).is_err(), "{bad}");
+        }
+        // Over TCP a Host is required; an absolute-form target must name us too.
+        assert!(check_host(&rule, None, None).is_err());
+        assert!(check_host(&rule, Some("localhost"), Some("evil.example")).is_err());
+        assert_eq!(
+            check_host(&rule, Some("localhost"), Some("localhost:80")),
+            Ok(())
+        );
+        // A listener on a non-loopback address (--allow-remote) answers to
+        // that address too.
+        let remote = tcp_rule("10.0.0.5:8080", &[]);
+        assert_eq!(check_host(&remote, Some("10.0.0.5:8080"), None), Ok(()));
+        assert!(check_host(&remote, Some("10.0.0.6:8080"), None).is_err());
+        // The Unix socket: Host may be absent.
+        let unix = HostRule::Unix {
+            names: Arc::new(Vec::new()),
+        };
+        assert_eq!(check_host(&unix, None, None), Ok(()));
+        assert_eq!(check_host(&unix, Some("localhost"), None), Ok(()));
+        assert!(check_host(&unix, None, Some("evil.example")).is_err());
+        // The refusal shows control characters escaped.
+        let err = check_host(&rule, Some("a\u{1b}[2Jb"), None).unwrap_err();
+        assert!(err.contains("a\\u{1b}[2Jb"), "{err}");
+    }
+
+    /// A running API on a loopback TCP port and a Unix socket.
+    struct Running {
+        _dir: tempfile::TempDir,
+        tcp: std::net::SocketAddr,
+        unix: std::path::PathBuf,
+        _stop: watch::Sender<bool>,
+    }
+
+    async fn start() -> Running {
+        let dir = tempfile::tempdir().unwrap();
+        let unix = dir.path().join("api.sock");
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp_addr = tcp.local_addr().unwrap();
+        let listeners = vec![
+            Listener::Tcp(tcp),
+            Listener::Unix {
+                listener: tokio::net::UnixListener::bind(&unix).unwrap(),
+                owned_path: None,
+            },
+        ];
+        let (_publish, snapshots) = watch::channel(Arc::new(Snapshot::starting(
+            Arc::new(Vec::new()),
+            Duration::from_secs(60),
+        )));
+        let state = ApiState {
+            metrics: Arc::new(Metrics::new(snapshots.clone())),
+            snapshots,
+            alive: Arc::new(AtomicBool::new(true)),
+            stale_after: Duration::from_secs(60),
+        };
+        let (stop, stop_rx) = watch::channel(false);
+        tokio::spawn(async move {
+            let _keep = _publish;
+            serve(listeners, router(state), stop_rx, vec!["hf.test".into()]).await
+        });
+        Running {
+            _dir: dir,
+            tcp: tcp_addr,
+            unix,
+            _stop: stop,
+        }
+    }
+
+    /// Sends `request` and reads to the end; the status code, or `None` when
+    /// the server closed without an answer.
+    async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, request: &str) -> Option<u16> {
+        use tokio::io::AsyncReadExt;
+        s.write_all(request.as_bytes()).await.ok()?;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out)).await;
+        let text = String::from_utf8_lossy(&out);
+        text.split(' ').nth(1)?.parse().ok()
+    }
+
+    fn get(target: &str, host: Option<&str>) -> String {
+        let host = host.map(|h| format!("Host: {h}\r\n")).unwrap_or_default();
+        format!("GET {target} HTTP/1.1\r\n{host}Connection: close\r\n\r\n")
+    }
+
+    #[tokio::test]
+    async fn foreign_hosts_and_absolute_uris_get_421_over_tcp() {
+        let api = start().await;
+        let tcp = || tokio::net::TcpStream::connect(api.tcp);
+        let port = api.tcp.port();
+        let ok = exchange(
+            tcp().await.unwrap(),
+            &get("/status", Some(&format!("localhost:{port}"))),
+        )
+        .await;
+        assert_eq!(ok, Some(200));
+        let named = exchange(tcp().await.unwrap(), &get("/status", Some("hf.test"))).await;
+        assert_eq!(named, Some(200));
+        let rebound = exchange(
+            tcp().await.unwrap(),
+            &get("/status", Some("attacker.example")),
+        )
+        .await;
+        assert_eq!(rebound, Some(421));
+        let absolute = exchange(
+            tcp().await.unwrap(),
+            &get("http://attacker.example/status", Some("localhost")),
+        )
+        .await;
+        assert_eq!(absolute, Some(421));
+        let unix = tokio::net::UnixStream::connect(&api.unix).await.unwrap();
+        assert_eq!(
+            exchange(unix, "GET /status HTTP/1.0\r\n\r\n").await,
+            Some(200)
+        );
+    }
+
+    #[tokio::test]
+    async fn tcp_clients_cannot_starve_the_unix_socket_and_are_capped_per_peer() {
+        let api = start().await;
+        let host = Some("localhost");
+        // Idle connections from one peer up to its cap, then more: those
+        // beyond the cap are closed without an answer.
+        let mut idle = Vec::new();
+        for _ in 0..TCP_CONNECTIONS_PER_PEER {
+            idle.push(tokio::net::TcpStream::connect(api.tcp).await.unwrap());
+        }
+        let over = tokio::net::TcpStream::connect(api.tcp).await.unwrap();
+        assert_eq!(exchange(over, &get("/healthz", host)).await, None);
+        // Another loopback address is another peer.
+        let other = tokio::net::TcpSocket::new_v4().unwrap();
+        other.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let other = other.connect(api.tcp).await.unwrap();
+        assert_eq!(exchange(other, &get("/status", host)).await, Some(200));
+        // Fill the listener's whole budget from many loopback addresses.
+        for i in 0..TCP_CONNECTIONS {
+            let s = tokio::net::TcpSocket::new_v4().unwrap();
+            let ip = std::net::Ipv4Addr::new(127, 1, (i / 200) as u8, (i % 200 + 1) as u8);
+            s.bind((ip, 0).into()).unwrap();
+            idle.push(s.connect(api.tcp).await.unwrap());
+        }
+        // The Unix socket has its own budget: still served at once.
+        let unix = tokio::net::UnixStream::connect(&api.unix).await.unwrap();
+        let answered = tokio::time::timeout(
+            Duration::from_secs(5),
+            exchange(unix, "GET /status HTTP/1.0\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(answered, Ok(Some(200)));
+        drop(idle);
     }
 }

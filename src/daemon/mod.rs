@@ -55,6 +55,9 @@ pub struct ServeOptions {
     /// Install the seccomp allow-list once the sockets are bound
     /// (no_new_privs and the capability drop happen regardless).
     pub seccomp: bool,
+    /// `--api-host`: names, besides localhost and the listeners' own
+    /// addresses, that a request's `Host` may carry.
+    pub api_hosts: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -167,7 +170,12 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         // Two missed rescans, plus room for a slow pass.
         stale_after: opts.rescan * 2 + Duration::from_secs(10),
     };
-    api_runtime.block_on(api::serve(listeners, api::router(state), stop_rx));
+    api_runtime.block_on(api::serve(
+        listeners,
+        api::router(state),
+        stop_rx,
+        opts.api_hosts.clone(),
+    ));
     drop(api_runtime);
     for path in owned_sockets {
         let _ = std::fs::remove_file(&path);

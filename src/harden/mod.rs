@@ -161,9 +161,9 @@ mod tests {
             {
                 assert!(hardened.seccomp_syscalls.is_some());
                 assert!(status.contains("Seccomp:\t2"), "{status}");
-                // getcwd is not on the list (harmless, so a broken filter
+                // getpgid is not on the list (harmless, so a broken filter
                 // cannot hurt the machine running the test): EPERM.
-                let err = nix::unistd::getcwd().unwrap_err();
+                let err = nix::unistd::getpgid(None).unwrap_err();
                 assert_eq!(err, nix::errno::Errno::EPERM);
             }
             // Allowed calls still work.
@@ -189,5 +189,43 @@ mod tests {
         );
         assert!(out.status.success(), "{text}");
         assert!(text.contains("PROBE-OK"), "{text}");
+    }
+
+    /// A panic in the hardened daemon must end in SIGABRT (the release
+    /// profile aborts on panic; systemd sees a core-dump-worthy abort and
+    /// restarts), not in SIGSEGV because abort() was refused its tgkill.
+    /// The child installs the same lock-down as `serve`, then panics the way
+    /// `panic = "abort"` does: the panic hook, then abort().
+    #[test]
+    fn a_panic_after_lock_down_ends_in_sigabrt() {
+        if std::env::var_os("HOLDFAST_ABORT_PROBE").is_some() {
+            lock_down(true).expect("lock down");
+            let default_hook = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                default_hook(info);
+                std::process::abort();
+            }));
+            panic!("probe panic after lock-down");
+        }
+        use std::os::unix::process::ExitStatusExt;
+        let exe = std::env::current_exe().unwrap();
+        let out = std::process::Command::new(exe)
+            .args([
+                "--exact",
+                "harden::tests::a_panic_after_lock_down_ends_in_sigabrt",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("HOLDFAST_ABORT_PROBE", "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("probe panic after lock-down"), "{stderr}");
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGABRT),
+            "{:?}: {stderr}",
+            out.status
+        );
     }
 }

@@ -27,6 +27,33 @@ macro_rules! syscalls {
 }
 
 macro_rules! paste_sys {
+    (fchmod) => {
+        libc::SYS_fchmod
+    };
+    (fchown) => {
+        libc::SYS_fchown
+    };
+    (getcwd) => {
+        libc::SYS_getcwd
+    };
+    (mkdirat) => {
+        libc::SYS_mkdirat
+    };
+    (openat2) => {
+        libc::SYS_openat2
+    };
+    (renameat) => {
+        libc::SYS_renameat
+    };
+    (renameat2) => {
+        libc::SYS_renameat2
+    };
+    (tgkill) => {
+        libc::SYS_tgkill
+    };
+    (unlinkat) => {
+        libc::SYS_unlinkat
+    };
     (accept4) => {
         libc::SYS_accept4
     };
@@ -311,4 +338,15 @@ syscalls! {
     // Margin: epoll_pwait on libc versions that prefer it; getuid and
     // readlink in systemctl's error paths.
     epoll_pwait, getuid, readlink,
+    // Writes that cannot leave the host root (host::HostRoot::write_atomic,
+    // write_kernel_file, create_kernel_dir, remove_file): openat2 with
+    // RESOLVE_IN_ROOT/RESOLVE_BENEATH, then mkdirat, renameat (renameat2 on
+    // libc versions that implement one with the other), unlinkat, and the
+    // explicit mode and owner of every file holdfast creates.
+    openat2, mkdirat, renameat, renameat2, unlinkat, fchmod, fchown,
+    // The abort path: a panic aborts (release profile), and abort() raises
+    // SIGABRT with tgkill (after rt_sigprocmask, getpid, gettid, which are
+    // above); without it the process died of SIGSEGV instead. getcwd for
+    // the panic message's backtrace paths.
+    tgkill, getcwd,
 }

@@ -58,7 +58,7 @@ pub fn read_key(host: &HostRoot, key: &SysctlKey) -> Observed {
 
 /// Writes a value in canonical form (decimal numbers, the full vector).
 pub fn write_key(host: &HostRoot, key: &SysctlKey, value: &SysctlValue) -> Result<(), IoError> {
-    host::write_kernel_file(&host.sysctl_path(key), &format!("{}\n", value.canonical()))
+    host.write_kernel_file(&host.sysctl_path(key), &format!("{}\n", value.canonical()))
 }
 
 /// The sysctl configuration files boot will apply, in order, parsed. Files
