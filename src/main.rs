@@ -145,6 +145,10 @@ struct ServeArgs {
     /// The window of --contested-after.
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration_arg)]
     contested_window: Duration,
+    /// Export every setting's state in /metrics (eight series per setting).
+    /// By default only settings that drift get a series of their own.
+    #[arg(long)]
+    metrics_per_setting: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -245,6 +249,7 @@ fn serve(cli: &Cli, host: HostRoot, args: &ServeArgs) -> anyhow::Result<u8> {
         listen,
         allow_remote: args.allow_remote,
         seccomp: !args.no_seccomp,
+        metrics_per_setting: args.metrics_per_setting,
         rescan: args.rescan,
         debounce: args.debounce,
         trackers,

@@ -10,6 +10,7 @@
 //!   refused (413); a response write that stalls 10 s closes the
 //!   connection; handlers time out after 5 s; at most 256 connections at
 //!   once (accepting waits for a free slot).
+//! - Responses are gzipped when the request's `Accept-Encoding` allows it.
 
 use std::future::Future;
 use std::io;
@@ -31,6 +32,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
+use tower_http::compression::CompressionLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
@@ -71,6 +73,15 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_handler))
         .fallback(not_found)
+        // gzip when the client accepts it (Prometheus does; curl asks with
+        // --compressed), else identity.
+        .layer(
+            CompressionLayer::new()
+                .gzip(true)
+                .no_br()
+                .no_deflate()
+                .no_zstd(),
+        )
         .layer(middleware::from_fn(only_get_and_head))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(TimeoutLayer::with_status_code(
