@@ -614,6 +614,48 @@ fn holdfast_status_prints_the_report_and_exits_like_check() {
 }
 
 #[test]
+fn holdfast_status_exits_3_and_says_so_first_while_a_push_is_rejected() {
+    let h = host();
+    let d = start(&h, &[]);
+    let sock = d.socket.to_str().unwrap().to_string();
+    h.write(
+        "etc/holdfast/policy.d/20-bad.yaml",
+        "version: 1\nsysctl:\n  net.core.somaxconn: {mni: 1}\n",
+    );
+    wait_for(&d, "the rejection", |s| {
+        !s["policy"]["last_error"].is_null()
+    });
+    let out = holdfast(&h, &["status", "--connect", &sock])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(
+        text.starts_with("policy push REJECTED at "),
+        "the rejection comes first:\n{text}"
+    );
+    assert!(text.contains("20-bad.yaml:3:"), "{text}");
+    // The host is compliant under the policy in force: the rejection
+    // still decides the exit code.
+    let out = holdfast(&h, &["--format", "json", "status", "--connect", &sock])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["compliant"], true);
+
+    // A valid push clears it.
+    std::fs::remove_file(h.path("etc/holdfast/policy.d/20-bad.yaml")).unwrap();
+    wait_for(&d, "the rejection to clear", |s| {
+        s["policy"]["last_error"].is_null()
+    });
+    let out = holdfast(&h, &["status", "--connect", &sock])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
 fn a_port_already_taken_is_reported_and_reconciling_goes_on() {
     let h = host();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -322,6 +322,23 @@ fn cell(s: &str) -> String {
 pub fn to_text(s: &StatusJson) -> String {
     let mut out = String::new();
     let d = &s.daemon;
+    let p = &s.policy;
+    // A rejected push comes first: config management that pushed it, and
+    // whoever reads the output, must not miss it.
+    if let Some(e) = &p.last_error {
+        out.push_str(&format!(
+            "policy push REJECTED at {}; {}:\n",
+            e.at,
+            if p.in_force {
+                "the previous policy stays in force"
+            } else {
+                "nothing is enforced"
+            }
+        ));
+        for line in e.message.lines() {
+            out.push_str(&format!("  {line}\n"));
+        }
+    }
     out.push_str(&format!(
         "holdfast {} (pid {}), up since {}\n",
         d.version, d.pid, d.started_at
@@ -347,7 +364,6 @@ pub fn to_text(s: &StatusJson) -> String {
             l.error.as_deref().unwrap_or("")
         ));
     }
-    let p = &s.policy;
     if p.in_force {
         out.push_str(&format!(
             "policy: {} (mode {}), loaded {}\n",
@@ -357,20 +373,6 @@ pub fn to_text(s: &StatusJson) -> String {
         ));
     } else {
         out.push_str("policy: none in force\n");
-    }
-    if let Some(e) = &p.last_error {
-        out.push_str(&format!(
-            "policy push REJECTED at {}; {}:\n",
-            e.at,
-            if p.in_force {
-                "the previous policy stays in force"
-            } else {
-                "nothing is enforced"
-            }
-        ));
-        for line in e.message.lines() {
-            out.push_str(&format!("  {line}\n"));
-        }
     }
     if let Some(l) = &s.last_pass {
         out.push_str(&format!(
