@@ -618,6 +618,12 @@ fn holdfast_status_exits_3_and_says_so_first_while_a_push_is_rejected() {
     let h = host();
     let d = start(&h, &[]);
     let sock = d.socket.to_str().unwrap().to_string();
+    // The status names each file in force with the digest of its content.
+    let base = h.path(BASE).display().to_string();
+    assert_eq!(
+        status(&d)["policy"]["sha256"][&base],
+        holdfast::policy::sha256_hex(&h.read(BASE))
+    );
     h.write(
         "etc/holdfast/policy.d/20-bad.yaml",
         "version: 1\nsysctl:\n  net.core.somaxconn: {mni: 1}\n",

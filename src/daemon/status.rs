@@ -32,6 +32,10 @@ pub struct PolicyJson {
     /// Whether a policy is in force (false only when the first one was rejected).
     pub in_force: bool,
     pub files: Vec<String>,
+    /// The SHA-256 of each file in force (hex), by file: config management
+    /// compares it with what it pushed to know the push is loaded.
+    #[serde(default)]
+    pub sha256: BTreeMap<String, String>,
     pub mode: Option<String>,
     pub loaded_at: Option<String>,
     /// The newest push, when it was rejected; the policy above stays in force.
@@ -221,6 +225,11 @@ pub fn to_json(snap: &Snapshot, filter: &Filter) -> StatusJson {
         policy: PolicyJson {
             in_force: p.in_force.is_some(),
             files: p.files(),
+            sha256: p
+                .in_force
+                .as_ref()
+                .map(|p| p.sha256.clone())
+                .unwrap_or_default(),
             mode: p.mode().map(|m| m.as_str().to_string()),
             loaded_at: p.loaded_at.map(rfc3339),
             last_error: p.rejected.as_ref().map(|r| RejectionJson {
