@@ -55,6 +55,11 @@ pub const SYSCTL_PERSIST_FILE: &str = "etc/sysctl.d/99-zz-holdfast.conf";
 /// it (e.g. a site's `99-` overrides), which holdfast reports as shadowing.
 pub const LIMITS_MANAGED_FILE: &str = "etc/security/limits.d/90-holdfast.conf";
 
+/// The daemon's own process, for its `process_*` metrics. The one absolute
+/// `/proc` path: it describes holdfast itself, not the host it manages, so
+/// it is never taken under the host root.
+pub const OWN_PROCESS: &str = "/proc/self";
+
 /// The directories systemd-sysctl and `sysctl --system` read, highest priority
 /// first: a file in an earlier directory masks a file of the same name in a
 /// later one.

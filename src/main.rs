@@ -26,6 +26,9 @@ use holdfast::sources::{self, LoadError};
 const EXIT_COMPLIANT: u8 = 0;
 const EXIT_ERROR: u8 = 1;
 const EXIT_DRIFT: u8 = 2;
+/// `holdfast status`: the newest policy push is rejected (whatever the
+/// host's state under the previous policy).
+const EXIT_REJECTED: u8 = 3;
 
 /// How long `holdfast status` waits for the daemon.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -39,7 +42,8 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 sysctls in /proc/sys (persisted to /etc/sysctl.d so they hold across boots), session limits \
 (pam_limits, /etc/security/limits.d) and systemd services' LimitNOFILE (drop-ins, verified on \
 the running processes), and cgroup v2 slices (through systemd, or in its own subtree).\n\n\
-Exit codes: 0 = compliant, 1 = error (bad policy, I/O), 2 = drift found (check, plan, status) or left after apply.",
+Exit codes: 0 = compliant, 1 = error (bad policy, I/O), 2 = drift found (check, plan, status) or left after apply, \
+3 = the daemon rejected the newest policy push (status).",
     after_help = "Policy sources: --policy PATH (file or directory of *.yaml, repeatable); by default \
 /etc/holdfast/policy.d/*.yaml under --root, else the bundled baseline (audit mode)."
 )]
@@ -92,11 +96,23 @@ enum Command {
         #[command(subcommand)]
         what: Generate,
     },
-    /// Validate policy files without looking at the host.
+    /// Validate policy files without looking at the host. With
+    /// --policy-dir, validate candidate files merged with the files already
+    /// in that directory, each replacing the file of the same name: what the
+    /// daemon would load once they are pushed.
     Validate {
-        /// Policy files or directories to validate together (merged in order).
+        /// Policy files or directories to validate together (merged in
+        /// order); with --policy-dir, candidate files.
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
+        /// The policy directory the candidates are going into
+        /// (e.g. /etc/holdfast/policy.d).
+        #[arg(long, value_name = "DIR")]
+        policy_dir: Option<PathBuf>,
+        /// The name the (single) candidate will have in --policy-dir, when
+        /// its own name differs (config management validates a temp file).
+        #[arg(long = "as", value_name = "NAME", requires = "policy_dir")]
+        as_name: Option<String>,
     },
     /// Run the daemon: reconcile on every change (inotify), on policy pushes
     /// and every --rescan, and serve the status API (GET /status, /healthz,
@@ -109,8 +125,9 @@ An address that cannot be bound is reported; reconciling goes on."
     )]
     Serve(ServeArgs),
     /// Ask the running daemon for its status and print it; exit 0 when
-    /// compliant, 2 when not, 1 when the daemon cannot be reached (or has
-    /// not finished its first pass).
+    /// compliant, 2 when not, 3 while the newest policy push is rejected,
+    /// 1 when the daemon cannot be reached (or has not finished its first
+    /// pass).
     Status {
         /// The daemon's address: a Unix socket path or IP:PORT
         /// [default: /run/holdfast/holdfast.sock under --root].
@@ -160,6 +177,10 @@ struct ServeArgs {
     /// `apply` in progress) before giving up with exit 1 (at most 1h).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = lock_wait_arg)]
     lock_wait: Duration,
+    /// Export every setting's state in /metrics (eight series per setting).
+    /// By default only settings that drift get a series of their own.
+    #[arg(long)]
+    metrics_per_setting: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -219,7 +240,19 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
     match &cli.command {
         Command::Generate { what } => generate(what),
         Command::Audit { fail_on } => audit(&host, cli.format, *fail_on),
-        Command::Validate { files } => validate(&host, files, cli.format),
+        Command::Validate {
+            files,
+            policy_dir,
+            as_name,
+        } => {
+            let read = match policy_dir {
+                None => sources::read(&host, files),
+                Some(dir) => {
+                    sources::read_with_candidates(dir, &candidates(files, as_name.as_deref())?)
+                }
+            };
+            validate(read.context("cannot read the policy")?, cli.format)
+        }
         Command::Check => pass(cli, &host, "check", TextStyle::Check, &engine::plan),
         Command::Plan => pass(cli, &host, "plan", TextStyle::Plan, &engine::plan),
         Command::Apply {
@@ -318,6 +351,7 @@ fn serve(cli: &Cli, host: HostRoot, args: &ServeArgs) -> anyhow::Result<u8> {
         allow_remote: args.allow_remote,
         seccomp: !args.no_seccomp,
         api_hosts: args.api_host.clone(),
+        metrics_per_setting: args.metrics_per_setting,
         rescan: args.rescan,
         debounce: args.debounce,
         trackers,
@@ -385,7 +419,9 @@ fn status(
         eprintln!("holdfast: {addr}: the daemon is starting and has not finished its first pass");
         return Ok(EXIT_ERROR);
     }
-    Ok(if doc.compliant {
+    Ok(if doc.policy.last_error.is_some() {
+        EXIT_REJECTED
+    } else if doc.compliant {
         EXIT_COMPLIANT
     } else {
         EXIT_DRIFT
@@ -475,8 +511,26 @@ fn report_invalid(errors: &PolicyErrors) -> u8 {
     EXIT_ERROR
 }
 
-fn validate(host: &HostRoot, files: &[PathBuf], format: Format) -> anyhow::Result<u8> {
-    let read = sources::read(host, files).context("cannot read the policy")?;
+/// `validate --policy-dir`'s candidates: each under its own name, or the
+/// single one under `--as NAME`.
+fn candidates(files: &[PathBuf], as_name: Option<&str>) -> anyhow::Result<Vec<sources::Candidate>> {
+    match (as_name, files) {
+        (Some(name), [path]) => Ok(vec![sources::Candidate {
+            path: path.clone(),
+            name: name.to_string(),
+        }]),
+        (Some(_), _) => anyhow::bail!(
+            "--as names a single candidate, but {} files were given",
+            files.len()
+        ),
+        (None, _) => Ok(files
+            .iter()
+            .map(|p| sources::Candidate::named_as_is(p))
+            .collect()),
+    }
+}
+
+fn validate(read: sources::PolicyFiles, format: Format) -> anyhow::Result<u8> {
     let names: Vec<String> = read.files.iter().map(|(n, _)| n.clone()).collect();
     let errors = match read.parse() {
         Ok(_) => Vec::new(),

@@ -21,6 +21,11 @@ pub enum LoadError {
     EmptyDir(PathBuf),
     #[error("{0}")]
     Invalid(#[from] PolicyErrors),
+    #[error(
+        "`{0}`: the daemon reads only *.yaml and *.yml files from its policy directory; \
+         a file of this name would be ignored"
+    )]
+    NotPolicyName(String),
 }
 
 /// The policy files, read, in merge order.
@@ -64,6 +69,62 @@ pub fn read(host: &HostRoot, explicit: &[PathBuf]) -> Result<PolicyFiles, LoadEr
             files.push(read_one(path)?);
         }
     }
+    Ok(PolicyFiles { files })
+}
+
+/// A candidate policy file and the name it is to have in the policy
+/// directory (config management validates a temp file before moving it
+/// into place under its real name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub path: PathBuf,
+    pub name: String,
+}
+
+impl Candidate {
+    /// A candidate that keeps its own file name.
+    pub fn named_as_is(path: &Path) -> Candidate {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Candidate {
+            path: path.to_path_buf(),
+            name,
+        }
+    }
+}
+
+/// The policy files `dir` would hold once the candidates are in it: each
+/// candidate replaces the file of the same name or joins the others, and
+/// the result is in the daemon's merge order (by file name). Validating
+/// this, rather than each candidate alone, catches files that are valid
+/// apart but not together (`memory.high` in one, `memory.max` in another).
+/// Reports name a candidate by its own path.
+pub fn read_with_candidates(
+    dir: &Path,
+    candidates: &[Candidate],
+) -> Result<PolicyFiles, LoadError> {
+    let mut by_name = std::collections::BTreeMap::new();
+    for path in yaml_files(dir)? {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        by_name.insert(name, path);
+    }
+    for c in candidates {
+        let hidden = c.name.starts_with('.');
+        let yaml = c.name.ends_with(".yaml") || c.name.ends_with(".yml");
+        if hidden || !yaml || c.name.contains('/') {
+            return Err(LoadError::NotPolicyName(c.name.clone()));
+        }
+        by_name.insert(c.name.clone(), c.path.clone());
+    }
+    let files = by_name
+        .values()
+        .map(|p| read_one(p))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(PolicyFiles { files })
 }
 
@@ -121,6 +182,57 @@ mod tests {
             })
             .collect();
         assert_eq!(names, ["10-a.yaml", "20-b.yml"]);
+    }
+
+    #[test]
+    fn candidates_replace_files_of_the_same_name_in_merge_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let pd = dir.path().join("policy.d");
+        fs::create_dir_all(&pd).unwrap();
+        fs::write(pd.join("10-a.yaml"), "version: 1\n# old a\n").unwrap();
+        fs::write(pd.join("30-c.yaml"), "version: 1\n# c\n").unwrap();
+        let new_a = dir.path().join("tmp-upload-1");
+        fs::write(&new_a, "version: 1\n# new a\n").unwrap();
+        let new_b = dir.path().join("20-b.yaml");
+        fs::write(&new_b, "version: 1\n# b\n").unwrap();
+        let read = read_with_candidates(
+            &pd,
+            &[
+                Candidate {
+                    path: new_a.clone(),
+                    name: "10-a.yaml".into(),
+                },
+                Candidate::named_as_is(&new_b),
+            ],
+        )
+        .unwrap();
+        let texts: Vec<&str> = read.files.iter().map(|(_, t)| t.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "version: 1\n# new a\n",
+                "version: 1\n# b\n",
+                "version: 1\n# c\n"
+            ]
+        );
+        assert_eq!(read.files[0].0, new_a.display().to_string());
+
+        // A name the daemon would ignore is refused, not validated.
+        for name in ["site.conf", ".hidden.yaml", "sub/x.yaml"] {
+            let err = read_with_candidates(
+                &pd,
+                &[Candidate {
+                    path: new_a.clone(),
+                    name: name.into(),
+                }],
+            )
+            .unwrap_err();
+            assert!(matches!(err, LoadError::NotPolicyName(_)), "{name}: {err}");
+        }
+        // A directory that does not exist yet holds nothing.
+        let fresh =
+            read_with_candidates(&dir.path().join("none"), &[Candidate::named_as_is(&new_b)]);
+        assert_eq!(fresh.unwrap().files.len(), 1);
     }
 
     #[test]

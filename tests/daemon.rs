@@ -306,15 +306,29 @@ fn the_api_serves_status_filters_text_health_and_metrics_read_only() {
     );
     let metrics = String::from_utf8(r.body).unwrap();
     for line in [
-        "holdfast_setting_state{kind=\"sysctl\",key=\"vm.swappiness\",state=\"drifted\"} 1",
-        "holdfast_setting_state{kind=\"sysctl\",key=\"vm.swappiness\",state=\"compliant\"} 0",
+        "holdfast_setting_drift{kind=\"sysctl\",key=\"vm.swappiness\",state=\"drifted\"} 1",
+        "holdfast_settings{state=\"corrected\"} 2",
         "holdfast_corrections_total{kind=\"sysctl\"} 1",
         "holdfast_policy_reloads_total{result=\"success\"} 1",
         "holdfast_compliant 0",
-        "holdfast_contested_settings 0",
+        "holdfast_rescan_interval_seconds 60",
+        "holdfast_watch_errors 0",
+        "process_open_fds ",
+        "process_resident_memory_bytes ",
     ] {
         assert!(metrics.contains(line), "{line} not in:\n{metrics}");
     }
+    // Settings in line have no series of their own, and keys never carry
+    // the fake root.
+    assert!(!metrics.contains("somaxconn"), "{metrics}");
+    assert!(!metrics.contains("holdfast_setting_state"), "{metrics}");
+    let root = h.root().to_str().unwrap();
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.contains("key=") && l.contains(root)),
+        "{metrics}"
+    );
     assert!(metrics.contains("holdfast_pass_duration_seconds_bucket{le=\"+Inf\"} "));
 
     let r = client::get(
@@ -435,6 +449,133 @@ fn promtool_accepts(metrics: &str) {
     );
 }
 
+/// The series in a Prometheus text exposition.
+fn series(metrics: &str) -> Vec<&str> {
+    metrics
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect()
+}
+
+fn metrics_text(addr: &ListenAddr) -> String {
+    let r = get(addr, "/metrics");
+    assert_eq!(r.status, 200);
+    String::from_utf8(r.body).unwrap()
+}
+
+#[test]
+fn metrics_grow_with_drift_not_with_the_policy() {
+    // 500 audit-mode sysctls, all in line.
+    let h = FakeHost::new();
+    let mut policy = String::from("version: 1\nmode: audit\nsysctl:\n");
+    for i in 0..500 {
+        h.sysctl(&format!("net.fleet.key{i}"), "1");
+        policy.push_str(&format!("  net.fleet.key{i}: 1\n"));
+    }
+    h.write(BASE, &policy);
+    let mut d = start(&h, &[]);
+    let metrics = metrics_text(&unix(&d));
+    let compliant = series(&metrics).len();
+    assert!(
+        compliant <= 80,
+        "{compliant} series for a compliant 500-key policy:\n{metrics}"
+    );
+    assert!(metrics.contains("holdfast_settings{state=\"compliant\"} 500"));
+    promtool_accepts(&metrics);
+
+    // Three settings drift: three more series, each naming its setting.
+    for i in [7, 70, 700 % 500] {
+        h.sysctl(&format!("net.fleet.key{i}"), "0");
+    }
+    wait_for(&d, "three drifted settings", |s| {
+        s["summary"]["drifted"] == 3
+    });
+    let metrics = metrics_text(&unix(&d));
+    assert_eq!(series(&metrics).len(), compliant + 3, "{metrics}");
+    for i in [7, 70, 200] {
+        let line = format!(
+            "holdfast_setting_drift{{kind=\"sysctl\",key=\"net.fleet.key{i}\",state=\"drifted\"}} 1"
+        );
+        assert!(metrics.contains(&line), "{line} not in:\n{metrics}");
+    }
+    promtool_accepts(&metrics);
+    sigterm(&d);
+    exit_within(&mut d, Duration::from_secs(5));
+
+    // Opt-in: every setting's state, eight series each.
+    let d = start(&h, &["--metrics-per-setting"]);
+    let metrics = metrics_text(&unix(&d));
+    let per_setting = series(&metrics)
+        .into_iter()
+        .filter(|l| l.starts_with("holdfast_setting_state{"))
+        .count();
+    assert_eq!(per_setting, 500 * 8, "{metrics}");
+    promtool_accepts(&metrics);
+}
+
+/// GET over TCP with extra request headers; the raw response, parsed.
+fn get_with(addr: &ListenAddr, target: &str, headers: &str) -> Response {
+    use std::io::Write;
+    let ListenAddr::Tcp(a) = addr else {
+        panic!("tcp only")
+    };
+    let mut s = std::net::TcpStream::connect(a).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {target} HTTP/1.1\r\nHost: localhost\r\n{headers}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    client::parse_response(&raw).unwrap()
+}
+
+fn gunzip(body: &[u8]) -> String {
+    let mut out = String::new();
+    flate2::read::GzDecoder::new(body)
+        .read_to_string(&mut out)
+        .expect("a gzip body");
+    out
+}
+
+#[test]
+fn metrics_and_status_are_gzipped_when_the_client_accepts_it() {
+    let h = host();
+    let d = start(&h, &["--listen", "127.0.0.1:0"]);
+    let tcp = status(&d)["daemon"]["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|l| l["address"].as_str().filter(|a| a.starts_with("127.")))
+        .map(|a| ListenAddr::parse(a).unwrap())
+        .expect("the TCP listener");
+    for target in ["/metrics", "/status"] {
+        let plain = get_with(&tcp, target, "");
+        assert_eq!(plain.header("content-encoding"), None, "{target}");
+        let zipped = get_with(&tcp, target, "Accept-Encoding: gzip, deflate\r\n");
+        assert_eq!(zipped.status, 200);
+        assert_eq!(zipped.header("content-encoding"), Some("gzip"), "{target}");
+        assert_eq!(
+            zipped.header("content-type"),
+            plain.header("content-type"),
+            "{target}"
+        );
+        assert!(zipped.body.len() < plain.body.len(), "{target}");
+        let text = gunzip(&zipped.body);
+        if target == "/metrics" {
+            assert!(text.contains("holdfast_build_info{version="), "{text}");
+            promtool_accepts(&text);
+        } else {
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v["schema_version"], 1);
+        }
+    }
+    // A client that accepts only identity gets identity.
+    let r = get_with(&tcp, "/metrics", "Accept-Encoding: identity\r\n");
+    assert_eq!(r.header("content-encoding"), None);
+}
+
 #[test]
 fn holdfast_status_prints_the_report_and_exits_like_check() {
     let h = host();
@@ -488,6 +629,54 @@ fn holdfast_status_prints_the_report_and_exits_like_check() {
         err.contains("cannot connect") && err.contains("none.sock"),
         "{err}"
     );
+}
+
+#[test]
+fn holdfast_status_exits_3_and_says_so_first_while_a_push_is_rejected() {
+    let h = host();
+    let d = start(&h, &[]);
+    let sock = d.socket.to_str().unwrap().to_string();
+    // The status names each file in force with the digest of its content.
+    let base = h.path(BASE).display().to_string();
+    assert_eq!(
+        status(&d)["policy"]["sha256"][&base],
+        holdfast::policy::sha256_hex(&h.read(BASE))
+    );
+    h.write(
+        "etc/holdfast/policy.d/20-bad.yaml",
+        "version: 1\nsysctl:\n  net.core.somaxconn: {mni: 1}\n",
+    );
+    wait_for(&d, "the rejection", |s| {
+        !s["policy"]["last_error"].is_null()
+    });
+    let out = holdfast(&h, &["status", "--connect", &sock])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(
+        text.starts_with("policy push REJECTED at "),
+        "the rejection comes first:\n{text}"
+    );
+    assert!(text.contains("20-bad.yaml:3:"), "{text}");
+    // The host is compliant under the policy in force: the rejection
+    // still decides the exit code.
+    let out = holdfast(&h, &["--format", "json", "status", "--connect", &sock])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["compliant"], true);
+
+    // A valid push clears it.
+    std::fs::remove_file(h.path("etc/holdfast/policy.d/20-bad.yaml")).unwrap();
+    wait_for(&d, "the rejection to clear", |s| {
+        s["policy"]["last_error"].is_null()
+    });
+    let out = holdfast(&h, &["status", "--connect", &sock])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
 }
 
 #[test]

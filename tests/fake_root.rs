@@ -372,6 +372,123 @@ fn validate_reports_file_line_column_and_exits_1() {
 }
 
 #[test]
+fn validate_with_policy_dir_checks_the_candidate_merged_with_the_directory() {
+    let h = FakeHost::new();
+    let dir = h.path("etc/holdfast/policy.d");
+    h.write(
+        "etc/holdfast/policy.d/50-max.yaml",
+        "version: 1\ncgroup:\n  slices:\n    app: {memory.max: 100M}\n",
+    );
+    h.write(
+        "etc/holdfast/policy.d/60-high.yaml",
+        "version: 1\ncgroup:\n  slices:\n    app: {memory.high: 50M}\n",
+    );
+    let dir = dir.to_str().unwrap();
+    // Valid alone, rejected together with the directory's memory.max.
+    let high = h.policy(
+        "70-site.yaml",
+        "version: 1\ncgroup:\n  slices:\n    app: {memory.high: 200M}\n",
+    );
+    let high = high.to_str().unwrap();
+    let alone = h.holdfast(&["validate", high]).output().unwrap();
+    assert_eq!(alone.status.code(), Some(0));
+    let merged = h
+        .holdfast(&[
+            "validate",
+            "--policy-dir",
+            dir,
+            "--as",
+            "70-site.yaml",
+            high,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(merged.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&merged.stderr);
+    assert!(
+        err.contains("memory.high") && err.contains("memory.max"),
+        "{err}"
+    );
+
+    // The same content replacing 60-high.yaml is fine: it replaces the
+    // directory's memory.high; and a candidate replacing 50-max.yaml with
+    // a lower memory.max is rejected against 60-high.yaml.
+    let replace = h
+        .holdfast(&[
+            "validate",
+            "--policy-dir",
+            dir,
+            "--as",
+            "60-high.yaml",
+            high,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        replace.status.code(),
+        Some(1),
+        "200M high is still above the 100M max"
+    );
+    let raise = h.policy(
+        "50-max.yaml",
+        "version: 1\ncgroup:\n  slices:\n    app: {memory.max: 1G}\n",
+    );
+    let out = h
+        .holdfast(&[
+            "validate",
+            "--policy-dir",
+            dir,
+            raise.to_str().unwrap(),
+            high,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let low = h.policy(
+        "max-low.yaml",
+        "version: 1\ncgroup:\n  slices:\n    app: {memory.max: 10M}\n",
+    );
+    let out = h
+        .holdfast(&[
+            "validate",
+            "--policy-dir",
+            dir,
+            "--as",
+            "50-max.yaml",
+            low.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+
+    // A name the daemon would ignore is an error, and --as takes one file.
+    let out = h
+        .holdfast(&["validate", "--policy-dir", dir, "--as", "site.conf", high])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("*.yaml"));
+    let out = h
+        .holdfast(&[
+            "validate",
+            "--policy-dir",
+            dir,
+            "--as",
+            "x.yaml",
+            high,
+            high,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
 fn a_bad_root_or_missing_policy_is_an_error() {
     let h = FakeHost::new();
     let out = h

@@ -17,6 +17,7 @@
 //!   must name the listener itself — `localhost`, a loopback IP, the
 //!   listener's own address, or a name given with `--api-host`; anything
 //!   else is a 421. Requests over the Unix socket may omit `Host`.
+//! - Responses are gzipped when the request's `Accept-Encoding` allows it.
 
 use std::future::Future;
 use std::io;
@@ -38,6 +39,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
+use tower_http::compression::CompressionLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
@@ -83,6 +85,15 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_handler))
         .fallback(not_found)
+        // gzip when the client accepts it (Prometheus does; curl asks with
+        // --compressed), else identity.
+        .layer(
+            CompressionLayer::new()
+                .gzip(true)
+                .no_br()
+                .no_deflate()
+                .no_zstd(),
+        )
         .layer(middleware::from_fn(only_get_and_head))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(TimeoutLayer::with_status_code(

@@ -1,16 +1,30 @@
 //! Prometheus metrics (prometheus-client). Counters and the pass-duration
 //! histogram are updated by the loop (atomic increments, a short lock for
-//! the histogram); everything that describes the current state (per-setting
-//! state gauges, counts, timestamps) is computed at scrape time from the
-//! latest published [`Snapshot`], so the loop never touches it.
+//! the histogram); everything that describes the current state (counts per
+//! state, the settings that drift, timestamps, the process's own figures) is
+//! computed at scrape time from the latest published [`Snapshot`], so the
+//! loop never touches it.
+//!
+//! # Guarantees
+//! - The number of series is bounded by what is wrong, not by the policy's
+//!   size: a fixed set (about 65, see `tests::a_compliant_500_key_policy_*`)
+//!   plus one `holdfast_setting_drift` series per setting in a drift state.
+//!   The full per-setting state set (`holdfast_setting_state`, eight series
+//!   per setting) is opt-in: `serve --metrics-per-setting`.
+//! - `key` labels never carry the `--root` prefix, and holdfast's own files
+//!   are named by a short name (the unit, the file name) rather than a path
+//!   ([`metric_key`]).
 
+use std::collections::BTreeSet;
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -18,6 +32,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
+use super::process;
 use super::schedule::Trigger;
 use super::state::Snapshot;
 use crate::item::{Kind, State};
@@ -63,6 +78,25 @@ impl Format {
     }
 }
 
+/// What `/metrics` shows beyond the fixed set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// The host root (`--root`), taken off keys that are paths under it.
+    pub root: PathBuf,
+    /// Also export `holdfast_setting_state` for every setting and state
+    /// (`--metrics-per-setting`): eight series per setting.
+    pub per_setting: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            root: PathBuf::from("/"),
+            per_setting: false,
+        }
+    }
+}
+
 /// The daemon's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -75,7 +109,15 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// The default set, for a host rooted at `/`.
     pub fn new(snapshots: watch::Receiver<Arc<Snapshot>>) -> Metrics {
+        Metrics::with_config(snapshots, MetricsConfig::default())
+    }
+
+    pub fn with_config(
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+        config: MetricsConfig,
+    ) -> Metrics {
         let mut registry = Registry::default();
         let corrections = Family::<KindLabels, Counter>::default();
         let failures = Family::<KindLabels, Counter>::default();
@@ -124,7 +166,7 @@ impl Metrics {
             "Policy reloads, by result (failure: the push was rejected and the previous policy stays)",
             reloads.clone(),
         );
-        registry.register_collector(Box::new(StateCollector { snapshots }));
+        registry.register_collector(Box::new(StateCollector { snapshots, config }));
         Metrics {
             registry,
             corrections,
@@ -183,6 +225,7 @@ impl Metrics {
 #[derive(Debug)]
 struct StateCollector {
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    config: MetricsConfig,
 }
 
 fn gauge<V: prometheus_client::encoding::EncodeGaugeValue>(
@@ -202,20 +245,91 @@ fn unix_seconds(t: SystemTime) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The `key` label of a setting: the item's key without the host root, and
+/// for holdfast's own files a short name instead of the path — the unit a
+/// drop-in belongs to (`myapp.service`), a slice unit's name
+/// (`go-app.slice`), `system.conf` for the manager's drop-in, else the file
+/// name (`99-zz-holdfast.conf`, `limits.conf:12` for a malformed line).
+/// The kind label already says which file family it is.
+pub fn metric_key(kind: Kind, key: &str, root: &Path) -> String {
+    let key = strip_root(key, root);
+    match kind {
+        Kind::SysctlPersist | Kind::LimitsFile | Kind::UnitFile => {
+            let path = Path::new(key);
+            let name = path.file_name().map(|n| n.to_string_lossy());
+            let parent = path
+                .parent()
+                .and_then(Path::file_name)
+                .map(|n| n.to_string_lossy());
+            match (kind, parent, name) {
+                (Kind::UnitFile, Some(dir), Some(_)) if dir == "system.conf.d" => {
+                    "system.conf".to_string()
+                }
+                (Kind::UnitFile, Some(dir), Some(_)) if dir.ends_with(".d") => {
+                    dir.trim_end_matches(".d").to_string()
+                }
+                (_, _, Some(name)) => name.into_owned(),
+                (_, _, None) => key.to_string(),
+            }
+        }
+        _ => key.to_string(),
+    }
+}
+
+/// `key` without the root's prefix (`/tmp/root/etc/x` -> `/etc/x`).
+fn strip_root<'a>(key: &'a str, root: &Path) -> &'a str {
+    let root = root.to_string_lossy();
+    let root = root.trim_end_matches('/');
+    if root.is_empty() {
+        return key;
+    }
+    match key.strip_prefix(root) {
+        Some(rest) if rest.starts_with('/') => rest,
+        _ => key,
+    }
+}
+
 impl Collector for StateCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         // Clone the Arc and release the channel's lock before encoding.
         let snap = Arc::clone(&self.snapshots.borrow());
+        let root = self.config.root.as_path();
 
         {
+            let mut m = encoder.encode_descriptor(
+                "holdfast_setting_drift",
+                "1 for each managed setting in a drift state (drifted, refused, failed, \
+                 restart-required, contested); absent while the setting is in line",
+                None,
+                MetricType::Gauge,
+            )?;
+            let mut seen = BTreeSet::new();
+            for i in snap.items.iter().filter(|i| i.item.state.is_drift()) {
+                let key = metric_key(i.item.kind(), &i.item.key.to_string(), root);
+                if !seen.insert((i.item.kind(), key.clone())) {
+                    continue;
+                }
+                let labels = [
+                    ("kind", i.item.kind().as_str()),
+                    ("key", key.as_str()),
+                    ("state", i.item.state.as_str()),
+                ];
+                ConstGauge::new(1i64).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        if self.config.per_setting {
             let mut m = encoder.encode_descriptor(
                 "holdfast_setting_state",
                 "1 for the state each managed setting is in, 0 for the others",
                 None,
                 MetricType::Gauge,
             )?;
+            let mut seen = BTreeSet::new();
             for i in &snap.items {
-                let key = i.item.key.to_string();
+                let key = metric_key(i.item.kind(), &i.item.key.to_string(), root);
+                if !seen.insert((i.item.kind(), key.clone())) {
+                    continue;
+                }
                 for s in State::ALL {
                     let labels = [
                         ("kind", i.item.kind().as_str()),
@@ -247,15 +361,15 @@ impl Collector for StateCollector {
         )?;
         gauge(
             &mut encoder,
-            "holdfast_contested_settings",
-            "Settings another writer keeps reverting (corrections are backed off)",
-            snap.count(State::Contested) as i64,
-        )?;
-        gauge(
-            &mut encoder,
             "holdfast_last_pass_timestamp_seconds",
             "Unix time of the last reconcile pass (0 before the first)",
             snap.last_pass.as_ref().map_or(0.0, |p| unix_seconds(p.at)),
+        )?;
+        gauge(
+            &mut encoder,
+            "holdfast_rescan_interval_seconds",
+            "The configured full rescan interval (--rescan): a pass runs at least this often",
+            snap.rescan_interval.as_secs_f64(),
         )?;
         gauge(
             &mut encoder,
@@ -274,6 +388,12 @@ impl Collector for StateCollector {
             "holdfast_watches",
             "Paths watched with inotify",
             snap.watches.watched as i64,
+        )?;
+        gauge(
+            &mut encoder,
+            "holdfast_watch_errors",
+            "Wanted paths holdfast could not watch (changes there are seen only at the rescan)",
+            snap.watches.errors.len() as i64,
         )?;
         {
             let mut m = encoder.encode_descriptor(
@@ -296,6 +416,274 @@ impl Collector for StateCollector {
             )?;
             ConstGauge::new(1i64).encode(m.encode_family(&[("version", snap.version)])?)?;
         }
-        Ok(())
+        encode_process(&mut encoder, &process::read(), snap.started_at)
+    }
+}
+
+/// The standard `process_*` metrics of the daemon itself.
+fn encode_process(
+    encoder: &mut DescriptorEncoder,
+    figures: &process::ProcessFigures,
+    started_at: SystemTime,
+) -> fmt::Result {
+    if let Some(stat) = figures.stat {
+        let m = encoder.encode_descriptor(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(stat.cpu_seconds).encode(m)?;
+        gauge(
+            encoder,
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes",
+            stat.resident_bytes as i64,
+        )?;
+        gauge(
+            encoder,
+            "process_virtual_memory_bytes",
+            "Virtual memory size in bytes",
+            stat.virtual_bytes as i64,
+        )?;
+    }
+    if let Some(n) = figures.open_fds {
+        gauge(
+            encoder,
+            "process_open_fds",
+            "Number of open file descriptors",
+            n as i64,
+        )?;
+    }
+    if let Some(n) = figures.max_fds {
+        gauge(
+            encoder,
+            "process_max_fds",
+            "Maximum number of open file descriptors",
+            n as i64,
+        )?;
+    }
+    gauge(
+        encoder,
+        "process_start_time_seconds",
+        "Start time of the process since the Unix epoch in seconds",
+        unix_seconds(started_at),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::state::{ItemStatus, ListenerOrigin, ListenerStatus};
+    use crate::item::Item;
+    use crate::policy::Mode;
+
+    /// The typed key of a setting the tests name by kind and text.
+    fn key_of(kind: Kind, key: &str) -> crate::item::ItemKey {
+        use crate::item::ItemKey;
+        match kind {
+            Kind::Sysctl => ItemKey::Sysctl(crate::sysctl::SysctlKey::parse(key).unwrap()),
+            Kind::SysctlPersist => ItemKey::SysctlFile(key.into()),
+            Kind::Limit => {
+                let parts: Vec<&str> = key.split(' ').collect();
+                ItemKey::Limit {
+                    domain: crate::limits::Domain::parse(parts[0]).unwrap(),
+                    kind: if parts[1] == "soft" {
+                        crate::limits::LimitType::Soft
+                    } else {
+                        crate::limits::LimitType::Hard
+                    },
+                    item: crate::limits::LimitItem::parse(parts[2]).unwrap(),
+                }
+            }
+            other => panic!("no test key for {other:?}"),
+        }
+    }
+
+    fn setting(kind: Kind, key: &str, state: State) -> ItemStatus {
+        let mut item = Item::new(key_of(kind, key), "1", Mode::Enforce);
+        item.state = state;
+        ItemStatus {
+            item,
+            last_change: SystemTime::now(),
+            corrections: 0,
+            next_attempt: None,
+        }
+    }
+
+    /// A daemon on `root` with the default listeners (the Unix socket and
+    /// loopback :80 over IPv4 and IPv6), `n` compliant sysctls, holdfast's
+    /// persisted file, and `drifting` more settings in a drift state.
+    fn snapshot(root: &str, n: usize, drifting: &[(Kind, &str, State)]) -> Snapshot {
+        let listeners = ["/run/holdfast/holdfast.sock", "127.0.0.1:80", "[::1]:80"]
+            .map(|a| ListenerStatus {
+                address: a.to_string(),
+                origin: ListenerOrigin::Default,
+                error: None,
+            })
+            .to_vec();
+        let mut snap = Snapshot::starting(Arc::new(listeners), Duration::from_secs(60));
+        snap.items = (0..n)
+            .map(|i| setting(Kind::Sysctl, &format!("net.test.key{i}"), State::Compliant))
+            .collect();
+        snap.items.push(setting(
+            Kind::SysctlPersist,
+            &format!("{root}/etc/sysctl.d/99-zz-holdfast.conf"),
+            State::Compliant,
+        ));
+        snap.items
+            .extend(drifting.iter().map(|(k, key, s)| setting(*k, key, *s)));
+        snap
+    }
+
+    fn scrape(snap: Snapshot, config: MetricsConfig) -> String {
+        let (_tx, rx) = watch::channel(Arc::new(snap));
+        let m = Metrics::with_config(rx, config);
+        // The loop's counters and histogram have samples as in a real run.
+        m.pass(Trigger::Start, Duration::from_millis(2));
+        m.correction(Kind::Sysctl);
+        m.reload(true);
+        m.encode(Format::Prometheus).unwrap()
+    }
+
+    fn series(text: &str) -> Vec<&str> {
+        text.lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect()
+    }
+
+    #[test]
+    fn a_compliant_500_key_policy_costs_at_most_80_series() {
+        let text = scrape(snapshot("/", 500, &[]), MetricsConfig::default());
+        let n = series(&text).len();
+        assert!(n <= 80, "{n} series:\n{text}");
+        assert!(!text.contains("holdfast_setting_drift{"), "{text}");
+        assert!(!text.contains("holdfast_setting_state"), "{text}");
+        assert!(!text.contains("holdfast_contested_settings"), "{text}");
+        // The same fixed set whatever the policy's size.
+        let small = scrape(snapshot("/", 5, &[]), MetricsConfig::default());
+        assert_eq!(series(&small).len(), n);
+    }
+
+    #[test]
+    fn each_drifting_setting_adds_one_series_naming_it() {
+        let base = series(&scrape(snapshot("/", 500, &[]), MetricsConfig::default())).len();
+        let drifting = [
+            (Kind::Sysctl, "vm.swappiness", State::Drifted),
+            (Kind::Sysctl, "vm.overcommit_memory", State::Contested),
+            (Kind::Limit, "* soft nofile", State::Failed),
+            // Not drift: no series.
+            (Kind::Sysctl, "net.gone", State::Unsupported),
+            (Kind::Sysctl, "net.fixed", State::Corrected),
+        ];
+        let text = scrape(snapshot("/", 500, &drifting), MetricsConfig::default());
+        assert_eq!(series(&text).len(), base + 3, "{text}");
+        for line in [
+            r#"holdfast_setting_drift{kind="sysctl",key="vm.swappiness",state="drifted"} 1"#,
+            r#"holdfast_setting_drift{kind="sysctl",key="vm.overcommit_memory",state="contested"} 1"#,
+            r#"holdfast_setting_drift{kind="limit",key="* soft nofile",state="failed"} 1"#,
+            r#"holdfast_settings{state="contested"} 1"#,
+            r#"holdfast_settings{state="unsupported"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} not in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_full_state_set_is_opt_in() {
+        let config = MetricsConfig {
+            per_setting: true,
+            ..MetricsConfig::default()
+        };
+        let text = scrape(snapshot("/srv/root", 10, &[]), config);
+        let per_setting = series(&text)
+            .into_iter()
+            .filter(|l| l.starts_with("holdfast_setting_state{"))
+            .count();
+        // Ten sysctls and the persisted file, eight states each.
+        assert_eq!(per_setting, 11 * 8);
+        assert!(text.contains(
+            r#"holdfast_setting_state{kind="sysctl-persist",key="99-zz-holdfast.conf",state="compliant"} 1"#
+        ));
+        assert!(!text.contains("/srv/root"), "{text}");
+    }
+
+    #[test]
+    fn the_process_rescan_and_watch_figures_are_exported() {
+        let mut snap = snapshot("/", 1, &[]);
+        snap.watches.errors = vec!["/x: permission denied".into(), "/y: gone".into()];
+        let text = scrape(snap, MetricsConfig::default());
+        for line in [
+            "holdfast_rescan_interval_seconds 60",
+            "holdfast_watch_errors 2",
+            "# TYPE process_cpu_seconds_total counter",
+            "# TYPE process_resident_memory_bytes gauge",
+            "# TYPE process_open_fds gauge",
+            "# TYPE process_max_fds gauge",
+            "# TYPE process_start_time_seconds gauge",
+        ] {
+            assert!(text.contains(line), "{line} not in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn keys_lose_the_root_and_own_files_get_short_names() {
+        let root = Path::new("/tmp/fake-root");
+        let cases = [
+            (Kind::Sysctl, "net.core.somaxconn", "net.core.somaxconn"),
+            (
+                Kind::SysctlPersist,
+                "/tmp/fake-root/etc/sysctl.d/99-zz-holdfast.conf",
+                "99-zz-holdfast.conf",
+            ),
+            (
+                Kind::LimitsFile,
+                "/tmp/fake-root/etc/security/limits.d/90-holdfast.conf",
+                "90-holdfast.conf",
+            ),
+            (
+                Kind::LimitsFile,
+                "/tmp/fake-root/etc/security/limits.conf:12",
+                "limits.conf:12",
+            ),
+            (
+                Kind::UnitFile,
+                "/tmp/fake-root/etc/systemd/system/myapp.service.d/90-holdfast.conf",
+                "myapp.service",
+            ),
+            (
+                Kind::UnitFile,
+                "/tmp/fake-root/etc/systemd/system/go-app.slice",
+                "go-app.slice",
+            ),
+            (
+                Kind::UnitFile,
+                "/tmp/fake-root/etc/systemd/system.conf.d/90-holdfast.conf",
+                "system.conf",
+            ),
+            (
+                Kind::CgroupLimit,
+                "/holdfast.slice/app memory.max",
+                "/holdfast.slice/app memory.max",
+            ),
+            (
+                Kind::ServiceLimit,
+                "myapp.service LimitNOFILE",
+                "myapp.service LimitNOFILE",
+            ),
+            // Only a whole leading path component is the root.
+            (Kind::Sysctl, "/tmp/fake-rootless", "/tmp/fake-rootless"),
+        ];
+        for (kind, key, want) in cases {
+            assert_eq!(metric_key(kind, key, root), want, "{kind:?} {key}");
+        }
+        assert_eq!(
+            metric_key(
+                Kind::SysctlPersist,
+                "/etc/sysctl.d/99-zz-holdfast.conf",
+                Path::new("/")
+            ),
+            "99-zz-holdfast.conf"
+        );
     }
 }

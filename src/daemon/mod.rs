@@ -17,6 +17,7 @@ pub mod client;
 pub mod diff;
 pub mod listen;
 pub mod metrics;
+pub mod process;
 pub mod reconcile;
 pub mod schedule;
 pub mod sdnotify;
@@ -35,7 +36,7 @@ use tokio::sync::{mpsc, watch as channel};
 
 use crate::host::HostRoot;
 use listen::{ListenAddr, ListenError};
-use metrics::Metrics;
+use metrics::{Metrics, MetricsConfig};
 use reconcile::{Control, LoopConfig, Reconciler};
 use schedule::TrackerConfig;
 use state::{ListenerOrigin, Snapshot};
@@ -58,6 +59,9 @@ pub struct ServeOptions {
     /// `--api-host`: names, besides localhost and the listeners' own
     /// addresses, that a request's `Host` may carry.
     pub api_hosts: Vec<String>,
+    /// `--metrics-per-setting`: every setting's state in `/metrics`, not
+    /// only the settings that drift.
+    pub metrics_per_setting: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,7 +140,13 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         Arc::clone(&statuses),
         opts.rescan,
     )));
-    let metrics = Arc::new(Metrics::new(snapshots.clone()));
+    let metrics = Arc::new(Metrics::with_config(
+        snapshots.clone(),
+        MetricsConfig {
+            root: opts.host.root().to_path_buf(),
+            per_setting: opts.metrics_per_setting,
+        },
+    ));
     let (stop_tx, stop_rx) = channel::channel(false);
     let alive = Arc::new(AtomicBool::new(true));
 

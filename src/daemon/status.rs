@@ -32,6 +32,10 @@ pub struct PolicyJson {
     /// Whether a policy is in force (false only when the first one was rejected).
     pub in_force: bool,
     pub files: Vec<String>,
+    /// The SHA-256 of each file in force (hex), by file: config management
+    /// compares it with what it pushed to know the push is loaded.
+    #[serde(default)]
+    pub sha256: BTreeMap<String, String>,
     pub mode: Option<String>,
     pub loaded_at: Option<String>,
     /// The newest push, when it was rejected; the policy above stays in force.
@@ -221,6 +225,11 @@ pub fn to_json(snap: &Snapshot, filter: &Filter) -> StatusJson {
         policy: PolicyJson {
             in_force: p.in_force.is_some(),
             files: p.files(),
+            sha256: p
+                .in_force
+                .as_ref()
+                .map(|p| p.sha256.clone())
+                .unwrap_or_default(),
             mode: p.mode().map(|m| m.as_str().to_string()),
             loaded_at: p.loaded_at.map(rfc3339),
             last_error: p.rejected.as_ref().map(|r| RejectionJson {
@@ -322,6 +331,23 @@ fn cell(s: &str) -> String {
 pub fn to_text(s: &StatusJson) -> String {
     let mut out = String::new();
     let d = &s.daemon;
+    let p = &s.policy;
+    // A rejected push comes first: config management that pushed it, and
+    // whoever reads the output, must not miss it.
+    if let Some(e) = &p.last_error {
+        out.push_str(&format!(
+            "policy push REJECTED at {}; {}:\n",
+            e.at,
+            if p.in_force {
+                "the previous policy stays in force"
+            } else {
+                "nothing is enforced"
+            }
+        ));
+        for line in e.message.lines() {
+            out.push_str(&format!("  {line}\n"));
+        }
+    }
     out.push_str(&format!(
         "holdfast {} (pid {}), up since {}\n",
         d.version, d.pid, d.started_at
@@ -347,7 +373,6 @@ pub fn to_text(s: &StatusJson) -> String {
             l.error.as_deref().unwrap_or("")
         ));
     }
-    let p = &s.policy;
     if p.in_force {
         out.push_str(&format!(
             "policy: {} (mode {}), loaded {}\n",
@@ -357,20 +382,6 @@ pub fn to_text(s: &StatusJson) -> String {
         ));
     } else {
         out.push_str("policy: none in force\n");
-    }
-    if let Some(e) = &p.last_error {
-        out.push_str(&format!(
-            "policy push REJECTED at {}; {}:\n",
-            e.at,
-            if p.in_force {
-                "the previous policy stays in force"
-            } else {
-                "nothing is enforced"
-            }
-        ));
-        for line in e.message.lines() {
-            out.push_str(&format!("  {line}\n"));
-        }
     }
     if let Some(l) = &s.last_pass {
         out.push_str(&format!(

@@ -76,6 +76,9 @@ impl fmt::Display for Mode {
 pub struct Policy {
     /// The files this policy was built from, in merge order.
     pub files: Vec<String>,
+    /// The SHA-256 of each file's content (hex), by file name as in `files`:
+    /// what config management compares with what it pushed.
+    pub sha256: BTreeMap<String, String>,
     /// The policy-wide mode; `audit` when no file sets it.
     pub mode: Option<Sourced<Mode>>,
     pub sysctls: BTreeMap<SysctlKey, SysctlRule>,
@@ -212,6 +215,15 @@ impl Safety {
     }
 }
 
+/// The SHA-256 of a file's content, lowercase hex (as `sha256sum` prints it).
+pub fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 impl Policy {
     /// Parses, validates and merges policy files given as `(name, text)` in
     /// merge order. All errors of all files are reported together; any error
@@ -226,6 +238,7 @@ impl Policy {
                 Ok(fragment) => merged.overlay(fragment),
                 Err(mut errs) => errors.append(&mut errs),
             }
+            merged.sha256.insert(name.to_string(), sha256_hex(text));
         }
         if errors.is_empty() {
             errors = validate::merged(&merged);
@@ -252,6 +265,7 @@ impl Policy {
     /// the earlier one, and remembers its own source.
     pub fn overlay(&mut self, later: Policy) {
         self.files.extend(later.files);
+        self.sha256.extend(later.sha256);
         if later.mode.is_some() {
             self.mode = later.mode;
         }

@@ -146,6 +146,13 @@ fn later_files_override_key_by_key_and_keep_their_sources() {
     let b = "version: 1\nmode: enforce\nsysctl:\n  vm.swappiness: 1\nlimits:\n  - {domain: \"*\", item: nofile, soft: 65536, hard: 65536}\nservices:\n  a.service: {limit_nofile: 200}\ncgroup:\n  slices:\n    one: {pids.max: 20}\n";
     let p = Policy::from_files([("10-a.yaml", a), ("20-b.yaml", b)]).unwrap();
     assert_eq!(p.files, ["10-a.yaml", "20-b.yaml"]);
+    // Each file's digest, as `sha256sum` prints it.
+    assert_eq!(p.sha256.len(), 2);
+    assert_eq!(
+        crate::policy::sha256_hex("version: 1\n"),
+        "09bfcc6a14b83e2192b8673677725c84883ee9cd0c70e45c9ec09daa8f2b2847"
+    );
+    assert_eq!(p.sha256["20-b.yaml"], crate::policy::sha256_hex(b));
     assert_eq!(p.default_mode(), Mode::Enforce);
     assert_eq!(p.mode.as_ref().unwrap().source.to_string(), "20-b.yaml:2");
     let swappiness = &p.sysctls[&SysctlKey::parse("vm.swappiness").unwrap()];

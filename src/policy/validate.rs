@@ -210,6 +210,8 @@ impl Validator {
         let safety = raw.safety.map(|s| self.safety(s)).unwrap_or_default();
         Policy {
             files: vec![self.file.to_string()],
+            // `Policy::from_files` records the digest of the file's text.
+            sha256: Default::default(),
             mode,
             sysctls,
             limits,

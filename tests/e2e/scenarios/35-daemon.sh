@@ -48,8 +48,12 @@ expect_match "the sockets came from systemd" 'socket-activation' \
     "$(printf '%s' "$last_output" | jq -r '.daemon.listeners[].origin' | sort -u | tr '\n' ' ')"
 check "curl localhost/healthz answers 200" curl -fsS http://localhost/healthz
 capture curl -fsS http://localhost/metrics
-expect_match "metrics have per-setting states" \
-    'holdfast_setting_state\{kind="sysctl",key="net.core.somaxconn",state="corrected"\} 1' "$last_output"
+expect_match "metrics count the corrected settings" \
+    'holdfast_settings\{state="corrected"\} [1-9]' "$last_output"
+expect_match "metrics show the process's own figures" \
+    'process_resident_memory_bytes [1-9]' "$last_output"
+check "metrics are gzipped for a client that accepts it" sh -c \
+    'curl -fsS -H "Accept-Encoding: gzip" -o /dev/null -w "%header{content-encoding}" http://localhost/metrics | grep -qx gzip'
 check_fails "the API is read-only (POST refused)" curl -fsS -X POST http://localhost/status
 
 # An external writer: inotify on /proc/sys brings the correction.
