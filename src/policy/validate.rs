@@ -88,15 +88,20 @@ pub fn merged(policy: &Policy) -> Vec<PolicyError> {
         let GoMaxProcs::Fixed(n) = go.value.gomaxprocs else {
             continue;
         };
-        let quota = policy
+        let cpu_max = policy
             .cgroup
             .slices
             .get(&slice.value)
             .and_then(|s| s.cpu_max.as_ref())
-            .and_then(|c| c.value.quota_us.map(|q| (q, c.value.period_us)));
-        if let Some((q, p)) = quota {
-            let allowed = q.div_ceil(p.max(1)).max(1);
-            if u64::from(n) > allowed {
+            .map(|c| c.value);
+        if let Some(c) = cpu_max
+            && let Some(q) = c.quota_us
+        {
+            let p = c.period_us;
+            // The one GOMAXPROCS formula (`posture::gomaxprocs_for`); with a
+            // quota the CPU count does not enter it.
+            let allowed = crate::posture::gomaxprocs_for(Some(c), u32::MAX);
+            if n > allowed {
                 errors.push(
                     PolicyError::new(
                         go.source.clone(),

@@ -182,51 +182,89 @@ pub struct Finding {
     pub evidence: String,
 }
 
-/// The baseline posture checks of one process (audit: managed or not).
-pub fn audit_process(unit: &str, pid: u32, status: &ProcStatus, all_caps: u64) -> Vec<Finding> {
-    let mut out = Vec::new();
-    let mut push = |id: &str, evidence: String| {
-        if let Some(check) = check(id) {
-            out.push(Finding {
-                check,
-                unit: unit.to_string(),
-                pid,
-                evidence,
-            });
-        }
-    };
-    if status.no_new_privs != Some(true) {
-        push("HF001", "NoNewPrivs: 0".into());
+/// The facts the posture checks read, each as the evidence of a failed
+/// check or `None`. The services planner (a managed service's posture
+/// fields) and the audit (every running service) both judge through these,
+/// so the two can never disagree on what, say, "has a seccomp filter" means.
+pub mod evidence {
+    use super::{ProcStatus, caps};
+
+    /// no_new_privs is not set.
+    pub fn may_gain_privileges(s: &ProcStatus) -> Option<String> {
+        (s.no_new_privs != Some(true)).then(|| "NoNewPrivs: 0".to_string())
     }
-    if status.seccomp != Some(2) {
-        push(
-            "HF002",
+
+    /// No seccomp filter (mode 2).
+    pub fn no_seccomp_filter(s: &ProcStatus) -> Option<String> {
+        (s.seccomp != Some(2)).then(|| {
             format!(
                 "Seccomp: {}",
-                status.seccomp.map_or("?".into(), |s| s.to_string())
-            ),
-        );
+                s.seccomp.map_or("?".into(), |v| v.to_string())
+            )
+        })
     }
-    let dangerous: Vec<String> = caps::decode(status.cap_eff)
+
+    /// Runs with effective UID 0 (`any_id`: or real UID 0, as a service
+    /// whose policy says it never runs as root is judged).
+    pub fn runs_as_root(s: &ProcStatus, any_id: bool) -> Option<String> {
+        (s.uid[1] == 0 || (any_id && s.uid[0] == 0))
+            .then(|| format!("Uid: {} {} {} {}", s.uid[0], s.uid[1], s.uid[2], s.uid[3]))
+    }
+
+    /// Capabilities outside `allowed` in the bounding, effective or ambient
+    /// set.
+    pub fn capabilities_beyond(s: &ProcStatus, allowed: u64) -> Option<String> {
+        let mut extra = Vec::new();
+        for (name, m) in [
+            ("CapBnd", s.cap_bnd),
+            ("CapEff", s.cap_eff),
+            ("CapAmb", s.cap_amb),
+        ] {
+            let over = caps::decode(m & !allowed);
+            if !over.is_empty() {
+                extra.push(format!("{name} has {}", over.join(", ")));
+            }
+        }
+        (!extra.is_empty()).then(|| extra.join("; "))
+    }
+
+    /// Effective capabilities that amount to root or nearly.
+    pub fn dangerous_capabilities(s: &ProcStatus) -> Option<String> {
+        let dangerous: Vec<String> = caps::decode(s.cap_eff)
+            .into_iter()
+            .filter(|c| caps::DANGEROUS.contains(&c.as_str()))
+            .collect();
+        (!dangerous.is_empty()).then(|| format!("CapEff has {}", dangerous.join(", ")))
+    }
+
+    /// The bounding set is the full set of capabilities the kernel knows.
+    pub fn full_bounding_set(s: &ProcStatus, all_caps: u64) -> Option<String> {
+        (all_caps != 0 && s.cap_bnd & all_caps == all_caps)
+            .then(|| "CapBnd is the full set".to_string())
+    }
+}
+
+/// The baseline posture checks of one process (audit: managed or not).
+pub fn audit_process(unit: &str, pid: u32, status: &ProcStatus, all_caps: u64) -> Vec<Finding> {
+    let checks = [
+        ("HF001", evidence::may_gain_privileges(status)),
+        ("HF002", evidence::no_seccomp_filter(status)),
+        ("HF003", evidence::dangerous_capabilities(status)),
+        // The audit flags an effective UID 0 only.
+        ("HF004", evidence::runs_as_root(status, false)),
+        ("HF005", evidence::full_bounding_set(status, all_caps)),
+    ];
+    checks
         .into_iter()
-        .filter(|c| caps::DANGEROUS.contains(&c.as_str()))
-        .collect();
-    if !dangerous.is_empty() {
-        push("HF003", format!("CapEff has {}", dangerous.join(", ")));
-    }
-    if status.uid[1] == 0 {
-        push(
-            "HF004",
-            format!(
-                "Uid: {} {} {} {}",
-                status.uid[0], status.uid[1], status.uid[2], status.uid[3]
-            ),
-        );
-    }
-    if all_caps != 0 && status.cap_bnd & all_caps == all_caps {
-        push("HF005", "CapBnd is the full set".into());
-    }
-    out
+        .filter_map(|(id, found)| {
+            Some(Finding {
+                check: check(id)?,
+                unit: unit.to_string(),
+                pid,
+                evidence: found?,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

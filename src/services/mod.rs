@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use crate::item::{Conflict, Item, ItemKey, PostureField, ServiceSetting, State, unit_file_item};
 use crate::limits::LimitValue;
 use crate::policy::{GoMaxProcs, LimitPair, Policy, ServiceRule};
-use crate::posture::{ProcStatus, caps, gomaxprocs_for};
+use crate::posture::{ProcStatus, caps, evidence, gomaxprocs_for};
 use crate::systemd::UnitInfo;
 
 /// The name of holdfast's drop-in in a unit's `.d` directory and in
@@ -289,8 +289,8 @@ fn posture_items(
             "yes".into(),
             n.source.clone(),
             Box::new(|pr: &ProcLimits| {
-                let s = pr.status.as_ref()?;
-                (s.no_new_privs != Some(true)).then(|| format!("PID {}: NoNewPrivs: 0", pr.pid))
+                let e = evidence::may_gain_privileges(pr.status.as_ref()?)?;
+                Some(format!("PID {}: {e}", pr.pid))
             }),
         ));
     }
@@ -300,14 +300,8 @@ fn posture_items(
             f.value.join(" "),
             f.source.clone(),
             Box::new(|pr: &ProcLimits| {
-                let s = pr.status.as_ref()?;
-                (s.seccomp != Some(2)).then(|| {
-                    format!(
-                        "PID {}: Seccomp: {} (2 = filter)",
-                        pr.pid,
-                        s.seccomp.map_or("?".into(), |v| v.to_string())
-                    )
-                })
+                let e = evidence::no_seccomp_filter(pr.status.as_ref()?)?;
+                Some(format!("PID {}: {e} (2 = filter)", pr.pid))
             }),
         ));
     }
@@ -323,19 +317,8 @@ fn posture_items(
             desired,
             c.source.clone(),
             Box::new(move |pr: &ProcLimits| {
-                let s = pr.status.as_ref()?;
-                let mut extra = Vec::new();
-                for (name, m) in [
-                    ("CapBnd", s.cap_bnd),
-                    ("CapEff", s.cap_eff),
-                    ("CapAmb", s.cap_amb),
-                ] {
-                    let over = caps::decode(m & !allowed);
-                    if !over.is_empty() {
-                        extra.push(format!("{name} has {}", over.join(", ")));
-                    }
-                }
-                (!extra.is_empty()).then(|| format!("PID {}: {}", pr.pid, extra.join("; ")))
+                let e = evidence::capabilities_beyond(pr.status.as_ref()?, allowed)?;
+                Some(format!("PID {}: {e}", pr.pid))
             }),
         ));
     }
@@ -346,12 +329,11 @@ fn posture_items(
             u.source.clone(),
             Box::new(|pr: &ProcLimits| {
                 let s = pr.status.as_ref()?;
-                (s.uid[0] == 0 || s.uid[1] == 0).then(|| {
-                    format!(
-                        "PID {}: runs as UID {} (effective {})",
-                        pr.pid, s.uid[0], s.uid[1]
-                    )
-                })
+                evidence::runs_as_root(s, true)?;
+                Some(format!(
+                    "PID {}: runs as UID {} (effective {})",
+                    pr.pid, s.uid[0], s.uid[1]
+                ))
             }),
         ));
     }
