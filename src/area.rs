@@ -14,15 +14,19 @@
 //!    `daemon::diff::SettingId`.
 
 use std::fmt;
+use std::path::PathBuf;
 
+use crate::cgroup::HOLDFAST_SUBTREE;
+use crate::cgroup::knob::KnobKind;
 use crate::cgroup::plan::CgroupHost;
 use crate::cgroup::{observe as cgroup_observe, plan as cgroup_plan};
-use crate::host::{HostRoot, IoError};
+use crate::host::{HostRoot, IoError, SYSCTL_CONF_DIRS};
 use crate::item::Kind;
 use crate::limits::plan::LimitsHost;
 use crate::limits::{observe as limits_observe, plan as limits_plan};
 use crate::policy::Policy;
 use crate::services::{self, ServicesHost, observe as services_observe};
+use crate::sysctl::SysctlKey;
 use crate::sysctl::observe as sysctl_observe;
 use crate::sysctl::plan::{self as sysctl_plan, SysctlHost};
 use crate::systemd::systemctl::Systemctl;
@@ -183,6 +187,138 @@ impl Observation {
                 warnings
             }
         }
+    }
+}
+
+// What the daemon watches for each area. Pure: the caller says whether
+// systemd is PID 1 under the root.
+
+/// What a watched path is about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Concern {
+    /// A key's /proc/sys file: re-read that key.
+    Sysctl(SysctlKey),
+    /// Configuration a full pass re-reads (sysctl.d, limits.d, ...).
+    Files,
+    /// The policy sources: reload (debounced).
+    Policy,
+}
+
+/// Which events under a watched path matter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// The file itself.
+    File,
+    /// Entries of a directory whose names end with one of these suffixes
+    /// (hidden files, such as editors' and holdfast's temp files, excluded).
+    Entries(&'static [&'static str]),
+    /// One named entry of a directory (a policy file given by path: its
+    /// directory is watched so that an atomic replace is seen).
+    Entry(PathBuf),
+}
+
+/// One path to watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchSpec {
+    pub path: PathBuf,
+    pub scope: Scope,
+    pub concern: Concern,
+    /// When the path does not exist, watch its nearest existing ancestor so
+    /// that its creation is seen (the policy directory on a fresh host).
+    pub follow_creation: bool,
+}
+
+const CONF: &[&str] = &[".conf"];
+const SLICE: &[&str] = &[".slice"];
+
+/// A watch whose events call for a full pass.
+fn files(path: PathBuf, scope: Scope) -> WatchSpec {
+    WatchSpec {
+        path,
+        scope,
+        concern: Concern::Files,
+        follow_creation: false,
+    }
+}
+
+impl Area {
+    /// The paths whose changes this area wants to hear about. An event is
+    /// only ever a reason to re-read: a key's own file triggers a pass over
+    /// that key, anything else a full pass.
+    pub fn watches(self, host: &HostRoot, policy: &Policy, systemd_pid1: bool) -> Vec<WatchSpec> {
+        let mut out = Vec::new();
+        match self {
+            Area::Sysctl => {
+                if policy.sysctls.is_empty() {
+                    return out;
+                }
+                for key in policy.sysctls.keys() {
+                    out.push(WatchSpec {
+                        path: host.sysctl_path(key),
+                        scope: Scope::File,
+                        concern: Concern::Sysctl(key.clone()),
+                        follow_creation: false,
+                    });
+                }
+                for dir in SYSCTL_CONF_DIRS {
+                    out.push(files(host.path(dir), Scope::Entries(CONF)));
+                }
+                out.push(files(host.path("etc/sysctl.conf"), Scope::File));
+            }
+            Area::Limits => {
+                if !policy.limits.is_empty() {
+                    out.push(files(host.limits_conf(), Scope::File));
+                    out.push(files(host.limits_d(), Scope::Entries(CONF)));
+                }
+            }
+            // Unit files: holdfast's drop-ins, a competing drop-in beside
+            // them; a full pass asks systemd what it makes of them.
+            Area::Services => {
+                for unit in services::managed_units(policy) {
+                    out.push(files(
+                        host.path(&format!("etc/systemd/system/{}.d", unit.unit)),
+                        Scope::Entries(CONF),
+                    ));
+                }
+                if policy.service_defaults.limit_nofile.is_some() {
+                    out.push(files(
+                        host.path("etc/systemd/system.conf.d"),
+                        Scope::Entries(CONF),
+                    ));
+                }
+            }
+            // Slice units and their runtime overrides (`set-property
+            // --runtime`); without systemd, holdfast's own cgroup's limit
+            // files (under systemd the slice's cgroup path is systemd's to
+            // say, and the rescan re-reads it).
+            Area::Cgroup => {
+                if policy.cgroup.slices.is_empty() {
+                    return out;
+                }
+                out.push(files(
+                    host.path("etc/systemd/system"),
+                    Scope::Entries(SLICE),
+                ));
+                for name in policy.cgroup.slices.keys() {
+                    out.push(files(
+                        host.path(&format!("run/systemd/system.control/{name}.slice.d")),
+                        Scope::Entries(CONF),
+                    ));
+                    if !systemd_pid1 {
+                        for kind in KnobKind::ALL {
+                            out.push(files(
+                                host.path(&format!(
+                                    "sys/fs/cgroup/{HOLDFAST_SUBTREE}/{name}/{}",
+                                    kind.file()
+                                )),
+                                Scope::File,
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        out
     }
 }
 

@@ -1,8 +1,8 @@
 //! What the daemon watches, and what an event on a path means.
 //!
-//! [`plan`] and [`WatchMap`] are pure: from the policy and the host root
-//! they list the files and directories to watch and map an event's path
-//! back to what it concerns. [`NotifyWatcher`] is the I/O side: it arms
+//! [`plan`] lists the files and directories to watch — the policy sources
+//! and each area's own list (`Area::watches`, pure) — and [`WatchMap`]
+//! (pure) maps an event's path back to what it concerns. [`NotifyWatcher`] is the I/O side: it arms
 //! inotify watches (the `notify` crate) and forwards events to the loop.
 //!
 //! An event is only ever a reason to re-read (DESIGN-NOTES §7): inotify
@@ -20,44 +20,11 @@ use notify::event::{AccessKind, ModifyKind};
 use notify::{EventKind, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
-use crate::host::{HostRoot, SYSCTL_CONF_DIRS};
+use crate::area::Area;
+use crate::host::HostRoot;
 use crate::policy::Policy;
-use crate::sysctl::SysctlKey;
 
-/// What a watched path is about.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Concern {
-    /// A key's /proc/sys file: re-read that key.
-    Sysctl(SysctlKey),
-    /// Configuration a full pass re-reads (sysctl.d, limits.d, ...).
-    Files,
-    /// The policy sources: reload (debounced).
-    Policy,
-}
-
-/// Which events under a watched path matter.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Scope {
-    /// The file itself.
-    File,
-    /// Entries of a directory whose names end with one of these suffixes
-    /// (hidden files, such as editors' and holdfast's temp files, excluded).
-    Entries(&'static [&'static str]),
-    /// One named entry of a directory (a policy file given by path: its
-    /// directory is watched so that an atomic replace is seen).
-    Entry(PathBuf),
-}
-
-/// One path to watch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WatchSpec {
-    pub path: PathBuf,
-    pub scope: Scope,
-    pub concern: Concern,
-    /// When the path does not exist, watch its nearest existing ancestor so
-    /// that its creation is seen (the policy directory on a fresh host).
-    pub follow_creation: bool,
-}
+pub use crate::area::{Concern, Scope, WatchSpec};
 
 /// Where the policy comes from, as the daemon watches it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,11 +56,10 @@ impl PolicySource {
 }
 
 const YAML: &[&str] = &[".yaml", ".yml"];
-const CONF: &[&str] = &[".conf"];
-const SLICE: &[&str] = &[".slice"];
 
-/// The watches for a policy (none in force: only the policy sources). Reads
-/// only whether systemd is PID 1 (its cgroups are not holdfast's to watch).
+/// The watches for a policy: its sources, then what each area asks for
+/// (`Area::watches`, pure). Reads only whether systemd is PID 1 under the
+/// root (its cgroups are not holdfast's to watch).
 pub fn plan(host: &HostRoot, policy: Option<&Policy>, sources: &[PolicySource]) -> Vec<WatchSpec> {
     let mut out = Vec::new();
     for source in sources {
@@ -125,77 +91,11 @@ pub fn plan(host: &HostRoot, policy: Option<&Policy>, sources: &[PolicySource]) 
     let Some(policy) = policy else {
         return out;
     };
-    if !policy.sysctls.is_empty() {
-        for key in policy.sysctls.keys() {
-            out.push(WatchSpec {
-                path: host.sysctl_path(key),
-                scope: Scope::File,
-                concern: Concern::Sysctl(key.clone()),
-                follow_creation: false,
-            });
-        }
-        for dir in SYSCTL_CONF_DIRS {
-            out.push(files(host.path(dir), Scope::Entries(CONF)));
-        }
-        out.push(files(host.path("etc/sysctl.conf"), Scope::File));
-    }
-    if !policy.limits.is_empty() {
-        out.push(files(host.limits_conf(), Scope::File));
-        out.push(files(host.limits_d(), Scope::Entries(CONF)));
-    }
-    // Unit files: holdfast's drop-ins and slice units, a competing drop-in
-    // beside them, and runtime overrides (`set-property --runtime`). An
-    // event is a reason for a full pass, which asks systemd what it makes
-    // of them.
-    for unit in crate::services::managed_units(policy) {
-        out.push(files(
-            host.path(&format!("etc/systemd/system/{}.d", unit.unit)),
-            Scope::Entries(CONF),
-        ));
-    }
-    if policy.service_defaults.limit_nofile.is_some() {
-        out.push(files(
-            host.path("etc/systemd/system.conf.d"),
-            Scope::Entries(CONF),
-        ));
-    }
-    if !policy.cgroup.slices.is_empty() {
-        out.push(files(
-            host.path("etc/systemd/system"),
-            Scope::Entries(SLICE),
-        ));
-        for name in policy.cgroup.slices.keys() {
-            out.push(files(
-                host.path(&format!("run/systemd/system.control/{name}.slice.d")),
-                Scope::Entries(CONF),
-            ));
-            // Without systemd, holdfast's own cgroup's limit files. (Under
-            // systemd the slice's cgroup path is systemd's to say; the
-            // rescan re-reads it.)
-            if !crate::systemd::is_pid1(host) {
-                for kind in crate::cgroup::knob::KnobKind::ALL {
-                    out.push(files(
-                        host.path(&format!(
-                            "sys/fs/cgroup/{}/{name}/{}",
-                            crate::cgroup::plan::HOLDFAST_SUBTREE,
-                            kind.file()
-                        )),
-                        Scope::File,
-                    ));
-                }
-            }
-        }
+    let systemd = crate::systemd::is_pid1(host);
+    for area in Area::ALL {
+        out.extend(area.watches(host, policy, systemd));
     }
     out
-}
-
-fn files(path: PathBuf, scope: Scope) -> WatchSpec {
-    WatchSpec {
-        path,
-        scope,
-        concern: Concern::Files,
-        follow_creation: false,
-    }
 }
 
 /// Maps an event's path to what it concerns.
@@ -446,6 +346,7 @@ impl Arm for NoWatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sysctl::SysctlKey;
 
     fn policy(text: &str) -> Policy {
         Policy::from_files([("p.yaml", text)]).unwrap()
