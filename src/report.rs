@@ -173,24 +173,57 @@ pub enum TextStyle {
 
 const MAX_CELL: usize = 48;
 
-fn cell(s: &str) -> String {
+/// A table cell: at most 48 characters, longer text cut with `…`.
+pub fn cell(s: &str) -> String {
     if s.chars().count() <= MAX_CELL {
-        s.to_string()
-    } else {
-        let mut t: String = s.chars().take(MAX_CELL - 1).collect();
-        t.push('…');
-        t
+        return s.to_string();
     }
+    let mut t: String = s.chars().take(MAX_CELL - 1).collect();
+    t.push('…');
+    t
+}
+
+/// The table both text views print (the CLI report and `holdfast status`):
+/// a header, then each row with its notes indented below it. Columns are
+/// padded to the widest cell; the last is not.
+pub fn table<const N: usize>(header: [&str; N], rows: &[([String; N], Vec<String>)]) -> String {
+    let mut widths = header.map(str::len);
+    for (row, _) in rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let render = |cells: &[String], out: &mut String| {
+        let last = cells.len() - 1;
+        let mut line = String::new();
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+            line.push_str(c);
+            if i < last {
+                line.push_str(&" ".repeat(w - c.chars().count() + 2));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    };
+    render(&header.map(String::from), &mut out);
+    for (row, notes) in rows {
+        render(row, &mut out);
+        for n in notes {
+            out.push_str(&format!("    {n}\n"));
+        }
+    }
+    out
 }
 
 /// The table: one row per item, notes indented below it, a summary last.
 pub fn to_text(policy: &Policy, pass: &Pass, style: TextStyle) -> String {
     let header = ["SETTING", "DESIRED", "ACTUAL", "STATE", "MODE", "SOURCE"];
-    let rows: Vec<[String; 6]> = pass
+    let rows: Vec<([String; 6], Vec<String>)> = pass
         .items
         .iter()
         .map(|i| {
-            [
+            let row = [
                 cell(&i.key.to_string()),
                 cell(&i.desired),
                 cell(if i.actual.is_empty() { "-" } else { &i.actual }),
@@ -200,53 +233,30 @@ pub fn to_text(policy: &Policy, pass: &Pass, style: TextStyle) -> String {
                     .as_ref()
                     .map(|s| s.to_string())
                     .unwrap_or_else(|| "holdfast".into()),
-            ]
+            ];
+            let mut notes = Vec::new();
+            if style == TextStyle::Plan {
+                match (&i.action, i.state) {
+                    (Some(a), _) => notes.push(format!("-> {a}")),
+                    (None, State::Drifted) if i.mode == crate::policy::Mode::Audit => {
+                        notes.push("-> not changed (audit mode)".to_string())
+                    }
+                    _ => {}
+                }
+            }
+            notes.extend(i.detail.iter().cloned());
+            notes.extend(i.conflicts.iter().filter(|c| !c.wins_at_boot).map(|c| {
+                format!(
+                    "also set to {} by {}:{} (holdfast's value wins at boot)",
+                    c.value,
+                    c.file.display(),
+                    c.line
+                )
+            }));
+            (row, notes)
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, c) in widths.iter_mut().zip(row.iter()) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let line = |cells: &[String], out: &mut String| {
-        let mut l = String::new();
-        for (i, (c, w)) in cells.iter().zip(widths.iter()).enumerate() {
-            if i + 1 == cells.len() {
-                l.push_str(c);
-            } else {
-                l.push_str(c);
-                l.push_str(&" ".repeat(w - c.chars().count() + 2));
-            }
-        }
-        out.push_str(l.trim_end());
-        out.push('\n');
-    };
-    line(&header.map(String::from), &mut out);
-    for (row, item) in rows.iter().zip(pass.items.iter()) {
-        line(row, &mut out);
-        if style == TextStyle::Plan {
-            match (&item.action, item.state) {
-                (Some(a), _) => out.push_str(&format!("    -> {a}\n")),
-                (None, State::Drifted) if item.mode == crate::policy::Mode::Audit => {
-                    out.push_str("    -> not changed (audit mode)\n")
-                }
-                _ => {}
-            }
-        }
-        for d in &item.detail {
-            out.push_str(&format!("    {d}\n"));
-        }
-        for c in item.conflicts.iter().filter(|c| !c.wins_at_boot) {
-            out.push_str(&format!(
-                "    also set to {} by {}:{} (holdfast's value wins at boot)\n",
-                c.value,
-                c.file.display(),
-                c.line
-            ));
-        }
-    }
+    let mut out = table(header, &rows);
     for w in &pass.warnings {
         out.push_str(&format!("warning: {w}\n"));
     }

@@ -117,6 +117,7 @@ pub struct StatusItemJson {
 
 /// The same source and conflict shapes as the CLI's JSON report.
 pub use crate::report::{ConflictJson, ErrorJson as PolicyErrorJson, SourceJson};
+use crate::report::{cell, table};
 
 /// Which items a status request wants.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -315,17 +316,6 @@ pub fn to_json(snap: &Snapshot, filter: &Filter) -> StatusJson {
     }
 }
 
-const MAX_CELL: usize = 48;
-
-fn cell(s: &str) -> String {
-    if s.chars().count() <= MAX_CELL {
-        return s.to_string();
-    }
-    let mut t: String = s.chars().take(MAX_CELL - 1).collect();
-    t.push('…');
-    t
-}
-
 /// The plain-text view: a header about the daemon and the policy, one row
 /// per item with its notes below it, and a verdict.
 pub fn to_text(s: &StatusJson) -> String {
@@ -404,11 +394,11 @@ pub fn to_text(s: &StatusJson) -> String {
     let header = [
         "SETTING", "DESIRED", "ACTUAL", "STATE", "MODE", "CHANGED", "SOURCE",
     ];
-    let rows: Vec<[String; 7]> = s
+    let rows: Vec<([String; 7], Vec<String>)> = s
         .items
         .iter()
         .map(|i| {
-            [
+            let row = [
                 cell(&i.key.to_string()),
                 cell(&i.desired),
                 cell(i.actual.as_deref().unwrap_or("-")),
@@ -423,37 +413,13 @@ pub fn to_text(s: &StatusJson) -> String {
                     .as_ref()
                     .map(|s| format!("{}:{}", s.file, s.line))
                     .unwrap_or_else(|| "holdfast".into()),
-            ]
+            ];
+            let mut notes = i.detail.clone();
+            notes.extend(i.pending_action.iter().map(|a| format!("pending: {a}")));
+            (row, notes)
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let render = |cells: &[String], out: &mut String| {
-        let last = cells.len() - 1;
-        let mut line = String::new();
-        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
-            line.push_str(c);
-            if i < last {
-                line.push_str(&" ".repeat(w - c.chars().count() + 2));
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    };
-    render(&header.map(String::from), &mut out);
-    for (row, item) in rows.iter().zip(&s.items) {
-        render(row, &mut out);
-        for d in &item.detail {
-            out.push_str(&format!("    {d}\n"));
-        }
-        if let Some(a) = &item.pending_action {
-            out.push_str(&format!("    pending: {a}\n"));
-        }
-    }
+    out.push_str(&table(header, &rows));
     for w in &s.warnings {
         out.push_str(&format!("warning: {w}\n"));
     }
