@@ -15,6 +15,7 @@
 pub mod api;
 pub mod client;
 pub mod diff;
+pub mod keeper;
 pub mod listen;
 pub mod metrics;
 pub mod process;
@@ -23,6 +24,7 @@ pub mod schedule;
 pub mod sdnotify;
 pub mod state;
 pub mod status;
+pub mod view;
 pub mod watch;
 pub mod writers;
 

@@ -31,23 +31,20 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::diff::{self, SettingId};
+use super::keeper::{PolicyKeeper, Reload};
 use super::metrics::Metrics;
-use super::schedule::{Debouncer, Retries, Schedule, Tracker, TrackerConfig, Transition, Work};
+use super::schedule::{Debouncer, Schedule, TrackerConfig, Work};
 use super::sdnotify::Notifier;
-use super::state::{
-    ItemStatus, ListenerStatus, PassInfo, PolicyState, Rejection, Snapshot, WatchStatus,
-    human_duration,
-};
+use super::state::{ListenerStatus, PassInfo, Snapshot, WatchStatus, human_duration};
+use super::view::{Event, ItemView};
 use super::watch::{self as watches, Arm, Concern, PolicySource, WatchEvent, WatchMap};
 use super::writers;
 use crate::area;
 use crate::engine;
 use crate::host::{self, HostRoot};
-use crate::item::{Item, ItemKey, State};
-use crate::policy::{Mode, Policy};
+use crate::item::{Item, ItemKey};
+use crate::policy::Policy;
 use crate::safety::{MemInfo, OvercommitKey};
-use crate::sources::{self, LoadError};
 use crate::sysctl::SysctlKey;
 use crate::sysctl::observe::{self as sysctl_observe, Observed};
 use crate::sysctl::plan::{self as sysctl_plan, SysctlHost};
@@ -95,34 +92,16 @@ pub enum Control {
     Shutdown,
 }
 
-type ItemId = ItemKey;
-
-fn id_of(item: &Item) -> ItemId {
-    item.key.clone()
-}
-
-/// One setting as the loop keeps it.
-#[derive(Debug, Clone)]
-struct Entry {
-    status: ItemStatus,
-    /// The state the last pass found, before the daemon's view (contested,
-    /// sticky corrected) was put on it.
-    found: State,
-    /// Who else likely writes it, found when it became contested.
-    suspects: Vec<String>,
-}
-
 /// The loop's state.
 pub struct Reconciler {
     cfg: LoopConfig,
     sources: Vec<PolicySource>,
-    policy: PolicyState,
+    keeper: PolicyKeeper,
     /// What the last passes read of the sysctls, so that an event on one
     /// key re-reads only that key.
     cache: Option<SysctlHost>,
-    entries: Vec<Entry>,
+    view: ItemView,
     warnings: Vec<String>,
-    trackers: HashMap<ItemId, Tracker>,
     schedule: Schedule,
     watch_map: WatchMap,
     watches: WatchStatus,
@@ -152,11 +131,10 @@ impl Reconciler {
         let systemd = Notifier::new(cfg.watchdog);
         Reconciler {
             sources,
-            policy: PolicyState::default(),
+            keeper: PolicyKeeper::default(),
             cache: None,
-            entries: Vec::new(),
+            view: ItemView::new(cfg.trackers),
             warnings: Vec::new(),
-            trackers: HashMap::new(),
             schedule,
             watch_map: WatchMap::default(),
             watches: WatchStatus::default(),
@@ -203,12 +181,12 @@ impl Reconciler {
             }
             let now = Instant::now();
             self.systemd.tick(now);
-            let retries = self.due_retries(now);
+            let retries = self.view.due_retries(now);
             if let Some(work) = self.schedule.take(now, retries) {
                 self.execute(work, watcher);
                 continue;
             }
-            let mut deadline = self.schedule.next_deadline(self.next_retry(now));
+            let mut deadline = self.schedule.next_deadline(self.view.next_retry(now));
             if let Some(ping) = self.systemd.next_ping(now) {
                 deadline = deadline.min(ping);
             }
@@ -244,49 +222,13 @@ impl Reconciler {
         }
     }
 
-    /// Held items whose backoff ran out.
-    fn due_retries(&self, now: Instant) -> Retries {
-        let mut retries = Retries::default();
-        for e in self.held_entries() {
-            let Some(t) = self.trackers.get(&id_of(&e.status.item)) else {
-                continue;
-            };
-            if t.hold_until().is_some_and(|h| h <= now) {
-                match e.status.item.key.sysctl() {
-                    Some(k) => {
-                        retries.keys.insert(k.clone());
-                    }
-                    None => retries.other = true,
-                }
-            }
-        }
-        retries
-    }
-
-    fn next_retry(&self, now: Instant) -> Option<Instant> {
-        self.held_entries()
-            .filter_map(|e| self.trackers.get(&id_of(&e.status.item))?.hold_until())
-            .filter(|&h| h > now)
-            .min()
-    }
-
-    /// Items waiting for their backoff to end: drifted with a write held
-    /// back (contested), or enforced and failed (a write or read to retry).
-    fn held_entries(&self) -> impl Iterator<Item = &Entry> {
-        self.entries.iter().filter(|e| match e.found {
-            State::Drifted => e.status.item.action.is_some(),
-            State::Failed => e.status.item.mode == Mode::Enforce,
-            _ => false,
-        })
-    }
-
     fn execute(&mut self, work: Work, watcher: &mut dyn Arm) {
         let started = std::time::Instant::now();
         let now = Instant::now();
         if work.reload {
             self.reload_policy();
         }
-        let policy = self.policy.in_force.clone();
+        let policy = self.keeper.in_force();
         let full = work.full || self.cache.is_none();
         if let Some(policy) = &policy {
             if full {
@@ -319,93 +261,33 @@ impl Reconciler {
         self.publish();
     }
 
-    /// Reads and validates the policy sources. A valid policy replaces the
-    /// one in force; an invalid one is reported and changes nothing.
+    /// Reads and validates the policy sources (the keeper); a new policy
+    /// resets the backoff history of the settings it changed and the cache.
     fn reload_policy(&mut self) {
-        let at = SystemTime::now();
-        let loaded = sources::read(&self.cfg.host, &self.cfg.policy_paths)
-            .and_then(|files| files.parse().map_err(LoadError::from));
-        let new = match loaded {
-            Ok(p) => p,
-            Err(e) => {
-                self.metrics.reload(false);
-                let keeps = if self.policy.in_force.is_some() {
-                    "the previous policy stays in force"
-                } else {
-                    "no policy is in force"
-                };
-                let rejection = match e {
-                    LoadError::Invalid(errors) => {
-                        for err in &errors.0 {
-                            tracing::error!("policy: {err}");
-                        }
-                        tracing::error!(
-                            "policy push rejected ({} error(s)); {keeps}",
-                            errors.0.len()
-                        );
-                        Rejection {
-                            at,
-                            errors: errors.0,
-                            message: None,
-                        }
-                    }
-                    other => {
-                        tracing::error!("policy push rejected: {other}; {keeps}");
-                        Rejection {
-                            at,
-                            errors: Vec::new(),
-                            message: Some(other.to_string()),
-                        }
-                    }
-                };
-                self.policy.rejected = Some(rejection);
-                return;
+        match self.keeper.reload(&self.cfg.host, &self.cfg.policy_paths) {
+            Reload::Rejected => self.metrics.reload(false),
+            Reload::Unchanged => self.metrics.reload(true),
+            Reload::Loaded(change) => {
+                self.metrics.reload(true);
+                self.view.forget(
+                    change
+                        .added
+                        .iter()
+                        .chain(&change.changed)
+                        .chain(&change.removed),
+                );
+                // The next pass is full and rebuilds the cache for the new
+                // keys.
+                self.cache = None;
             }
-        };
-        self.metrics.reload(true);
-        if self.policy.rejected.take().is_some() {
-            tracing::info!("policy push accepted; the rejection is cleared");
         }
-        if self.policy.in_force.as_deref() == Some(&new) {
-            tracing::debug!("policy reloaded: unchanged");
-            return;
-        }
-        let mut change = diff::policy_change(self.policy.in_force.as_deref(), &new);
-        change.at = Some(at);
-        self.forget_history(&change);
-        tracing::info!(
-            files = %new.files.join(", "),
-            mode = new.default_mode().as_str(),
-            added = change.added.len(),
-            changed = change.changed.len(),
-            removed = change.removed.len(),
-            "policy loaded"
-        );
-        self.policy.in_force = Some(Arc::new(new));
-        self.policy.loaded_at = Some(at);
-        self.policy.last_change = Some(change);
-        // The next pass is full and rebuilds the cache for the new keys.
-        self.cache = None;
-    }
-
-    /// A setting that a push added, changed or removed starts with a clean
-    /// backoff history: exactly the items it covers forget theirs.
-    fn forget_history(&mut self, change: &super::state::PolicyChange) {
-        let ids: Vec<&SettingId> = change
-            .added
-            .iter()
-            .chain(&change.changed)
-            .chain(&change.removed)
-            .collect();
-        self.trackers
-            .retain(|key, _| !ids.iter().any(|id| id.covers(key)));
     }
 
     /// Re-reads everything (every kind, through the engine), corrects what
     /// may be corrected, and rebuilds the sysctl cache.
     fn full_pass(&mut self, policy: &Policy, now: Instant) {
-        let trackers = &self.trackers;
-        let hold = |item: &Item| is_held(trackers, item, now);
+        let view = &self.view;
+        let hold = |item: &Item| view.is_held(item, now);
         let ctx = engine::Context {
             host: &self.cfg.host,
             systemd: self.cfg.systemd.as_deref(),
@@ -474,7 +356,7 @@ impl Reconciler {
         if wanted.is_empty() {
             return;
         }
-        let trackers = &self.trackers;
+        let view = &self.view;
         let refreshed: HashSet<&str> = refresh
             .iter()
             .map(SysctlKey::as_str)
@@ -486,7 +368,7 @@ impl Reconciler {
             item.key
                 .sysctl()
                 .is_some_and(|k| !refreshed.contains(k.as_str()))
-                || is_held(trackers, item, now)
+                || view.is_held(item, now)
         };
         // The engine keeps the cache true: it re-reads what it wrote and
         // records the persisted file it wrote.
@@ -502,11 +384,8 @@ impl Reconciler {
         self.absorb(fresh, now, false, &before);
     }
 
-    /// Takes a pass's items into the loop's view: updates each item's
-    /// backoff history, logs and counts what happened, and puts the
-    /// daemon's state (contested, failed while backing off, recently
-    /// corrected) on it. A full pass replaces the view; a key pass updates
-    /// the items it re-read.
+    /// Takes a pass's items into the view, then logs and counts what
+    /// happened.
     fn absorb(
         &mut self,
         fresh: Vec<Item>,
@@ -514,182 +393,78 @@ impl Reconciler {
         full: bool,
         before: &HashMap<ItemKey, String>,
     ) {
-        let wall = SystemTime::now();
-        let cfg = self.cfg.trackers;
-        let window = cfg.contest.window;
-        let index: HashMap<ItemId, usize> = self
-            .entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (id_of(&e.status.item), i))
-            .collect();
-        let mut running: Option<Vec<String>> = None;
-        let mut updated = Vec::with_capacity(fresh.len());
-        for mut item in fresh {
-            let id = id_of(&item);
-            let prev = index.get(&id).map(|&i| &self.entries[i]);
-            let found = item.state;
-            let tracker = self.trackers.entry(id).or_default();
-            let transition = match found {
-                State::Corrected => tracker.corrected(now, &cfg),
-                State::Failed => tracker.failed(now, &cfg),
-                State::Compliant => tracker.compliant(now, &cfg),
-                _ => Transition::Nothing,
-            };
-            let shown = tracker.shown_state(found, now, window);
-            let corrections = tracker.corrections_within(now, window);
-            let hold_until = tracker.hold_until().filter(|&h| h > now);
-            let failures = tracker.failures();
-            let contested = tracker.is_contested();
-
-            match found {
-                State::Corrected => {
-                    self.metrics.correction(item.kind());
-                    // The value found: read just now by a key pass, else the
-                    // last one known.
-                    let from = before
-                        .get(&item.key)
-                        .cloned()
-                        .or_else(|| prev.map(|p| p.status.item.actual.clone()))
-                        .filter(|v| !v.is_empty());
-                    match from {
-                        Some(from) => tracing::info!(
-                            kind = item.kind().as_str(),
-                            key = %item.key,
-                            from = %from,
-                            to = %item.actual,
-                            "corrected"
-                        ),
-                        None => tracing::info!(
-                            kind = item.kind().as_str(),
-                            key = %item.key,
-                            to = %item.actual,
-                            "corrected"
-                        ),
-                    }
-                }
-                State::Failed => self.metrics.failure(item.kind()),
-                _ => {}
-            }
-            let mut suspects = prev.map(|p| p.suspects.clone()).unwrap_or_default();
-            match transition {
-                Transition::Contested { corrections, hold } => {
-                    let names =
-                        running.get_or_insert_with(|| writers::running_processes(&self.cfg.host));
-                    suspects = writers::likely_writers(&item.key, &item.conflicts, names);
-                    tracing::warn!(
-                        kind = item.kind().as_str(),
-                        key = %item.key,
-                        corrections,
-                        next_correction_in = %human_duration(hold),
-                        likely_writers = %suspects.join("; "),
-                        "contested: another writer keeps reverting this setting; backing off"
-                    );
-                }
-                Transition::StillContested { hold } => tracing::warn!(
-                    kind = item.kind().as_str(),
-                    key = %item.key,
-                    next_correction_in = %human_duration(hold),
-                    "contested setting corrected again"
-                ),
-                Transition::Uncontested => {
-                    suspects.clear();
-                    tracing::info!(
-                        kind = item.kind().as_str(),
-                        key = %item.key,
-                        "no longer contested"
-                    );
-                }
-                Transition::Failing { attempt, retry_in } => tracing::warn!(
-                    kind = item.kind().as_str(),
-                    key = %item.key,
-                    attempt,
-                    retry_in = %human_duration(retry_in),
-                    detail = %item.detail.join("; "),
-                    "failed"
-                ),
-                Transition::Recovered => tracing::info!(
-                    kind = item.kind().as_str(),
-                    key = %item.key,
-                    "recovered"
-                ),
-                Transition::Nothing => {}
-            }
-
-            let next_attempt = hold_until.map(|h| wall + (h - now));
-            if contested {
-                item.detail.push(format!(
-                    "contested: corrected {corrections} time(s) within {}; another writer keeps reverting it",
-                    human_duration(window)
-                ));
-                if suspects.is_empty() {
-                    item.detail.push(
-                        "likely writer: not identified (no competing sysctl.d file, no known writer running)"
-                            .into(),
-                    );
-                }
-                for s in &suspects {
-                    item.detail.push(format!("likely writer: {s}"));
-                }
-            }
-            if let Some(h) = hold_until {
-                let why = if contested {
-                    "backing off"
-                } else {
-                    "retrying with backoff"
-                };
-                if contested || failures > 0 {
-                    item.detail.push(format!(
-                        "{why}: next write in {}{}",
-                        human_duration(h - now),
-                        if failures > 0 {
-                            format!(" (failed {failures} time(s) in a row)")
-                        } else {
-                            String::new()
-                        }
-                    ));
-                }
-            }
-            if shown == State::Failed && found == State::Drifted {
-                // Held after a failure: the reason is the last failure's.
-                if let Some(p) = prev {
-                    for d in &p.status.item.detail {
-                        if !d.starts_with("retrying with backoff") && !item.detail.contains(d) {
-                            item.detail.push(d.clone());
-                        }
-                    }
-                }
-            }
-            item.state = shown;
-            let last_change = match prev {
-                Some(p)
-                    if p.status.item.state == item.state && p.status.item.actual == item.actual =>
-                {
-                    p.status.last_change
-                }
-                _ => wall,
-            };
-            updated.push(Entry {
-                status: ItemStatus {
-                    item,
-                    last_change,
-                    corrections,
-                    next_attempt,
-                },
-                found,
-                suspects,
+        let host = &self.cfg.host;
+        let events = self
+            .view
+            .absorb(fresh, (now, SystemTime::now()), full, before, &mut || {
+                writers::running_processes(host)
             });
+        for event in events {
+            self.report(event);
         }
-        if full {
-            let keep: HashSet<ItemId> = updated.iter().map(|e| id_of(&e.status.item)).collect();
-            self.trackers.retain(|id, _| keep.contains(id));
-            self.entries = updated;
-        } else {
-            for e in updated {
-                match index.get(&id_of(&e.status.item)) {
-                    Some(&i) => self.entries[i] = e,
-                    None => self.entries.push(e),
+    }
+
+    /// One thing that happened to a setting: to the log and the metrics.
+    fn report(&self, event: Event) {
+        match event {
+            Event::Corrected {
+                kind,
+                key,
+                from,
+                to,
+            } => {
+                self.metrics.correction(kind);
+                match from {
+                    Some(from) => tracing::info!(
+                        kind = kind.as_str(),
+                        key = %key,
+                        from = %from,
+                        to = %to,
+                        "corrected"
+                    ),
+                    None => tracing::info!(kind = kind.as_str(), key = %key, to = %to, "corrected"),
                 }
+            }
+            Event::Failed { kind } => self.metrics.failure(kind),
+            Event::Contested {
+                kind,
+                key,
+                corrections,
+                hold,
+                suspects,
+            } => tracing::warn!(
+                kind = kind.as_str(),
+                key = %key,
+                corrections,
+                next_correction_in = %human_duration(hold),
+                likely_writers = %suspects.join("; "),
+                "contested: another writer keeps reverting this setting; backing off"
+            ),
+            Event::StillContested { kind, key, hold } => tracing::warn!(
+                kind = kind.as_str(),
+                key = %key,
+                next_correction_in = %human_duration(hold),
+                "contested setting corrected again"
+            ),
+            Event::Uncontested { kind, key } => {
+                tracing::info!(kind = kind.as_str(), key = %key, "no longer contested")
+            }
+            Event::Failing {
+                kind,
+                key,
+                attempt,
+                retry_in,
+                detail,
+            } => tracing::warn!(
+                kind = kind.as_str(),
+                key = %key,
+                attempt,
+                retry_in = %human_duration(retry_in),
+                detail = %detail,
+                "failed"
+            ),
+            Event::Recovered { kind, key } => {
+                tracing::info!(kind = kind.as_str(), key = %key, "recovered")
             }
         }
     }
@@ -715,9 +490,9 @@ impl Reconciler {
             version: env!("CARGO_PKG_VERSION"),
             pid: std::process::id(),
             started_at: self.started_at,
-            policy: self.policy.clone(),
+            policy: self.keeper.state().clone(),
             last_pass: self.last_pass.clone(),
-            items: self.entries.iter().map(|e| e.status.clone()).collect(),
+            items: self.view.statuses().cloned().collect(),
             warnings: self.warnings.clone(),
             listeners: Arc::clone(&self.listeners),
             watches: self.watches.clone(),
@@ -727,14 +502,6 @@ impl Reconciler {
         self.publish.send_replace(Arc::new(snap));
         self.systemd.after_pass(&line);
     }
-}
-
-/// Whether holdfast must leave an item alone now: it is in backoff.
-fn is_held(trackers: &HashMap<ItemId, Tracker>, item: &Item, now: Instant) -> bool {
-    item.mode == Mode::Enforce
-        && trackers
-            .get(&id_of(item))
-            .is_some_and(|t| !t.may_write(now))
 }
 
 #[cfg(test)]

@@ -8,7 +8,9 @@ use std::sync::Mutex;
 
 use super::*;
 use crate::daemon::schedule::{Backoff, ContestRule, Trigger};
+use crate::daemon::state::ItemStatus;
 use crate::daemon::watch::{ArmReport, WatchSpec};
+use crate::item::State;
 
 const BASE: &str = "etc/holdfast/policy.d/10-base.yaml";
 const SOMAXCONN: &str = "proc/sys/net/core/somaxconn";

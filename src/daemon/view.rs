@@ -1,0 +1,340 @@
+//! The loop's view of every managed setting: its last state, its backoff
+//! history, and who else likely writes it. Pure: [`ItemView::absorb`] takes
+//! a pass's items and the time, and returns what happened as [`Event`]s;
+//! the loop logs them, counts them in the metrics and tells systemd. No
+//! I/O, no logging, no clock of its own.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use super::diff::SettingId;
+use super::schedule::{Retries, Tracker, TrackerConfig, Transition};
+use super::state::{ItemStatus, human_duration};
+use super::writers;
+use crate::item::{Item, ItemKey, Kind, State};
+use crate::policy::Mode;
+
+/// One setting as the loop keeps it.
+#[derive(Debug, Clone)]
+struct Entry {
+    status: ItemStatus,
+    /// The state the last pass found, before the daemon's view (contested,
+    /// sticky corrected) was put on it.
+    found: State,
+    /// Who else likely writes it, found when it became contested.
+    suspects: Vec<String>,
+    /// The backoff line the view added to the item's detail, so that the
+    /// next pass can tell it from the item's own explanations.
+    backoff_note: Option<String>,
+}
+
+/// What happened to a setting in a pass, for the log and the metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Corrected, from the value found (when known) to the policy's.
+    Corrected {
+        kind: Kind,
+        key: ItemKey,
+        from: Option<String>,
+        to: String,
+    },
+    Failed {
+        kind: Kind,
+    },
+    /// Another writer keeps reverting it: backing off.
+    Contested {
+        kind: Kind,
+        key: ItemKey,
+        corrections: usize,
+        hold: Duration,
+        suspects: Vec<String>,
+    },
+    StillContested {
+        kind: Kind,
+        key: ItemKey,
+        hold: Duration,
+    },
+    Uncontested {
+        kind: Kind,
+        key: ItemKey,
+    },
+    /// A write or read failed; retried after `retry_in`.
+    Failing {
+        kind: Kind,
+        key: ItemKey,
+        attempt: u32,
+        retry_in: Duration,
+        detail: String,
+    },
+    Recovered {
+        kind: Kind,
+        key: ItemKey,
+    },
+}
+
+/// Every managed setting's status and backoff history.
+#[derive(Debug, Default)]
+pub struct ItemView {
+    cfg: TrackerConfig,
+    entries: Vec<Entry>,
+    trackers: HashMap<ItemKey, Tracker>,
+}
+
+impl ItemView {
+    pub fn new(cfg: TrackerConfig) -> ItemView {
+        ItemView {
+            cfg,
+            entries: Vec::new(),
+            trackers: HashMap::new(),
+        }
+    }
+
+    /// The statuses, in the order the passes reported them.
+    pub fn statuses(&self) -> impl Iterator<Item = &ItemStatus> {
+        self.entries.iter().map(|e| &e.status)
+    }
+
+    /// Whether holdfast must leave an item alone now: it is in backoff.
+    pub fn is_held(&self, item: &Item, now: Instant) -> bool {
+        item.mode == Mode::Enforce
+            && self
+                .trackers
+                .get(&item.key)
+                .is_some_and(|t| !t.may_write(now))
+    }
+
+    /// A setting that a push added, changed or removed starts with a clean
+    /// backoff history: exactly the items it covers forget theirs.
+    pub fn forget<'a>(&mut self, settings: impl IntoIterator<Item = &'a SettingId>) {
+        let ids: Vec<&SettingId> = settings.into_iter().collect();
+        self.trackers
+            .retain(|key, _| !ids.iter().any(|id| id.covers(key)));
+    }
+
+    /// Items waiting for their backoff to end: drifted with a write held
+    /// back (contested), or enforced and failed (a write or read to retry).
+    fn held_entries(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.iter().filter(|e| match e.found {
+            State::Drifted => e.status.item.action.is_some(),
+            State::Failed => e.status.item.mode == Mode::Enforce,
+            _ => false,
+        })
+    }
+
+    /// Held items whose backoff ran out: sysctls by key (a key pass), any
+    /// other kind as a full pass.
+    pub fn due_retries(&self, now: Instant) -> Retries {
+        let mut retries = Retries::default();
+        for e in self.held_entries() {
+            let Some(t) = self.trackers.get(&e.status.item.key) else {
+                continue;
+            };
+            if t.hold_until().is_some_and(|h| h <= now) {
+                match e.status.item.key.sysctl() {
+                    Some(k) => {
+                        retries.keys.insert(k.clone());
+                    }
+                    None => retries.other = true,
+                }
+            }
+        }
+        retries
+    }
+
+    /// When the next held item's backoff ends.
+    pub fn next_retry(&self, now: Instant) -> Option<Instant> {
+        self.held_entries()
+            .filter_map(|e| self.trackers.get(&e.status.item.key)?.hold_until())
+            .filter(|&h| h > now)
+            .min()
+    }
+
+    /// Takes a pass's items into the view: updates each item's backoff
+    /// history and puts the daemon's state (contested, failed while backing
+    /// off, recently corrected) on it. A full pass replaces the view; a key
+    /// pass updates the items it re-read. `before` holds the values a key
+    /// pass read before correcting; `running` lists the host's process
+    /// names (asked only when a setting becomes contested).
+    pub fn absorb(
+        &mut self,
+        fresh: Vec<Item>,
+        at: (Instant, SystemTime),
+        full: bool,
+        before: &HashMap<ItemKey, String>,
+        running: &mut dyn FnMut() -> Vec<String>,
+    ) -> Vec<Event> {
+        let (now, wall) = at;
+        let cfg = self.cfg;
+        let window = cfg.contest.window;
+        let index: HashMap<ItemKey, usize> = self
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.status.item.key.clone(), i))
+            .collect();
+        let mut names: Option<Vec<String>> = None;
+        let mut events = Vec::new();
+        let mut updated = Vec::with_capacity(fresh.len());
+        for mut item in fresh {
+            let prev = index.get(&item.key).map(|&i| &self.entries[i]);
+            let found = item.state;
+            let kind = item.kind();
+            let tracker = self.trackers.entry(item.key.clone()).or_default();
+            let transition = match found {
+                State::Corrected => tracker.corrected(now, &cfg),
+                State::Failed => tracker.failed(now, &cfg),
+                State::Compliant => tracker.compliant(now, &cfg),
+                _ => Transition::Nothing,
+            };
+            let shown = tracker.shown_state(found, now, window);
+            let corrections = tracker.corrections_within(now, window);
+            let hold_until = tracker.hold_until().filter(|&h| h > now);
+            let failures = tracker.failures();
+            let contested = tracker.is_contested();
+
+            match found {
+                State::Corrected => events.push(Event::Corrected {
+                    kind,
+                    key: item.key.clone(),
+                    // The value found: read just now by a key pass, else
+                    // the last one known.
+                    from: before
+                        .get(&item.key)
+                        .cloned()
+                        .or_else(|| prev.map(|p| p.status.item.actual.clone()))
+                        .filter(|v| !v.is_empty()),
+                    to: item.actual.clone(),
+                }),
+                State::Failed => events.push(Event::Failed { kind }),
+                _ => {}
+            }
+            let mut suspects = prev.map(|p| p.suspects.clone()).unwrap_or_default();
+            match transition {
+                Transition::Contested { corrections, hold } => {
+                    let names = names.get_or_insert_with(&mut *running);
+                    suspects = writers::likely_writers(&item.key, &item.conflicts, names);
+                    events.push(Event::Contested {
+                        kind,
+                        key: item.key.clone(),
+                        corrections,
+                        hold,
+                        suspects: suspects.clone(),
+                    });
+                }
+                Transition::StillContested { hold } => events.push(Event::StillContested {
+                    kind,
+                    key: item.key.clone(),
+                    hold,
+                }),
+                Transition::Uncontested => {
+                    suspects.clear();
+                    events.push(Event::Uncontested {
+                        kind,
+                        key: item.key.clone(),
+                    });
+                }
+                Transition::Failing { attempt, retry_in } => events.push(Event::Failing {
+                    kind,
+                    key: item.key.clone(),
+                    attempt,
+                    retry_in,
+                    detail: item.detail.join("; "),
+                }),
+                Transition::Recovered => events.push(Event::Recovered {
+                    kind,
+                    key: item.key.clone(),
+                }),
+                Transition::Nothing => {}
+            }
+
+            let next_attempt = hold_until.map(|h| wall + (h - now));
+            if contested {
+                item.detail.push(format!(
+                    "contested: corrected {corrections} time(s) within {}; another writer keeps reverting it",
+                    human_duration(window)
+                ));
+                if suspects.is_empty() {
+                    item.detail.push(if item.key.sysctl().is_some() {
+                        "likely writer: not identified (no competing sysctl.d file, no known writer running)".into()
+                    } else {
+                        "likely writer: not identified (no competing file, no known writer running)".into()
+                    });
+                }
+                for s in &suspects {
+                    item.detail.push(format!("likely writer: {s}"));
+                }
+            }
+            let mut backoff_note = None;
+            if let Some(h) = hold_until {
+                let why = if contested {
+                    "backing off"
+                } else {
+                    "retrying with backoff"
+                };
+                if contested || failures > 0 {
+                    let note = format!(
+                        "{why}: next write in {}{}",
+                        human_duration(h - now),
+                        if failures > 0 {
+                            format!(" (failed {failures} time(s) in a row)")
+                        } else {
+                            String::new()
+                        }
+                    );
+                    item.detail.push(note.clone());
+                    backoff_note = Some(note);
+                }
+            }
+            if shown == State::Failed && found == State::Drifted {
+                // Held after a failure: the reason is the last failure's
+                // (not its backoff note, which this pass wrote anew).
+                if let Some(p) = prev {
+                    for d in &p.status.item.detail {
+                        if Some(d) != p.backoff_note.as_ref()
+                            && backoff_note.as_ref() != Some(d)
+                            && !item.detail.contains(d)
+                        {
+                            item.detail.push(d.clone());
+                        }
+                    }
+                }
+            }
+            item.state = shown;
+            let last_change = match prev {
+                Some(p)
+                    if p.status.item.state == item.state && p.status.item.actual == item.actual =>
+                {
+                    p.status.last_change
+                }
+                _ => wall,
+            };
+            updated.push(Entry {
+                status: ItemStatus {
+                    item,
+                    last_change,
+                    corrections,
+                    next_attempt,
+                },
+                found,
+                suspects,
+                backoff_note,
+            });
+        }
+        if full {
+            let keep: HashSet<ItemKey> =
+                updated.iter().map(|e| e.status.item.key.clone()).collect();
+            self.trackers.retain(|id, _| keep.contains(id));
+            self.entries = updated;
+        } else {
+            for e in updated {
+                match index.get(&e.status.item.key) {
+                    Some(&i) => self.entries[i] = e,
+                    None => self.entries.push(e),
+                }
+            }
+        }
+        events
+    }
+}
