@@ -92,10 +92,12 @@ enum Command {
         #[command(subcommand)]
         what: Generate,
     },
-    /// Validate policy files without looking at the host.
+    /// Validate policy files without looking at the host: the --policy
+    /// paths, then FILEs; with neither, what `check` would load.
     Validate {
-        /// Policy files or directories to validate together (merged in order).
-        #[arg(required = true, value_name = "FILE")]
+        /// Policy files or directories to validate together (merged in order,
+        /// after any --policy paths).
+        #[arg(value_name = "FILE")]
         files: Vec<PathBuf>,
     },
     /// Run the daemon: reconcile on every change (inotify), on policy pushes
@@ -219,7 +221,10 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
     match &cli.command {
         Command::Generate { what } => generate(what),
         Command::Audit { fail_on } => audit(&host, cli.format, *fail_on),
-        Command::Validate { files } => validate(&host, files, cli.format),
+        Command::Validate { files } => {
+            let paths: Vec<PathBuf> = cli.policy.iter().chain(files).cloned().collect();
+            validate(&host, &paths, cli.format)
+        }
         Command::Check => pass(cli, &host, "check", TextStyle::Check, &engine::plan),
         Command::Plan => pass(cli, &host, "plan", TextStyle::Plan, &engine::plan),
         Command::Apply {

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::host::{self, HostRoot, IoError};
-use crate::policy::{Policy, PolicyErrors};
+use crate::policy::{Policy, PolicyError, PolicyErrors, Source};
 
 /// The shipped baseline, compiled in so a fresh host can be checked with no
 /// files installed.
@@ -23,33 +23,55 @@ pub enum LoadError {
     Invalid(#[from] PolicyErrors),
 }
 
+/// The largest policy file accepted. A policy is a few kilobytes; this is
+/// far above any real one and keeps memory bounded whatever is pushed.
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+/// The largest policy accepted, all files together.
+pub const MAX_POLICY_BYTES: u64 = 4 * 1024 * 1024;
+
 /// The policy files, read, in merge order.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct PolicyFiles {
     /// `(name shown in reports, text)`.
     pub files: Vec<(String, String)>,
+    /// Files that could not be taken as text (too large, not UTF-8), with
+    /// their location; any makes the policy invalid.
+    pub refused: Vec<PolicyError>,
 }
 
 impl PolicyFiles {
     pub fn parse(&self) -> Result<Policy, PolicyErrors> {
-        Policy::from_files(self.files.iter().map(|(n, t)| (n.as_str(), t.as_str())))
+        let parsed = Policy::from_files(self.files.iter().map(|(n, t)| (n.as_str(), t.as_str())));
+        if self.refused.is_empty() {
+            return parsed;
+        }
+        let mut errors = self.refused.clone();
+        if let Err(PolicyErrors(more)) = parsed {
+            errors.extend(more);
+        }
+        Err(PolicyErrors(errors))
     }
 }
 
 /// Reads the policy files. `explicit` are `--policy` arguments (files or
 /// directories, in the order given); when empty, the host's policy
 /// directory is used, and when that has no files, the bundled baseline.
+/// Sizes are capped ([`MAX_FILE_BYTES`], [`MAX_POLICY_BYTES`]) before
+/// anything is read into memory.
 pub fn read(host: &HostRoot, explicit: &[PathBuf]) -> Result<PolicyFiles, LoadError> {
-    let mut files = Vec::new();
+    let mut reader = Reader::default();
     if explicit.is_empty() {
         let dir = host.policy_dir();
         for path in yaml_files(&dir)? {
-            files.push(read_one(&path)?);
+            reader.read_one(&path)?;
         }
-        if files.is_empty() {
-            files.push((BUNDLED_NAME.to_string(), BUNDLED_BASELINE.to_string()));
+        if reader.files.files.is_empty() && reader.files.refused.is_empty() {
+            reader
+                .files
+                .files
+                .push((BUNDLED_NAME.to_string(), BUNDLED_BASELINE.to_string()));
         }
-        return Ok(PolicyFiles { files });
+        return Ok(reader.files);
     }
     for path in explicit {
         if path.is_dir() {
@@ -58,13 +80,13 @@ pub fn read(host: &HostRoot, explicit: &[PathBuf]) -> Result<PolicyFiles, LoadEr
                 return Err(LoadError::EmptyDir(path.clone()));
             }
             for p in found {
-                files.push(read_one(&p)?);
+                reader.read_one(&p)?;
             }
         } else {
-            files.push(read_one(path)?);
+            reader.read_one(path)?;
         }
     }
-    Ok(PolicyFiles { files })
+    Ok(reader.files)
 }
 
 /// Reads and validates the policy.
@@ -79,9 +101,62 @@ fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, IoError> {
     Ok(files)
 }
 
-fn read_one(path: &Path) -> Result<(String, String), IoError> {
-    let text = host::read_to_string(path)?;
-    Ok((path.display().to_string(), text))
+#[derive(Default)]
+struct Reader {
+    files: PolicyFiles,
+    total: u64,
+}
+
+impl Reader {
+    fn read_one(&mut self, path: &Path) -> Result<(), IoError> {
+        use std::io::Read;
+        let name = path.display().to_string();
+        let (shown, _) = crate::policy::scan::file_name(&name);
+        let refuse = |message: String, hint: &str| {
+            PolicyError::new(
+                Source {
+                    file: shown.clone(),
+                    line: 1,
+                    column: 1,
+                },
+                message,
+            )
+            .with_hint(hint)
+        };
+        let file = std::fs::File::open(path).map_err(|e| IoError::new("read", path, e))?;
+        // One byte over the cap tells "too large" without reading more.
+        let left = MAX_FILE_BYTES.min(MAX_POLICY_BYTES.saturating_sub(self.total));
+        let mut bytes = Vec::new();
+        file.take(left + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| IoError::new("read", path, e))?;
+        if bytes.len() as u64 > left {
+            let message = if left < MAX_FILE_BYTES {
+                format!(
+                    "the policy is larger than {} KiB, all files together; this file is where it crosses",
+                    MAX_POLICY_BYTES / 1024
+                )
+            } else {
+                format!("the file is larger than {} KiB", MAX_FILE_BYTES / 1024)
+            };
+            self.files.refused.push(refuse(
+                message,
+                "policies are small; split a generated one, or check what wrote this file",
+            ));
+            self.total = MAX_POLICY_BYTES;
+            return Ok(());
+        }
+        self.total += bytes.len() as u64;
+        match String::from_utf8(bytes) {
+            Ok(text) => self.files.files.push((name, text)),
+            Err(e) => {
+                if let Err(located) = crate::policy::scan::utf8(&shown, e.as_bytes()) {
+                    self.files.refused.push(located);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

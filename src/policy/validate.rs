@@ -56,7 +56,12 @@ const SYSCALL_SETS: &[&str] = &[
 
 /// Parses and validates one file into a policy fragment.
 pub fn file(name: &str, text: &str) -> Result<Policy, Vec<PolicyError>> {
-    let file: Arc<str> = Arc::from(name);
+    let (file, bad_name) = super::scan::file_name(name);
+    let mut refused = super::scan::text(&file, text);
+    refused.splice(0..0, bad_name);
+    if !refused.is_empty() {
+        return Err(refused);
+    }
     let options = serde_saphyr::options! { with_snippet: false };
     let raw: RawDoc = serde_saphyr::from_str_with_options(text, options).map_err(|e| {
         let loc = e.location().unwrap_or(Location::UNKNOWN);
@@ -180,14 +185,23 @@ impl Validator {
     }
 
     fn doc(&mut self, raw: RawDoc) -> Policy {
-        if raw.version.value != FORMAT_VERSION {
-            let e = self
-                .error(
-                    &raw.version,
-                    format!("unsupported policy version {}", raw.version.value),
-                )
-                .with_hint("this holdfast reads `version: 1`");
-            self.push(e);
+        match &raw.version.value {
+            Scalar::Int(n) if *n == i128::from(FORMAT_VERSION) => {}
+            Scalar::Int(n) => {
+                let e = self
+                    .error(&raw.version, format!("unsupported policy version {n}"))
+                    .with_hint("this holdfast reads `version: 1`");
+                self.push(e);
+            }
+            other => {
+                let e = self
+                    .error(
+                        &raw.version,
+                        format!("version must be the integer 1, not {other}"),
+                    )
+                    .with_hint("write `version: 1`, unquoted");
+                self.push(e);
+            }
         }
         let mode = self.opt_mode(&raw.mode);
         let sysctls = raw.sysctl.map(|e| self.sysctls(e)).unwrap_or_default();
@@ -441,6 +455,20 @@ impl Validator {
                 }
             };
             let item = LimitItem::parse(&l.item.value);
+            if let (Some(Domain::GroupLogins(_)), Some(i)) = (&domain, item)
+                && i != LimitItem::Maxlogins
+            {
+                let e = self
+                    .error(
+                        &l.domain,
+                        format!(
+                            "limits domain {:?} (`%group`) applies only to maxlogins, not {}",
+                            l.domain.value, l.item.value
+                        ),
+                    )
+                    .with_hint("pam_limits reads `%group` only for maxlogins; use `@group` for other items");
+                self.push(e);
+            }
             if item.is_none() {
                 let names: Vec<&str> = LimitItem::ALL.iter().map(|(n, _)| *n).collect();
                 let e = self
