@@ -188,3 +188,29 @@ fn oversized_policies_are_refused_before_they_are_read_whole() {
         "{stderr}"
     );
 }
+
+#[test]
+fn godebug_values_systemd_would_misread_are_refused() {
+    let h = FakeHost::new();
+    let policy = |godebug: &str| {
+        format!(
+            "version: 1\nservices:\n  app.service:\n    go_runtime: {{gomaxprocs: 2, godebug: '{godebug}'}}\n"
+        )
+    };
+    for (bad, why) in [
+        ("x=1,y=\"a", "'\"' is not allowed"),
+        ("x=50%", "'%' is not allowed"),
+        ("x=a\\b", "'\\\\' is not allowed"),
+        ("x=1,,y=2", "\"\" is not key=value"),
+        ("novalue", "is not key=value"),
+    ] {
+        let p = h.policy("go.yaml", &policy(bad));
+        let (code, _, stderr) = run(&h, &["validate", p.to_str().unwrap()]);
+        assert_eq!(code, Some(1), "{bad}: {stderr}");
+        assert!(stderr.contains("go.yaml:4:"), "{bad}: {stderr}");
+        assert!(stderr.contains(why), "{bad}: {stderr}");
+    }
+    let p = h.policy("go.yaml", &policy("http2client=0,netdns=go+1,x509sha1=1"));
+    let (code, stdout, stderr) = run(&h, &["validate", p.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+}

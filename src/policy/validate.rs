@@ -145,6 +145,31 @@ fn at(file: &Arc<str>, loc: &Location) -> Source {
     }
 }
 
+/// GODEBUG as holdfast writes it into `Environment=GODEBUG=...`: pairs of
+/// characters that mean nothing to systemd's unit-file syntax (no quoting,
+/// no escapes, no `%` specifiers, no white space), so the line systemd reads
+/// is exactly the value the policy gave.
+fn godebug_ok(value: &str) -> Result<(), String> {
+    let safe =
+        |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | ':' | '/' | '-');
+    if value.is_empty() {
+        return Err("is empty".into());
+    }
+    for pair in value.split(',') {
+        let Some((key, val)) = pair.split_once('=') else {
+            return Err(format!("{pair:?} is not key=value"));
+        };
+        if key.is_empty() || !key.chars().all(safe) || !val.chars().all(safe) {
+            let bad = pair.chars().find(|c| *c != '=' && !safe(*c));
+            return Err(match bad {
+                Some(c) => format!("{c:?} is not allowed"),
+                None => format!("{pair:?} has an empty key"),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// A hint for the common serde errors, so a user learns what would be right.
 fn syntax_error(source: Source, message: &str) -> PolicyError {
     if let Some(rest) = message.strip_prefix("duplicate mapping key: ") {
@@ -668,9 +693,15 @@ impl Validator {
                 valid = false;
             }
             if let Some(d) = &raw.godebug
-                && (d.value.is_empty() || d.value.chars().any(char::is_whitespace))
+                && let Err(why) = godebug_ok(&d.value)
             {
-                let e = self.error(d, "godebug must be comma-separated key=value pairs without spaces");
+                let e = self
+                    .error(d, format!("godebug {:?}: {why}", d.value))
+                    .with_hint(
+                        "comma-separated key=value pairs of letters, digits and `._+:/-`, e.g. \
+                         `http2client=0,netdns=go+1`; the value goes into a systemd Environment= line, \
+                         where quotes, backslashes, `%` and spaces would change or void it",
+                    );
                 self.push(e);
                 valid = false;
             }
