@@ -62,6 +62,7 @@ pub fn read(host: &HostRoot, explicit: &[PathBuf]) -> Result<PolicyFiles, LoadEr
     let mut reader = Reader::default();
     if explicit.is_empty() {
         let dir = host.policy_dir();
+        reader.check_dir(&dir);
         for path in yaml_files(&dir)? {
             reader.read_one(&path)?;
         }
@@ -75,6 +76,7 @@ pub fn read(host: &HostRoot, explicit: &[PathBuf]) -> Result<PolicyFiles, LoadEr
     }
     for path in explicit {
         if path.is_dir() {
+            reader.check_dir(path);
             let found = yaml_files(path)?;
             if found.is_empty() {
                 return Err(LoadError::EmptyDir(path.clone()));
@@ -94,6 +96,10 @@ pub fn load(host: &HostRoot, explicit: &[PathBuf]) -> Result<Policy, LoadError> 
     Ok(read(host, explicit)?.parse()?)
 }
 
+fn euid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
 fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, IoError> {
     let mut files = host::list_files(dir, ".yaml")?;
     files.extend(host::list_files(dir, ".yml")?);
@@ -101,13 +107,66 @@ fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, IoError> {
     Ok(files)
 }
 
+/// Why a policy source (a file, the directory holding it) may not be
+/// trusted, if it may not. Like sshd's StrictModes: it must be owned by root
+/// (or by the user running holdfast, for a policy a user checks on a fake
+/// root) and writable by nobody else, or anyone who can write it can rewrite
+/// the host's hardening. Pure.
+pub fn untrusted(owner: u32, mode: u32, me: u32) -> Option<String> {
+    if owner != 0 && owner != me {
+        return Some(format!("owned by uid {owner}, not by root"));
+    }
+    let who = match (mode & 0o020 != 0, mode & 0o002 != 0) {
+        (true, true) => "its group and others",
+        (true, false) => "its group",
+        (false, true) => "others",
+        (false, false) => return None,
+    };
+    Some(format!("writable by {who} (mode {:04o})", mode & 0o7777))
+}
+
+const TRUST_HINT: &str = "policy sources (files, their directories, a link's target) must be owned by root and writable only by it: chown root: PATH; chmod go-w PATH";
+
 #[derive(Default)]
 struct Reader {
     files: PolicyFiles,
     total: u64,
+    /// Directories already judged (canonical paths), so a bad directory is
+    /// reported once, not once per file in it.
+    judged_dirs: Vec<PathBuf>,
 }
 
 impl Reader {
+    /// Records `problem` with `path` as a refused source.
+    fn distrust(&mut self, path: &Path, what: &str, problem: String) {
+        let (shown, _) = crate::policy::scan::file_name(&path.display().to_string());
+        self.files.refused.push(
+            PolicyError::new(
+                Source {
+                    file: shown,
+                    line: 1,
+                    column: 1,
+                },
+                format!("{what} is not trusted: {problem}"),
+            )
+            .with_hint(TRUST_HINT),
+        );
+    }
+
+    /// Checks a directory policy files are read from (following a link to
+    /// it). A directory that does not exist holds nothing to distrust.
+    fn check_dir(&mut self, dir: &Path) {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(real) = std::fs::canonicalize(dir) {
+            self.judged_dirs.push(real);
+        }
+        if let Ok(meta) = std::fs::metadata(dir)
+            && let Some(problem) = untrusted(meta.uid(), meta.mode(), euid())
+        {
+            self.distrust(dir, "the policy directory", problem);
+        }
+    }
+
     fn read_one(&mut self, path: &Path) -> Result<(), IoError> {
         use std::io::Read;
         let name = path.display().to_string();
@@ -124,6 +183,29 @@ impl Reader {
             .with_hint(hint)
         };
         let file = std::fs::File::open(path).map_err(|e| IoError::new("read", path, e))?;
+        {
+            use std::os::unix::fs::MetadataExt;
+            // The file as opened (a link's target), then the directory that
+            // really holds it: whoever can write either controls the file.
+            let meta = file.metadata().map_err(|e| IoError::new("stat", path, e))?;
+            if let Some(problem) = untrusted(meta.uid(), meta.mode(), euid()) {
+                self.distrust(path, "the policy file", problem);
+                return Ok(());
+            }
+            let real = std::fs::canonicalize(path).map_err(|e| IoError::new("resolve", path, e))?;
+            if let Some(dir) = real.parent()
+                && !self.judged_dirs.iter().any(|d| d == dir)
+                && let Ok(meta) = std::fs::metadata(dir)
+                && let Some(problem) = untrusted(meta.uid(), meta.mode(), euid())
+            {
+                self.distrust(
+                    path,
+                    &format!("the directory {} holding the policy file", dir.display()),
+                    problem,
+                );
+                return Ok(());
+            }
+        }
         // One byte over the cap tells "too large" without reading more.
         let left = MAX_FILE_BYTES.min(MAX_POLICY_BYTES.saturating_sub(self.total));
         let mut bytes = Vec::new();
@@ -208,5 +290,28 @@ mod tests {
         ));
         let err = read(&host, &[dir.path().join("missing.yaml")]).unwrap_err();
         assert!(err.to_string().contains("missing.yaml"), "{err}");
+    }
+
+    #[test]
+    fn sources_must_be_owned_by_root_or_the_caller_and_writable_by_no_one_else() {
+        assert_eq!(untrusted(0, 0o100644, 0), None);
+        assert_eq!(untrusted(0, 0o040755, 1000), None);
+        assert_eq!(untrusted(1000, 0o100600, 1000), None);
+        assert_eq!(
+            untrusted(65534, 0o100644, 0).as_deref(),
+            Some("owned by uid 65534, not by root")
+        );
+        assert_eq!(
+            untrusted(0, 0o100666, 0).as_deref(),
+            Some("writable by others (mode 0666)")
+        );
+        assert_eq!(
+            untrusted(0, 0o040775, 0).as_deref(),
+            Some("writable by its group (mode 0775)")
+        );
+        assert_eq!(
+            untrusted(0, 0o041777, 0).as_deref(),
+            Some("writable by its group and others (mode 1777)")
+        );
     }
 }

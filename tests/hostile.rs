@@ -214,3 +214,88 @@ fn godebug_values_systemd_would_misread_are_refused() {
     let (code, stdout, stderr) = run(&h, &["validate", p.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{stdout}{stderr}");
 }
+
+/// Sets a path's permission bits.
+fn chmod(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn policy_sources_anyone_else_can_write_are_refused() {
+    const DIR: &str = "etc/holdfast/policy.d";
+    let apply = |h: &FakeHost| run(h, &["apply"]);
+
+    // A world-writable policy file.
+    let h = FakeHost::new();
+    h.write(&format!("{DIR}/10-p.yaml"), LIMITS_POLICY);
+    chmod(&h.path(&format!("{DIR}/10-p.yaml")), 0o666);
+    let (code, _, stderr) = apply(&h);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("10-p.yaml:1:1: the policy file is not trusted: writable by its group and others (mode 0666)"),
+        "{stderr}"
+    );
+    assert!(!h.path(LIMITS_FILE).exists());
+
+    // A group-writable policy directory.
+    let h = FakeHost::new();
+    h.write(&format!("{DIR}/10-p.yaml"), LIMITS_POLICY);
+    chmod(&h.path(DIR), 0o775);
+    let (code, _, stderr) = apply(&h);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("policy.d:1:1: the policy directory is not trusted: writable by its group"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("not trusted").count(),
+        1,
+        "reported once: {stderr}"
+    );
+    assert!(!h.path(LIMITS_FILE).exists());
+
+    // A link in a good directory to a file in a world-writable one.
+    let h = FakeHost::new();
+    h.write("tmp/shared/p.yaml", LIMITS_POLICY);
+    chmod(&h.path("tmp/shared"), 0o777);
+    std::fs::create_dir_all(h.path(DIR)).unwrap();
+    std::os::unix::fs::symlink(
+        h.path("tmp/shared/p.yaml"),
+        h.path(&format!("{DIR}/10-p.yaml")),
+    )
+    .unwrap();
+    let (code, _, stderr) = apply(&h);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("tmp/shared holding the policy file is not trusted"),
+        "{stderr}"
+    );
+    assert!(!h.path(LIMITS_FILE).exists());
+
+    // A file owned by another user (needs root to set up).
+    if nix::unistd::geteuid().is_root() {
+        let h = FakeHost::new();
+        h.write(&format!("{DIR}/10-p.yaml"), LIMITS_POLICY);
+        std::os::unix::fs::chown(
+            h.path(&format!("{DIR}/10-p.yaml")),
+            Some(65534),
+            Some(65534),
+        )
+        .unwrap();
+        let (code, _, stderr) = apply(&h);
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(
+            stderr.contains("owned by uid 65534, not by root"),
+            "{stderr}"
+        );
+        assert!(!h.path(LIMITS_FILE).exists());
+    }
+
+    // The same files, owned and writable by root alone, are applied.
+    let h = FakeHost::new();
+    h.write(&format!("{DIR}/10-p.yaml"), LIMITS_POLICY);
+    let (code, stdout, stderr) = apply(&h);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(h.path(LIMITS_FILE).exists());
+}
