@@ -302,8 +302,8 @@ mod tests {
             Some("owned by uid 65534, not by root")
         );
         assert_eq!(
-            untrusted(0, 0o100666, 0).as_deref(),
-            Some("writable by others (mode 0666)")
+            untrusted(0, 0o100646, 0).as_deref(),
+            Some("writable by others (mode 0646)")
         );
         assert_eq!(
             untrusted(0, 0o040775, 0).as_deref(),
