@@ -96,14 +96,15 @@ enum Command {
         #[command(subcommand)]
         what: Generate,
     },
-    /// Validate policy files without looking at the host. With
+    /// Validate policy files without looking at the host: the --policy
+    /// paths, then FILEs; with neither, what `check` would load. With
     /// --policy-dir, validate candidate files merged with the files already
     /// in that directory, each replacing the file of the same name: what the
     /// daemon would load once they are pushed.
     Validate {
-        /// Policy files or directories to validate together (merged in
-        /// order); with --policy-dir, candidate files.
-        #[arg(required = true, value_name = "FILE")]
+        /// Policy files or directories to validate together (merged in order,
+        /// after any --policy paths); with --policy-dir, candidate files.
+        #[arg(value_name = "FILE")]
         files: Vec<PathBuf>,
         /// The policy directory the candidates are going into
         /// (e.g. /etc/holdfast/policy.d).
@@ -246,7 +247,10 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
             as_name,
         } => {
             let read = match policy_dir {
-                None => sources::read(&host, files),
+                None => {
+                    let paths: Vec<PathBuf> = cli.policy.iter().chain(files).cloned().collect();
+                    sources::read(&host, &paths)
+                }
                 Some(dir) => {
                     sources::read_with_candidates(dir, &candidates(files, as_name.as_deref())?)
                 }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::host::{self, HostRoot, IoError};
-use crate::policy::{Policy, PolicyErrors};
+use crate::policy::{Policy, PolicyError, PolicyErrors, Source};
 
 /// The shipped baseline, compiled in so a fresh host can be checked with no
 /// files installed.
@@ -28,48 +28,72 @@ pub enum LoadError {
     NotPolicyName(String),
 }
 
+/// The largest policy file accepted. A policy is a few kilobytes; this is
+/// far above any real one and keeps memory bounded whatever is pushed.
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+/// The largest policy accepted, all files together.
+pub const MAX_POLICY_BYTES: u64 = 4 * 1024 * 1024;
+
 /// The policy files, read, in merge order.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct PolicyFiles {
     /// `(name shown in reports, text)`.
     pub files: Vec<(String, String)>,
+    /// Files that could not be taken as text (too large, not UTF-8), with
+    /// their location; any makes the policy invalid.
+    pub refused: Vec<PolicyError>,
 }
 
 impl PolicyFiles {
     pub fn parse(&self) -> Result<Policy, PolicyErrors> {
-        Policy::from_files(self.files.iter().map(|(n, t)| (n.as_str(), t.as_str())))
+        let parsed = Policy::from_files(self.files.iter().map(|(n, t)| (n.as_str(), t.as_str())));
+        if self.refused.is_empty() {
+            return parsed;
+        }
+        let mut errors = self.refused.clone();
+        if let Err(PolicyErrors(more)) = parsed {
+            errors.extend(more);
+        }
+        Err(PolicyErrors(errors))
     }
 }
 
 /// Reads the policy files. `explicit` are `--policy` arguments (files or
 /// directories, in the order given); when empty, the host's policy
 /// directory is used, and when that has no files, the bundled baseline.
+/// Sizes are capped ([`MAX_FILE_BYTES`], [`MAX_POLICY_BYTES`]) before
+/// anything is read into memory.
 pub fn read(host: &HostRoot, explicit: &[PathBuf]) -> Result<PolicyFiles, LoadError> {
-    let mut files = Vec::new();
+    let mut reader = Reader::default();
     if explicit.is_empty() {
         let dir = host.policy_dir();
+        reader.check_dir(&dir);
         for path in yaml_files(&dir)? {
-            files.push(read_one(&path)?);
+            reader.read_one(&path)?;
         }
-        if files.is_empty() {
-            files.push((BUNDLED_NAME.to_string(), BUNDLED_BASELINE.to_string()));
+        if reader.files.files.is_empty() && reader.files.refused.is_empty() {
+            reader
+                .files
+                .files
+                .push((BUNDLED_NAME.to_string(), BUNDLED_BASELINE.to_string()));
         }
-        return Ok(PolicyFiles { files });
+        return Ok(reader.files);
     }
     for path in explicit {
         if path.is_dir() {
+            reader.check_dir(path);
             let found = yaml_files(path)?;
             if found.is_empty() {
                 return Err(LoadError::EmptyDir(path.clone()));
             }
             for p in found {
-                files.push(read_one(&p)?);
+                reader.read_one(&p)?;
             }
         } else {
-            files.push(read_one(path)?);
+            reader.read_one(path)?;
         }
     }
-    Ok(PolicyFiles { files })
+    Ok(reader.files)
 }
 
 /// A candidate policy file and the name it is to have in the policy
@@ -121,16 +145,28 @@ pub fn read_with_candidates(
         }
         by_name.insert(c.name.clone(), c.path.clone());
     }
-    let files = by_name
-        .values()
-        .map(|p| read_one(p))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(PolicyFiles { files })
+    // The directory's own files are judged as the daemon would judge them;
+    // a candidate is not there yet, so only its content counts.
+    let mut reader = Reader::default();
+    reader.check_dir(dir);
+    for (name, path) in &by_name {
+        if candidates.iter().any(|c| &c.name == name) {
+            let file = std::fs::File::open(path).map_err(|e| IoError::new("read", path, e))?;
+            reader.read_content(path, file)?;
+        } else {
+            reader.read_one(path)?;
+        }
+    }
+    Ok(reader.files)
 }
 
 /// Reads and validates the policy.
 pub fn load(host: &HostRoot, explicit: &[PathBuf]) -> Result<Policy, LoadError> {
     Ok(read(host, explicit)?.parse()?)
+}
+
+fn euid() -> u32 {
+    nix::unistd::geteuid().as_raw()
 }
 
 fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, IoError> {
@@ -140,9 +176,145 @@ fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, IoError> {
     Ok(files)
 }
 
-fn read_one(path: &Path) -> Result<(String, String), IoError> {
-    let text = host::read_to_string(path)?;
-    Ok((path.display().to_string(), text))
+/// Why a policy source (a file, the directory holding it) may not be
+/// trusted, if it may not. Like sshd's StrictModes: it must be owned by root
+/// (or by the user running holdfast, for a policy a user checks on a fake
+/// root) and writable by nobody else, or anyone who can write it can rewrite
+/// the host's hardening. Pure.
+pub fn untrusted(owner: u32, mode: u32, me: u32) -> Option<String> {
+    if owner != 0 && owner != me {
+        return Some(format!("owned by uid {owner}, not by root"));
+    }
+    let who = match (mode & 0o020 != 0, mode & 0o002 != 0) {
+        (true, true) => "its group and others",
+        (true, false) => "its group",
+        (false, true) => "others",
+        (false, false) => return None,
+    };
+    Some(format!("writable by {who} (mode {:04o})", mode & 0o7777))
+}
+
+const TRUST_HINT: &str = "policy sources (files, their directories, a link's target) must be owned by root and writable only by it: chown root: PATH; chmod go-w PATH";
+
+#[derive(Default)]
+struct Reader {
+    files: PolicyFiles,
+    total: u64,
+    /// Directories already judged (canonical paths), so a bad directory is
+    /// reported once, not once per file in it.
+    judged_dirs: Vec<PathBuf>,
+}
+
+impl Reader {
+    /// Records `problem` with `path` as a refused source.
+    fn distrust(&mut self, path: &Path, what: &str, problem: String) {
+        let (shown, _) = crate::policy::scan::file_name(&path.display().to_string());
+        self.files.refused.push(
+            PolicyError::new(
+                Source {
+                    file: shown,
+                    line: 1,
+                    column: 1,
+                },
+                format!("{what} is not trusted: {problem}"),
+            )
+            .with_hint(TRUST_HINT),
+        );
+    }
+
+    /// Checks a directory policy files are read from (following a link to
+    /// it). A directory that does not exist holds nothing to distrust.
+    fn check_dir(&mut self, dir: &Path) {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(real) = std::fs::canonicalize(dir) {
+            self.judged_dirs.push(real);
+        }
+        if let Ok(meta) = std::fs::metadata(dir)
+            && let Some(problem) = untrusted(meta.uid(), meta.mode(), euid())
+        {
+            self.distrust(dir, "the policy directory", problem);
+        }
+    }
+
+    /// Reads one policy file if it is trusted (see [`untrusted`]).
+    fn read_one(&mut self, path: &Path) -> Result<(), IoError> {
+        let file = std::fs::File::open(path).map_err(|e| IoError::new("read", path, e))?;
+        {
+            use std::os::unix::fs::MetadataExt;
+            // The file as opened (a link's target), then the directory that
+            // really holds it: whoever can write either controls the file.
+            let meta = file.metadata().map_err(|e| IoError::new("stat", path, e))?;
+            if let Some(problem) = untrusted(meta.uid(), meta.mode(), euid()) {
+                self.distrust(path, "the policy file", problem);
+                return Ok(());
+            }
+            let real = std::fs::canonicalize(path).map_err(|e| IoError::new("resolve", path, e))?;
+            if let Some(dir) = real.parent()
+                && !self.judged_dirs.iter().any(|d| d == dir)
+                && let Ok(meta) = std::fs::metadata(dir)
+                && let Some(problem) = untrusted(meta.uid(), meta.mode(), euid())
+            {
+                self.distrust(
+                    path,
+                    &format!("the directory {} holding the policy file", dir.display()),
+                    problem,
+                );
+                return Ok(());
+            }
+        }
+        self.read_content(path, file)
+    }
+
+    /// Reads an opened policy file's text, within the size caps, refusing
+    /// bytes that are not UTF-8 with their location.
+    fn read_content(&mut self, path: &Path, file: std::fs::File) -> Result<(), IoError> {
+        use std::io::Read;
+        let name = path.display().to_string();
+        let (shown, _) = crate::policy::scan::file_name(&name);
+        let refuse = |message: String, hint: &str| {
+            PolicyError::new(
+                Source {
+                    file: shown.clone(),
+                    line: 1,
+                    column: 1,
+                },
+                message,
+            )
+            .with_hint(hint)
+        };
+        // One byte over the cap tells "too large" without reading more.
+        let left = MAX_FILE_BYTES.min(MAX_POLICY_BYTES.saturating_sub(self.total));
+        let mut bytes = Vec::new();
+        file.take(left + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| IoError::new("read", path, e))?;
+        if bytes.len() as u64 > left {
+            let message = if left < MAX_FILE_BYTES {
+                format!(
+                    "the policy is larger than {} KiB, all files together; this file is where it crosses",
+                    MAX_POLICY_BYTES / 1024
+                )
+            } else {
+                format!("the file is larger than {} KiB", MAX_FILE_BYTES / 1024)
+            };
+            self.files.refused.push(refuse(
+                message,
+                "policies are small; split a generated one, or check what wrote this file",
+            ));
+            self.total = MAX_POLICY_BYTES;
+            return Ok(());
+        }
+        self.total += bytes.len() as u64;
+        match String::from_utf8(bytes) {
+            Ok(text) => self.files.files.push((name, text)),
+            Err(e) => {
+                if let Err(located) = crate::policy::scan::utf8(&shown, e.as_bytes()) {
+                    self.files.refused.push(located);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -245,5 +417,28 @@ mod tests {
         ));
         let err = read(&host, &[dir.path().join("missing.yaml")]).unwrap_err();
         assert!(err.to_string().contains("missing.yaml"), "{err}");
+    }
+
+    #[test]
+    fn sources_must_be_owned_by_root_or_the_caller_and_writable_by_no_one_else() {
+        assert_eq!(untrusted(0, 0o100644, 0), None);
+        assert_eq!(untrusted(0, 0o040755, 1000), None);
+        assert_eq!(untrusted(1000, 0o100600, 1000), None);
+        assert_eq!(
+            untrusted(65534, 0o100644, 0).as_deref(),
+            Some("owned by uid 65534, not by root")
+        );
+        assert_eq!(
+            untrusted(0, 0o100646, 0).as_deref(),
+            Some("writable by others (mode 0646)")
+        );
+        assert_eq!(
+            untrusted(0, 0o040775, 0).as_deref(),
+            Some("writable by its group (mode 0775)")
+        );
+        assert_eq!(
+            untrusted(0, 0o041777, 0).as_deref(),
+            Some("writable by its group and others (mode 1777)")
+        );
     }
 }

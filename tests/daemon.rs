@@ -827,3 +827,37 @@ fn socket_activation_serves_on_the_socket_systemd_passes() {
     let r = get(&ListenAddr::Tcp(addr), "/healthz");
     assert_eq!(r.status, 200);
 }
+
+#[test]
+fn a_push_of_a_world_writable_policy_file_is_rejected_and_the_last_good_stays() {
+    use std::os::unix::fs::PermissionsExt;
+    let h = host();
+    let d = start(&h, &[]);
+    assert_eq!(h.get_sysctl("net.core.somaxconn"), "4096");
+
+    // Anyone could have written this file: it must not switch the policy.
+    let staged = h.path("staged.yaml");
+    std::fs::write(
+        &staged,
+        "version: 1\nmode: enforce\nsysctl:\n  net.core.somaxconn: 64\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o666)).unwrap();
+    std::fs::rename(&staged, h.path("etc/holdfast/policy.d/20-push.yaml")).unwrap();
+    let s = wait_for(&d, "the rejection", |s| {
+        !s["policy"]["last_error"].is_null()
+    });
+    let message = s["policy"]["last_error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(
+            "20-push.yaml:1:1: the policy file is not trusted: writable by its group and others"
+        ),
+        "{message}"
+    );
+    assert_eq!(
+        h.get_sysctl("net.core.somaxconn"),
+        "4096",
+        "nothing applied"
+    );
+    assert_eq!(item(&s, "net.core.somaxconn")["desired"], "4096");
+}

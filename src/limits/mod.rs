@@ -147,10 +147,16 @@ impl Domain {
         if s.chars().any(|c| c.is_whitespace()) {
             return Err("contains white space".into());
         }
+        if s.chars().any(char::is_control) {
+            return Err("contains a control character".into());
+        }
         if s == "*" {
             return Ok(Domain::All);
         }
         if let Some(rest) = s.strip_prefix('%') {
+            if rest.contains(['*', ':', '#', '@', '%']) {
+                return Err(format!("has an unexpected character in {rest:?}"));
+            }
             return Ok(Domain::GroupLogins(rest.to_string()));
         }
         let (is_group, body) = match s.strip_prefix('@') {

@@ -9,6 +9,7 @@
 
 mod error;
 mod raw;
+pub mod scan;
 mod validate;
 
 use std::collections::BTreeMap;

@@ -15,7 +15,7 @@ use serde_saphyr::Spanned;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawDoc {
-    pub version: Spanned<u64>,
+    pub version: Spanned<Scalar>,
     pub mode: Option<Spanned<String>>,
     pub sysctl: Option<Entries<RawSysctl>>,
     pub limits: Option<Vec<Spanned<RawLimit>>>,

@@ -56,7 +56,12 @@ const SYSCALL_SETS: &[&str] = &[
 
 /// Parses and validates one file into a policy fragment.
 pub fn file(name: &str, text: &str) -> Result<Policy, Vec<PolicyError>> {
-    let file: Arc<str> = Arc::from(name);
+    let (file, bad_name) = super::scan::file_name(name);
+    let mut refused = super::scan::text(&file, text);
+    refused.splice(0..0, bad_name);
+    if !refused.is_empty() {
+        return Err(refused);
+    }
     let options = serde_saphyr::options! { with_snippet: false };
     let raw: RawDoc = serde_saphyr::from_str_with_options(text, options).map_err(|e| {
         let loc = e.location().unwrap_or(Location::UNKNOWN);
@@ -145,6 +150,31 @@ fn at(file: &Arc<str>, loc: &Location) -> Source {
     }
 }
 
+/// GODEBUG as holdfast writes it into `Environment=GODEBUG=...`: pairs of
+/// characters that mean nothing to systemd's unit-file syntax (no quoting,
+/// no escapes, no `%` specifiers, no white space), so the line systemd reads
+/// is exactly the value the policy gave.
+fn godebug_ok(value: &str) -> Result<(), String> {
+    let safe =
+        |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | ':' | '/' | '-');
+    if value.is_empty() {
+        return Err("is empty".into());
+    }
+    for pair in value.split(',') {
+        let Some((key, val)) = pair.split_once('=') else {
+            return Err(format!("{pair:?} is not key=value"));
+        };
+        if key.is_empty() || !key.chars().all(safe) || !val.chars().all(safe) {
+            let bad = pair.chars().find(|c| *c != '=' && !safe(*c));
+            return Err(match bad {
+                Some(c) => format!("{c:?} is not allowed"),
+                None => format!("{pair:?} has an empty key"),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// A hint for the common serde errors, so a user learns what would be right.
 fn syntax_error(source: Source, message: &str) -> PolicyError {
     if let Some(rest) = message.strip_prefix("duplicate mapping key: ") {
@@ -185,14 +215,23 @@ impl Validator {
     }
 
     fn doc(&mut self, raw: RawDoc) -> Policy {
-        if raw.version.value != FORMAT_VERSION {
-            let e = self
-                .error(
-                    &raw.version,
-                    format!("unsupported policy version {}", raw.version.value),
-                )
-                .with_hint("this holdfast reads `version: 1`");
-            self.push(e);
+        match &raw.version.value {
+            Scalar::Int(n) if *n == i128::from(FORMAT_VERSION) => {}
+            Scalar::Int(n) => {
+                let e = self
+                    .error(&raw.version, format!("unsupported policy version {n}"))
+                    .with_hint("this holdfast reads `version: 1`");
+                self.push(e);
+            }
+            other => {
+                let e = self
+                    .error(
+                        &raw.version,
+                        format!("version must be the integer 1, not {other}"),
+                    )
+                    .with_hint("write `version: 1`, unquoted");
+                self.push(e);
+            }
         }
         let mode = self.opt_mode(&raw.mode);
         let sysctls = raw.sysctl.map(|e| self.sysctls(e)).unwrap_or_default();
@@ -448,6 +487,20 @@ impl Validator {
                 }
             };
             let item = LimitItem::parse(&l.item.value);
+            if let (Some(Domain::GroupLogins(_)), Some(i)) = (&domain, item)
+                && i != LimitItem::Maxlogins
+            {
+                let e = self
+                    .error(
+                        &l.domain,
+                        format!(
+                            "limits domain {:?} (`%group`) applies only to maxlogins, not {}",
+                            l.domain.value, l.item.value
+                        ),
+                    )
+                    .with_hint("pam_limits reads `%group` only for maxlogins; use `@group` for other items");
+                self.push(e);
+            }
             if item.is_none() {
                 let names: Vec<&str> = LimitItem::ALL.iter().map(|(n, _)| *n).collect();
                 let e = self
@@ -647,9 +700,15 @@ impl Validator {
                 valid = false;
             }
             if let Some(d) = &raw.godebug
-                && (d.value.is_empty() || d.value.chars().any(char::is_whitespace))
+                && let Err(why) = godebug_ok(&d.value)
             {
-                let e = self.error(d, "godebug must be comma-separated key=value pairs without spaces");
+                let e = self
+                    .error(d, format!("godebug {:?}: {why}", d.value))
+                    .with_hint(
+                        "comma-separated key=value pairs of letters, digits and `._+:/-`, e.g. \
+                         `http2client=0,netdns=go+1`; the value goes into a systemd Environment= line, \
+                         where quotes, backslashes, `%` and spaces would change or void it",
+                    );
                 self.push(e);
                 valid = false;
             }
