@@ -77,17 +77,6 @@ pub fn apply_in(ctx: &Context<'_>, policy: &Policy, options: ApplyOptions) -> Pa
     apply_in_holding(ctx, policy, options, &|_| false)
 }
 
-/// [`apply`] on the production context, except that the items `hold`
-/// selects are left as they are.
-pub fn apply_holding(host: &HostRoot, policy: &Policy, hold: Hold<'_>) -> Pass {
-    apply_in_holding(
-        &Context::for_host(host),
-        policy,
-        ApplyOptions::default(),
-        hold,
-    )
-}
-
 /// [`apply_in`], except that the items `hold` selects are left as they are.
 pub fn apply_in_holding(
     ctx: &Context<'_>,
