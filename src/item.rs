@@ -506,7 +506,7 @@ pub fn own_file_item(f: OwnFile<'_>) -> Item {
             item.state = State::Drifted;
             if f.mode == Mode::Enforce {
                 item.action = Some(action);
-            } else {
+            } else if !f.stale_note.is_empty() {
                 item.detail.push(f.stale_note.to_string());
             }
         }

@@ -11,6 +11,7 @@ use holdfast::engine::{self, ApplyOptions, Context};
 use holdfast::host::HostRoot;
 use holdfast::item::{Item, State};
 use holdfast::policy::Policy;
+use holdfast::systemd::SystemdClient;
 
 const POLICY: &str = r#"version: 1
 mode: enforce
@@ -97,4 +98,30 @@ fn a_unit_file_holdfast_did_not_write_is_refused_not_replaced() {
         "{file:#?}"
     );
     assert!(file.action.is_none());
+}
+
+#[test]
+fn a_new_value_reaches_a_slice_that_a_runtime_override_pins() {
+    let h = FakeHost::new();
+    let fake = FakeSystemd::new(&h);
+    let root = HostRoot::new(h.root());
+    let ctx = Context {
+        host: &root,
+        systemd: Some(&fake),
+    };
+    engine::apply_in(&ctx, &policy(), ApplyOptions::default());
+    // Someone's `set-property --runtime`, corrected through systemd: the
+    // correction is itself a runtime override, which outranks unit files.
+    fake.set_properties_runtime("go-app.slice", &["MemoryMax=314572800".into()])
+        .unwrap();
+    engine::apply_in(&ctx, &policy(), ApplyOptions::default());
+    let memory_max = "sys/fs/cgroup/go.slice/go-app.slice/memory.max";
+    assert_eq!(h.read(memory_max).trim(), "104857600");
+    // The policy raises the limit: the unit file changes, and the runtime
+    // override must follow, or it would keep the old value.
+    let raised = Policy::from_files([("p.yaml", POLICY.replace("100M", "1G").as_str())]).unwrap();
+    let pass = engine::apply_in(&ctx, &raised, ApplyOptions::default());
+    assert_eq!(h.read(memory_max).trim(), "1073741824");
+    let knob = find(&pass.items, "go-app.slice memory.max");
+    assert_eq!(knob.state, State::Corrected, "{knob:#?}");
 }

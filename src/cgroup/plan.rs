@@ -392,10 +392,18 @@ fn plan_systemd(policy: &Policy, host: &CgroupHost) -> Vec<Item> {
             };
             // With a right unit file, a running slice is corrected at once
             // through systemd; a wrong file is fixed by its rewrite and the
-            // pass's reload.
+            // pass's reload — unless a runtime override (`set-property
+            // --runtime`, someone's or holdfast's own earlier correction)
+            // outranks every unit file: then the value also goes through
+            // systemd, after the reload.
+            let runtime_override = info.is_some_and(|i| {
+                i.drop_in_paths
+                    .iter()
+                    .any(|p| p.starts_with("/run/systemd/system.control/"))
+            });
             if item.state != State::Compliant
                 && mode == Mode::Enforce
-                && file_right
+                && (file_right || runtime_override)
                 && info.is_some()
                 && obs.exists
             {

@@ -17,7 +17,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -35,7 +35,7 @@ use tokio::sync::watch;
 use super::process;
 use super::schedule::Trigger;
 use super::state::Snapshot;
-use crate::item::{Kind, State};
+use crate::item::{ItemKey, Kind, State};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
@@ -81,8 +81,6 @@ impl Format {
 /// What `/metrics` shows beyond the fixed set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetricsConfig {
-    /// The host root (`--root`), taken off keys that are paths under it.
-    pub root: PathBuf,
     /// Also export `holdfast_setting_state` for every setting and state
     /// (`--metrics-per-setting`): eight series per setting.
     pub per_setting: bool,
@@ -90,10 +88,7 @@ pub struct MetricsConfig {
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        MetricsConfig {
-            root: PathBuf::from("/"),
-            per_setting: false,
-        }
+        MetricsConfig { per_setting: false }
     }
 }
 
@@ -245,47 +240,25 @@ fn unix_seconds(t: SystemTime) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// The `key` label of a setting: the item's key without the host root, and
-/// for holdfast's own files a short name instead of the path — the unit a
-/// drop-in belongs to (`myapp.service`), a slice unit's name
-/// (`go-app.slice`), `system.conf` for the manager's drop-in, else the file
+/// The `key` label of a setting: the item's key, and for holdfast's own
+/// files a short name instead of the path (which carries the host root) —
+/// the unit a drop-in or slice unit configures (`myapp.service`,
+/// `go-app.slice`), `system.conf` for the manager's drop-in, else the file
 /// name (`99-zz-holdfast.conf`, `limits.conf:12` for a malformed line).
 /// The kind label already says which file family it is.
-pub fn metric_key(kind: Kind, key: &str, root: &Path) -> String {
-    let key = strip_root(key, root);
-    match kind {
-        Kind::SysctlPersist | Kind::LimitsFile | Kind::UnitFile => {
-            let path = Path::new(key);
-            let name = path.file_name().map(|n| n.to_string_lossy());
-            let parent = path
-                .parent()
-                .and_then(Path::file_name)
-                .map(|n| n.to_string_lossy());
-            match (kind, parent, name) {
-                (Kind::UnitFile, Some(dir), Some(_)) if dir == "system.conf.d" => {
-                    "system.conf".to_string()
-                }
-                (Kind::UnitFile, Some(dir), Some(_)) if dir.ends_with(".d") => {
-                    dir.trim_end_matches(".d").to_string()
-                }
-                (_, _, Some(name)) => name.into_owned(),
-                (_, _, None) => key.to_string(),
-            }
-        }
-        _ => key.to_string(),
-    }
-}
-
-/// `key` without the root's prefix (`/tmp/root/etc/x` -> `/etc/x`).
-fn strip_root<'a>(key: &'a str, root: &Path) -> &'a str {
-    let root = root.to_string_lossy();
-    let root = root.trim_end_matches('/');
-    if root.is_empty() {
-        return key;
-    }
-    match key.strip_prefix(root) {
-        Some(rest) if rest.starts_with('/') => rest,
-        _ => key,
+pub fn metric_key(key: &ItemKey) -> String {
+    let name = |p: &Path| {
+        p.file_name().map_or_else(
+            || p.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        )
+    };
+    match key {
+        ItemKey::SysctlFile(p) | ItemKey::LimitsFile(p) => name(p),
+        ItemKey::LimitsLine { file, line } => format!("{}:{line}", name(file)),
+        ItemKey::UnitFile { unit: Some(u), .. } => u.clone(),
+        ItemKey::UnitFile { unit: None, .. } => "system.conf".to_string(),
+        other => other.to_string(),
     }
 }
 
@@ -293,7 +266,6 @@ impl Collector for StateCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         // Clone the Arc and release the channel's lock before encoding.
         let snap = Arc::clone(&self.snapshots.borrow());
-        let root = self.config.root.as_path();
 
         {
             let mut m = encoder.encode_descriptor(
@@ -305,7 +277,7 @@ impl Collector for StateCollector {
             )?;
             let mut seen = BTreeSet::new();
             for i in snap.items.iter().filter(|i| i.item.state.is_drift()) {
-                let key = metric_key(i.item.kind(), &i.item.key.to_string(), root);
+                let key = metric_key(&i.item.key);
                 if !seen.insert((i.item.kind(), key.clone())) {
                     continue;
                 }
@@ -326,7 +298,7 @@ impl Collector for StateCollector {
             )?;
             let mut seen = BTreeSet::new();
             for i in &snap.items {
-                let key = metric_key(i.item.kind(), &i.item.key.to_string(), root);
+                let key = metric_key(&i.item.key);
                 if !seen.insert((i.item.kind(), key.clone())) {
                     continue;
                 }
@@ -628,62 +600,64 @@ mod tests {
 
     #[test]
     fn keys_lose_the_root_and_own_files_get_short_names() {
+        use crate::item::ItemKey;
         let root = Path::new("/tmp/fake-root");
+        let unit_file = |rel: &str, unit: Option<&str>| ItemKey::UnitFile {
+            path: root.join(rel),
+            unit: unit.map(str::to_string),
+        };
         let cases = [
-            (Kind::Sysctl, "net.core.somaxconn", "net.core.somaxconn"),
             (
-                Kind::SysctlPersist,
-                "/tmp/fake-root/etc/sysctl.d/99-zz-holdfast.conf",
+                key_of(Kind::Sysctl, "net.core.somaxconn"),
+                "net.core.somaxconn",
+            ),
+            (
+                ItemKey::SysctlFile(root.join("etc/sysctl.d/99-zz-holdfast.conf")),
                 "99-zz-holdfast.conf",
             ),
             (
-                Kind::LimitsFile,
-                "/tmp/fake-root/etc/security/limits.d/90-holdfast.conf",
+                ItemKey::LimitsFile(root.join("etc/security/limits.d/90-holdfast.conf")),
                 "90-holdfast.conf",
             ),
             (
-                Kind::LimitsFile,
-                "/tmp/fake-root/etc/security/limits.conf:12",
+                ItemKey::LimitsLine {
+                    file: root.join("etc/security/limits.conf"),
+                    line: 12,
+                },
                 "limits.conf:12",
             ),
             (
-                Kind::UnitFile,
-                "/tmp/fake-root/etc/systemd/system/myapp.service.d/90-holdfast.conf",
+                unit_file(
+                    "etc/systemd/system/myapp.service.d/90-holdfast.conf",
+                    Some("myapp.service"),
+                ),
                 "myapp.service",
             ),
             (
-                Kind::UnitFile,
-                "/tmp/fake-root/etc/systemd/system/go-app.slice",
+                unit_file("etc/systemd/system/go-app.slice", Some("go-app.slice")),
                 "go-app.slice",
             ),
             (
-                Kind::UnitFile,
-                "/tmp/fake-root/etc/systemd/system.conf.d/90-holdfast.conf",
+                unit_file("etc/systemd/system.conf.d/90-holdfast.conf", None),
                 "system.conf",
             ),
             (
-                Kind::CgroupLimit,
-                "/holdfast.slice/app memory.max",
+                ItemKey::OwnCgroupKnob {
+                    slice: "app".into(),
+                    knob: crate::cgroup::knob::KnobKind::MemoryMax,
+                },
                 "/holdfast.slice/app memory.max",
             ),
             (
-                Kind::ServiceLimit,
-                "myapp.service LimitNOFILE",
+                ItemKey::Service {
+                    unit: "myapp.service".into(),
+                    setting: crate::item::ServiceSetting::LimitNofile,
+                },
                 "myapp.service LimitNOFILE",
             ),
-            // Only a whole leading path component is the root.
-            (Kind::Sysctl, "/tmp/fake-rootless", "/tmp/fake-rootless"),
         ];
-        for (kind, key, want) in cases {
-            assert_eq!(metric_key(kind, key, root), want, "{kind:?} {key}");
+        for (key, want) in cases {
+            assert_eq!(metric_key(&key), want, "{key:?}");
         }
-        assert_eq!(
-            metric_key(
-                Kind::SysctlPersist,
-                "/etc/sysctl.d/99-zz-holdfast.conf",
-                Path::new("/")
-            ),
-            "99-zz-holdfast.conf"
-        );
     }
 }

@@ -145,7 +145,6 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     let metrics = Arc::new(Metrics::with_config(
         snapshots.clone(),
         MetricsConfig {
-            root: opts.host.root().to_path_buf(),
             per_setting: opts.metrics_per_setting,
         },
     ));

@@ -36,6 +36,8 @@ systemctl daemon-reload
 
 check "holdfast.socket listens" systemctl start holdfast.socket
 check "holdfast.service starts (ready after its first pass)" systemctl start holdfast.service
+systemctl is-active --quiet holdfast.service ||
+    journalctl -u holdfast.service --no-pager -n 40 | sed 's/^/#     /'
 expect_eq "the service is active" active "$(systemctl is-active holdfast.service)"
 expect_match "systemd shows holdfast's status line" 'corrected' \
     "$(systemctl show -P StatusText holdfast.service)"
