@@ -79,17 +79,11 @@ impl Format {
 }
 
 /// What `/metrics` shows beyond the fixed set.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MetricsConfig {
     /// Also export `holdfast_setting_state` for every setting and state
     /// (`--metrics-per-setting`): eight series per setting.
     pub per_setting: bool,
-}
-
-impl Default for MetricsConfig {
-    fn default() -> Self {
-        MetricsConfig { per_setting: false }
-    }
 }
 
 /// The daemon's metrics.
@@ -563,10 +557,7 @@ mod tests {
 
     #[test]
     fn the_full_state_set_is_opt_in() {
-        let config = MetricsConfig {
-            per_setting: true,
-            ..MetricsConfig::default()
-        };
+        let config = MetricsConfig { per_setting: true };
         let text = scrape(snapshot("/srv/root", 10, &[]), config);
         let per_setting = series(&text)
             .into_iter()
