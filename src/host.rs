@@ -214,7 +214,100 @@ fn openat2_in(
         match openat2(dir.as_fd(), rel, how) {
             // The kernel asks for a retry when a rename raced the lookup.
             Err(Errno::EAGAIN) | Err(Errno::EINTR) => continue,
+            // No openat2 here: a kernel before 5.6, or a seccomp filter that
+            // does not know the call (systemd 252's @system-service answers
+            // ENOSYS). Resolve the same way, one component at a time.
+            Err(Errno::ENOSYS) => return walk(dir.as_fd(), rel, flags, mode, resolve),
             other => return other,
+        }
+    }
+}
+
+/// How many symbolic links one resolution may follow (the kernel's limit).
+const MAX_LINKS: u32 = 40;
+
+/// [`openat2_in`] without openat2: walks `rel` from `dir` one component at
+/// a time, every step an `openat` with `O_NOFOLLOW` relative to the
+/// directory opened before it, so the kernel never follows a link on
+/// holdfast's behalf. With `RESOLVE_NO_SYMLINKS` a link anywhere is
+/// `ELOOP`; otherwise (`RESOLVE_IN_ROOT`) holdfast reads the link and
+/// resolves its target itself against `dir` as the root: an absolute
+/// target starts again at `dir`, and `..` never climbs above it.
+fn walk(
+    dir: std::os::fd::BorrowedFd<'_>,
+    rel: &Path,
+    flags: OFlag,
+    mode: u32,
+    resolve: ResolveFlag,
+) -> Result<OwnedFd, Errno> {
+    use std::collections::VecDeque;
+    use std::ffi::OsString;
+    let follow = !resolve.contains(ResolveFlag::RESOLVE_NO_SYMLINKS);
+    let dir_flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let names = |p: &Path| -> VecDeque<OsString> {
+        p.components()
+            .filter_map(|c| match c {
+                std::path::Component::Normal(n) => Some(n.to_os_string()),
+                std::path::Component::ParentDir => Some(OsString::from("..")),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut todo = names(rel);
+    // The directories opened so far, the root first; `..` pops one.
+    let mut stack: Vec<OwnedFd> = vec![nix::fcntl::openat(dir, ".", dir_flags, Mode::empty())?];
+    let mut links = 0;
+    loop {
+        let Some(name) = todo.pop_front() else {
+            // Everything resolved: open the directory reached.
+            let last = stack.last().ok_or(Errno::EINVAL)?;
+            return nix::fcntl::openat(
+                last,
+                ".",
+                flags | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(mode),
+            );
+        };
+        if name == ".." {
+            if stack.len() > 1 {
+                stack.pop();
+            }
+            continue;
+        }
+        let here = stack.last().ok_or(Errno::EINVAL)?;
+        let is_last = todo.is_empty();
+        let link = nix::fcntl::readlinkat(here, name.as_os_str());
+        match link {
+            Ok(target) => {
+                if !follow {
+                    return Err(Errno::ELOOP);
+                }
+                links += 1;
+                if links > MAX_LINKS {
+                    return Err(Errno::ELOOP);
+                }
+                let target = PathBuf::from(target);
+                if target.is_absolute() {
+                    stack.truncate(1);
+                }
+                let mut next = names(&target);
+                next.extend(todo.drain(..));
+                todo = next;
+            }
+            // Not a link (EINVAL) or not there (ENOENT): open it as it is.
+            Err(Errno::EINVAL) | Err(Errno::ENOENT) if is_last => {
+                return nix::fcntl::openat(
+                    here,
+                    name.as_os_str(),
+                    flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::from_bits_truncate(mode),
+                );
+            }
+            Err(Errno::EINVAL) => {
+                let next = nix::fcntl::openat(here, name.as_os_str(), dir_flags, Mode::empty())?;
+                stack.push(next);
+            }
+            Err(e) => return Err(e),
         }
     }
 }
@@ -704,6 +797,102 @@ pub fn list_files(dir: &Path, suffix: &str) -> Result<Vec<PathBuf>, IoError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The resolution without openat2 (kernels before 5.6, seccomp filters
+    /// that answer ENOSYS) keeps the same promises as openat2's.
+    #[test]
+    fn resolving_without_openat2_stays_in_the_root() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("etc/real.d")).unwrap();
+        std::fs::write(root.join("etc/real.d/x.conf"), "inside\n").unwrap();
+        std::fs::create_dir_all(root.join("proc/sys/net")).unwrap();
+        // A directory linked the way distributions do, absolutely and
+        // relatively, and a link that tries to climb out.
+        symlink("/etc/real.d", root.join("etc/abs.d")).unwrap();
+        symlink("real.d", root.join("etc/rel.d")).unwrap();
+        symlink("../../../../../../etc", root.join("etc/up")).unwrap();
+        symlink("/tmp", root.join("proc/sys/net/core")).unwrap();
+        let fd = nix::fcntl::open(root, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+        let dir_flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY;
+        let read = |fd: OwnedFd| {
+            let mut f = fs::File::from(
+                nix::fcntl::openat(&fd, "x.conf", OFlag::O_RDONLY, Mode::empty()).unwrap(),
+            );
+            let mut text = String::new();
+            io::Read::read_to_string(&mut f, &mut text).unwrap();
+            text
+        };
+        for linked in ["etc/abs.d", "etc/rel.d"] {
+            let got = walk(
+                fd.as_fd(),
+                Path::new(linked),
+                dir_flags,
+                0,
+                resolve_in_root(),
+            )
+            .unwrap();
+            assert_eq!(read(got), "inside\n", "{linked}");
+        }
+        // `..` stops at the root: etc/up is the root's own etc.
+        let got = walk(
+            fd.as_fd(),
+            Path::new("etc/up/real.d"),
+            dir_flags,
+            0,
+            resolve_in_root(),
+        )
+        .unwrap();
+        assert_eq!(read(got), "inside\n");
+        // Kernel paths: no link at all.
+        assert_eq!(
+            walk(
+                fd.as_fd(),
+                Path::new("proc/sys/net/core/somaxconn"),
+                OFlag::O_WRONLY,
+                0,
+                resolve_strict()
+            )
+            .unwrap_err(),
+            Errno::ELOOP
+        );
+        assert_eq!(
+            walk(
+                fd.as_fd(),
+                Path::new("etc/rel.d"),
+                dir_flags,
+                0,
+                resolve_strict()
+            )
+            .unwrap_err(),
+            Errno::ELOOP
+        );
+        assert!(
+            walk(
+                fd.as_fd(),
+                Path::new("etc/real.d"),
+                dir_flags,
+                0,
+                resolve_strict()
+            )
+            .is_ok()
+        );
+        // A loop of links ends.
+        symlink("loop2", root.join("etc/loop1")).unwrap();
+        symlink("loop1", root.join("etc/loop2")).unwrap();
+        assert_eq!(
+            walk(
+                fd.as_fd(),
+                Path::new("etc/loop1"),
+                dir_flags,
+                0,
+                resolve_in_root()
+            )
+            .unwrap_err(),
+            Errno::ELOOP
+        );
+    }
 
     #[test]
     fn write_atomic_replaces_content_and_leaves_no_temp_file() {

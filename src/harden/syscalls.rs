@@ -42,6 +42,9 @@ macro_rules! paste_sys {
     (openat2) => {
         libc::SYS_openat2
     };
+    (readlinkat) => {
+        libc::SYS_readlinkat
+    };
     (renameat) => {
         libc::SYS_renameat
     };
@@ -342,8 +345,11 @@ syscalls! {
     // write_kernel_file, create_kernel_dir, remove_file): openat2 with
     // RESOLVE_IN_ROOT/RESOLVE_BENEATH, then mkdirat, renameat (renameat2 on
     // libc versions that implement one with the other), unlinkat, and the
-    // explicit mode and owner of every file holdfast creates.
-    openat2, mkdirat, renameat, renameat2, unlinkat, fchmod, fchown,
+    // explicit mode and owner of every file holdfast creates. Where openat2
+    // is missing (ENOSYS: an older kernel, or a seccomp filter that does
+    // not know it) the same resolution walks the path with openat and
+    // readlinkat.
+    openat2, readlinkat, mkdirat, renameat, renameat2, unlinkat, fchmod, fchown,
     // The abort path: a panic aborts (release profile), and abort() raises
     // SIGABRT with tgkill (after rt_sigprocmask, getpid, gettid, which are
     // above); without it the process died of SIGSEGV instead. getcwd for
