@@ -91,7 +91,9 @@ fn audit_main_binary(host: &HostRoot, unit: &str, pid: u32, audit: &mut Audit) {
         Err(e) => {
             // A process may exit between the listing and the read.
             if host.path(&format!("proc/{pid}")).exists() {
-                audit.warnings.push(format!("{unit}: PID {pid} ({exe}): {e}"));
+                audit
+                    .warnings
+                    .push(format!("{unit}: PID {pid} ({exe}): {e}"));
             }
             return;
         }

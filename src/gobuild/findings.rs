@@ -80,7 +80,11 @@ pub fn binary_findings(unit: &str, pid: u32, binary: &Binary) -> Vec<Finding> {
             format!(
                 "{}{} ({summary})",
                 binary.elf_type.as_str(),
-                if binary.interpreter { "" } else { ", no interpreter" }
+                if binary.interpreter {
+                    ""
+                } else {
+                    ", no interpreter"
+                }
             ),
         ));
     }
@@ -93,7 +97,12 @@ pub fn binary_findings(unit: &str, pid: u32, binary: &Binary) -> Vec<Finding> {
         ));
     }
     if info.cgo() == Some(true) {
-        out.extend(finding("HF008", unit, pid, format!("CGO_ENABLED=1 ({summary})")));
+        out.extend(finding(
+            "HF008",
+            unit,
+            pid,
+            format!("CGO_ENABLED=1 ({summary})"),
+        ));
     }
     if info.trimpath() == Some(false) {
         out.extend(finding(
@@ -110,7 +119,10 @@ pub fn binary_findings(unit: &str, pid: u32, binary: &Binary) -> Vec<Finding> {
             "HF010",
             unit,
             pid,
-            format!("{} is out of support; Go supports {supported}", info.version),
+            format!(
+                "{} is out of support; Go supports {supported}",
+                info.version
+            ),
         ));
     }
     out
@@ -176,7 +188,10 @@ mod tests {
             elf_type: ElfType::Exec,
             interpreter: true,
             sections: vec![".symtab".into(), ".debug_info".into()],
-            go: Go::Build(info("go1.12.5", &[("-buildmode", "exe"), ("CGO_ENABLED", "1")])),
+            go: Go::Build(info(
+                "go1.12.5",
+                &[("-buildmode", "exe"), ("CGO_ENABLED", "1")],
+            )),
         };
         let ids: Vec<&str> = binary_findings("a.service", 1, &default)
             .iter()
@@ -190,7 +205,11 @@ mod tests {
             sections: vec![".text".into()],
             go: Go::Build(info(
                 &format!("go1.{newest}.1"),
-                &[("-buildmode", "pie"), ("-trimpath", "true"), ("CGO_ENABLED", "0")],
+                &[
+                    ("-buildmode", "pie"),
+                    ("-trimpath", "true"),
+                    ("CGO_ENABLED", "0"),
+                ],
             )),
         };
         assert!(binary_findings("a.service", 1, &hardened).is_empty());
@@ -217,18 +236,44 @@ mod tests {
             },
         ];
         let env = |kv: &[(&str, &str)]| -> BTreeMap<String, String> {
-            kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
         };
         // Go 1.22 and 1.25 both pick 4 here: 1.25 ignores the slice.
         for v in ["go1.22.12", "go1.25.3"] {
             let f = gomaxprocs_finding("a.service", 9, &info(v, &[]), &env(&[]), &levels, 4)
                 .expect("a finding");
-            assert!(f.evidence.contains("picks 4") && f.evidence.contains("limit is 1"), "{}", f.evidence);
+            assert!(
+                f.evidence.contains("picks 4") && f.evidence.contains("limit is 1"),
+                "{}",
+                f.evidence
+            );
         }
         // Set explicitly: the runtime's own logic is off.
-        assert!(gomaxprocs_finding("a.service", 9, &info("go1.22.12", &[]), &env(&[("GOMAXPROCS", "1")]), &levels, 4).is_none());
+        assert!(
+            gomaxprocs_finding(
+                "a.service",
+                9,
+                &info("go1.22.12", &[]),
+                &env(&[("GOMAXPROCS", "1")]),
+                &levels,
+                4
+            )
+            .is_none()
+        );
         // One CPU: nothing to pick beyond the limit.
-        assert!(gomaxprocs_finding("a.service", 9, &info("go1.22.12", &[]), &env(&[]), &levels, 1).is_none());
+        assert!(
+            gomaxprocs_finding(
+                "a.service",
+                9,
+                &info("go1.22.12", &[]),
+                &env(&[]),
+                &levels,
+                1
+            )
+            .is_none()
+        );
         // Go 1.25 with the quota on its own cgroup: at least 2 > 1.
         let leaf = [Level {
             path: "/a.service".into(),
@@ -237,7 +282,8 @@ mod tests {
                 period_us: 100_000,
             }),
         }];
-        let f = gomaxprocs_finding("a.service", 9, &info("go1.25.0", &[]), &env(&[]), &leaf, 8).unwrap();
+        let f = gomaxprocs_finding("a.service", 9, &info("go1.25.0", &[]), &env(&[]), &leaf, 8)
+            .unwrap();
         assert!(f.evidence.contains("picks 2"), "{}", f.evidence);
     }
 }

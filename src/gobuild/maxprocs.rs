@@ -109,21 +109,18 @@ pub fn runtime_pick(
     let affinity = affinity.max(1);
     let by_cpus = Cpus {
         cpus: affinity,
-        why: format!(
-            "{version} uses the {affinity} CPU(s) of its affinity mask"
-        ),
+        why: format!("{version} uses the {affinity} CPU(s) of its affinity mask"),
     };
     if version < CGROUP_AWARE_SINCE {
         return by_cpus;
     }
-    let off = godebug.is_some_and(|d| {
-        d.split(',')
-            .any(|kv| kv.trim() == "containermaxprocs=0")
-    });
+    let off = godebug.is_some_and(|d| d.split(',').any(|kv| kv.trim() == "containermaxprocs=0"));
     if off {
         return Cpus {
             cpus: affinity,
-            why: format!("{version} with GODEBUG=containermaxprocs=0 uses the {affinity} CPU(s) of its affinity mask"),
+            why: format!(
+                "{version} with GODEBUG=containermaxprocs=0 uses the {affinity} CPU(s) of its affinity mask"
+            ),
         };
     }
     match leaf.and_then(quota_cpus) {
@@ -205,11 +202,23 @@ mod tests {
     fn the_runtime_pick_depends_on_the_go_version() {
         let leaf_none = cpu(None, 100_000);
         // Before 1.25: the CPU count, whatever the quota.
-        assert_eq!(runtime_pick(v("go1.22.12"), cpu(Some(100_000), 100_000), 8, None).cpus, 8);
+        assert_eq!(
+            runtime_pick(v("go1.22.12"), cpu(Some(100_000), 100_000), 8, None).cpus,
+            8
+        );
         // 1.25: the leaf's quota, at least 2, at most the CPUs.
-        assert_eq!(runtime_pick(v("go1.25.0"), cpu(Some(350_000), 100_000), 8, None).cpus, 4);
-        assert_eq!(runtime_pick(v("go1.25.1"), cpu(Some(50_000), 100_000), 8, None).cpus, 2);
-        assert_eq!(runtime_pick(v("go1.25.1"), cpu(Some(900_000), 100_000), 4, None).cpus, 4);
+        assert_eq!(
+            runtime_pick(v("go1.25.0"), cpu(Some(350_000), 100_000), 8, None).cpus,
+            4
+        );
+        assert_eq!(
+            runtime_pick(v("go1.25.1"), cpu(Some(50_000), 100_000), 8, None).cpus,
+            2
+        );
+        assert_eq!(
+            runtime_pick(v("go1.25.1"), cpu(Some(900_000), 100_000), 4, None).cpus,
+            4
+        );
         // An ancestor's quota is not seen: the leaf has none.
         assert_eq!(runtime_pick(v("go1.25.1"), leaf_none, 8, None).cpus, 8);
         assert_eq!(

@@ -93,7 +93,9 @@ impl ReadAt for &[u8] {
     }
 
     fn read_at(&mut self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
-        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(self.len());
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(self.len());
         let end = start.saturating_add(len).min(self.len());
         Ok(self[start..end].to_vec())
     }
@@ -203,7 +205,9 @@ pub enum Go {
     NotGo,
     /// The pre-1.18 format, which holds pointers into the data segment:
     /// recognised, not decoded.
-    PointerFormat { pointer_size: u8 },
+    PointerFormat {
+        pointer_size: u8,
+    },
     Build(BuildInfo),
 }
 
@@ -451,12 +455,20 @@ fn header<R: ReadAt + ?Sized>(r: &mut R) -> Result<Header, ParseError> {
     let is64 = match ident[4] {
         1 => false,
         2 => true,
-        c => return Err(ParseError::Corrupt(format!("ELF class {c} is neither 32 nor 64 bit"))),
+        c => {
+            return Err(ParseError::Corrupt(format!(
+                "ELF class {c} is neither 32 nor 64 bit"
+            )));
+        }
     };
     let big_endian = match ident[5] {
         1 => false,
         2 => true,
-        d => return Err(ParseError::Corrupt(format!("ELF data encoding {d} is neither little nor big endian"))),
+        d => {
+            return Err(ParseError::Corrupt(format!(
+                "ELF data encoding {d} is neither little nor big endian"
+            )));
+        }
     };
     let len = if is64 { 64 } else { 52 };
     let h = exact(r, "ELF header", 0, len)?;

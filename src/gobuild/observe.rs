@@ -133,11 +133,11 @@ pub fn cpu_view(host: &HostRoot, pid: u32) -> Option<CpuView> {
         for dir in ["sys/fs/cgroup/cpu,cpuacct", "sys/fs/cgroup/cpu"] {
             if host.path(dir).is_dir() {
                 for p in ancestors(&path) {
-                    let read = |f: &str| {
-                        std::fs::read_to_string(host.path(&format!("{dir}{p}/{f}"))).ok()
-                    };
+                    let read =
+                        |f: &str| std::fs::read_to_string(host.path(&format!("{dir}{p}/{f}"))).ok();
                     let quota = read("cpu.cfs_quota_us").and_then(|q| q.trim().parse::<i64>().ok());
-                    let period = read("cpu.cfs_period_us").and_then(|q| q.trim().parse::<u64>().ok());
+                    let period =
+                        read("cpu.cfs_period_us").and_then(|q| q.trim().parse::<u64>().ok());
                     let cpu_max = period.map(|period_us| CpuMax {
                         quota_us: quota.and_then(|q| u64::try_from(q).ok()),
                         period_us,
@@ -184,7 +184,10 @@ pub fn cgroup_paths(text: &str) -> (Option<String>, Option<String>) {
 
 /// `/a/b/c` → `/a/b/c`, `/a/b`, `/a` (the root cgroup has no quota file).
 fn ancestors(path: &str) -> Vec<String> {
-    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty() && *p != "..").collect();
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != "..")
+        .collect();
     (1..=parts.len())
         .rev()
         .map(|n| format!("/{}", parts[..n].join("/")))
@@ -197,11 +200,20 @@ mod tests {
 
     #[test]
     fn cgroup_lines_and_ancestors() {
-        let (v1, v2) = cgroup_paths("12:pids:/x\n4:cpu,cpuacct:/system.slice/a.service\n0::/system.slice/a.service\n");
+        let (v1, v2) = cgroup_paths(
+            "12:pids:/x\n4:cpu,cpuacct:/system.slice/a.service\n0::/system.slice/a.service\n",
+        );
         assert_eq!(v1.as_deref(), Some("/system.slice/a.service"));
         assert_eq!(v2.as_deref(), Some("/system.slice/a.service"));
         assert_eq!(cgroup_paths("0::/\n"), (None, Some("/".into())));
-        assert_eq!(ancestors("/a.slice/a-b.slice/x.service"), ["/a.slice/a-b.slice/x.service", "/a.slice/a-b.slice", "/a.slice"]);
+        assert_eq!(
+            ancestors("/a.slice/a-b.slice/x.service"),
+            [
+                "/a.slice/a-b.slice/x.service",
+                "/a.slice/a-b.slice",
+                "/a.slice"
+            ]
+        );
         assert!(ancestors("/").is_empty());
     }
 
@@ -217,13 +229,22 @@ mod tests {
         w("proc/7/status", "Name:\tapp\nCpus_allowed_list:\t0-3\n");
         w("sys/fs/cgroup/cgroup.controllers", "cpu memory\n");
         w("sys/fs/cgroup/go.slice/cpu.max", "50000 100000\n");
-        w("sys/fs/cgroup/go.slice/go-app.slice/cpu.max", "max 100000\n");
-        w("sys/fs/cgroup/go.slice/go-app.slice/app.service/cpu.max", "max 100000\n");
+        w(
+            "sys/fs/cgroup/go.slice/go-app.slice/cpu.max",
+            "max 100000\n",
+        );
+        w(
+            "sys/fs/cgroup/go.slice/go-app.slice/app.service/cpu.max",
+            "max 100000\n",
+        );
         let view = cpu_view(&HostRoot::new(dir.path()), 7).unwrap();
         assert_eq!(view.affinity, 4);
         assert_eq!(view.levels.len(), 3);
         assert_eq!(view.leaf().unwrap().quota_us, None);
-        assert_eq!(maxprocs::effective_limit(&view.levels, view.affinity).cpus, 1);
+        assert_eq!(
+            maxprocs::effective_limit(&view.levels, view.affinity).cpus,
+            1
+        );
         assert_eq!(cpu_view(&HostRoot::new(dir.path()), 8), None);
     }
 }

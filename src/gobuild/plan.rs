@@ -136,9 +136,8 @@ fn judge(item: &mut Item, want: Want, unit: &str, host: &GoBuildHost) {
     item.detail.extend(verdict.detail);
     item.detail.push(format!("PID {pid} runs {exe}"));
     if item.state == State::Drifted {
-        item.detail.push(
-            "holdfast cannot rebuild a binary: this is reported, never corrected".into(),
-        );
+        item.detail
+            .push("holdfast cannot rebuild a binary: this is reported, never corrected".into());
     }
 }
 
@@ -181,7 +180,11 @@ fn verdict(want: Want, b: &Binary, summary: &str) -> Verdict {
                 format!(
                     "not PIE ({}{})",
                     b.elf_type.as_str(),
-                    if b.interpreter { "" } else { ", no interpreter" }
+                    if b.interpreter {
+                        ""
+                    } else {
+                        ", no interpreter"
+                    }
                 )
             };
             let fix = if want {
@@ -212,7 +215,12 @@ fn verdict(want: Want, b: &Binary, summary: &str) -> Verdict {
             let Some(have) = build.and_then(|i| i.trimpath()) else {
                 return unknown(no_settings(summary, build.is_some()));
             };
-            let actual = if have { "-trimpath" } else { "without -trimpath" }.to_string();
+            let actual = if have {
+                "-trimpath"
+            } else {
+                "without -trimpath"
+            }
+            .to_string();
             let fix = if want {
                 format!("built without -trimpath ({summary}): rebuild with go build -trimpath")
             } else {
@@ -274,8 +282,10 @@ mod tests {
     fn policy(go_build: &str) -> Policy {
         Policy::from_files([(
             "p.yaml",
-            format!("version: 1\nmode: enforce\nservices:\n  app.service:\n    go_build: {go_build}\n")
-                .as_str(),
+            format!(
+                "version: 1\nmode: enforce\nservices:\n  app.service:\n    go_build: {go_build}\n"
+            )
+            .as_str(),
         )])
         .unwrap()
     }
@@ -319,7 +329,8 @@ mod tests {
     #[test]
     fn every_unmet_expectation_is_drift_naming_the_binary_and_the_fix() {
         let items = plan(&policy(ALL), &host(Ok(default_build())));
-        let got: Vec<(String, State)> = items.iter().map(|i| (i.key.to_string(), i.state)).collect();
+        let got: Vec<(String, State)> =
+            items.iter().map(|i| (i.key.to_string(), i.state)).collect();
         assert_eq!(
             got,
             [
@@ -338,8 +349,15 @@ mod tests {
         assert!(items[0].detail[0].ends_with("rebuild with -buildmode=pie"));
         assert!(items[1].detail[0].starts_with("not stripped: has .symtab, .debug_* (1 sections)"));
         assert!(items[3].detail[0].ends_with("rebuild with CGO_ENABLED=0"));
-        assert!(items[4].detail[0].starts_with("built with go1.22.12, older than the policy's minimum go1.23"));
-        assert!(items.iter().all(|i| i.detail.contains(&"PID 42 runs /usr/bin/app".to_string())));
+        assert!(
+            items[4].detail[0]
+                .starts_with("built with go1.22.12, older than the policy's minimum go1.23")
+        );
+        assert!(
+            items
+                .iter()
+                .all(|i| i.detail.contains(&"PID 42 runs /usr/bin/app".to_string()))
+        );
         assert!(!crate::item::all_compliant(&items));
     }
 
@@ -357,7 +375,10 @@ mod tests {
             ];
         }
         let items = plan(&policy(ALL), &host(Ok(b)));
-        assert!(items.iter().all(|i| i.state == State::Compliant), "{items:#?}");
+        assert!(
+            items.iter().all(|i| i.state == State::Compliant),
+            "{items:#?}"
+        );
         assert_eq!(items[4].actual, "go1.23.4");
     }
 
@@ -377,7 +398,10 @@ mod tests {
                 State::Unsupported
             ]
         );
-        assert_eq!(items[2].detail[0], "not a Go binary: no Go build information");
+        assert_eq!(
+            items[2].detail[0],
+            "not a Go binary: no Go build information"
+        );
         let mut old = default_build();
         old.go = Go::PointerFormat { pointer_size: 8 };
         let items = plan(&policy("{trimpath: true}"), &host(Ok(old)));

@@ -66,7 +66,9 @@ pub enum Support {
     Supported,
     /// No longer receives security fixes; `supported` names the releases
     /// that do (`1.24 and 1.25`).
-    Unsupported { supported: String },
+    Unsupported {
+        supported: String,
+    },
     /// Newer than every release in the table.
     NewerThanTable,
     Unknown,
@@ -136,10 +138,7 @@ mod tests {
             GoVersion::parse(s).unwrap()
         }
         let (newest, _) = newest().unwrap();
-        assert_eq!(
-            supported(v(&format!("1.{newest}.3"))),
-            Support::Supported
-        );
+        assert_eq!(supported(v(&format!("1.{newest}.3"))), Support::Supported);
         assert_eq!(
             supported(v(&format!("1.{}", newest - 1))),
             Support::Supported
@@ -150,7 +149,10 @@ mod tests {
                 supported: format!("1.{} and 1.{newest}", newest - 1)
             }
         );
-        assert_eq!(supported(v("1.12")), supported(v(&format!("1.{}", newest - 2))));
+        assert_eq!(
+            supported(v("1.12")),
+            supported(v(&format!("1.{}", newest - 2)))
+        );
         assert_eq!(
             supported(v(&format!("1.{}", newest + 1))),
             Support::NewerThanTable

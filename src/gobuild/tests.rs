@@ -72,7 +72,12 @@ fn elf64(e_type: u16, segments: &[(u32, u32)], sections: &[(&str, u32, Vec<u8>)]
     for (i, (_, kind, c)) in sections.iter().enumerate() {
         out.extend(sh(name_at[i], *kind, offsets[i], c.len() as u64));
     }
-    out.extend(sh(name_at[sections.len()], 3, names_off, names.len() as u64));
+    out.extend(sh(
+        name_at[sections.len()],
+        3,
+        names_off,
+        names.len() as u64,
+    ));
     out
 }
 
@@ -125,7 +130,10 @@ fn reads_type_interpreter_sections_and_build_information() {
     let info = b.build().unwrap();
     assert_eq!(info.version, "go1.22.12");
     assert_eq!(info.path.as_deref(), Some("example.com/app"));
-    assert_eq!(info.main_module, Some(("example.com/app".into(), "(devel)".into())));
+    assert_eq!(
+        info.main_module,
+        Some(("example.com/app".into(), "(devel)".into()))
+    );
     assert_eq!(info.buildmode(), Some("exe"));
     assert_eq!(info.setting("-ldflags"), Some("-s -w -X main.v=1"));
     assert_eq!(info.setting("we=ird"), Some("x"));
@@ -143,7 +151,14 @@ fn a_pie_without_symbols_is_pie_and_stripped() {
     let file = elf64(
         ET_DYN,
         &[(PT_INTERP, 4)],
-        &[(".go.buildinfo", 1, blob("go1.23.4", "build\t-buildmode=pie\nbuild\t-trimpath=true\nbuild\tCGO_ENABLED=0"))],
+        &[(
+            ".go.buildinfo",
+            1,
+            blob(
+                "go1.23.4",
+                "build\t-buildmode=pie\nbuild\t-trimpath=true\nbuild\tCGO_ENABLED=0",
+            ),
+        )],
     );
     let b = parse(&mut file.as_slice()).unwrap();
     assert!(b.is_pie() && b.is_stripped());
@@ -156,7 +171,18 @@ fn a_pie_without_symbols_is_pie_and_stripped() {
 
 #[test]
 fn binaries_without_go_information_are_not_go_and_not_errors() {
-    let c = elf64(ET_DYN, &[(PT_INTERP, 4)], &[(".text", 1, vec![0; 16]), (".data", 1, b"\xff Go buildinf: but not aligned or complete".to_vec())]);
+    let c = elf64(
+        ET_DYN,
+        &[(PT_INTERP, 4)],
+        &[
+            (".text", 1, vec![0; 16]),
+            (
+                ".data",
+                1,
+                b"\xff Go buildinf: but not aligned or complete".to_vec(),
+            ),
+        ],
+    );
     assert_eq!(parse(&mut c.as_slice()).unwrap().go, Go::NotGo);
     // A misaligned magic is skipped, an aligned one later is found.
     let mut data = vec![0u8; 3];
@@ -179,12 +205,19 @@ fn the_pre_1_18_format_is_recognised_not_decoded() {
     let mut b = BUILDINFO_MAGIC.to_vec();
     b.extend([8, 0]);
     b.resize(32, 0);
-    assert_eq!(buildinfo(&b).unwrap(), Go::PointerFormat { pointer_size: 8 });
+    assert_eq!(
+        buildinfo(&b).unwrap(),
+        Go::PointerFormat { pointer_size: 8 }
+    );
 }
 
 #[test]
 fn without_a_section_table_the_first_writable_segment_is_searched() {
-    let mut file = elf64(ET_EXEC, &[(PT_LOAD, 6)], &[(".go.buildinfo", 1, blob("go1.21.0", "build\tCGO_ENABLED=0"))]);
+    let mut file = elf64(
+        ET_EXEC,
+        &[(PT_LOAD, 6)],
+        &[(".go.buildinfo", 1, blob("go1.21.0", "build\tCGO_ENABLED=0"))],
+    );
     // Remove the section table: e_shoff = 0, e_shnum = 0.
     file[40..48].fill(0);
     file[60..64].fill(0);
@@ -195,26 +228,52 @@ fn without_a_section_table_the_first_writable_segment_is_searched() {
 
 #[test]
 fn truncated_and_corrupt_files_are_clear_errors() {
-    let file = elf64(ET_EXEC, &[(PT_INTERP, 4)], &[(".go.buildinfo", 1, blob("go1.22.12", MODINFO))]);
+    let file = elf64(
+        ET_EXEC,
+        &[(PT_INTERP, 4)],
+        &[(".go.buildinfo", 1, blob("go1.22.12", MODINFO))],
+    );
     let err = parse(&mut &file[..40]).unwrap_err().to_string();
-    assert_eq!(err, "truncated: the ELF header at offset 0 needs 64 bytes, the file has 40");
-    let err = parse(&mut &file[..file.len() - 10]).unwrap_err().to_string();
-    assert!(err.starts_with("truncated: the section header table"), "{err}");
-    assert!(matches!(parse(&mut &b"#!/bin/sh\n"[..]), Err(ParseError::NotElf)));
+    assert_eq!(
+        err,
+        "truncated: the ELF header at offset 0 needs 64 bytes, the file has 40"
+    );
+    let err = parse(&mut &file[..file.len() - 10])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("truncated: the section header table"),
+        "{err}"
+    );
+    assert!(matches!(
+        parse(&mut &b"#!/bin/sh\n"[..]),
+        Err(ParseError::NotElf)
+    ));
     assert!(matches!(parse(&mut &b""[..]), Err(ParseError::NotElf)));
     let mut bad_class = file.clone();
     bad_class[4] = 9;
-    assert_eq!(parse(&mut bad_class.as_slice()).unwrap_err().to_string(), "corrupt: ELF class 9 is neither 32 nor 64 bit");
+    assert_eq!(
+        parse(&mut bad_class.as_slice()).unwrap_err().to_string(),
+        "corrupt: ELF class 9 is neither 32 nor 64 bit"
+    );
     // A version length running past the section.
     let mut b = blob("go1.22.12", MODINFO);
     b[32] = 0xf0;
     b[33] = 0x01;
     let bad = elf64(ET_EXEC, &[], &[(".go.buildinfo", 1, b)]);
     let err = parse(&mut bad.as_slice()).unwrap_err().to_string();
-    assert!(err.starts_with("corrupt: the Go version is 240 bytes"), "{err}");
+    assert!(
+        err.starts_with("corrupt: the Go version is 240 bytes"),
+        "{err}"
+    );
     let mut b = blob("go1.22.12", MODINFO);
     b[14] = 3;
-    assert!(buildinfo(&b).unwrap_err().to_string().contains("pointer size of 3"));
+    assert!(
+        buildinfo(&b)
+            .unwrap_err()
+            .to_string()
+            .contains("pointer size of 3")
+    );
 }
 
 #[test]

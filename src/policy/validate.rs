@@ -13,8 +13,8 @@ use super::raw::{
     Scalar,
 };
 use super::{
-    CgroupPolicy, FORMAT_VERSION, GoBuild, GoMaxProcs, GoRuntime, LimitPair, LimitRule, Mode, Policy,
-    PolicyError, Posture, Safety, ServiceDefaults, ServiceRule, SliceRule, Source, Sourced,
+    CgroupPolicy, FORMAT_VERSION, GoBuild, GoMaxProcs, GoRuntime, LimitPair, LimitRule, Mode,
+    Policy, PolicyError, Posture, Safety, ServiceDefaults, ServiceRule, SliceRule, Source, Sourced,
     SysctlRule,
 };
 use crate::cgroup::{Bytes, CONTROLLERS, Count, CpuMax};
@@ -685,7 +685,10 @@ impl Validator {
                     source: me.src(v),
                 }),
                 ref other => {
-                    let e = me.error(v, format!("go_build.{name} must be true or false, not {other}"));
+                    let e = me.error(
+                        v,
+                        format!("go_build.{name} must be true or false, not {other}"),
+                    );
                     me.push(e);
                     None
                 }
@@ -712,7 +715,10 @@ impl Validator {
                         "a Go release as \"1.N\" or \"1.N.P\", e.g. \"1.22\""
                     };
                     let e = self
-                        .error(v, format!("go_build.min_version {} is not a Go release", v.value))
+                        .error(
+                            v,
+                            format!("go_build.min_version {} is not a Go release", v.value),
+                        )
                         .with_hint(hint);
                     self.push(e);
                     None
