@@ -85,16 +85,17 @@ pub fn run(host: &HostRoot, client: &dyn SystemdClient) -> Result<Audit, Systemd
 /// limit of its cgroup path. A binary without Go build information has
 /// none; one that cannot be read is a warning.
 fn audit_main_binary(host: &HostRoot, unit: &str, pid: u32, audit: &mut Audit) {
+    // A process may exit between the listing and the read.
+    if std::fs::symlink_metadata(host.path(&format!("proc/{pid}/exe"))).is_err() {
+        return;
+    }
     let (exe, read) = go_observe::read_exe(host, pid);
     let binary = match read {
         Ok(b) => b,
         Err(e) => {
-            // A process may exit between the listing and the read.
-            if host.path(&format!("proc/{pid}")).exists() {
-                audit
-                    .warnings
-                    .push(format!("{unit}: PID {pid} ({exe}): {e}"));
-            }
+            audit
+                .warnings
+                .push(format!("{unit}: PID {pid} ({exe}): {e}"));
             return;
         }
     };
