@@ -4,10 +4,10 @@
 # Usage: build.sh OUTDIR. Uses $GO, else `go` on PATH, else Debian's
 # golang-1.22-go.
 set -eu
-out=$1
 here=$(cd "$(dirname "$0")" && pwd)
 go=${GO:-$(command -v go || echo /usr/lib/go-1.22/bin/go)}
-mkdir -p "$out"
+mkdir -p "$1"
+out=$(cd "$1" && pwd)
 cache=${GOCACHE:-$out/.gocache}
 cd "$here"
 GOCACHE=$cache GOFLAGS=-mod=mod GOTOOLCHAIN=local CGO_ENABLED=0 \
