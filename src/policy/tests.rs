@@ -355,7 +355,7 @@ fn validation_errors_name_file_line_and_column() {
         ),
         (
             "go_build: not a boolean, unquoted and bad versions",
-            "version: 1\nservices:\n  a.service:\n    go_build: {cgo: no, trimpath: 1, min_version: 1.20}\n  b.service:\n    go_build: {min_version: \"2.0\"}\n"
+            "version: 1\nservices:\n  a.service:\n    go_build: {cgo: \"no\", trimpath: 1, min_version: 1.20}\n  b.service:\n    go_build: {min_version: \"2.0\"}\n"
         ),
         (
             "gomaxprocs above the quota of an enclosing slice",

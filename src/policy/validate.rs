@@ -90,23 +90,32 @@ pub fn merged(policy: &Policy) -> Vec<PolicyError> {
         let GoMaxProcs::Fixed(n) = go.value.gomaxprocs else {
             continue;
         };
-        // The tightest quota on the slice's path (a dash nests a slice).
-        let quota = maxprocs::tightest(
-            maxprocs::slice_path(&slice.value)
-                .iter()
-                .filter_map(|name| policy.cgroup.slices.get(name))
-                .filter_map(|s| s.cpu_max.as_ref().map(|c| c.value)),
-        )
-        .and_then(|c| c.quota_us.map(|q| (q, c.period_us)));
-        if let Some((q, p)) = quota {
+        // The tightest quota on the slice's path (a dash nests a slice),
+        // and the slice that sets it.
+        let on_path: Vec<(&str, CpuMax)> = maxprocs::slice_path(&slice.value)
+            .into_iter()
+            .filter_map(|name| policy.cgroup.slices.get(&name))
+            .filter_map(|s| s.cpu_max.as_ref().map(|c| (s.name.as_str(), c.value)))
+            .collect();
+        let tightest = maxprocs::tightest(on_path.iter().map(|(_, c)| *c));
+        let quota = on_path
+            .iter()
+            .find(|(_, c)| Some(*c) == tightest)
+            .and_then(|(name, c)| c.quota_us.map(|q| (*name, q, c.period_us)));
+        if let Some((name, q, p)) = quota {
             let allowed = q.div_ceil(p.max(1)).max(1);
             if u64::from(n) > allowed {
+                let within = if name == slice.value {
+                    String::new()
+                } else {
+                    format!(", which encloses {}", slice.value)
+                };
                 errors.push(
                     PolicyError::new(
                         go.source.clone(),
                         format!(
-                            "{}: gomaxprocs {n} exceeds the CPU quota on the path of slice {} (ceil({q} / {p}) = {allowed})",
-                            svc.unit, slice.value
+                            "{}: gomaxprocs {n} exceeds the CPU quota of slice {name}{within} (ceil({q} / {p}) = {allowed})",
+                            svc.unit
                         ),
                     )
                     .with_hint("use `gomaxprocs: auto`, or a number at most the quota"),
