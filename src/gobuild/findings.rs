@@ -79,7 +79,7 @@ pub fn binary_findings(unit: &str, pid: u32, binary: &Binary) -> Vec<Finding> {
             pid,
             format!(
                 "{}{} ({summary})",
-                binary.elf_type.as_str(),
+                binary.elf_type.name(),
                 if binary.interpreter {
                     ""
                 } else {

@@ -130,7 +130,7 @@ pub enum ElfType {
 }
 
 impl ElfType {
-    pub fn as_str(self) -> String {
+    pub fn name(self) -> String {
         match self {
             ElfType::Exec => "ET_EXEC".into(),
             ElfType::Dyn => "ET_DYN".into(),

@@ -179,7 +179,7 @@ fn verdict(want: Want, b: &Binary, summary: &str) -> Verdict {
             } else {
                 format!(
                     "not PIE ({}{})",
-                    b.elf_type.as_str(),
+                    b.elf_type.name(),
                     if b.interpreter {
                         ""
                     } else {
