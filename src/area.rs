@@ -20,6 +20,9 @@ use crate::cgroup::HOLDFAST_SUBTREE;
 use crate::cgroup::knob::KnobKind;
 use crate::cgroup::plan::CgroupHost;
 use crate::cgroup::{observe as cgroup_observe, plan as cgroup_plan};
+use crate::gobuild::GoBuildHost;
+use crate::gobuild::observe as gobuild_observe;
+use crate::gobuild::plan as gobuild_plan;
 use crate::host::{HostRoot, IoError, SYSCTL_CONF_DIRS};
 use crate::item::Kind;
 use crate::limits::plan::LimitsHost;
@@ -74,6 +77,7 @@ pub enum Area {
     Limits,
     Services,
     Cgroup,
+    GoBuild,
 }
 
 /// What an area read of the host: the input of its planner.
@@ -83,13 +87,21 @@ pub enum Observation {
     Limits(LimitsHost),
     Services(ServicesHost),
     Cgroup(CgroupHost),
+    GoBuild(GoBuildHost),
 }
 
 impl Area {
     /// Every area, in the order a pass visits them: kernel values first,
     /// then the files sessions read, then systemd (services before the
-    /// slices they are moved into).
-    pub const ALL: [Area; 4] = [Area::Sysctl, Area::Limits, Area::Services, Area::Cgroup];
+    /// slices they are moved into), and last the running binaries, which
+    /// nothing in a pass changes.
+    pub const ALL: [Area; 5] = [
+        Area::Sysctl,
+        Area::Limits,
+        Area::Services,
+        Area::Cgroup,
+        Area::GoBuild,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -97,6 +109,7 @@ impl Area {
             Area::Limits => "limits",
             Area::Services => "services",
             Area::Cgroup => "cgroup",
+            Area::GoBuild => "go-build",
         }
     }
 
@@ -110,6 +123,7 @@ impl Area {
             // go through the same reload, so either is right for routing.
             Kind::UnitFile => Area::Services,
             Kind::CgroupLimit | Kind::CgroupController => Area::Cgroup,
+            Kind::GoBuild => Area::GoBuild,
         }
     }
 
@@ -126,6 +140,7 @@ impl Area {
                     || policy.service_defaults.limit_nofile.is_some()
             }
             Area::Cgroup => policy.cgroup.controllers.is_some() || !policy.cgroup.slices.is_empty(),
+            Area::GoBuild => !gobuild_plan::managed(policy).is_empty(),
         }
     }
 
@@ -149,6 +164,10 @@ impl Area {
                 let (o, w) = cgroup_observe::observe(ctx.host, ctx.systemd, policy);
                 (Observation::Cgroup(o), w)
             }
+            Area::GoBuild => {
+                let (o, w) = gobuild_observe::observe(ctx.host, ctx.systemd, policy);
+                (Observation::GoBuild(o), w)
+            }
         }
     }
 }
@@ -160,6 +179,7 @@ impl Observation {
             Observation::Limits(_) => Area::Limits,
             Observation::Services(_) => Area::Services,
             Observation::Cgroup(_) => Area::Cgroup,
+            Observation::GoBuild(_) => Area::GoBuild,
         }
     }
 
@@ -170,6 +190,7 @@ impl Observation {
             Observation::Limits(h) => limits_plan::plan(policy, h),
             Observation::Services(h) => services::plan(policy, h),
             Observation::Cgroup(h) => cgroup_plan::plan(policy, h),
+            Observation::GoBuild(h) => gobuild_plan::plan(policy, h),
         }
     }
 
@@ -181,7 +202,10 @@ impl Observation {
     pub fn refresh(&mut self, ctx: &Context<'_>, policy: &Policy) -> Vec<IoError> {
         match self {
             Observation::Sysctl(_) => Vec::new(),
-            Observation::Limits(_) | Observation::Services(_) | Observation::Cgroup(_) => {
+            Observation::Limits(_)
+            | Observation::Services(_)
+            | Observation::Cgroup(_)
+            | Observation::GoBuild(_) => {
                 let (fresh, warnings) = self.area().observe(ctx, policy);
                 *self = fresh;
                 warnings
@@ -287,6 +311,10 @@ impl Area {
                     ));
                 }
             }
+            // A binary is replaced on disk by a deployment, which restarts
+            // the service: the services area's events and the rescan re-read
+            // it. Nothing of its own to watch.
+            Area::GoBuild => {}
             // Slice units and their runtime overrides (`set-property
             // --runtime`); without systemd, holdfast's own cgroup's limit
             // files (under systemd the slice's cgroup path is systemd's to

@@ -1,11 +1,14 @@
 //! `holdfast audit`: the posture of every running service on the host,
-//! managed or not, as a table, JSON, or SARIF 2.1.0 for code-scanning
-//! tools. Reads systemd's unit list and /proc; writes nothing.
+//! managed or not, and how its main binary was built (the Go checks of
+//! `gobuild::findings`), as a table, JSON, or SARIF 2.1.0 for code-scanning
+//! tools. Reads systemd's unit list, /proc and the cgroup files; writes
+//! nothing.
 
 use serde_json::{Value, json};
 
+use crate::gobuild::{Go, findings as go_findings, observe as go_observe, releases};
 use crate::host::HostRoot;
-use crate::posture::{self, CHECKS, Finding, ProcStatus, Severity, caps};
+use crate::posture::{self, Check, Finding, ProcStatus, Severity, caps};
 use crate::services::observe::unit_pids;
 use crate::systemd::{SystemdClient, SystemdError};
 
@@ -17,6 +20,14 @@ pub struct Audit {
     pub findings: Vec<Finding>,
     /// Services or processes that could not be read.
     pub warnings: Vec<String>,
+    /// A Go binary was judged (the release table matters).
+    pub saw_go: bool,
+}
+
+/// Every check an audit runs: the process posture checks, then the checks
+/// of a Go service's main binary.
+pub fn checks() -> impl Iterator<Item = &'static Check> {
+    posture::CHECKS.iter().chain(go_findings::CHECKS)
 }
 
 /// Audits every running service.
@@ -37,6 +48,9 @@ pub fn run(host: &HostRoot, client: &dyn SystemdClient) -> Result<Audit, Systemd
                 continue;
             }
         };
+        if let Some(pid) = info.main_pid.filter(|p| *p > 0) {
+            audit_main_binary(host, &unit, pid, &mut audit);
+        }
         for pid in unit_pids(host, &info) {
             let path = host.path(&format!("proc/{pid}/status"));
             // A process may exit between the listing and the read.
@@ -53,7 +67,57 @@ pub fn run(host: &HostRoot, client: &dyn SystemdClient) -> Result<Audit, Systemd
         }
         audit.units.push(unit);
     }
+    // The release table only matters when a Go binary was judged.
+    let today = releases::date_of(std::time::SystemTime::now());
+    if audit.saw_go
+        && releases::stale_on(&today)
+        && let Some((minor, date)) = releases::newest()
+    {
+        audit.warnings.push(format!(
+            "holdfast's Go release table ends at go1.{minor} ({date}); Go has probably released since, so a release reported as supported may not be (update holdfast)"
+        ));
+    }
     Ok(audit)
+}
+
+/// The Go checks of a service's main binary (read through /proc/PID/exe):
+/// how it was built, and the GOMAXPROCS its runtime picks against the CPU
+/// limit of its cgroup path. A binary without Go build information has
+/// none; one that cannot be read is a warning.
+fn audit_main_binary(host: &HostRoot, unit: &str, pid: u32, audit: &mut Audit) {
+    // A process may exit between the listing and the read.
+    if std::fs::symlink_metadata(host.path(&format!("proc/{pid}/exe"))).is_err() {
+        return;
+    }
+    let (exe, read) = go_observe::read_exe(host, pid);
+    let binary = match read {
+        Ok(b) => b,
+        Err(e) => {
+            audit
+                .warnings
+                .push(format!("{unit}: PID {pid} ({exe}): {e}"));
+            return;
+        }
+    };
+    let Go::Build(info) = &binary.go else {
+        return;
+    };
+    audit.saw_go = true;
+    audit
+        .findings
+        .extend(go_findings::binary_findings(unit, pid, &binary));
+    let environ = std::fs::read(host.path(&format!("proc/{pid}/environ")))
+        .map(|b| posture::parse_environ(&b));
+    if let (Ok(environ), Some(view)) = (environ, go_observe::cpu_view(host, pid)) {
+        audit.findings.extend(go_findings::gomaxprocs_finding(
+            unit,
+            pid,
+            info,
+            &environ,
+            &view.levels,
+            view.affinity,
+        ));
+    }
 }
 
 impl Audit {
@@ -131,8 +195,7 @@ impl Audit {
     /// A SARIF 2.1.0 log: one rule per check, one result per finding, the
     /// service as the result's logical location.
     pub fn to_sarif(&self) -> Value {
-        let rules: Vec<Value> = CHECKS
-            .iter()
+        let rules: Vec<Value> = checks()
             .map(|c| {
                 json!({
                     "id": c.id,
@@ -148,7 +211,7 @@ impl Audit {
             .findings
             .iter()
             .map(|f| {
-                let index = CHECKS.iter().position(|c| c.id == f.check.id).unwrap_or(0);
+                let index = checks().position(|c| c.id == f.check.id).unwrap_or(0);
                 json!({
                     "ruleId": f.check.id,
                     "ruleIndex": index,

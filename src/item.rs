@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use crate::cgroup::HOLDFAST_SUBTREE;
 use crate::cgroup::knob::KnobKind;
+use crate::gobuild::Expectation;
 use crate::limits::{Domain, LimitItem, LimitType};
 use crate::policy::{Mode, Source};
 use crate::sysctl::{SysctlKey, SysctlValue};
@@ -34,12 +35,15 @@ pub enum Kind {
     CgroupLimit,
     /// A cgroup controller enabled on the path to the managed slices.
     CgroupController,
+    /// How a service's running binary was built (`go_build`): checked,
+    /// never acted on.
+    GoBuild,
 }
 
 impl Kind {
     /// Every kind, for filters and metrics. A test fails to compile when a
     /// kind is added to the enum and not here.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Sysctl,
         Kind::SysctlPersist,
         Kind::Limit,
@@ -49,6 +53,7 @@ impl Kind {
         Kind::UnitFile,
         Kind::CgroupLimit,
         Kind::CgroupController,
+        Kind::GoBuild,
     ];
 
     pub fn parse(s: &str) -> Option<Kind> {
@@ -66,6 +71,7 @@ impl Kind {
             Kind::UnitFile => "unit-file",
             Kind::CgroupLimit => "cgroup",
             Kind::CgroupController => "cgroup-controller",
+            Kind::GoBuild => "go-build",
         }
     }
 }
@@ -152,6 +158,8 @@ pub enum ItemKey {
     /// A controller enabled on the path to the managed slices; `at_root`
     /// for the root cgroup's own `cgroup.subtree_control` (no systemd).
     Controller { name: String, at_root: bool },
+    /// One `go_build` expectation of a service's running binary.
+    GoBuild { unit: String, check: Expectation },
 }
 
 impl ItemKey {
@@ -170,6 +178,7 @@ impl ItemKey {
             | ItemKey::OwnCgroup { .. }
             | ItemKey::OwnCgroupKnob { .. } => Kind::CgroupLimit,
             ItemKey::Controller { .. } => Kind::CgroupController,
+            ItemKey::GoBuild { .. } => Kind::GoBuild,
         }
     }
 
@@ -178,6 +187,7 @@ impl ItemKey {
         match self {
             ItemKey::Service { unit, .. }
             | ItemKey::Posture { unit, .. }
+            | ItemKey::GoBuild { unit, .. }
             | ItemKey::Slice { unit }
             | ItemKey::SliceKnob { unit, .. } => Some(unit),
             ItemKey::UnitFile { unit, .. } => unit.as_deref(),
@@ -223,6 +233,7 @@ impl fmt::Display for ItemKey {
                 name,
                 at_root: true,
             } => write!(f, "controller {name} in /"),
+            ItemKey::GoBuild { unit, check } => write!(f, "{unit} go_build.{}", check.as_str()),
         }
     }
 }
@@ -544,6 +555,7 @@ mod tests {
             Kind::UnitFile => 6,
             Kind::CgroupLimit => 7,
             Kind::CgroupController => 8,
+            Kind::GoBuild => 9,
         }
     }
 

@@ -90,7 +90,13 @@ fn sarif_log_has_the_required_structure() {
     // reportingDescriptor: id (required); one rule per check.
     let rules = driver["rules"].as_array().unwrap();
     let ids: Vec<&str> = rules.iter().map(|r| r["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["HF001", "HF002", "HF003", "HF004", "HF005"]);
+    assert_eq!(
+        ids,
+        [
+            "HF001", "HF002", "HF003", "HF004", "HF005", "HF006", "HF007", "HF008", "HF009",
+            "HF010", "HF011"
+        ]
+    );
     for r in rules {
         assert!(r["shortDescription"]["text"].is_string());
         let level = r["defaultConfiguration"]["level"].as_str().unwrap();

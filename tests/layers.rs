@@ -19,6 +19,9 @@ const LAYERS: &[(&str, &[&str])] = &[
             "cgroup::knob",
             "posture::caps",
             "safety",
+            "gobuild",
+            "gobuild::maxprocs",
+            "gobuild::releases",
         ],
     ),
     (
@@ -41,6 +44,8 @@ const LAYERS: &[(&str, &[&str])] = &[
             "limits::plan",
             "cgroup::plan",
             "services",
+            "gobuild::plan",
+            "gobuild::findings",
         ],
     ),
     (
@@ -50,6 +55,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "limits::observe",
             "cgroup::observe",
             "services::observe",
+            "gobuild::observe",
             "systemd::systemctl",
             "sources",
         ],

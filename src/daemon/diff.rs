@@ -66,7 +66,10 @@ impl SettingId {
             (SettingId::Limit { .. }, ItemKey::LimitsFile(_)) => true,
             (
                 SettingId::Service(unit),
-                ItemKey::Service { .. } | ItemKey::Posture { .. } | ItemKey::UnitFile { .. },
+                ItemKey::Service { .. }
+                | ItemKey::Posture { .. }
+                | ItemKey::UnitFile { .. }
+                | ItemKey::GoBuild { .. },
             ) => key.unit() == Some(unit.as_str()),
             (SettingId::ServiceDefaults, ItemKey::DefaultLimitNofile) => true,
             (SettingId::ServiceDefaults, ItemKey::UnitFile { unit, .. }) => unit.is_none(),
@@ -237,6 +240,12 @@ mod tests {
         assert!(SettingId::Service("myapp.service".into()).covers(&posture));
         assert!(!SettingId::Service("other.service".into()).covers(&posture));
         assert!(SettingId::ServiceDefaults.covers(&ItemKey::DefaultLimitNofile));
+        let go_build = ItemKey::GoBuild {
+            unit: "myapp.service".into(),
+            check: crate::gobuild::Expectation::Trimpath,
+        };
+        assert!(SettingId::Service("myapp.service".into()).covers(&go_build));
+        assert!(!SettingId::Service("other.service".into()).covers(&go_build));
     }
 
     #[test]

@@ -19,6 +19,7 @@ use std::sync::Arc;
 pub use error::{PolicyError, PolicyErrors};
 
 use crate::cgroup::{Bytes, Count, CpuMax};
+use crate::gobuild::GoVersion;
 use crate::limits::{Domain, LimitItem, LimitValue};
 use crate::sysctl::{Expect, SysctlKey};
 
@@ -134,8 +135,28 @@ pub struct ServiceRule {
     pub slice: Option<Sourced<String>>,
     pub limit_nofile: Option<Sourced<LimitPair>>,
     pub posture: Posture,
+    /// How its main binary must have been built (checked, never enforced:
+    /// holdfast cannot rebuild a binary).
+    pub go_build: Option<Sourced<GoBuild>>,
     pub mode: Option<Sourced<Mode>>,
     pub source: Source,
+}
+
+/// Expectations on how a Go service's running binary was built. Each field
+/// says what the binary must be (`cgo: false`: built with
+/// `CGO_ENABLED=0`); a field left out is not checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GoBuild {
+    /// A position-independent executable (`-buildmode=pie`).
+    pub pie: Option<Sourced<bool>>,
+    /// No symbol table and no DWARF (`-ldflags='-s -w'`).
+    pub stripped: Option<Sourced<bool>>,
+    /// Built with `-trimpath`.
+    pub trimpath: Option<Sourced<bool>>,
+    /// Built with cgo (`CGO_ENABLED=1`).
+    pub cgo: Option<Sourced<bool>>,
+    /// The oldest Go toolchain allowed.
+    pub min_version: Option<Sourced<GoVersion>>,
 }
 
 /// A service's security posture: enforced through its drop-in, verified on
@@ -168,8 +189,9 @@ pub struct GoRuntime {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GoMaxProcs {
-    /// ceil(cpu.max quota / period) of the service's slice; the CPU count
-    /// without a quota.
+    /// ceil(quota / period) of the tightest `cpu.max` the policy sets on the
+    /// service's slice path (the slice and the slices it nests in); the CPU
+    /// count without a quota.
     Auto,
     Fixed(u32),
 }
@@ -292,6 +314,7 @@ impl Policy {
                     overlay_field(&mut p.capabilities, later.capabilities);
                     overlay_field(&mut p.user, later.user);
                     overlay_field(&mut p.go_runtime, later.go_runtime);
+                    overlay_field(&mut existing.go_build, rule.go_build);
                     overlay_field(&mut existing.mode, rule.mode);
                     existing.source = rule.source;
                 }

@@ -81,7 +81,19 @@ pub struct RawService {
     pub capabilities: Option<Spanned<Vec<Spanned<String>>>>,
     pub user: Option<Spanned<String>>,
     pub go_runtime: Option<Spanned<RawGoRuntime>>,
+    pub go_build: Option<Spanned<RawGoBuild>>,
     pub mode: Option<Spanned<String>>,
+}
+
+/// How a service's main binary must have been built.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGoBuild {
+    pub pie: Option<Spanned<Scalar>>,
+    pub stripped: Option<Spanned<Scalar>>,
+    pub trimpath: Option<Spanned<Scalar>>,
+    pub cgo: Option<Spanned<Scalar>>,
+    pub min_version: Option<Spanned<Scalar>>,
 }
 
 /// The Go runtime baseline of a service.

@@ -192,6 +192,44 @@ fn errors_in_several_files_are_all_reported() {
 }
 
 #[test]
+fn go_build_expectations_are_typed_with_their_sources() {
+    let p = Policy::from_files([(
+        "go.yaml",
+        "version: 1\nservices:\n  app.service:\n    go_build: {pie: true, stripped: false, cgo: false, min_version: \"1.22.3\"}\n",
+    )])
+    .unwrap();
+    let g = p.services["app.service"].go_build.as_ref().unwrap();
+    assert_eq!(g.value.pie.as_ref().map(|f| f.value), Some(true));
+    assert_eq!(g.value.stripped.as_ref().map(|f| f.value), Some(false));
+    assert_eq!(g.value.trimpath, None);
+    assert_eq!(
+        g.value
+            .cgo
+            .as_ref()
+            .map(|f| (f.value, f.source.line, f.source.column)),
+        Some((false, 4, 49))
+    );
+    assert_eq!(
+        g.value.min_version.as_ref().map(|v| v.value.to_string()),
+        Some("go1.22.3".to_string())
+    );
+    // A later file replaces the whole section.
+    let p = Policy::from_files([
+        (
+            "a.yaml",
+            "version: 1\nservices:\n  app.service:\n    go_build: {pie: true}\n",
+        ),
+        (
+            "b.yaml",
+            "version: 1\nservices:\n  app.service:\n    go_build: {cgo: false}\n",
+        ),
+    ])
+    .unwrap();
+    let g = &p.services["app.service"].go_build.as_ref().unwrap().value;
+    assert!(g.pie.is_none() && g.cgo.is_some());
+}
+
+#[test]
 fn validation_errors_name_file_line_and_column() {
     insta::assert_snapshot!(check_errors(&[
         (
@@ -310,6 +348,18 @@ fn validation_errors_name_file_line_and_column() {
         (
             "memory.high above memory.max",
             "version: 1\ncgroup:\n  slices:\n    a: {memory.max: 100M, memory.high: 200M}\n"
+        ),
+        (
+            "go_build: unknown field",
+            "version: 1\nservices:\n  app.service:\n    go_build: {pie: true, strip: true}\n"
+        ),
+        (
+            "go_build: not a boolean, unquoted and bad versions",
+            "version: 1\nservices:\n  a.service:\n    go_build: {cgo: \"no\", trimpath: 1, min_version: 1.20}\n  b.service:\n    go_build: {min_version: \"2.0\"}\n"
+        ),
+        (
+            "gomaxprocs above the quota of an enclosing slice",
+            "version: 1\nservices:\n  app.service:\n    slice: go-app\n    go_runtime: {gomaxprocs: 4}\ncgroup:\n  slices:\n    go: {cpu.max: \"200000 100000\"}\n    go-app: {cpu.max: \"800000 100000\"}\n"
         ),
         (
             "headroom out of range",

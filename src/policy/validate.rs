@@ -9,14 +9,16 @@ use std::sync::Arc;
 use serde_saphyr::{Location, MessageFormatter, Spanned};
 
 use super::raw::{
-    Entries, RawCgroup, RawDoc, RawLimit, RawSafety, RawService, RawSlice, RawSysctl, Scalar,
+    Entries, RawCgroup, RawDoc, RawGoBuild, RawLimit, RawSafety, RawService, RawSlice, RawSysctl,
+    Scalar,
 };
 use super::{
-    CgroupPolicy, FORMAT_VERSION, GoMaxProcs, GoRuntime, LimitPair, LimitRule, Mode, Policy,
-    PolicyError, Posture, Safety, ServiceDefaults, ServiceRule, SliceRule, Source, Sourced,
+    CgroupPolicy, FORMAT_VERSION, GoBuild, GoMaxProcs, GoRuntime, LimitPair, LimitRule, Mode,
+    Policy, PolicyError, Posture, Safety, ServiceDefaults, ServiceRule, SliceRule, Source, Sourced,
     SysctlRule,
 };
 use crate::cgroup::{Bytes, CONTROLLERS, Count, CpuMax};
+use crate::gobuild::{GoVersion, maxprocs};
 use crate::limits::{Domain, LimitItem, LimitValue};
 use crate::sysctl::{Expect, KeyError, SysctlKey, SysctlValue};
 
@@ -93,26 +95,34 @@ pub fn merged(policy: &Policy) -> Vec<PolicyError> {
         let GoMaxProcs::Fixed(n) = go.value.gomaxprocs else {
             continue;
         };
-        let cpu_max = policy
-            .cgroup
-            .slices
-            .get(&slice.value)
-            .and_then(|s| s.cpu_max.as_ref())
-            .map(|c| c.value);
-        if let Some(c) = cpu_max
-            && let Some(q) = c.quota_us
-        {
-            let p = c.period_us;
+        // The tightest quota on the slice's path (a dash nests a slice),
+        // and the slice that sets it.
+        let on_path: Vec<(&str, CpuMax)> = maxprocs::slice_path(&slice.value)
+            .into_iter()
+            .filter_map(|name| policy.cgroup.slices.get(&name))
+            .filter_map(|s| s.cpu_max.as_ref().map(|c| (s.name.as_str(), c.value)))
+            .collect();
+        let tightest = maxprocs::tightest(on_path.iter().map(|(_, c)| *c));
+        let quota = on_path
+            .iter()
+            .find(|(_, c)| Some(*c) == tightest)
+            .and_then(|(name, c)| c.quota_us.map(|q| (*name, q, c.period_us)));
+        if let Some((name, q, p)) = quota {
             // The one GOMAXPROCS formula (`posture::gomaxprocs_for`); with a
             // quota the CPU count does not enter it.
-            let allowed = crate::posture::gomaxprocs_for(Some(c), u32::MAX);
+            let allowed = crate::posture::gomaxprocs_for(tightest, u32::MAX);
             if n > allowed {
+                let within = if name == slice.value {
+                    String::new()
+                } else {
+                    format!(", which encloses {}", slice.value)
+                };
                 errors.push(
                     PolicyError::new(
                         go.source.clone(),
                         format!(
-                            "{}: gomaxprocs {n} exceeds the CPU quota of slice {} (ceil({q} / {p}) = {allowed})",
-                            svc.unit, slice.value
+                            "{}: gomaxprocs {n} exceeds the CPU quota of slice {name}{within} (ceil({q} / {p}) = {allowed})",
+                            svc.unit
                         ),
                     )
                     .with_hint("use `gomaxprocs: auto`, or a number at most the quota"),
@@ -575,6 +585,7 @@ impl Validator {
                 })
             });
             let posture = self.posture(&s);
+            let go_build = s.go_build.as_ref().map(|g| self.go_build(g));
             let mode = self.opt_mode(&s.mode);
             if unit_ok {
                 out.insert(
@@ -584,6 +595,7 @@ impl Validator {
                         slice,
                         limit_nofile,
                         posture,
+                        go_build,
                         mode,
                         source,
                     },
@@ -730,6 +742,68 @@ impl Validator {
             capabilities,
             user,
             go_runtime,
+        }
+    }
+
+    fn go_build(&mut self, g: &Spanned<RawGoBuild>) -> Sourced<GoBuild> {
+        let raw = &g.value;
+        let flag = |v: &Option<Spanned<Scalar>>, name: &str, me: &mut Self| {
+            let v = v.as_ref()?;
+            match v.value {
+                Scalar::Bool(b) => Some(Sourced {
+                    value: b,
+                    source: me.src(v),
+                }),
+                ref other => {
+                    let e = me.error(
+                        v,
+                        format!("go_build.{name} must be true or false, not {other}"),
+                    );
+                    me.push(e);
+                    None
+                }
+            }
+        };
+        let pie = flag(&raw.pie, "pie", self);
+        let stripped = flag(&raw.stripped, "stripped", self);
+        let trimpath = flag(&raw.trimpath, "trimpath", self);
+        let cgo = flag(&raw.cgo, "cgo", self);
+        let min_version = raw.min_version.as_ref().and_then(|v| {
+            let parsed = match &v.value {
+                Scalar::Str(s) => GoVersion::parse(s),
+                _ => None,
+            };
+            match parsed {
+                Some(version) => Some(Sourced {
+                    value: version,
+                    source: self.src(v),
+                }),
+                None => {
+                    let hint = if matches!(v.value, Scalar::Float(_) | Scalar::Int(_)) {
+                        "quote it: YAML reads 1.20 as the number 1.2; write min_version: \"1.22\""
+                    } else {
+                        "a Go release as \"1.N\" or \"1.N.P\", e.g. \"1.22\""
+                    };
+                    let e = self
+                        .error(
+                            v,
+                            format!("go_build.min_version {} is not a Go release", v.value),
+                        )
+                        .with_hint(hint);
+                    self.push(e);
+                    None
+                }
+            }
+        });
+        Sourced {
+            value: GoBuild {
+                pie,
+                stripped,
+                trimpath,
+                cgo,
+                min_version,
+            },
+            source: self.src(g),
         }
     }
 

@@ -13,6 +13,7 @@ pub mod observe;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::gobuild::maxprocs;
 use crate::item::{Conflict, Item, ItemKey, PostureField, ServiceSetting, State, unit_file_item};
 use crate::limits::LimitValue;
 use crate::policy::{GoMaxProcs, LimitPair, Policy, ServiceRule};
@@ -97,13 +98,19 @@ fn limit_directive(name: &str, pair: LimitPair) -> String {
     )
 }
 
-/// GOMAXPROCS for a service: `auto` follows its slice's cpu.max.
+/// GOMAXPROCS for a service: `auto` follows the tightest cpu.max the
+/// policy sets on its slice's path — the slice and every slice it nests in
+/// (`a-b` is inside `a`) — since the kernel enforces all of them and the Go
+/// runtime reads at most its own cgroup's (`gobuild::maxprocs`).
 pub fn gomaxprocs(policy: &Policy, rule: &ServiceRule, cpus: u32, setting: GoMaxProcs) -> u32 {
-    let quota = rule
-        .slice
-        .as_ref()
-        .and_then(|s| policy.cgroup.slices.get(&s.value))
-        .and_then(|slice| slice.cpu_max.as_ref().map(|c| c.value));
+    let quota = rule.slice.as_ref().and_then(|s| {
+        maxprocs::tightest(
+            maxprocs::slice_path(&s.value)
+                .iter()
+                .filter_map(|name| policy.cgroup.slices.get(name))
+                .filter_map(|slice| slice.cpu_max.as_ref().map(|c| c.value)),
+        )
+    });
     let auto = gomaxprocs_for(quota, cpus);
     match setting {
         GoMaxProcs::Auto => auto,

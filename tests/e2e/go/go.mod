@@ -1,0 +1,3 @@
+module holdfast.test/goservice
+
+go 1.22
