@@ -53,6 +53,15 @@ impl PolicyKeeper {
                 return Reload::Rejected;
             }
         };
+        if let Some(why) = self.emptied(&new) {
+            tracing::error!("policy push rejected: {why}");
+            self.state.rejected = Some(Rejection {
+                at,
+                errors: Vec::new(),
+                message: Some(why),
+            });
+            return Reload::Rejected;
+        }
         if self.state.rejected.take().is_some() {
             tracing::info!("policy push accepted; the rejection is cleared");
         }
@@ -74,6 +83,19 @@ impl PolicyKeeper {
         self.state.loaded_at = Some(at);
         self.state.last_change = Some(change.clone());
         Reload::Loaded(change)
+    }
+
+    /// A policy directory that held files and is now empty (or gone) reads
+    /// as the bundled baseline, which is audit-only: loading it would quietly
+    /// stop enforcement. Config management that deletes and then copies
+    /// passes through that state, so it is a rejected push — the last good
+    /// policy stays — until files arrive.
+    fn emptied(&self, new: &Policy) -> Option<String> {
+        let bundled = |p: &Policy| p.files.iter().all(|f| f == sources::BUNDLED_NAME);
+        let had_files = self.state.in_force.as_deref().is_some_and(|p| !bundled(p));
+        (had_files && bundled(new)).then(|| {
+            "the policy directory has no policy files any more (deleted, or a push in progress); the previous policy stays in force until files arrive (to stop enforcing, push a policy with `mode: audit`)".to_string()
+        })
     }
 
     /// Logs a rejected push and says what stays in force.
@@ -107,5 +129,50 @@ impl PolicyKeeper {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_emptied_policy_directory_is_a_rejected_push_not_the_baseline() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostRoot::new(dir.path());
+        let policy_dir = dir.path().join("etc/holdfast/policy.d");
+        std::fs::create_dir_all(&policy_dir).unwrap();
+        let file = policy_dir.join("10-site.yaml");
+        std::fs::write(
+            &file,
+            "version: 1\nmode: enforce\nsysctl:\n  net.core.somaxconn: 4096\n",
+        )
+        .unwrap();
+        let mut keeper = PolicyKeeper::default();
+        assert!(matches!(keeper.reload(&host, &[]), Reload::Loaded(_)));
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(keeper.reload(&host, &[]), Reload::Rejected);
+        let kept = keeper.in_force().unwrap();
+        assert_eq!(kept.files, [file.display().to_string()]);
+        let why = keeper.state().rejected.as_ref().unwrap().message.clone();
+        assert!(why.unwrap().contains("no policy files"));
+        // Files arriving again end the rejection.
+        std::fs::write(
+            &file,
+            "version: 1\nmode: enforce\nsysctl:\n  net.core.somaxconn: 8192\n",
+        )
+        .unwrap();
+        assert!(matches!(keeper.reload(&host, &[]), Reload::Loaded(_)));
+        assert!(keeper.state().rejected.is_none());
+    }
+
+    #[test]
+    fn a_host_that_never_had_files_runs_the_baseline() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostRoot::new(dir.path());
+        let mut keeper = PolicyKeeper::default();
+        assert!(matches!(keeper.reload(&host, &[]), Reload::Loaded(_)));
+        assert_eq!(keeper.in_force().unwrap().files, [sources::BUNDLED_NAME]);
+        assert_eq!(keeper.reload(&host, &[]), Reload::Unchanged);
     }
 }
