@@ -586,12 +586,45 @@ fn explain_cgroup_error(e: &IoError) -> String {
 fn explain_write_error(e: &IoError) -> String {
     let why = match e.errno() {
         Some(22) => "the kernel rejected the value (EINVAL)",
-        Some(1) | Some(13) => {
-            "permission denied: writing sysctls needs root (net.* needs CAP_NET_ADMIN, some kernel.* keys CAP_SYS_ADMIN)"
+        // EACCES is the file's mode: a read-only key, or not root.
+        Some(13) if nix::unistd::geteuid().is_root() => {
+            "permission denied by the file's mode (EACCES): this key is read-only here"
+        }
+        Some(13) => "permission denied (EACCES): writing sysctls needs root",
+        // EPERM is a capability check in the kernel's handler.
+        Some(1) => {
+            "operation not permitted (EPERM): a capability is missing (net.* needs CAP_NET_ADMIN over its network namespace, kernel.dmesg_restrict and kptr_restrict CAP_SYS_ADMIN, vm.mmap_min_addr CAP_SYS_RAWIO), or a container forbids it"
         }
         Some(2) => "the key disappeared",
         Some(30) => "/proc/sys is read-only here (a container?)",
         _ => "write failed",
     };
     format!("{why}: {e}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_error_names_its_real_cause() {
+        let path = std::path::Path::new("/proc/sys/net/core/somaxconn");
+        let why = |errno| {
+            explain_write_error(&IoError::new(
+                "open",
+                path,
+                std::io::Error::from_raw_os_error(errno),
+            ))
+        };
+        // EPERM is a missing capability; EACCES the file's mode (as root)
+        // or not being root.
+        assert!(why(1).contains("capability"), "{}", why(1));
+        assert!(!why(13).contains("capability"), "{}", why(13));
+        if nix::unistd::geteuid().is_root() {
+            assert!(why(13).contains("read-only"), "{}", why(13));
+        } else {
+            assert!(why(13).contains("needs root"), "{}", why(13));
+        }
+        assert!(why(22).contains("EINVAL"));
+    }
 }

@@ -162,7 +162,8 @@ async fn status(
 }
 
 /// 200 while the loop runs and has passed within `stale_after`; 503
-/// otherwise (starting, stuck, or stopped).
+/// otherwise (starting, stuck, or stopped), and when not one of the paths
+/// the daemon wants is watched (every change would wait for the rescan).
 async fn healthz(State(st): State<ApiState>) -> Response {
     if !st.alive.load(Ordering::SeqCst) {
         return text(
@@ -187,6 +188,11 @@ async fn healthz(State(st): State<ApiState>) -> Response {
                         st.stale_after.as_secs()
                     ),
                 )
+            } else if let Some(why) = blind(&snap.watches) {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("unhealthy: {why}\n"),
+                )
             } else {
                 text(
                     StatusCode::OK,
@@ -195,6 +201,18 @@ async fn healthz(State(st): State<ApiState>) -> Response {
             }
         }
     }
+}
+
+/// Why the daemon sees no change at all, when it wanted to watch paths and
+/// could watch none of them.
+fn blind(w: &crate::daemon::state::WatchStatus) -> Option<String> {
+    (w.watched == 0 && !w.errors.is_empty()).then(|| {
+        format!(
+            "none of the paths the daemon wants is watched ({} error(s); first: {})",
+            w.errors.len(),
+            w.errors[0]
+        )
+    })
 }
 
 async fn metrics_handler(State(st): State<ApiState>, headers: HeaderMap) -> Response {
@@ -620,6 +638,24 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_daemon_that_watches_nothing_it_wants_is_not_healthy() {
+        use crate::daemon::state::WatchStatus;
+        let none = WatchStatus {
+            watched: 0,
+            missing: 0,
+            errors: vec!["watch /proc/sys/net/core/somaxconn: Operation not permitted".into()],
+        };
+        let why = blind(&none).unwrap();
+        assert!(why.contains("Operation not permitted"), "{why}");
+        let some = WatchStatus {
+            watched: 3,
+            ..none.clone()
+        };
+        assert_eq!(blind(&some), None);
+        assert_eq!(blind(&WatchStatus::default()), None);
+    }
     use crate::daemon::metrics::Metrics;
     use tokio::io::AsyncWriteExt;
 

@@ -274,14 +274,18 @@ fn refuse(item: &mut Item, why: String) {
 
 /// The value an enforced key will have once the pass is done, if it should
 /// be persisted: what the kernel has when compliant (or was just corrected
-/// to), the planned write when one is pending, the policy's value when the
-/// key is absent (boot may load the module). Refused and failed keys are not
-/// persisted: boot must not do what holdfast refused to do.
+/// to), the planned write when one is pending (held back by the daemon's
+/// backoff too), the policy's value when the key is absent (boot may load
+/// the module) or when this pass's write failed — the same value a held
+/// retry of it persists, so a failing key does not make the daemon's key
+/// and full passes rewrite the file back and forth. Refused keys are not
+/// persisted: boot must not do what a safety check refused.
 fn persist_value(rule: &SysctlRule, item: &Item) -> Option<SysctlValue> {
     match (&item.action, item.state) {
         (Some(Action::WriteSysctl { value, .. }), _) => Some(value.clone()),
         (None, State::Compliant | State::Corrected) => Some(SysctlValue::from_kernel(&item.actual)),
         (None, State::Unsupported) if item.actual.is_empty() => Some(rule.expect.default_target()),
+        (None, State::Failed) => Some(rule.expect.default_target()),
         _ => None,
     }
 }
