@@ -191,14 +191,27 @@ fn run(
     //    before the mode, keys that reset others first), read back only
     //    after every write of the pass, and written again when another
     //    write disturbed them (`sysctl::converge`).
-    if let Some(Observation::Sysctl(h)) = observations.iter_mut().find(|o| o.area() == Area::Sysctl)
-    {
-        let sysctl_items = planned.iter().flatten().filter(|i| !hold(i));
+    //    Then, at once, their merge and holdfast's sysctl.d file, planned
+    //    from the verified values so boot gets what the kernel accepted:
+    //    nothing later in the pass changes a sysctl, and boot should agree
+    //    with the kernel as soon as possible (not after a slow reload).
+    let mut done: Vec<Option<Vec<Item>>> = vec![None; observations.len()];
+    for (i, obs) in observations.iter_mut().enumerate() {
+        let Observation::Sysctl(h) = obs else {
+            continue;
+        };
+        let sysctl_items = planned[i].iter().filter(|i| !hold(i));
         settle_sysctls(ctx.host, policy, sysctl_items, h, &mut record);
+        let mut merged = if record.acted.contains(&Area::Sysctl) {
+            merge(&planned[i], sysctl_plan::plan(policy, h), &record, hold)
+        } else {
+            planned[i].clone()
+        };
+        persist(ctx.host, policy, h, &mut merged, hold);
+        done[i] = Some(merged);
     }
 
-    // 2. Files. holdfast's sysctl.d file is planned after the sysctls are
-    //    verified (step 6), so boot gets the values the kernel accepted.
+    // 2. Files (holdfast's sysctl.d file was written with its sysctls).
     let mut unit_files_changed = false;
     for item in planned.iter().flatten() {
         if hold(item) || item.kind() == Kind::SysctlPersist {
@@ -267,17 +280,17 @@ fn run(
 
     // 6. Observe again what was acted on, and merge.
     let mut items = Vec::new();
-    for (obs, before) in observations.iter_mut().zip(planned) {
-        let area = obs.area();
-        let mut merged = if record.acted.contains(&area) {
+    for ((obs, before), finished) in observations.iter_mut().zip(planned).zip(done) {
+        if let Some(merged) = finished {
+            items.extend(merged);
+            continue;
+        }
+        let merged = if record.acted.contains(&obs.area()) {
             warnings.extend(obs.refresh(ctx, policy));
             merge(&before, obs.plan(policy), &record, hold)
         } else {
             before
         };
-        if let Observation::Sysctl(h) = obs {
-            persist(ctx.host, policy, h, &mut merged, hold);
-        }
         items.extend(merged);
     }
     (items, observations, warnings)

@@ -61,11 +61,16 @@ cgroup:
     pkg-app: {memory.max: 200M, pids.max: 256}
 YAML
 check "the push is applied (somaxconn)" wait_until 20 sh -c '[ "$(cat /proc/sys/net/core/somaxconn)" = 8192 ]'
-check "the sysctl is persisted" grep -q 'net.core.somaxconn = 8192' /etc/sysctl.d/99-zz-holdfast.conf
+check "the sysctl is persisted" wait_until 20 grep -q 'net.core.somaxconn = 8192' /etc/sysctl.d/99-zz-holdfast.conf
 check "limits.d written" wait_until 10 test -f /etc/security/limits.d/90-holdfast.conf
 check "the slice has its limits" wait_until 20 sh -c '[ "$(cat /sys/fs/cgroup/pkg.slice/pkg-app.slice/memory.max 2>/dev/null)" = 209715200 ]'
 check "the service's drop-in" wait_until 10 grep -q 'LimitNOFILE=65536:65536' /etc/systemd/system/e2e-pkg.service.d/90-holdfast.conf
+# One writer per host: the running daemon holds the writer lock, so a
+# one-shot apply is refused (naming the daemon) until it stops.
+expect_exit "apply beside the running daemon is refused" "1" $hf apply --lock-wait 1s
+systemctl stop holdfast.service
 expect_exit "apply --restart-services moves the service" "0 2" $hf apply --restart-services
+systemctl start holdfast.service
 pid=$(systemctl show -P MainPID e2e-pkg.service)
 expect_eq "the service runs with LimitNOFILE 65536" 65536 "$(awk '/^Max open files/ {print $4}' /proc/"$pid"/limits)"
 
