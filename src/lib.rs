@@ -14,6 +14,7 @@ pub mod gobuild;
 pub mod harden;
 pub mod host;
 pub mod item;
+pub mod journal;
 pub mod limits;
 pub mod policy;
 pub mod posture;

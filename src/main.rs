@@ -16,6 +16,8 @@ use holdfast::daemon::{self, ServeOptions, client};
 use holdfast::engine::{self, ApplyOptions, Pass};
 use holdfast::host::HostRoot;
 use holdfast::item;
+use holdfast::journal::Journal;
+use holdfast::journal::store as journal_store;
 use holdfast::policy::{Policy, PolicyErrors};
 use holdfast::posture::Severity;
 use holdfast::report::{self, TextStyle};
@@ -447,12 +449,26 @@ fn pass(
         Err(LoadError::Invalid(errors)) => return Ok(report_invalid(&errors)),
         Err(e) => return Err(e).context("cannot load the policy"),
     };
-    let result = run(host, &policy);
+    let mut result = run(host, &policy);
     match cli.format {
-        Format::Json | Format::Sarif => println!(
-            "{}",
-            report::to_json(command, &cli.root.display().to_string(), &policy, &result)
-        ),
+        Format::Json | Format::Sarif => {
+            // Each item's original, read after the pass (an apply may have
+            // just recorded it). An unreadable journal is a warning here.
+            let originals = journal_store::load(host).unwrap_or_else(|e| {
+                result.warnings.push(format!("originals journal: {e}"));
+                Journal::default()
+            });
+            println!(
+                "{}",
+                report::to_json(
+                    command,
+                    &cli.root.display().to_string(),
+                    &policy,
+                    &result,
+                    &originals
+                )
+            )
+        }
         Format::Text => print!("{}", report::to_text(&policy, &result, style)),
     }
     Ok(if item::all_compliant(&result.items) {

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::Pass;
 use crate::item::{self, Conflict, Item, State};
+use crate::journal::{Entry, Journal, Original};
 use crate::policy::{Policy, PolicyError, Source};
 
 /// The JSON report schema version; bump on incompatible changes.
@@ -59,6 +60,61 @@ pub struct ItemJson {
     pub action: Option<String>,
     pub detail: Vec<String>,
     pub conflicts: Vec<ConflictJson>,
+    /// What the host had before holdfast first changed this item (the
+    /// originals journal); absent when holdfast has not changed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub original: Option<OriginalJson>,
+}
+
+/// An item's original, from the journal. A file is shown by size, mode and
+/// hash, not by content (the journal has the content).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OriginalJson {
+    /// What was changed: the sysctl, the file, the unit property.
+    pub target: String,
+    /// `value`, `file`, `absent` or `unreadable`.
+    pub state: String,
+    /// The value (`value`), or why it could not be read (`unreadable`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Permission bits in octal (`file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+impl From<&Entry> for OriginalJson {
+    fn from(e: &Entry) -> Self {
+        let mut out = OriginalJson {
+            target: e.target.to_string(),
+            state: String::new(),
+            value: None,
+            mode: None,
+            bytes: None,
+            sha256: None,
+        };
+        match &e.original {
+            Original::Absent => out.state = "absent".into(),
+            Original::Value(v) => {
+                out.state = "value".into();
+                out.value = Some(v.clone());
+            }
+            Original::File { content, mode } => {
+                out.state = "file".into();
+                out.mode = Some(format!("{mode:04o}"));
+                out.bytes = Some(content.len());
+                out.sha256 = Some(crate::policy::sha256_hex(content));
+            }
+            Original::Unreadable(why) => {
+                out.state = "unreadable".into();
+                out.value = Some(why.clone());
+            }
+        }
+        out
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -110,7 +166,7 @@ impl From<&PolicyError> for ErrorJson {
     }
 }
 
-pub fn item_json(i: &Item) -> ItemJson {
+pub fn item_json(i: &Item, originals: &Journal) -> ItemJson {
     ItemJson {
         kind: i.kind().as_str(),
         key: i.key.to_string(),
@@ -122,6 +178,7 @@ pub fn item_json(i: &Item) -> ItemJson {
         action: i.action.as_ref().map(|a| a.to_string()),
         detail: i.detail.clone(),
         conflicts: i.conflicts.iter().map(ConflictJson::from).collect(),
+        original: originals.original_of(&i.key).map(OriginalJson::from),
     }
 }
 
@@ -132,7 +189,15 @@ pub fn summary_json(items: &[Item]) -> serde_json::Map<String, serde_json::Value
         .collect()
 }
 
-pub fn to_json(command: &str, root: &str, policy: &Policy, pass: &Pass) -> String {
+/// The CLI's JSON report; `originals` is the journal, for each item's
+/// original.
+pub fn to_json(
+    command: &str,
+    root: &str,
+    policy: &Policy,
+    pass: &Pass,
+    originals: &Journal,
+) -> String {
     let report = ReportJson {
         schema_version: SCHEMA_VERSION,
         command,
@@ -143,7 +208,7 @@ pub fn to_json(command: &str, root: &str, policy: &Policy, pass: &Pass) -> Strin
             files: policy.files.clone(),
             mode: policy.default_mode().as_str(),
         },
-        items: pass.items.iter().map(item_json).collect(),
+        items: pass.items.iter().map(|i| item_json(i, originals)).collect(),
         warnings: &pass.warnings,
         duration_ms: pass.duration.as_secs_f64() * 1000.0,
     };

@@ -46,6 +46,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "services",
             "gobuild::plan",
             "gobuild::findings",
+            "journal",
         ],
     ),
     (
@@ -58,6 +59,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "gobuild::observe",
             "systemd::systemctl",
             "sources",
+            "journal::store",
         ],
     ),
     ("area", &["area"]),

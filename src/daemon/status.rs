@@ -113,10 +113,14 @@ pub struct StatusItemJson {
     pub pending_action: Option<String>,
     pub detail: Vec<String>,
     pub conflicts: Vec<ConflictJson>,
+    /// What the host had before holdfast first changed this item (the
+    /// originals journal); absent when holdfast has not changed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original: Option<OriginalJson>,
 }
 
-/// The same source and conflict shapes as the CLI's JSON report.
-pub use crate::report::{ConflictJson, ErrorJson as PolicyErrorJson, SourceJson};
+/// The same source, conflict and original shapes as the CLI's JSON report.
+pub use crate::report::{ConflictJson, ErrorJson as PolicyErrorJson, OriginalJson, SourceJson};
 use crate::report::{cell, table};
 
 /// Which items a status request wants.
@@ -309,6 +313,7 @@ pub fn to_json(snap: &Snapshot, filter: &Filter) -> StatusJson {
                     pending_action: i.action.as_ref().map(|a| a.to_string()),
                     detail: i.detail.clone(),
                     conflicts: i.conflicts.iter().map(ConflictJson::from).collect(),
+                    original: snap.originals.original_of(&i.key).map(OriginalJson::from),
                 }
             })
             .collect(),
