@@ -19,6 +19,7 @@ pub mod limits;
 pub mod policy;
 pub mod posture;
 pub mod report;
+pub mod rollback;
 pub mod safety;
 pub mod services;
 pub mod sources;

@@ -63,7 +63,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     ("area", &["area"]),
-    ("engine", &["engine", "audit"]),
+    ("engine", &["engine", "audit", "rollback"]),
     ("report", &["report"]),
     ("daemon", &["daemon::", "harden"]),
     ("entry", &["daemon", "lib", "main"]),

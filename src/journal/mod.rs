@@ -289,6 +289,119 @@ pub fn target_of(key: &ItemKey, action: &Action, root: &Path) -> Option<Target> 
     })
 }
 
+/// How rollback puts one entry's original back. Pure: [`restore_of`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Restore {
+    /// Write the sysctl's original value back (canonical form).
+    WriteSysctl { key: SysctlKey, value: String },
+    /// Put the file back, content and mode.
+    WriteFile {
+        path: PathBuf,
+        content: String,
+        mode: u32,
+    },
+    /// The file was not there: remove holdfast's.
+    RemoveFile(PathBuf),
+    /// Set the unit's runtime properties back.
+    SetProperties {
+        unit: String,
+        assignments: Vec<String>,
+    },
+    /// Write a cgroupfs file's original value back.
+    WriteKernelFile { path: PathBuf, value: String },
+    /// Remove a cgroup holdfast created.
+    RemoveCgroup(PathBuf),
+    /// Disable a controller holdfast enabled.
+    DisableController {
+        subtree_control: PathBuf,
+        controller: String,
+    },
+    /// Nothing on the host to put back (holdfast could not have changed
+    /// it: a key the kernel lacked, a controller already enabled); the
+    /// entry just leaves the journal.
+    Nothing,
+    /// Rollback cannot put it back; the entry stays, and the text says
+    /// what to do by hand.
+    Manual(String),
+}
+
+impl fmt::Display for Restore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Restore::WriteSysctl { key, value } => write!(f, "write {key} = {value}"),
+            Restore::WriteFile { path, mode, .. } => {
+                write!(f, "restore /{} (mode {mode:04o})", path.display())
+            }
+            Restore::RemoveFile(p) => write!(f, "remove /{}", p.display()),
+            Restore::SetProperties { unit, assignments } => write!(
+                f,
+                "systemctl set-property --runtime {unit} {}",
+                assignments.join(" ")
+            ),
+            Restore::WriteKernelFile { path, value } => {
+                write!(f, "echo {value} > /{}", path.display())
+            }
+            Restore::RemoveCgroup(p) => write!(f, "rmdir /{}", p.display()),
+            Restore::DisableController {
+                subtree_control,
+                controller,
+            } => write!(f, "echo -{controller} > /{}", subtree_control.display()),
+            Restore::Nothing => f.write_str("nothing to put back"),
+            Restore::Manual(why) => write!(f, "by hand: {why}"),
+        }
+    }
+}
+
+/// How rollback restores an entry.
+pub fn restore_of(entry: &Entry) -> Restore {
+    match (&entry.target, &entry.original) {
+        (_, Original::Unreadable(why)) => Restore::Manual(format!(
+            "the original could not be read when holdfast changed it ({why})"
+        )),
+        (Target::Sysctl(key), Original::Value(v)) => Restore::WriteSysctl {
+            key: key.clone(),
+            value: v.clone(),
+        },
+        (Target::Sysctl(_), _) => Restore::Nothing,
+        (Target::File(p), Original::File { content, mode }) => Restore::WriteFile {
+            path: p.clone(),
+            content: content.clone(),
+            mode: *mode,
+        },
+        (Target::File(p), _) => Restore::RemoveFile(p.clone()),
+        (Target::UnitProperty { unit, knob }, Original::Value(v)) => match knob.parse_kernel(v) {
+            Some(k) => Restore::SetProperties {
+                unit: unit.clone(),
+                assignments: k.systemd_properties(),
+            },
+            None => Restore::Manual(format!("`{v}` is not a {} value", knob.file())),
+        },
+        (Target::UnitProperty { .. }, _) => Restore::Nothing,
+        (Target::UnitActive { unit }, Original::Absent) => Restore::Manual(format!(
+            "holdfast started {unit}; stop it (`systemctl stop {unit}`) once no service runs in it"
+        )),
+        (Target::UnitActive { .. }, _) => Restore::Nothing,
+        (Target::CgroupFile(p), Original::Value(v)) => Restore::WriteKernelFile {
+            path: p.clone(),
+            value: v.clone(),
+        },
+        (Target::CgroupFile(_), _) => Restore::Nothing,
+        (Target::CgroupDir(p), Original::Absent) => Restore::RemoveCgroup(p.clone()),
+        (Target::CgroupDir(_), _) => Restore::Nothing,
+        (
+            Target::Controller {
+                subtree_control,
+                controller,
+            },
+            Original::Absent,
+        ) => Restore::DisableController {
+            subtree_control: subtree_control.clone(),
+            controller: controller.clone(),
+        },
+        (Target::Controller { .. }, _) => Restore::Nothing,
+    }
+}
+
 /// What `holdfast rollback SELECTOR` picks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selector {

@@ -214,3 +214,90 @@ fn selectors_pick_by_kind_or_key() {
     );
     assert!(items(&["net.ipv6.nothing"]).is_empty());
 }
+
+#[test]
+fn each_original_has_its_way_back() {
+    let restore = |target: Target, original: Original| {
+        restore_of(&Entry {
+            target,
+            kind: Kind::Sysctl,
+            item: String::new(),
+            original,
+        })
+    };
+    let key = SysctlKey::parse("net.ipv4.ip_forward").unwrap();
+    assert_eq!(
+        restore(Target::Sysctl(key.clone()), Original::Value("1".into())),
+        Restore::WriteSysctl {
+            key: key.clone(),
+            value: "1".into()
+        }
+    );
+    // A key the kernel lacked was never written: nothing to put back.
+    assert_eq!(
+        restore(Target::Sysctl(key.clone()), Original::Absent),
+        Restore::Nothing
+    );
+    assert!(matches!(
+        restore(Target::Sysctl(key), Original::Unreadable("EACCES".into())),
+        Restore::Manual(_)
+    ));
+    let f = PathBuf::from("etc/systemd/system/a.service.d/90-holdfast.conf");
+    assert_eq!(
+        restore(Target::File(f.clone()), Original::Absent),
+        Restore::RemoveFile(f.clone())
+    );
+    assert_eq!(
+        restore(
+            Target::File(f.clone()),
+            Original::File {
+                content: "x\n".into(),
+                mode: 0o600
+            }
+        ),
+        Restore::WriteFile {
+            path: f,
+            content: "x\n".into(),
+            mode: 0o600
+        }
+    );
+    // A slice knob goes back through systemd, as the directives systemd
+    // takes for the kernel value read before.
+    assert_eq!(
+        restore(
+            Target::UnitProperty {
+                unit: "work.slice".into(),
+                knob: KnobKind::MemoryMax
+            },
+            Original::Value("max".into())
+        ),
+        Restore::SetProperties {
+            unit: "work.slice".into(),
+            assignments: vec!["MemoryMax=infinity".into()]
+        }
+    );
+    let sc = PathBuf::from("sys/fs/cgroup/cgroup.subtree_control");
+    assert_eq!(
+        restore(
+            Target::Controller {
+                subtree_control: sc.clone(),
+                controller: "cpu".into()
+            },
+            Original::Absent
+        ),
+        Restore::DisableController {
+            subtree_control: sc.clone(),
+            controller: "cpu".into()
+        }
+    );
+    assert_eq!(
+        restore(
+            Target::Controller {
+                subtree_control: sc,
+                controller: "cpu".into()
+            },
+            Original::Value("enabled".into())
+        ),
+        Restore::Nothing
+    );
+}
