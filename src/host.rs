@@ -574,7 +574,9 @@ impl HostRoot {
 
     /// Removes a file holdfast owns, if it is there; resolved like the
     /// directory of [`HostRoot::write_atomic`], and the name itself is
-    /// unlinked (a link there is removed, its target untouched).
+    /// unlinked (a link there is removed, its target untouched). Temp files
+    /// of this name left by a killed writer go with it (the caller holds the
+    /// writer lock, as for [`HostRoot::write_atomic`]).
     pub fn remove_file(&self, path: &Path) -> Result<(), IoError> {
         let rel = self.relative(path)?;
         let Some(name) = rel.file_name() else {
@@ -588,6 +590,13 @@ impl HostRoot {
         let Some(dir) = self.open_parent(&root, rel)? else {
             return Ok(());
         };
+        let prefix = {
+            let mut p = std::ffi::OsString::from(".");
+            p.push(name);
+            p.push(".");
+            p
+        };
+        remove_stale_temps(&dir, path.parent().unwrap_or(path), &prefix)?;
         match nix::unistd::unlinkat(&dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
             Ok(()) | Err(Errno::ENOENT) => Ok(()),
             Err(e) => Err(IoError::new("remove", path, errno_error(e))),
