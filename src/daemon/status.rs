@@ -541,6 +541,32 @@ mod tests {
     }
 
     #[test]
+    fn an_item_holdfast_changed_shows_its_original_and_round_trips() {
+        use crate::journal::{Entry, Journal, Original, Target};
+        let mut snap = snapshot();
+        let mut journal = Journal::default();
+        journal.record(Entry {
+            target: Target::Sysctl(crate::sysctl::SysctlKey::parse("net.core.somaxconn").unwrap()),
+            kind: Kind::Sysctl,
+            item: "net.core.somaxconn".into(),
+            original: Original::Value("128".into()),
+        });
+        snap.originals = Arc::new(journal);
+        let doc = to_json(&snap, &Filter::default());
+        let original = doc.items[0].original.as_ref().expect("an original");
+        assert_eq!(original.state, "value");
+        assert_eq!(original.value.as_deref(), Some("128"));
+        // An item holdfast has not changed has none, and the field is left
+        // out of the JSON, so existing consumers see what they saw.
+        assert!(doc.items[1].original.is_none());
+        let text = serde_json::to_string(&doc).unwrap();
+        assert_eq!(text.matches("\"original\"").count(), 1);
+        // `holdfast status` reads it back.
+        let back: StatusJson = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.items[0].original.as_ref(), Some(original));
+    }
+
+    #[test]
     fn json_has_summary_policy_error_and_filtered_items() {
         let snap = snapshot();
         let all = to_json(&snap, &Filter::default());
