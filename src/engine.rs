@@ -24,8 +24,11 @@ use std::time::Instant;
 use crate::area::{Area, Observation};
 use crate::host::{self, HostRoot, IoError};
 use crate::item::{Action, Item, ItemKey, Kind, State};
+use crate::journal as journal_model;
+use crate::journal::store::{self as journal, Change, Recorder};
 use crate::policy::{Mode, Policy};
 use crate::sysctl::plan::{self as sysctl_plan, SysctlHost};
+use crate::sysctl::{Observed, SysctlKey};
 use crate::sysctl::{converge as sysctl_converge, observe as sysctl_observe};
 
 pub use crate::area::Context;
@@ -186,6 +189,8 @@ fn run(
     let mut warnings = Vec::new();
     let planned: Vec<Vec<Item>> = observations.iter().map(|o| o.plan(policy)).collect();
     let mut record = Record::default();
+    // Every change's original goes to the journal before the change.
+    let mut originals = Recorder::new(ctx.host);
 
     // 1. Sysctls: written in an order that converges (the overcommit limit
     //    before the mode, keys that reset others first), read back only
@@ -201,27 +206,40 @@ fn run(
             continue;
         };
         let sysctl_items = planned[i].iter().filter(|i| !hold(i));
-        settle_sysctls(ctx.host, policy, sysctl_items, h, &mut record);
+        settle_sysctls(
+            ctx.host,
+            policy,
+            sysctl_items,
+            h,
+            &mut record,
+            &mut originals,
+        );
         let mut merged = if record.acted.contains(&Area::Sysctl) {
             merge(&planned[i], sysctl_plan::plan(policy, h), &record, hold)
         } else {
             planned[i].clone()
         };
-        persist(ctx.host, policy, h, &mut merged, hold);
+        persist(ctx.host, policy, h, &mut merged, hold, &mut originals);
         done[i] = Some(merged);
     }
 
     // 2. Files (holdfast's sysctl.d file was written with its sysctls).
     let mut unit_files_changed = false;
-    for item in planned.iter().flatten() {
-        if hold(item) || item.kind() == Kind::SysctlPersist {
-            continue;
-        }
-        let Some(action @ (Action::WriteFile { .. } | Action::RemoveFile { .. })) = &item.action
-        else {
-            continue;
+    let files: Vec<(&Item, &Action)> = planned
+        .iter()
+        .flatten()
+        .filter(|i| !hold(i) && i.kind() != Kind::SysctlPersist)
+        .filter_map(|i| match &i.action {
+            Some(a @ (Action::WriteFile { .. } | Action::RemoveFile { .. })) => Some((i, a)),
+            _ => None,
+        })
+        .collect();
+    let journaled = journal_before(&mut originals, &files, |_, _| None);
+    for ((item, action), journaled) in files.into_iter().zip(journaled) {
+        let outcome = match journaled {
+            Ok(()) => execute_file_action(ctx.host, action),
+            Err(why) => Outcome::Failed(why),
         };
-        let outcome = execute_file_action(ctx.host, action);
         record.acted.insert(Area::of(item.kind()));
         if item.kind() == Kind::UnitFile && matches!(outcome, Outcome::Done) {
             unit_files_changed = true;
@@ -243,14 +261,31 @@ fn run(
 
     // 4. Runtime actions: start slices, SetUnitProperties(runtime), or,
     //    without systemd, holdfast's own cgroups top-down.
-    for item in planned.iter().flatten() {
-        if hold(item) {
-            continue;
+    let runtime: Vec<(&Item, &Action)> = planned
+        .iter()
+        .flatten()
+        .filter(|i| !hold(i))
+        .filter_map(|i| i.action.as_ref().map(|a| (i, a)))
+        .filter(|(_, a)| is_runtime_action(a))
+        .collect();
+    let cgroup = observations.iter().find_map(|o| match o {
+        Observation::Cgroup(h) => Some(h),
+        _ => None,
+    });
+    let journaled = journal_before(&mut originals, &runtime, |key, action| {
+        match (key, action, cgroup) {
+            (ItemKey::SliceKnob { knob, .. }, Action::SetUnitProperties { unit, .. }, Some(h)) => {
+                Some(journal::slice_knob_original(h, unit, *knob))
+            }
+            _ => None,
         }
-        let Some(action) = &item.action else {
-            continue;
+    });
+    for ((item, action), journaled) in runtime.into_iter().zip(journaled) {
+        let result = match journaled {
+            Ok(()) => execute_runtime_action(ctx, action),
+            Err(why) => Some(Err(why)),
         };
-        if let Some(result) = execute_runtime_action(ctx, action) {
+        if let Some(result) = result {
             record.acted.insert(Area::of(item.kind()));
             let outcome = match result {
                 Ok(()) => Outcome::Done,
@@ -296,6 +331,28 @@ fn run(
     (items, observations, warnings)
 }
 
+/// The journal hook of a stage: records the originals of the stage's
+/// changes (those not journaled yet) in one durable write, before any of
+/// them is made. `known` supplies an original the pass already read.
+fn journal_before(
+    originals: &mut Recorder<'_>,
+    changes: &[(&Item, &Action)],
+    known: impl Fn(&ItemKey, &Action) -> Option<journal_model::Original>,
+) -> Vec<Result<(), String>> {
+    if changes.is_empty() {
+        return Vec::new();
+    }
+    let changes: Vec<Change<'_>> = changes
+        .iter()
+        .map(|(item, action)| Change {
+            key: &item.key,
+            action,
+            known: known(&item.key, action),
+        })
+        .collect();
+    originals.before(&changes)
+}
+
 /// Runs the pass's sysctl writes through [`sysctl_converge::settle`]: the
 /// planned writes, plus every enforced key that is compliant (read again
 /// when a write may have disturbed it). What it reads is recorded in the
@@ -306,6 +363,7 @@ fn settle_sysctls<'a>(
     items: impl Iterator<Item = &'a Item>,
     observed: &mut SysctlHost,
     record: &mut Record,
+    originals: &mut Recorder<'_>,
 ) {
     let mut targets = Vec::new();
     for item in items {
@@ -330,10 +388,57 @@ fn settle_sysctls<'a>(
         return;
     }
     record.acted.insert(Area::Sysctl);
+    // What each key was before the pass: its original, journaled right
+    // before its first write (a key another write disturbed is rewritten
+    // with no write planned, so its original is taken from here too).
+    let before: HashMap<SysctlKey, Observed> = targets
+        .iter()
+        .filter_map(|t| Some((t.key.clone(), observed.values.get(&t.key)?.clone())))
+        .collect();
+    // The planned writes' originals in one journal replace.
+    let planned: Vec<(ItemKey, Action)> = targets
+        .iter()
+        .filter_map(|t| {
+            let value = t.write.clone()?;
+            let key = t.key.clone();
+            Some((
+                ItemKey::Sysctl(key.clone()),
+                Action::WriteSysctl { key, value },
+            ))
+        })
+        .collect();
+    let changes: Vec<Change<'_>> = planned
+        .iter()
+        .map(|(key, action)| Change {
+            key,
+            action,
+            known: key
+                .sysctl()
+                .and_then(|k| before.get(k))
+                .map(journal::sysctl_original),
+        })
+        .collect();
+    let mut refused: HashMap<SysctlKey, String> = HashMap::new();
+    for ((key, _), result) in planned.iter().zip(originals.before(&changes)) {
+        if let (Some(k), Err(why)) = (key.sysctl(), result) {
+            refused.insert(k.clone(), why);
+        }
+    }
     let mut seen = Vec::new();
     let outcomes = sysctl_converge::settle(
         &targets,
         &mut |key, value| {
+            if let Some(why) = refused.get(key) {
+                return Err(why.clone());
+            }
+            originals.before_one(Change {
+                key: &ItemKey::Sysctl(key.clone()),
+                action: &Action::WriteSysctl {
+                    key: key.clone(),
+                    value: value.clone(),
+                },
+                known: before.get(key).map(journal::sysctl_original),
+            })?;
             sysctl_observe::write_key(host, key, value).map_err(|e| explain_write_error(&e))
         },
         &mut |key| {
@@ -487,6 +592,7 @@ fn persist(
     obs: &mut SysctlHost,
     items: &mut Vec<Item>,
     hold: Hold<'_>,
+    originals: &mut Recorder<'_>,
 ) {
     items.retain(|i| i.kind() != Kind::SysctlPersist);
     let Some(mut item) = sysctl_plan::persist_item(policy, items, obs) else {
@@ -495,7 +601,16 @@ fn persist(
     if !hold(&item)
         && let Some(action) = item.action.take()
     {
-        match execute_file_action(host, &action) {
+        let journaled = originals.before_one(Change {
+            key: &item.key,
+            action: &action,
+            known: None,
+        });
+        let outcome = match journaled {
+            Ok(()) => execute_file_action(host, &action),
+            Err(why) => Outcome::Failed(why),
+        };
+        match outcome {
             Outcome::Done => {
                 item.state = State::Corrected;
                 item.actual = item.desired.clone();
@@ -537,6 +652,14 @@ fn execute_file_action(host: &HostRoot, action: &Action) -> Outcome {
         },
         _ => Outcome::Failed(format!("not a file action: {action}")),
     }
+}
+
+/// Whether stage 4 carries this action out (systemd or cgroupfs).
+fn is_runtime_action(action: &Action) -> bool {
+    !matches!(
+        action,
+        Action::WriteSysctl { .. } | Action::WriteFile { .. } | Action::RemoveFile { .. }
+    )
 }
 
 /// Carries out one runtime action (systemd or cgroupfs); `None` when the

@@ -55,6 +55,10 @@ pub const SYSCTL_PERSIST_FILE: &str = "etc/sysctl.d/99-zz-holdfast.conf";
 /// it (e.g. a site's `99-` overrides), which holdfast reports as shadowing.
 pub const LIMITS_MANAGED_FILE: &str = "etc/security/limits.d/90-holdfast.conf";
 
+/// The originals journal (what each setting was before holdfast first
+/// changed it), relative to the root: systemd's `StateDirectory=holdfast`.
+pub const JOURNAL_FILE: &str = "var/lib/holdfast/originals.json";
+
 /// The daemon's own process, for its `process_*` metrics. The one absolute
 /// `/proc` path: it describes holdfast itself, not the host it manages, so
 /// it is never taken under the host root.
@@ -116,6 +120,10 @@ impl HostRoot {
 
     pub fn limits_managed_file(&self) -> PathBuf {
         self.path(LIMITS_MANAGED_FILE)
+    }
+
+    pub fn journal_file(&self) -> PathBuf {
+        self.path(JOURNAL_FILE)
     }
 
     pub fn policy_dir(&self) -> PathBuf {
@@ -528,9 +536,47 @@ impl HostRoot {
         }
     }
 
+    /// Removes an empty cgroup directory holdfast created, if it is there;
+    /// resolved like [`HostRoot::write_kernel_file`] (no symbolic link
+    /// anywhere). The kernel refuses (EBUSY) while processes or child
+    /// cgroups are in it.
+    pub fn remove_kernel_dir(&self, path: &Path) -> Result<(), IoError> {
+        let rel = self.relative(path)?;
+        let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+            return Err(IoError::new(
+                "remove directory",
+                path,
+                io::Error::other("path has no name"),
+            ));
+        };
+        let root = self.open_root()?;
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        let dir = match openat2_in(
+            &root,
+            parent,
+            OFlag::O_PATH | OFlag::O_DIRECTORY,
+            0,
+            resolve_strict(),
+        ) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => return Ok(()),
+            Err(e) => return Err(IoError::new("open directory", path, errno_error(e))),
+        };
+        match nix::unistd::unlinkat(&dir, name, nix::unistd::UnlinkatFlags::RemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => Ok(()),
+            Err(e) => Err(IoError::new("remove directory", path, errno_error(e))),
+        }
+    }
+
     /// Removes a file holdfast owns, if it is there; resolved like the
     /// directory of [`HostRoot::write_atomic`], and the name itself is
-    /// unlinked (a link there is removed, its target untouched).
+    /// unlinked (a link there is removed, its target untouched). Temp files
+    /// of this name left by a killed writer go with it (the caller holds the
+    /// writer lock, as for [`HostRoot::write_atomic`]).
     pub fn remove_file(&self, path: &Path) -> Result<(), IoError> {
         let rel = self.relative(path)?;
         let Some(name) = rel.file_name() else {
@@ -544,6 +590,13 @@ impl HostRoot {
         let Some(dir) = self.open_parent(&root, rel)? else {
             return Ok(());
         };
+        let prefix = {
+            let mut p = std::ffi::OsString::from(".");
+            p.push(name);
+            p.push(".");
+            p
+        };
+        remove_stale_temps(&dir, path.parent().unwrap_or(path), &prefix)?;
         match nix::unistd::unlinkat(&dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
             Ok(()) | Err(Errno::ENOENT) => Ok(()),
             Err(e) => Err(IoError::new("remove", path, errno_error(e))),

@@ -16,9 +16,13 @@ use holdfast::daemon::{self, ServeOptions, client};
 use holdfast::engine::{self, ApplyOptions, Pass};
 use holdfast::host::HostRoot;
 use holdfast::item;
+use holdfast::journal::store as journal_store;
+use holdfast::journal::{Journal, Selector};
+use holdfast::policy::DEFAULT_OVERCOMMIT_HEADROOM_PERCENT;
 use holdfast::policy::{Policy, PolicyErrors};
 use holdfast::posture::Severity;
 use holdfast::report::{self, TextStyle};
+use holdfast::rollback::RollbackOptions;
 use holdfast::sources::{self, LoadError};
 
 /// Exit codes, as terraform's `-detailed-exitcode`: config management can act
@@ -79,6 +83,35 @@ enum Command {
         restart_services: bool,
         /// How long to wait for another holdfast writing to this host (a
         /// running daemon, another apply) before giving up with exit 1 (at most 1h).
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = lock_wait_arg)]
+        lock_wait: Duration,
+    },
+    /// Put back what the originals journal says the host had before holdfast
+    /// first changed it: runtime sysctls, holdfast's files (restored, or
+    /// removed when there was none), then one daemon-reload, runtime unit
+    /// properties and holdfast's own cgroups. Services that still run with
+    /// holdfast's drop-in settings are reported restart-required. Restored
+    /// entries leave the journal. Exits 0 when everything selected is back,
+    /// 2 when something is left (or, with --dry-run, when there is
+    /// something to roll back), 1 on error.
+    #[command(
+        after_help = "Stop the daemon first: `holdfast serve` holds the writer lock for its whole life and would enforce the policy again. Switch the policy to audit mode (so a restarted daemon only reports), stop the daemon, run rollback, start the daemon again."
+    )]
+    Rollback {
+        /// What to roll back: item kinds (sysctl, limits-file, unit-file,
+        /// cgroup, ...) or keys (net.ipv4.ip_forward,
+        /// /etc/sysctl.d/99-zz-holdfast.conf). Default: everything.
+        #[arg(value_name = "SELECTOR")]
+        selectors: Vec<String>,
+        /// Show what would be restored; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also restart services whose drop-in was restored or removed and
+        /// that still run (never done without this flag).
+        #[arg(long)]
+        restart_services: bool,
+        /// How long to wait for another holdfast writing to this host before
+        /// giving up with exit 1 (at most 1h).
         #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = lock_wait_arg)]
         lock_wait: Duration,
     },
@@ -276,6 +309,22 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
             let _lock = host.lock_writers("apply", *lock_wait)?;
             pass(cli, &host, "apply", TextStyle::Apply, &run)
         }
+        Command::Rollback {
+            selectors,
+            dry_run,
+            restart_services,
+            lock_wait,
+        } => rollback(
+            cli,
+            &host,
+            RollbackOptions {
+                dry_run: *dry_run,
+                restart_services: *restart_services,
+                selectors: selectors.iter().map(|s| Selector::parse(s)).collect(),
+                overcommit_headroom_percent: DEFAULT_OVERCOMMIT_HEADROOM_PERCENT,
+            },
+            *lock_wait,
+        ),
         Command::Serve(args) => serve(cli, host, args),
         Command::Status { connect, state } => status(&host, connect.as_deref(), state, cli.format),
     }
@@ -447,15 +496,70 @@ fn pass(
         Err(LoadError::Invalid(errors)) => return Ok(report_invalid(&errors)),
         Err(e) => return Err(e).context("cannot load the policy"),
     };
-    let result = run(host, &policy);
+    let mut result = run(host, &policy);
     match cli.format {
-        Format::Json | Format::Sarif => println!(
-            "{}",
-            report::to_json(command, &cli.root.display().to_string(), &policy, &result)
-        ),
+        Format::Json | Format::Sarif => {
+            // Each item's original, read after the pass (an apply may have
+            // just recorded it). An unreadable journal is a warning here.
+            let originals = journal_store::load(host).unwrap_or_else(|e| {
+                result.warnings.push(format!("originals journal: {e}"));
+                Journal::default()
+            });
+            println!(
+                "{}",
+                report::to_json(
+                    command,
+                    &cli.root.display().to_string(),
+                    &policy,
+                    &result,
+                    &originals
+                )
+            )
+        }
         Format::Text => print!("{}", report::to_text(&policy, &result, style)),
     }
     Ok(if item::all_compliant(&result.items) {
+        EXIT_COMPLIANT
+    } else {
+        EXIT_DRIFT
+    })
+}
+
+fn rollback(
+    cli: &Cli,
+    host: &HostRoot,
+    mut options: RollbackOptions,
+    lock_wait: Duration,
+) -> anyhow::Result<u8> {
+    if !cli.root.is_dir() {
+        anyhow::bail!("--root {}: not a directory", cli.root.display());
+    }
+    // The policy's overcommit headroom, when the policy loads; rollback
+    // itself needs no policy.
+    if let Ok(policy) = sources::load(host, &cli.policy) {
+        options.overcommit_headroom_percent = policy.safety.overcommit_headroom_percent();
+    }
+    // One writer per host. A dry run writes nothing and takes no lock.
+    let _lock = if options.dry_run {
+        None
+    } else {
+        Some(host.lock_writers("rollback", lock_wait).map_err(|e| {
+            anyhow::anyhow!(
+                "{e}\nrollback runs only while no other holdfast writes: a running `holdfast serve` \
+                 would enforce the policy again. Switch the policy to audit mode, stop the daemon \
+                 (systemctl stop holdfast), run `holdfast rollback`, then start the daemon again"
+            )
+        })?)
+    };
+    let report = holdfast::rollback::run(&engine::Context::for_host(host), &options)?;
+    match cli.format {
+        Format::Json | Format::Sarif => println!(
+            "{}",
+            report::rollback_json(&cli.root.display().to_string(), &report)
+        ),
+        Format::Text => print!("{}", report::rollback_text(&report)),
+    }
+    Ok(if report.complete() {
         EXIT_COMPLIANT
     } else {
         EXIT_DRIFT

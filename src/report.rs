@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::Pass;
 use crate::item::{self, Conflict, Item, State};
+use crate::journal::{Entry, Journal, Original};
 use crate::policy::{Policy, PolicyError, Source};
+use crate::rollback::{Report as RollbackReport, Step, UnitStep};
 
 /// The JSON report schema version; bump on incompatible changes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -59,6 +61,61 @@ pub struct ItemJson {
     pub action: Option<String>,
     pub detail: Vec<String>,
     pub conflicts: Vec<ConflictJson>,
+    /// What the host had before holdfast first changed this item (the
+    /// originals journal); absent when holdfast has not changed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub original: Option<OriginalJson>,
+}
+
+/// An item's original, from the journal. A file is shown by size, mode and
+/// hash, not by content (the journal has the content).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OriginalJson {
+    /// What was changed: the sysctl, the file, the unit property.
+    pub target: String,
+    /// `value`, `file`, `absent` or `unreadable`.
+    pub state: String,
+    /// The value (`value`), or why it could not be read (`unreadable`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Permission bits in octal (`file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+impl From<&Entry> for OriginalJson {
+    fn from(e: &Entry) -> Self {
+        let mut out = OriginalJson {
+            target: e.target.to_string(),
+            state: String::new(),
+            value: None,
+            mode: None,
+            bytes: None,
+            sha256: None,
+        };
+        match &e.original {
+            Original::Absent => out.state = "absent".into(),
+            Original::Value(v) => {
+                out.state = "value".into();
+                out.value = Some(v.clone());
+            }
+            Original::File { content, mode } => {
+                out.state = "file".into();
+                out.mode = Some(format!("{mode:04o}"));
+                out.bytes = Some(content.len());
+                out.sha256 = Some(crate::policy::sha256_hex(content));
+            }
+            Original::Unreadable(why) => {
+                out.state = "unreadable".into();
+                out.value = Some(why.clone());
+            }
+        }
+        out
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -110,7 +167,7 @@ impl From<&PolicyError> for ErrorJson {
     }
 }
 
-pub fn item_json(i: &Item) -> ItemJson {
+pub fn item_json(i: &Item, originals: &Journal) -> ItemJson {
     ItemJson {
         kind: i.kind().as_str(),
         key: i.key.to_string(),
@@ -122,6 +179,7 @@ pub fn item_json(i: &Item) -> ItemJson {
         action: i.action.as_ref().map(|a| a.to_string()),
         detail: i.detail.clone(),
         conflicts: i.conflicts.iter().map(ConflictJson::from).collect(),
+        original: originals.original_of(&i.key).map(OriginalJson::from),
     }
 }
 
@@ -132,7 +190,15 @@ pub fn summary_json(items: &[Item]) -> serde_json::Map<String, serde_json::Value
         .collect()
 }
 
-pub fn to_json(command: &str, root: &str, policy: &Policy, pass: &Pass) -> String {
+/// The CLI's JSON report; `originals` is the journal, for each item's
+/// original.
+pub fn to_json(
+    command: &str,
+    root: &str,
+    policy: &Policy,
+    pass: &Pass,
+    originals: &Journal,
+) -> String {
     let report = ReportJson {
         schema_version: SCHEMA_VERSION,
         command,
@@ -143,7 +209,7 @@ pub fn to_json(command: &str, root: &str, policy: &Policy, pass: &Pass) -> Strin
             files: policy.files.clone(),
             mode: policy.default_mode().as_str(),
         },
-        items: pass.items.iter().map(item_json).collect(),
+        items: pass.items.iter().map(|i| item_json(i, originals)).collect(),
         warnings: &pass.warnings,
         duration_ms: pass.duration.as_secs_f64() * 1000.0,
     };
@@ -158,6 +224,131 @@ pub fn validation_json(files: Vec<String>, errors: &[PolicyError]) -> String {
         errors: errors.iter().map(ErrorJson::from).collect(),
     };
     serde_json::to_string_pretty(&report).unwrap_or_default()
+}
+
+#[derive(Serialize)]
+struct RollbackJson<'a> {
+    schema_version: u32,
+    command: &'static str,
+    root: &'a str,
+    dry_run: bool,
+    /// Every selected entry restored and every affected service restarted.
+    complete: bool,
+    items: Vec<RollbackItemJson>,
+    units: Vec<RollbackUnitJson>,
+    warnings: &'a [String],
+}
+
+#[derive(Serialize)]
+struct RollbackItemJson {
+    kind: &'static str,
+    key: String,
+    target: String,
+    original: OriginalJson,
+    action: String,
+    /// `restored`, `would-restore`, `failed`, `refused` or `left`.
+    result: &'static str,
+    detail: Option<String>,
+}
+
+#[derive(Serialize)]
+struct RollbackUnitJson {
+    unit: String,
+    /// `restart-required`, `restarted` or `failed`.
+    state: &'static str,
+    detail: Option<String>,
+}
+
+/// `holdfast rollback --format json`.
+pub fn rollback_json(root: &str, r: &RollbackReport) -> String {
+    let doc = RollbackJson {
+        schema_version: SCHEMA_VERSION,
+        command: "rollback",
+        root,
+        dry_run: r.dry_run,
+        complete: r.complete(),
+        items: r
+            .items
+            .iter()
+            .map(|i| RollbackItemJson {
+                kind: i.entry.kind.as_str(),
+                key: i.entry.item.clone(),
+                target: i.entry.target.to_string(),
+                original: OriginalJson::from(&i.entry),
+                action: i.restore.to_string(),
+                result: i.step.as_str(),
+                detail: i.step.detail().map(str::to_string),
+            })
+            .collect(),
+        units: r
+            .units
+            .iter()
+            .map(|(unit, step)| RollbackUnitJson {
+                unit: unit.clone(),
+                state: step.as_str(),
+                detail: match step {
+                    UnitStep::RestartRequired => Some(
+                        "its processes still run with holdfast's settings until it restarts (--restart-services)"
+                            .to_string(),
+                    ),
+                    UnitStep::Failed(why) => Some(why.clone()),
+                    UnitStep::Restarted => None,
+                },
+            })
+            .collect(),
+        warnings: &r.warnings,
+    };
+    serde_json::to_string_pretty(&doc).unwrap_or_default()
+}
+
+/// `holdfast rollback`'s table.
+pub fn rollback_text(r: &RollbackReport) -> String {
+    let header = ["TARGET", "KIND", "ORIGINAL", "RESULT"];
+    let rows: Vec<([String; 4], Vec<String>)> = r
+        .items
+        .iter()
+        .map(|i| {
+            let row = [
+                cell(&i.entry.target.to_string()),
+                i.entry.kind.as_str().to_string(),
+                cell(&i.entry.original.summary()),
+                i.step.as_str().to_string(),
+            ];
+            let mut notes = vec![format!("-> {}", i.restore)];
+            notes.extend(i.step.detail().map(str::to_string));
+            (row, notes)
+        })
+        .collect();
+    let mut out = if rows.is_empty() {
+        "the originals journal has nothing to roll back\n".to_string()
+    } else {
+        table(header, &rows)
+    };
+    for (unit, step) in &r.units {
+        out.push_str(&match step {
+            UnitStep::RestartRequired => format!(
+                "restart-required: {unit} still runs with holdfast's settings; restart it (or rerun with --restart-services)\n"
+            ),
+            UnitStep::Restarted => format!("restarted: {unit}\n"),
+            UnitStep::Failed(why) => format!("failed: {unit}: {why}\n"),
+        });
+    }
+    for w in &r.warnings {
+        out.push_str(&format!("warning: {w}\n"));
+    }
+    let done = r.items.iter().filter(|i| i.step == Step::Restored).count();
+    let left = r.items.len() - done;
+    out.push_str(&if r.dry_run {
+        format!(
+            "dry run: {} entries would be rolled back; nothing was written\n",
+            r.items.len()
+        )
+    } else if r.complete() {
+        format!("rolled back: {done} restored\n")
+    } else {
+        format!("rollback incomplete: {done} restored, {left} left in the journal\n")
+    });
+    out
 }
 
 /// How the text report presents actions.

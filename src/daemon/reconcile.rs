@@ -486,6 +486,7 @@ impl Reconciler {
     }
 
     fn publish(&mut self) {
+        let (originals, journal_warning) = crate::daemon::state::read_originals(&self.cfg.host);
         let snap = Snapshot {
             version: env!("CARGO_PKG_VERSION"),
             pid: std::process::id(),
@@ -493,10 +494,16 @@ impl Reconciler {
             policy: self.keeper.state().clone(),
             last_pass: self.last_pass.clone(),
             items: self.view.statuses().cloned().collect(),
-            warnings: self.warnings.clone(),
+            warnings: self
+                .warnings
+                .iter()
+                .cloned()
+                .chain(journal_warning)
+                .collect(),
             listeners: Arc::clone(&self.listeners),
             watches: self.watches.clone(),
             rescan_interval: self.cfg.rescan,
+            originals,
         };
         let line = snap.summary_line();
         self.publish.send_replace(Arc::new(snap));

@@ -6,7 +6,9 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::host::HostRoot;
 use crate::item::{self, Item, State};
+use crate::journal::{Journal, store as journal_store};
 use crate::policy::{Mode, Policy, PolicyError};
 
 pub use super::diff::PolicyChange;
@@ -26,6 +28,17 @@ pub struct Snapshot {
     pub listeners: Arc<Vec<ListenerStatus>>,
     pub watches: WatchStatus,
     pub rescan_interval: Duration,
+    /// The originals journal as of the last pass: each item's original.
+    pub originals: Arc<Journal>,
+}
+
+/// The originals journal for a snapshot, with a warning when it cannot be
+/// read (the items then show no original).
+pub fn read_originals(host: &HostRoot) -> (Arc<Journal>, Option<String>) {
+    match journal_store::load(host) {
+        Ok(j) => (Arc::new(j), None),
+        Err(e) => (Arc::default(), Some(format!("originals journal: {e}"))),
+    }
 }
 
 impl Snapshot {
@@ -42,6 +55,7 @@ impl Snapshot {
             listeners,
             watches: WatchStatus::default(),
             rescan_interval,
+            originals: Arc::default(),
         }
     }
 

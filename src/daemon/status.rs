@@ -113,10 +113,14 @@ pub struct StatusItemJson {
     pub pending_action: Option<String>,
     pub detail: Vec<String>,
     pub conflicts: Vec<ConflictJson>,
+    /// What the host had before holdfast first changed this item (the
+    /// originals journal); absent when holdfast has not changed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original: Option<OriginalJson>,
 }
 
-/// The same source and conflict shapes as the CLI's JSON report.
-pub use crate::report::{ConflictJson, ErrorJson as PolicyErrorJson, SourceJson};
+/// The same source, conflict and original shapes as the CLI's JSON report.
+pub use crate::report::{ConflictJson, ErrorJson as PolicyErrorJson, OriginalJson, SourceJson};
 use crate::report::{cell, table};
 
 /// Which items a status request wants.
@@ -309,6 +313,7 @@ pub fn to_json(snap: &Snapshot, filter: &Filter) -> StatusJson {
                     pending_action: i.action.as_ref().map(|a| a.to_string()),
                     detail: i.detail.clone(),
                     conflicts: i.conflicts.iter().map(ConflictJson::from).collect(),
+                    original: snap.originals.original_of(&i.key).map(OriginalJson::from),
                 }
             })
             .collect(),
@@ -533,6 +538,32 @@ mod tests {
             item("vm.swappiness", State::Drifted, "60"),
         ];
         snap
+    }
+
+    #[test]
+    fn an_item_holdfast_changed_shows_its_original_and_round_trips() {
+        use crate::journal::{Entry, Journal, Original, Target};
+        let mut snap = snapshot();
+        let mut journal = Journal::default();
+        journal.record(Entry {
+            target: Target::Sysctl(crate::sysctl::SysctlKey::parse("net.core.somaxconn").unwrap()),
+            kind: Kind::Sysctl,
+            item: "net.core.somaxconn".into(),
+            original: Original::Value("128".into()),
+        });
+        snap.originals = Arc::new(journal);
+        let doc = to_json(&snap, &Filter::default());
+        let original = doc.items[0].original.as_ref().expect("an original");
+        assert_eq!(original.state, "value");
+        assert_eq!(original.value.as_deref(), Some("128"));
+        // An item holdfast has not changed has none, and the field is left
+        // out of the JSON, so existing consumers see what they saw.
+        assert!(doc.items[1].original.is_none());
+        let text = serde_json::to_string(&doc).unwrap();
+        assert_eq!(text.matches("\"original\"").count(), 1);
+        // `holdfast status` reads it back.
+        let back: StatusJson = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.items[0].original.as_ref(), Some(original));
     }
 
     #[test]

@@ -1,0 +1,292 @@
+//! Crash-safety of the originals journal: `holdfast apply` killed with
+//! SIGKILL at random moments on a fake root with a few hundred sysctls and
+//! limits (and a file of holdfast's name that was there before), then the
+//! journal read and `holdfast rollback` run. After each trial:
+//! - every managed file is absent, the original, or one policy's complete
+//!   rendering (never torn);
+//! - the journal is absent (then the host is untouched) or readable, and
+//!   every entry holds the true original;
+//! - a rollback exits 0 and the fake root (files, modes and /proc/sys
+//!   values; temp files a killed writer left included) equals its state
+//!   before the first apply.
+//!
+//! Half the trials kill the first apply; the other half complete a first
+//! apply with one policy, then kill an apply of another (the journal must
+//! still hold the values from before the first). Prints the counts; any
+//! violation makes it exit 1.
+//!
+//! `cargo bench --bench journal_trials`; HOLDFAST_BENCH_TRIALS (default 200).
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use holdfast::host::HostRoot;
+use holdfast::journal::store as journal_store;
+use holdfast::journal::{Original, Target};
+
+const KEYS: usize = 300;
+const USERS: usize = 100;
+const LIMITS: &str = "etc/security/limits.d/90-holdfast.conf";
+const PERSIST: &str = "etc/sysctl.d/99-zz-holdfast.conf";
+const LIMITS_BEFORE: &str = "# left here by hand before holdfast\n@ops hard nofile 4096\n";
+
+fn policy(value: u32) -> String {
+    let mut p = String::from("version: 1\nmode: enforce\nsysctl:\n");
+    for k in 0..KEYS {
+        p.push_str(&format!("  fake.key{k}: {}\n", value + k as u32));
+    }
+    p.push_str("limits:\n");
+    for u in 0..USERS {
+        p.push_str(&format!(
+            "  - {{domain: user{u}, item: nofile, soft: {value}, hard: {}}}\n",
+            value * 2
+        ));
+    }
+    p
+}
+
+/// The original value of key `k` (each key its own, so a journal that
+/// mixed keys up would show).
+fn original(k: usize) -> String {
+    format!("{}", 7 * k + 3)
+}
+
+fn fake_root(dir: &Path) {
+    std::fs::create_dir_all(dir.join("proc/sys/fake")).expect("proc");
+    std::fs::create_dir_all(dir.join("etc/sysctl.d")).expect("etc");
+    std::fs::create_dir_all(dir.join("etc/security/limits.d")).expect("etc");
+    std::fs::write(
+        dir.join("proc/meminfo"),
+        "MemTotal: 16000000 kB\nSwapTotal: 0 kB\nHugetlb: 0 kB\nCommitLimit: 8000000 kB\nCommitted_AS: 1000000 kB\n",
+    )
+    .expect("meminfo");
+    std::fs::create_dir_all(dir.join("proc/sys/fs")).expect("fs");
+    std::fs::write(dir.join("proc/sys/fs/nr_open"), "1048576\n").expect("nr_open");
+    for k in 0..KEYS {
+        std::fs::write(
+            dir.join(format!("proc/sys/fake/key{k}")),
+            format!("{}\n", original(k)),
+        )
+        .expect("key");
+    }
+    let limits = dir.join(LIMITS);
+    std::fs::write(&limits, LIMITS_BEFORE).expect("limits");
+    std::fs::set_permissions(&limits, std::fs::Permissions::from_mode(0o640)).expect("mode");
+}
+
+/// Every file under the root with its mode and content, the lock aside.
+fn fingerprint(root: &Path) -> BTreeMap<String, String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+        for e in std::fs::read_dir(dir).expect("read dir") {
+            let p = e.expect("entry").path();
+            let rel = p
+                .strip_prefix(root)
+                .expect("under root")
+                .display()
+                .to_string();
+            if rel.starts_with("run/holdfast") {
+                continue;
+            }
+            let meta = std::fs::symlink_metadata(&p).expect("stat");
+            if meta.is_dir() {
+                walk(root, &p, out);
+            } else {
+                let content = std::fs::read(&p).expect("read");
+                out.insert(
+                    rel,
+                    format!(
+                        "{:o} {}",
+                        meta.permissions().mode() & 0o7777,
+                        String::from_utf8_lossy(&content)
+                    ),
+                );
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+fn holdfast(root: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_holdfast"));
+    c.arg("--root")
+        .arg(root)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    c
+}
+
+fn apply(root: &Path, policy: &Path) -> Command {
+    let mut c = holdfast(root, &["apply", "--lock-wait", "30s", "--policy"]);
+    c.arg(policy);
+    c
+}
+
+/// A small xorshift: reproducible random kill moments without a crate.
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Whether every journal entry holds the true original.
+fn true_originals(root: &Path) -> Result<usize, String> {
+    let journal = journal_store::load(&HostRoot::new(root)).map_err(|e| e.to_string())?;
+    for e in journal.entries() {
+        let ok = match (&e.target, &e.original) {
+            (Target::Sysctl(k), Original::Value(v)) => k
+                .as_str()
+                .strip_prefix("fake.key")
+                .and_then(|n| n.parse::<usize>().ok())
+                .is_some_and(|n| *v == original(n)),
+            (Target::File(p), Original::File { content, mode }) => {
+                p == Path::new(LIMITS) && content == LIMITS_BEFORE && *mode == 0o640
+            }
+            (Target::File(p), Original::Absent) => p == Path::new(PERSIST),
+            _ => false,
+        };
+        if !ok {
+            return Err(format!("{e:?}"));
+        }
+    }
+    Ok(journal.len())
+}
+
+/// Names the files that differ, for a violation's report.
+fn report_diff(
+    trial: usize,
+    what: &str,
+    before: &BTreeMap<String, String>,
+    after: &BTreeMap<String, String>,
+) {
+    let keys: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    for k in keys {
+        if before.get(k) != after.get(k) {
+            eprintln!(
+                "trial {trial}: {what}: {k}: {:?} -> {:?}",
+                before
+                    .get(k)
+                    .map(|s| s.chars().take(60).collect::<String>()),
+                after.get(k).map(|s| s.chars().take(60).collect::<String>())
+            );
+        }
+    }
+}
+
+fn main() {
+    let trials: usize = std::env::var("HOLDFAST_BENCH_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let policies: Vec<PathBuf> = [1000u32, 5000]
+        .iter()
+        .map(|v| {
+            let p = dir.path().join(format!("p{v}.yaml"));
+            std::fs::write(&p, policy(*v)).expect("policy");
+            p
+        })
+        .collect();
+    // Each policy's renderings, and the time of one apply (the window kills
+    // are spread over).
+    let mut one_run = Duration::ZERO;
+    let mut renderings: Vec<(String, String)> = Vec::new();
+    for (i, p) in policies.iter().enumerate() {
+        let root = dir.path().join(format!("ref{i}"));
+        fake_root(&root);
+        let t = Instant::now();
+        apply(&root, p).status().expect("apply");
+        one_run = one_run.max(t.elapsed());
+        let read = |f: &str| std::fs::read_to_string(root.join(f)).expect("rendering");
+        renderings.push((read(LIMITS), read(PERSIST)));
+    }
+    let whole = |root: &Path| {
+        let read = |f: &str| std::fs::read_to_string(root.join(f)).ok();
+        let limits_ok =
+            read(LIMITS).is_none_or(|t| t == LIMITS_BEFORE || renderings.iter().any(|r| r.0 == t));
+        let persist_ok = read(PERSIST).is_none_or(|t| renderings.iter().any(|r| r.1 == t));
+        limits_ok && persist_ok
+    };
+
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let (mut torn, mut unjournaled, mut bad_journal, mut rollback_failed, mut not_back) =
+        (0, 0, 0, 0, 0);
+    let (mut no_journal, mut entries_total) = (0, 0);
+    let mut rollback_time = Duration::ZERO;
+    let started = Instant::now();
+    for i in 0..trials {
+        let root = dir.path().join(format!("t{i}"));
+        fake_root(&root);
+        let before = fingerprint(&root);
+        let second = i % 2 == 1;
+        if second {
+            apply(&root, &policies[0]).status().expect("apply");
+        }
+        let mut child = apply(&root, &policies[usize::from(second)])
+            .spawn()
+            .expect("spawn");
+        let window = one_run.as_micros() as u64 * 12 / 10;
+        std::thread::sleep(Duration::from_micros(rng.below(window.max(1))));
+        let _ = child.kill();
+        let _ = child.wait();
+        if !whole(&root) {
+            torn += 1;
+        }
+        if !root.join(holdfast::host::JOURNAL_FILE).exists() {
+            no_journal += 1;
+            // No journal: no setting may have changed (a temp file of the
+            // journal's own, not renamed yet, is not a setting).
+            let mut now = fingerprint(&root);
+            now.retain(|k, _| !k.starts_with("var/lib/holdfast/"));
+            if now != before {
+                report_diff(i, "changed without a journal", &before, &now);
+                unjournaled += 1;
+            }
+        }
+        match true_originals(&root) {
+            Ok(n) => entries_total += n,
+            Err(e) => {
+                eprintln!("trial {i}: journal: {e}");
+                bad_journal += 1;
+            }
+        }
+        let t = Instant::now();
+        let ok = holdfast(&root, &["rollback", "--lock-wait", "30s"])
+            .status()
+            .expect("rollback")
+            .success();
+        rollback_time += t.elapsed();
+        if !ok {
+            rollback_failed += 1;
+        }
+        let after = fingerprint(&root);
+        if after != before {
+            report_diff(i, "not back after rollback", &before, &after);
+            not_back += 1;
+        }
+        std::fs::remove_dir_all(&root).ok();
+    }
+    println!(
+        "journal trials: {trials} SIGKILLs of apply ({KEYS} sysctls, {USERS} limits; kills spread over {} ms, one apply run) in {:.1}s; \
+         kills before the journal existed: {no_journal}; journal entries checked: {entries_total}; \
+         torn files: {torn}, changes without a journal: {unjournaled}, unreadable or wrong journals: {bad_journal}, \
+         failed rollbacks: {rollback_failed}, roots not back to their checksum: {not_back}; mean rollback {:.1} ms",
+        one_run.as_millis(),
+        started.elapsed().as_secs_f64(),
+        rollback_time.as_secs_f64() * 1000.0 / trials.max(1) as f64
+    );
+    let violations = torn + unjournaled + bad_journal + rollback_failed + not_back;
+    if violations > 0 {
+        eprintln!("{violations} violations");
+        std::process::exit(1);
+    }
+}
