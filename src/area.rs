@@ -29,7 +29,7 @@ use crate::services::{self, ServicesHost, observe as services_observe};
 use crate::sysctl::SysctlKey;
 use crate::sysctl::observe as sysctl_observe;
 use crate::sysctl::plan::{self as sysctl_plan, SysctlHost};
-use crate::systemd::systemctl::Systemctl;
+use crate::systemd::dbus::DbusSystemd;
 use crate::systemd::{self, SystemdClient};
 
 /// What a pass works with: the host root and, when holdfast can talk to the
@@ -40,7 +40,9 @@ pub struct Context<'a> {
     pub systemd: Option<&'a dyn SystemdClient>,
 }
 
-static SYSTEMCTL: Systemctl = Systemctl;
+/// The CLI's client for the running systemd: one connection for the
+/// process, made at its first request.
+static SYSTEMD: std::sync::OnceLock<DbusSystemd> = std::sync::OnceLock::new();
 
 impl<'a> Context<'a> {
     /// The production context: systemd's client when the root is `/` and
@@ -58,13 +60,14 @@ impl<'a> Context<'a> {
 /// systemd is its PID 1.
 pub fn production_client(host: &HostRoot) -> Option<&'static dyn SystemdClient> {
     let own_root = host.root() == std::path::Path::new("/");
-    (own_root && systemd::is_pid1(host)).then_some(&SYSTEMCTL as &dyn SystemdClient)
+    (own_root && systemd::is_pid1(host))
+        .then(|| SYSTEMD.get_or_init(|| DbusSystemd::new(host)) as &dyn SystemdClient)
 }
 
-/// [`production_client`] as a shareable handle, for the daemon's loop.
+/// [`production_client`] as a handle of its own, for the daemon's loop.
 pub fn production_client_arc(host: &HostRoot) -> Option<std::sync::Arc<dyn SystemdClient>> {
     production_client(host)
-        .map(|_| std::sync::Arc::new(Systemctl) as std::sync::Arc<dyn SystemdClient>)
+        .map(|_| std::sync::Arc::new(DbusSystemd::new(host)) as std::sync::Arc<dyn SystemdClient>)
 }
 
 /// A domain of settings.

@@ -50,7 +50,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "limits::observe",
             "cgroup::observe",
             "services::observe",
-            "systemd::systemctl",
+            "systemd::dbus",
             "sources",
         ],
     ),

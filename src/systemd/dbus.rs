@@ -1,0 +1,544 @@
+//! The production [`SystemdClient`]: systemd's D-Bus API, through zbus.
+//! Used only when the host root is `/` and systemd is PID 1. No process is
+//! spawned: each request is one method call.
+//!
+//! - As root, the connection is systemd's private socket
+//!   (`/run/systemd/private`, peer-to-peer, no bus daemon in the way; what
+//!   `systemctl` uses as root); otherwise, or when it cannot be reached, the
+//!   system bus.
+//! - A unit's properties are one `GetAll` per interface (`Unit`, and the
+//!   type's `Service` or `Slice`) on the unit's object path, which is
+//!   computed, not asked for.
+//! - `StartUnit`/`RestartUnit` return a job; completion is the `JobRemoved`
+//!   signal, listened for *before* the call (a job may end before the reply
+//!   is read) and waited for with a deadline.
+//! - Signals (`PropertiesChanged` on units, `Reloading`, `UnitFilesChanged`,
+//!   `JobRemoved`, `UnitNew`) reach [`SystemdClient::subscribe`]'s sink from
+//!   a thread with its own connection, which reconnects when systemd goes
+//!   away (a daemon-reexec, say) and then reports [`UnitEvent::Lost`].
+//!
+//! # Caveats
+//! - A broken connection is dropped and made again at the next request; the
+//!   request that saw it fails (its item fails, and is retried with backoff).
+
+use std::collections::HashMap;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use futures_lite::StreamExt;
+use zbus::blocking::{Connection, MessageIterator};
+use zbus::message::Type as MessageType;
+use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
+use zbus::{MatchRule, Message};
+
+use super::{
+    EventSink, PropValue, SystemdClient, SystemdError, UnitEvent, UnitInfo, UnitProperty,
+    default_limit_nofile, type_interface, unit_from_object_path, unit_object_path,
+};
+use crate::host::HostRoot;
+use crate::limits::LimitValue;
+
+const DESTINATION: &str = "org.freedesktop.systemd1";
+const MANAGER_PATH: &str = "/org/freedesktop/systemd1";
+const MANAGER: &str = "org.freedesktop.systemd1.Manager";
+const UNIT: &str = "org.freedesktop.systemd1.Unit";
+const PROPERTIES: &str = "org.freedesktop.DBus.Properties";
+
+/// How long one method call may take. Below the daemon's watchdog (30 s),
+/// so that a systemd that hangs fails a request instead of the daemon.
+const CALL_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a start or restart job may run before holdfast stops waiting.
+const JOB_DEADLINE: Duration = Duration::from_secs(20);
+/// How long a restarted service's new process may take to exec.
+const EXEC_DEADLINE: Duration = Duration::from_secs(10);
+/// Signals queued for the event thread before zbus makes the socket wait.
+const SIGNAL_QUEUE: usize = 1024;
+
+/// systemd over D-Bus. Connects on first use, and again after a broken
+/// connection.
+#[derive(Debug)]
+pub struct DbusSystemd {
+    private_socket: PathBuf,
+    conn: Mutex<Option<Connection>>,
+}
+
+impl DbusSystemd {
+    /// A client for the systemd of `host` (always `/`: the caller checks).
+    pub fn new(host: &HostRoot) -> DbusSystemd {
+        DbusSystemd {
+            private_socket: host.path("run/systemd/private"),
+            conn: Mutex::new(None),
+        }
+    }
+
+    fn connection(&self, request: &str) -> Result<Connection, SystemdError> {
+        let mut slot = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = connect(&self.private_socket).map_err(|e| SystemdError::new(request, e))?;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Forgets a connection that failed below D-Bus (the socket), so that
+    /// the next request makes a new one.
+    fn drop_connection(&self) {
+        *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// One method call on systemd; `request` names it in errors.
+    fn call<B, R>(
+        &self,
+        request: &str,
+        path: &str,
+        interface: &str,
+        method: &str,
+        body: &B,
+    ) -> Result<R, SystemdError>
+    where
+        B: serde::Serialize + zbus::zvariant::DynamicType,
+        R: for<'d> zbus::zvariant::DynamicDeserialize<'d>,
+    {
+        let conn = self.connection(request)?;
+        let reply = conn
+            .call_method(Some(DESTINATION), path, Some(interface), method, body)
+            .map_err(|e| {
+                if !matches!(e, zbus::Error::MethodError(..) | zbus::Error::FDO(_)) {
+                    self.drop_connection();
+                }
+                SystemdError::new(request, describe(&e))
+            })?;
+        reply
+            .body()
+            .deserialize::<R>()
+            .map_err(|e| SystemdError::new(request, format!("unexpected reply: {e}")))
+    }
+
+    fn get_all(
+        &self,
+        unit: &str,
+        path: &str,
+        interface: &str,
+    ) -> Result<Vec<(String, PropValue)>, SystemdError> {
+        let short = interface.rsplit('.').next().unwrap_or(interface);
+        let props: HashMap<String, OwnedValue> = self.call(
+            &format!("GetAll {short} {unit}"),
+            path,
+            PROPERTIES,
+            "GetAll",
+            &(interface,),
+        )?;
+        Ok(props
+            .into_iter()
+            .filter_map(|(k, v)| prop_value(&v).map(|v| (k, v)))
+            .collect())
+    }
+
+    fn manager_u64(&self, name: &str) -> Result<u64, SystemdError> {
+        let request = format!("Get {name}");
+        let v: OwnedValue =
+            self.call(&request, MANAGER_PATH, PROPERTIES, "Get", &(MANAGER, name))?;
+        u64::try_from(&*v).map_err(|e| SystemdError::new(request, format!("not a number: {e}")))
+    }
+
+    /// Runs `StartUnit` or `RestartUnit` and waits for its job to end.
+    fn run_job(&self, method: &str, unit: &str) -> Result<(), SystemdError> {
+        let request = format!("{method} {unit}");
+        let conn = self.connection(&request)?;
+        let fail = |e: zbus::Error| SystemdError::new(&request, describe(&e));
+        // Listen before asking: a job can end before its reply is read.
+        let rule = MatchRule::builder()
+            .msg_type(MessageType::Signal)
+            .path(MANAGER_PATH)
+            .map_err(fail)?
+            .interface(MANAGER)
+            .map_err(fail)?
+            .member("JobRemoved")
+            .map_err(fail)?
+            .build();
+        let mut removed = async_io::block_on(zbus::MessageStream::for_match_rule(
+            rule,
+            conn.inner(),
+            Some(SIGNAL_QUEUE),
+        ))
+        .map_err(fail)?;
+        if conn.is_bus() {
+            // On the bus the manager sends job signals only to subscribers
+            // (on its private socket, to everyone). Already subscribed is
+            // fine.
+            let _: Result<(), _> = self.call(&request, MANAGER_PATH, MANAGER, "Subscribe", &());
+        }
+        let job: OwnedObjectPath =
+            self.call(&request, MANAGER_PATH, MANAGER, method, &(unit, "replace"))?;
+        let wait = async {
+            while let Some(msg) = removed.next().await {
+                let Ok(msg) = msg else { continue };
+                let Ok((_, path, _, result)) = msg
+                    .body()
+                    .deserialize::<(u32, OwnedObjectPath, String, String)>()
+                else {
+                    continue;
+                };
+                if path == job {
+                    return Ok(result);
+                }
+            }
+            Err("the connection to systemd closed".to_string())
+        };
+        let deadline = async {
+            async_io::Timer::after(JOB_DEADLINE).await;
+            Err(format!(
+                "its job {} did not finish within {} s",
+                job.as_str(),
+                JOB_DEADLINE.as_secs()
+            ))
+        };
+        match async_io::block_on(futures_lite::future::or(wait, deadline)) {
+            Ok(result) if result == "done" => Ok(()),
+            Ok(result) => Err(SystemdError::new(request, format!("job {result}"))),
+            Err(why) => Err(SystemdError::new(request, why)),
+        }
+    }
+
+    /// After a restart, waits (at most `limit`) until the unit's main
+    /// process has exec'd its program and settled. The job of a simple
+    /// service ends once systemd has forked; until the exec the child is
+    /// still systemd's (named `(prog)`), with systemd's environment and
+    /// capabilities, and for a moment after it the kernel is still laying
+    /// out the new environment (/proc/PID/environ reads empty or short).
+    /// Verifying then would report transient drift, so the wait ends when
+    /// the name is the program's and two reads of its environment 100 ms
+    /// apart agree. This client only ever serves the host it runs on, so
+    /// /proc is the real one.
+    fn wait_for_exec(&self, unit: &str, limit: Duration) {
+        let host = HostRoot::new("/");
+        let deadline = Instant::now() + limit;
+        let pause = Duration::from_millis(100);
+        while Instant::now() < deadline {
+            let Some(pid) = self.unit(unit).ok().and_then(|i| i.main_pid) else {
+                return;
+            };
+            let read = |file: &str| std::fs::read(host.path(&format!("proc/{pid}/{file}"))).ok();
+            let Some(comm) = read("comm") else {
+                return;
+            };
+            if !comm.starts_with(b"(") {
+                let first = read("environ");
+                std::thread::sleep(pause);
+                if first.as_ref().is_some_and(|e| !e.is_empty()) && read("environ") == first {
+                    return;
+                }
+                continue;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A connection to systemd: its private socket when root, else the bus.
+fn connect(private_socket: &Path) -> Result<Connection, String> {
+    if nix::unistd::geteuid().is_root()
+        && let Ok(stream) = UnixStream::connect(private_socket)
+    {
+        match zbus::blocking::connection::Builder::unix_stream(stream)
+            .p2p()
+            .method_timeout(CALL_TIMEOUT)
+            .build()
+        {
+            Ok(c) => return Ok(c),
+            Err(e) => tracing::debug!(
+                "systemd's private socket {}: {}; trying the system bus",
+                private_socket.display(),
+                describe(&e)
+            ),
+        }
+    }
+    zbus::blocking::connection::Builder::system()
+        .and_then(|b| b.method_timeout(CALL_TIMEOUT).build())
+        .map_err(|e| format!("cannot connect to systemd: {}", describe(&e)))
+}
+
+/// A zbus error as a sentence: a D-Bus error's own message when it has one.
+fn describe(e: &zbus::Error) -> String {
+    match e {
+        zbus::Error::MethodError(name, Some(text), _) => format!("{text} ({})", name.as_str()),
+        zbus::Error::MethodError(name, None, _) => name.as_str().to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// The property types holdfast reads; anything else is skipped.
+fn prop_value(v: &Value<'_>) -> Option<PropValue> {
+    Some(match v {
+        Value::Str(s) => PropValue::Str(s.to_string()),
+        Value::ObjectPath(p) => PropValue::Str(p.to_string()),
+        Value::U64(n) => PropValue::U64(*n),
+        Value::U32(n) => PropValue::U32(*n),
+        Value::Bool(b) => PropValue::Bool(*b),
+        Value::Array(a) => PropValue::Strs(
+            a.iter()
+                .filter_map(|x| match x {
+                    Value::Str(s) => Some(s.to_string()),
+                    _ => None,
+                })
+                .collect(),
+        ),
+        _ => return None,
+    })
+}
+
+impl SystemdClient for DbusSystemd {
+    fn unit(&self, unit: &str) -> Result<UnitInfo, SystemdError> {
+        let path = unit_object_path(unit);
+        let mut props = self.get_all(unit, &path, UNIT)?;
+        if let Some(interface) = type_interface(unit) {
+            match self.get_all(unit, &path, interface) {
+                Ok(more) => props.extend(more),
+                // A unit that is not installed has no type properties to
+                // speak of; its LoadState says why.
+                Err(_)
+                    if props.iter().any(|(k, v)| {
+                        k == "LoadState" && *v != PropValue::Str("loaded".into())
+                    }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(UnitInfo::from_properties(props))
+    }
+
+    fn default_limit_nofile(&self) -> Result<Option<(LimitValue, LimitValue)>, SystemdError> {
+        let soft = self.manager_u64("DefaultLimitNOFILESoft")?;
+        let hard = self.manager_u64("DefaultLimitNOFILE")?;
+        Ok(Some(default_limit_nofile(soft, hard)))
+    }
+
+    fn daemon_reload(&self) -> Result<(), SystemdError> {
+        // The reply comes when the reload is done.
+        self.call("Reload", MANAGER_PATH, MANAGER, "Reload", &())
+    }
+
+    fn start(&self, unit: &str) -> Result<(), SystemdError> {
+        self.run_job("StartUnit", unit)
+    }
+
+    fn set_properties_runtime(
+        &self,
+        unit: &str,
+        assignments: &[String],
+    ) -> Result<(), SystemdError> {
+        let request = format!("SetUnitProperties {unit} {}", assignments.join(" "));
+        let props = assignments
+            .iter()
+            .map(|a| UnitProperty::parse(a))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| SystemdError::new(&request, e))?;
+        let body: Vec<(&str, Value<'_>)> = props
+            .iter()
+            .map(|p| (p.name(), Value::U64(p.value())))
+            .collect();
+        self.call(
+            &request,
+            MANAGER_PATH,
+            MANAGER,
+            "SetUnitProperties",
+            &(unit, true, body),
+        )
+    }
+
+    fn running_services(&self) -> Result<Vec<String>, SystemdError> {
+        type Listed = (
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            OwnedObjectPath,
+            u32,
+            String,
+            OwnedObjectPath,
+        );
+        let units: Vec<Listed> = self.call("ListUnits", MANAGER_PATH, MANAGER, "ListUnits", &())?;
+        Ok(units
+            .into_iter()
+            .filter(|u| u.0.ends_with(".service") && u.4 == "running")
+            .map(|u| u.0)
+            .collect())
+    }
+
+    fn restart(&self, unit: &str) -> Result<(), SystemdError> {
+        self.run_job("RestartUnit", unit)?;
+        self.wait_for_exec(unit, EXEC_DEADLINE);
+        Ok(())
+    }
+
+    fn subscribe(&self, sink: EventSink) -> Result<(), SystemdError> {
+        let socket = self.private_socket.clone();
+        std::thread::Builder::new()
+            .name("holdfast-systemd".into())
+            .spawn(move || listen_forever(&socket, &sink))
+            .map(|_| ())
+            .map_err(|e| SystemdError::new("Subscribe", format!("cannot start a thread: {e}")))
+    }
+}
+
+/// The event thread: a connection of its own, `Subscribe()`, and every
+/// signal of the manager and its units turned into [`UnitEvent`]s. When the
+/// connection breaks it tries again (1 s, doubling to a minute) and, once
+/// connected, reports that announcements may have been missed.
+fn listen_forever(socket: &Path, sink: &EventSink) {
+    let mut pause = Duration::from_secs(1);
+    let mut lost = false;
+    loop {
+        match listen(socket, sink, lost) {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(
+                    "systemd's signals: {e}; trying again in {} s (the rescan covers meanwhile)",
+                    pause.as_secs()
+                );
+                lost = true;
+            }
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_secs(60));
+    }
+}
+
+/// One connection's worth of signals. `Ok` when the sink wants no more.
+fn listen(socket: &Path, sink: &EventSink, lost: bool) -> Result<(), String> {
+    let conn = connect(socket)?;
+    let mut rule = MatchRule::builder().msg_type(MessageType::Signal);
+    rule = rule
+        .path_namespace(MANAGER_PATH)
+        .map_err(|e| describe(&e))?;
+    if conn.is_bus() {
+        rule = rule.sender(DESTINATION).map_err(|e| describe(&e))?;
+    }
+    let signals = MessageIterator::for_match_rule(rule.build(), &conn, Some(SIGNAL_QUEUE))
+        .map_err(|e| describe(&e))?;
+    // Without Subscribe() the manager sends no unit signals on the bus; on
+    // the private socket it sends them anyway, and the call is harmless.
+    conn.call_method(
+        Some(DESTINATION),
+        MANAGER_PATH,
+        Some(MANAGER),
+        "Subscribe",
+        &(),
+    )
+    .map_err(|e| format!("Subscribe: {}", describe(&e)))?;
+    if lost && !sink(UnitEvent::Lost) {
+        return Ok(());
+    }
+    for msg in signals {
+        let msg = msg.map_err(|e| describe(&e))?;
+        if let Some(event) = unit_event(&msg)
+            && !sink(event)
+        {
+            return Ok(());
+        }
+    }
+    Err("the connection to systemd closed".into())
+}
+
+/// What a signal from systemd says about units, if anything.
+fn unit_event(msg: &Message) -> Option<UnitEvent> {
+    let header = msg.header();
+    let member = header.member()?.as_str();
+    let body = msg.body();
+    match member {
+        "PropertiesChanged" => {
+            unit_from_object_path(header.path()?.as_str()).map(UnitEvent::Changed)
+        }
+        "Reloading" => body.deserialize::<bool>().ok().map(UnitEvent::Reloading),
+        "UnitFilesChanged" => Some(UnitEvent::UnitFilesChanged),
+        "JobRemoved" => body
+            .deserialize::<(u32, OwnedObjectPath, String, String)>()
+            .ok()
+            .map(|(_, _, unit, _)| UnitEvent::Changed(unit)),
+        "UnitNew" | "UnitRemoved" => body
+            .deserialize::<(String, OwnedObjectPath)>()
+            .ok()
+            .map(|(unit, _)| UnitEvent::Changed(unit)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn property_values_keep_what_holdfast_reads() {
+        assert_eq!(
+            prop_value(&Value::from("active")),
+            Some(PropValue::Str("active".into()))
+        );
+        assert_eq!(prop_value(&Value::U64(7)), Some(PropValue::U64(7)));
+        assert_eq!(prop_value(&Value::U32(7)), Some(PropValue::U32(7)));
+        assert_eq!(prop_value(&Value::Bool(true)), Some(PropValue::Bool(true)));
+        let paths = Value::from(vec!["/a.conf", "/b.conf"]);
+        assert_eq!(
+            prop_value(&paths),
+            Some(PropValue::Strs(vec!["/a.conf".into(), "/b.conf".into()]))
+        );
+        assert_eq!(prop_value(&Value::I32(-1)), None);
+    }
+
+    #[test]
+    fn signals_become_unit_events() {
+        fn signal(
+            path: &'static str,
+            iface: &'static str,
+            member: &'static str,
+        ) -> zbus::message::Builder<'static> {
+            zbus::message::Message::signal(path, iface, member).unwrap()
+        }
+        let changed = signal(
+            "/org/freedesktop/systemd1/unit/go_2dapp_2eslice",
+            PROPERTIES,
+            "PropertiesChanged",
+        )
+        .build(&(
+            "org.freedesktop.systemd1.Slice",
+            HashMap::<&str, Value<'_>>::new(),
+            Vec::<&str>::new(),
+        ))
+        .unwrap();
+        assert_eq!(
+            unit_event(&changed),
+            Some(UnitEvent::Changed("go-app.slice".into()))
+        );
+        let reloading = signal(MANAGER_PATH, MANAGER, "Reloading")
+            .build(&(false,))
+            .unwrap();
+        assert_eq!(unit_event(&reloading), Some(UnitEvent::Reloading(false)));
+        let files = signal(MANAGER_PATH, MANAGER, "UnitFilesChanged")
+            .build(&())
+            .unwrap();
+        assert_eq!(unit_event(&files), Some(UnitEvent::UnitFilesChanged));
+        let job = signal(MANAGER_PATH, MANAGER, "JobRemoved")
+            .build(&(
+                7u32,
+                zbus::zvariant::ObjectPath::try_from("/org/freedesktop/systemd1/job/7").unwrap(),
+                "myapp.service",
+                "done",
+            ))
+            .unwrap();
+        assert_eq!(
+            unit_event(&job),
+            Some(UnitEvent::Changed("myapp.service".into()))
+        );
+        let manager_props = signal(MANAGER_PATH, PROPERTIES, "PropertiesChanged")
+            .build(&(
+                MANAGER,
+                HashMap::<&str, Value<'_>>::new(),
+                Vec::<&str>::new(),
+            ))
+            .unwrap();
+        assert_eq!(unit_event(&manager_props), None);
+    }
+}
