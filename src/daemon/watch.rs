@@ -387,26 +387,58 @@ mod tests {
         let p = policy(
             "version: 1\nservices:\n  a.service: {limit_nofile: 1024}\nservice_defaults: {limit_nofile: 1024}\ncgroup:\n  slices:\n    batch: {pids.max: 10}\n",
         );
-        let paths: Vec<String> = plan(&host, Some(&p), &[])
-            .iter()
-            .filter(|s| s.concern == Concern::Files)
-            .map(|s| {
-                s.path
-                    .strip_prefix(dir.path())
-                    .unwrap()
-                    .display()
-                    .to_string()
-            })
-            .collect();
-        for want in [
-            "etc/systemd/system/a.service.d",
-            "etc/systemd/system.conf.d",
-            "etc/systemd/system",
-            "run/systemd/system.control/batch.slice.d",
-            "sys/fs/cgroup/holdfast.slice/batch/pids.max",
-        ] {
-            assert!(paths.iter().any(|p| p == want), "{want} not in {paths:?}");
-        }
+        let specs = plan(&host, Some(&p), &[]);
+        let rel = |s: &WatchSpec| {
+            s.path
+                .strip_prefix(dir.path())
+                .unwrap()
+                .display()
+                .to_string()
+        };
+        let with = |concern: Concern| -> Vec<String> {
+            specs
+                .iter()
+                .filter(|s| s.concern == concern)
+                .map(rel)
+                .collect()
+        };
+        assert_eq!(
+            with(Concern::Files),
+            [
+                "etc/systemd/system.conf.d",
+                "sys/fs/cgroup/holdfast.slice/batch/memory.high",
+                "sys/fs/cgroup/holdfast.slice/batch/memory.max",
+                "sys/fs/cgroup/holdfast.slice/batch/cpu.max",
+                "sys/fs/cgroup/holdfast.slice/batch/pids.max",
+            ]
+        );
+        // A unit's own files concern that unit: a pass over it alone.
+        assert_eq!(
+            with(Concern::Unit("a.service".into())),
+            ["etc/systemd/system/a.service.d"]
+        );
+        assert_eq!(
+            with(Concern::Unit("batch.slice".into())),
+            [
+                "etc/systemd/system",
+                "run/systemd/system.control/batch.slice.d"
+            ]
+        );
+        let map = WatchMap::new(specs);
+        let c = |p: &str| map.concerns(&dir.path().join(p));
+        assert_eq!(
+            c("etc/systemd/system/batch.slice"),
+            [Concern::Unit("batch.slice".into())]
+        );
+        assert!(c("etc/systemd/system/other.slice").is_empty());
+        assert_eq!(
+            c("run/systemd/system.control/batch.slice.d/50-MemoryMax.conf"),
+            [Concern::Unit("batch.slice".into())]
+        );
+        assert_eq!(
+            c("etc/systemd/system/a.service.d/99-site.conf"),
+            [Concern::Unit("a.service".into())]
+        );
     }
 
     #[test]
