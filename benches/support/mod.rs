@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use holdfast::daemon::client;
 use holdfast::daemon::listen::ListenAddr;
-use notify::Watcher as _;
 
 const INSIDE: &str = "HOLDFAST_BENCH_IN_NAMESPACE";
 
@@ -133,20 +132,24 @@ pub fn drift_to_correction(
     spacing: Duration,
 ) -> Vec<Duration> {
     let (tx, rx) = std::sync::mpsc::channel();
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(ev) = res
-            && ev.kind
-                == notify::EventKind::Access(notify::event::AccessKind::Close(
-                    notify::event::AccessMode::Write,
-                ))
-        {
-            let _ = tx.send(Instant::now());
-        }
-    })
-    .expect("inotify");
-    watcher
-        .watch(path, notify::RecursiveMode::NonRecursive)
+    let mut inotify = inotify::Inotify::init().expect("inotify");
+    inotify
+        .watches()
+        .add(path, inotify::WatchMask::CLOSE_WRITE)
         .expect("watch");
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 4096];
+        loop {
+            let Ok(events) = inotify.read_events_blocking(&mut buffer) else {
+                return;
+            };
+            for _ in events {
+                if tx.send(Instant::now()).is_err() {
+                    return;
+                }
+            }
+        }
+    });
     let mut samples = Vec::with_capacity(n);
     let mut lost = 0;
     for _ in 0..n {

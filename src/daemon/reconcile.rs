@@ -298,6 +298,11 @@ impl Reconciler {
 
     fn note_event(&mut self, event: &WatchEvent, now: Instant) {
         for path in &event.paths {
+            if event.removed && self.watch_map.is_watched(path) {
+                // A watched path itself went away, and its watch with it: a
+                // full pass re-reads and re-arms.
+                self.schedule.files_changed();
+            }
             for concern in self.watch_map.concerns(path) {
                 match concern {
                     Concern::Sysctl(key) => self.schedule.key_changed(key),
