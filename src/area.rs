@@ -361,11 +361,13 @@ impl Area {
                         concern: Concern::Unit(unit.clone()),
                         follow_creation: false,
                     });
+                    // Made by the first `set-property --runtime` of the
+                    // slice: its creation is seen too.
                     out.push(WatchSpec {
                         path: host.path(&format!("run/systemd/system.control/{unit}.d")),
                         scope: Scope::Entries(CONF),
                         concern: Concern::Unit(unit),
-                        follow_creation: false,
+                        follow_creation: true,
                     });
                     if !systemd_pid1 {
                         for kind in KnobKind::ALL {

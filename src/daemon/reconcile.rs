@@ -334,7 +334,10 @@ impl Reconciler {
                 }
             }
         }
-        if full {
+        // A unit pass re-arms too (a few stats): a unit's runtime-override
+        // directory that appeared, or a drop-in directory replaced, gets
+        // its watch at once, not at the next full pass.
+        if full || work.has_units() {
             self.rearm(watcher, policy.as_deref());
         }
         let duration = started.elapsed();
@@ -346,6 +349,8 @@ impl Reconciler {
             duration,
             trigger: work.trigger,
             full,
+            units: !full && work.has_units(),
+            keys: !full && !work.keys.is_empty(),
         });
         self.metrics.pass(work.trigger, duration);
         tracing::debug!(
