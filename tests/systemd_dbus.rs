@@ -22,10 +22,13 @@ use zbus::zvariant::{ObjectPath, OwnedObjectPath, OwnedValue, Value};
 
 const SLICE_PATH: &str = "/org/freedesktop/systemd1/unit/go_2dapp_2eslice";
 
+/// A `SetUnitProperties` call: unit, runtime, typed properties.
+type PropertiesCall = (String, bool, Vec<(String, u64)>);
+
 #[derive(Default)]
 struct Seen {
     calls: Vec<String>,
-    properties: Vec<(String, bool, Vec<(String, u64)>)>,
+    properties: Vec<PropertiesCall>,
 }
 
 struct Manager {
