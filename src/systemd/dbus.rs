@@ -24,7 +24,7 @@
 use std::collections::HashMap;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures_lite::StreamExt;
@@ -243,22 +243,207 @@ fn connect(private_socket: &Path) -> Result<Connection, String> {
     if nix::unistd::geteuid().is_root()
         && let Ok(stream) = UnixStream::connect(private_socket)
     {
-        match zbus::blocking::connection::Builder::unix_stream(stream)
-            .p2p()
-            .method_timeout(CALL_TIMEOUT)
-            .build()
-        {
+        match connect_private(stream) {
             Ok(c) => return Ok(c),
             Err(e) => tracing::debug!(
-                "systemd's private socket {}: {}; trying the system bus",
+                "systemd's private socket {}: {e}; trying the system bus",
                 private_socket.display(),
-                describe(&e)
             ),
         }
     }
     zbus::blocking::connection::Builder::system()
         .and_then(|b| b.method_timeout(CALL_TIMEOUT).build())
         .map_err(|e| format!("cannot connect to systemd: {}", describe(&e)))
+}
+
+/// systemd's private socket, peer-to-peer. Two things differ from zbus's
+/// own peer-to-peer client, both because of one fact: systemd marks every
+/// message it sends there with the sender `org.freedesktop.systemd1`, a
+/// well-known name where D-Bus allows only a unique one (`:1.42`), and zbus
+/// (5.13) accepts such a message and then panics reading its sender. So the
+/// SASL handshake (EXTERNAL, as root) is done here, and the authenticated
+/// socket's reader ([`PrivateRead`]) hands zbus each message with that
+/// sender rewritten, in place and at the same length, as the unique name
+/// `:rg.freedesktop.systemd1`. Nothing holdfast reads depends on the
+/// sender.
+fn connect_private(mut stream: UnixStream) -> Result<Connection, String> {
+    let guid = authenticate(&mut stream).map_err(|e| format!("authentication: {e}"))?;
+    let stream =
+        Arc::new(async_io::Async::new(stream).map_err(|e| format!("non-blocking socket: {e}"))?);
+    let split = zbus::connection::socket::BoxedSplit::new(
+        Box::new(PrivateRead {
+            inner: Arc::clone(&stream),
+            pending: Vec::new(),
+            ready: Vec::new(),
+        }),
+        Box::new(stream),
+    );
+    zbus::blocking::connection::Builder::authenticated_socket(split, guid.as_str())
+        .map(|b| b.p2p().method_timeout(CALL_TIMEOUT))
+        .and_then(|b| b.build())
+        .map_err(|e| describe(&e))
+}
+
+/// The client's side of the D-Bus SASL handshake with `EXTERNAL` (the
+/// kernel tells the server who we are): returns the server's GUID. No unix
+/// descriptors are negotiated; holdfast passes none.
+fn authenticate(stream: &mut UnixStream) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    stream.set_read_timeout(Some(CALL_TIMEOUT))?;
+    let uid = nix::unistd::geteuid().as_raw().to_string();
+    let hex: String = uid.bytes().map(|b| format!("{b:02x}")).collect();
+    stream.write_all(format!("\0AUTH EXTERNAL {hex}\r\n").as_bytes())?;
+    // The server says nothing more until BEGIN: reading the line byte by
+    // byte cannot take a message's bytes.
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while !line.ends_with(b"\r\n") {
+        if stream.read(&mut byte)? == 0 || line.len() > 512 {
+            return Err(std::io::Error::other("the server closed the handshake"));
+        }
+        line.push(byte[0]);
+    }
+    let line = String::from_utf8_lossy(&line);
+    let guid = line
+        .trim_end()
+        .strip_prefix("OK ")
+        .ok_or_else(|| std::io::Error::other(format!("refused: {}", line.trim_end())))?
+        .to_string();
+    stream.write_all(b"BEGIN\r\n")?;
+    stream.set_read_timeout(None)?;
+    Ok(guid)
+}
+
+/// The reading half of systemd's private socket: whole messages, each with
+/// a sender that is not a unique name rewritten ([`unique_sender`]).
+#[derive(Debug)]
+struct PrivateRead {
+    inner: Arc<async_io::Async<UnixStream>>,
+    /// Bytes read that do not make a whole message yet.
+    pending: Vec<u8>,
+    /// Whole, rewritten messages not yet handed to zbus.
+    ready: Vec<u8>,
+}
+
+#[async_trait::async_trait]
+impl zbus::connection::socket::ReadHalf for PrivateRead {
+    async fn recvmsg(
+        &mut self,
+        buf: &mut [u8],
+    ) -> std::io::Result<(usize, Vec<std::os::fd::OwnedFd>)> {
+        while self.ready.is_empty() {
+            if let Some(len) = message_len(&self.pending)?
+                && self.pending.len() >= len
+            {
+                let mut message: Vec<u8> = self.pending.drain(..len).collect();
+                unique_sender(&mut message);
+                self.ready = message;
+                break;
+            }
+            let mut chunk = [0u8; 8192];
+            let (n, _fds) =
+                zbus::connection::socket::ReadHalf::recvmsg(&mut self.inner, &mut chunk).await?;
+            if n == 0 {
+                return Ok((0, Vec::new()));
+            }
+            self.pending.extend_from_slice(&chunk[..n]);
+        }
+        let n = buf.len().min(self.ready.len());
+        buf[..n].copy_from_slice(&self.ready[..n]);
+        self.ready.drain(..n);
+        Ok((n, Vec::new()))
+    }
+}
+
+/// The whole length of the message `bytes` starts with, once its fixed
+/// header (16 bytes) is there. Pure.
+fn message_len(bytes: &[u8]) -> std::io::Result<Option<usize>> {
+    if bytes.len() < 16 {
+        return Ok(None);
+    }
+    let little = match bytes[0] {
+        b'l' => true,
+        b'B' => false,
+        other => {
+            return Err(std::io::Error::other(format!(
+                "not a D-Bus message (endianness {other:#x})"
+            )));
+        }
+    };
+    let u32_at = |at: usize| {
+        let b = [bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]];
+        if little {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        }
+    };
+    let body = u32_at(4) as usize;
+    let fields = u32_at(12) as usize;
+    let header = (16 + fields).next_multiple_of(8);
+    Ok(Some(header + body))
+}
+
+/// Rewrites, in place, a sender header field that is not a unique name
+/// (systemd's `org.freedesktop.systemd1`) into one of the same length
+/// (`:rg.freedesktop.systemd1`), so that the message's layout is unchanged.
+/// A message it cannot walk is left as it is. Pure.
+fn unique_sender(message: &mut [u8]) {
+    const SENDER: u8 = 7;
+    let Ok(Some(_)) = message_len(message) else {
+        return;
+    };
+    let little = message[0] == b'l';
+    let u32_at = |m: &[u8], at: usize| -> Option<usize> {
+        let b: [u8; 4] = m.get(at..at + 4)?.try_into().ok()?;
+        Some(if little {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        } as usize)
+    };
+    let Some(fields_len) = u32_at(message, 12) else {
+        return;
+    };
+    let end = (16 + fields_len).min(message.len());
+    let mut pos = 16;
+    while pos < end {
+        pos = pos.next_multiple_of(8);
+        let (Some(&code), Some(&sig_len)) = (message.get(pos), message.get(pos + 1)) else {
+            return;
+        };
+        let sig_start = pos + 2;
+        let Some(sig) = message.get(sig_start..sig_start + usize::from(sig_len)) else {
+            return;
+        };
+        let sig = sig.to_vec();
+        pos = sig_start + usize::from(sig_len) + 1;
+        match sig.as_slice() {
+            b"s" | b"o" => {
+                pos = pos.next_multiple_of(4);
+                let Some(len) = u32_at(message, pos) else {
+                    return;
+                };
+                let start = pos + 4;
+                if code == SENDER
+                    && sig == b"s"
+                    && let Some(name) = message.get_mut(start..start + len)
+                    && name.first().is_some_and(|b| *b != b':')
+                {
+                    name[0] = b':';
+                }
+                pos = start + len + 1;
+            }
+            b"g" => {
+                let Some(&len) = message.get(pos) else {
+                    return;
+                };
+                pos += 1 + usize::from(len) + 1;
+            }
+            b"u" => pos = pos.next_multiple_of(4) + 4,
+            _ => return,
+        }
+    }
 }
 
 /// A zbus error as a sentence: a D-Bus error's own message when it has one.
@@ -486,6 +671,42 @@ mod tests {
             Some(PropValue::Strs(vec!["/a.conf".into(), "/b.conf".into()]))
         );
         assert_eq!(prop_value(&Value::I32(-1)), None);
+    }
+
+    #[test]
+    fn systemds_well_known_sender_becomes_a_unique_name_of_the_same_length() {
+        // A signal as systemd sends it on its private socket: built with a
+        // unique sender, then given systemd's well-known one.
+        let built = zbus::message::Message::signal(MANAGER_PATH, MANAGER, "Reloading")
+            .unwrap()
+            .sender(":rg.freedesktop.systemd1")
+            .unwrap()
+            .build(&(false,))
+            .unwrap();
+        let mut bytes = built.data().to_vec();
+        let at = bytes
+            .windows(24)
+            .position(|w| w == b":rg.freedesktop.systemd1")
+            .unwrap();
+        bytes[at] = b'o';
+        assert_eq!(message_len(&bytes).unwrap(), Some(bytes.len()));
+        assert_eq!(message_len(&bytes[..15]).unwrap(), None);
+        let before = bytes.len();
+        unique_sender(&mut bytes);
+        assert_eq!(bytes.len(), before);
+        assert_eq!(&bytes[at..at + 24], b":rg.freedesktop.systemd1");
+        // A message with a unique sender, or none, is left alone.
+        let mut again = bytes.clone();
+        unique_sender(&mut again);
+        assert_eq!(again, bytes);
+        let plain = zbus::message::Message::signal(MANAGER_PATH, MANAGER, "UnitFilesChanged")
+            .unwrap()
+            .build(&())
+            .unwrap();
+        let mut plain_bytes = plain.data().to_vec();
+        unique_sender(&mut plain_bytes);
+        assert_eq!(plain_bytes, plain.data().to_vec());
+        assert!(message_len(b"xxxxxxxxxxxxxxxxxx").is_err());
     }
 
     #[test]
