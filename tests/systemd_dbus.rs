@@ -360,3 +360,69 @@ fn the_dbus_client_speaks_systemds_interface() {
         ]
     );
 }
+
+/// The daemon talks to systemd after it has installed its seccomp
+/// allow-list and dropped capabilities: the client must work under them.
+/// The double serves from this process; the client runs, hardened, in a
+/// child (this test binary re-executed), since the filter cannot be
+/// removed once installed.
+#[test]
+#[ignore = "needs root (holdfast uses systemd's private socket only as root): cargo test -- --include-ignored"]
+fn the_dbus_client_works_under_the_daemons_seccomp_allow_list() {
+    const PROBE: &str = "HOLDFAST_DBUS_SECCOMP_PROBE";
+    if let Some(root) = std::env::var_os(PROBE) {
+        holdfast::harden::lock_down(true).expect("lock down");
+        let client = DbusSystemd::new(&HostRoot::new(&root));
+        let info = client.unit("go-app.slice").expect("GetAll under seccomp");
+        assert_eq!(info.tasks_max, Some(Count::Value(512)));
+        client.start("go-app.slice").expect("a job under seccomp");
+        let (tx, rx) = std::sync::mpsc::channel();
+        client
+            .subscribe(Box::new(move |e| tx.send(e).is_ok()))
+            .expect("subscribe under seccomp");
+        // The parent announces a reload once the subscription is there.
+        let got = rx.recv_timeout(Duration::from_secs(10)).expect("an event");
+        assert_eq!(got, UnitEvent::Reloading(false));
+        println!("PROBE-OK");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (seen, conns) = serve(dir.path());
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "the_dbus_client_works_under_the_daemons_seccomp_allow_list",
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(PROBE, dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !seen.lock().unwrap().calls.iter().any(|c| c == "subscribe") {
+        if std::time::Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if let Some(events) = conns.lock().unwrap().last() {
+        let _ = events.emit_signal(
+            None::<()>,
+            "/org/freedesktop/systemd1",
+            "org.freedesktop.systemd1.Manager",
+            "Reloading",
+            &(false,),
+        );
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("PROBE-OK"), "{text}");
+}
