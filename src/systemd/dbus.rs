@@ -238,22 +238,19 @@ impl DbusSystemd {
     }
 }
 
-/// A connection to systemd: its private socket when root, else the bus.
+/// A connection to systemd: its private socket when root (and it exists),
+/// else the system bus. As root there is no quiet fallback to the bus: a
+/// failure on the private socket is the request's error, named as such.
 fn connect(private_socket: &Path) -> Result<Connection, String> {
-    if nix::unistd::geteuid().is_root()
-        && let Ok(stream) = UnixStream::connect(private_socket)
-    {
-        match connect_private(stream) {
-            Ok(c) => return Ok(c),
-            Err(e) => tracing::debug!(
-                "systemd's private socket {}: {e}; trying the system bus",
-                private_socket.display(),
-            ),
-        }
+    if nix::unistd::geteuid().is_root() && private_socket.exists() {
+        let stream = UnixStream::connect(private_socket)
+            .map_err(|e| format!("systemd's private socket {}: {e}", private_socket.display()))?;
+        return connect_private(stream)
+            .map_err(|e| format!("systemd's private socket {}: {e}", private_socket.display()));
     }
     zbus::blocking::connection::Builder::system()
         .and_then(|b| b.method_timeout(CALL_TIMEOUT).build())
-        .map_err(|e| format!("cannot connect to systemd: {}", describe(&e)))
+        .map_err(|e| format!("the system bus: {}", describe(&e)))
 }
 
 /// systemd's private socket, peer-to-peer. Two things differ from zbus's
