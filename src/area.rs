@@ -13,6 +13,7 @@
 //! 3. its item keys in `item::ItemKey` and its settings in
 //!    `daemon::diff::SettingId`.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::path::PathBuf;
 
@@ -32,7 +33,7 @@ use crate::services::{self, ServicesHost, observe as services_observe};
 use crate::sysctl::SysctlKey;
 use crate::sysctl::observe as sysctl_observe;
 use crate::sysctl::plan::{self as sysctl_plan, SysctlHost};
-use crate::systemd::systemctl::Systemctl;
+use crate::systemd::dbus::DbusSystemd;
 use crate::systemd::{self, SystemdClient};
 
 /// What a pass works with: the host root and, when holdfast can talk to the
@@ -43,7 +44,9 @@ pub struct Context<'a> {
     pub systemd: Option<&'a dyn SystemdClient>,
 }
 
-static SYSTEMCTL: Systemctl = Systemctl;
+/// The CLI's client for the running systemd: one connection for the
+/// process, made at its first request.
+static SYSTEMD: std::sync::OnceLock<DbusSystemd> = std::sync::OnceLock::new();
 
 impl<'a> Context<'a> {
     /// The production context: systemd's client when the root is `/` and
@@ -61,13 +64,14 @@ impl<'a> Context<'a> {
 /// systemd is its PID 1.
 pub fn production_client(host: &HostRoot) -> Option<&'static dyn SystemdClient> {
     let own_root = host.root() == std::path::Path::new("/");
-    (own_root && systemd::is_pid1(host)).then_some(&SYSTEMCTL as &dyn SystemdClient)
+    (own_root && systemd::is_pid1(host))
+        .then(|| SYSTEMD.get_or_init(|| DbusSystemd::new(host)) as &dyn SystemdClient)
 }
 
-/// [`production_client`] as a shareable handle, for the daemon's loop.
+/// [`production_client`] as a handle of its own, for the daemon's loop.
 pub fn production_client_arc(host: &HostRoot) -> Option<std::sync::Arc<dyn SystemdClient>> {
     production_client(host)
-        .map(|_| std::sync::Arc::new(Systemctl) as std::sync::Arc<dyn SystemdClient>)
+        .map(|_| std::sync::Arc::new(DbusSystemd::new(host)) as std::sync::Arc<dyn SystemdClient>)
 }
 
 /// A domain of settings.
@@ -198,20 +202,75 @@ impl Observation {
     /// more: the pass read back every key it wrote (and every key a write
     /// may have disturbed) into this observation as it went, and a key pass
     /// must stay one write and one read. The other areas read everything
-    /// again, since one file or reload changes many settings.
-    pub fn refresh(&mut self, ctx: &Context<'_>, policy: &Policy) -> Vec<IoError> {
+    /// again, since one file or reload changes many settings — except in a
+    /// unit pass, which reads again only its units.
+    pub fn refresh(
+        &mut self,
+        ctx: &Context<'_>,
+        policy: &Policy,
+        focus: Focus<'_>,
+    ) -> Vec<IoError> {
+        match (self, focus) {
+            (Observation::Sysctl(_), _) => Vec::new(),
+            (obs, Focus::Units(units)) => obs.observe_units(ctx, policy, units),
+            (obs, Focus::All) => {
+                let (fresh, warnings) = obs.area().observe(ctx, policy);
+                *obs = fresh;
+                warnings
+            }
+        }
+    }
+
+    /// Reads again only what concerns `units` into this observation (a
+    /// unit pass: an event named them). Areas without units read nothing.
+    pub fn observe_units(
+        &mut self,
+        ctx: &Context<'_>,
+        policy: &Policy,
+        units: &BTreeSet<String>,
+    ) -> Vec<IoError> {
         match self {
-            Observation::Sysctl(_) => Vec::new(),
-            Observation::Limits(_)
-            | Observation::Services(_)
-            | Observation::Cgroup(_)
-            | Observation::GoBuild(_) => {
-                let (fresh, warnings) = self.area().observe(ctx, policy);
+            Observation::Sysctl(_) | Observation::Limits(_) => Vec::new(),
+            Observation::Services(h) => {
+                services_observe::observe_units(ctx.host, ctx.systemd, policy, units, h)
+            }
+            Observation::Cgroup(h) => {
+                cgroup_observe::observe_units(ctx.host, ctx.systemd, policy, units, h)
+            }
+            // A named service may run a new binary (restarted, redeployed):
+            // its few managed binaries are read again.
+            Observation::GoBuild(_) => {
+                let (fresh, warnings) = Area::GoBuild.observe(ctx, policy);
                 *self = fresh;
                 warnings
             }
         }
     }
+}
+
+/// What a pass reads again after acting: everything it observed, or, in a
+/// unit pass, only the units an event named.
+#[derive(Debug, Clone, Copy)]
+pub enum Focus<'a> {
+    All,
+    Units(&'a BTreeSet<String>),
+}
+
+/// The systemd units the policy manages: its services and its slices. An
+/// announcement from systemd about any other unit concerns nothing here.
+pub fn managed_units(policy: &Policy) -> BTreeSet<String> {
+    let mut units: BTreeSet<String> = services::managed_units(policy)
+        .into_iter()
+        .map(|r| r.unit.clone())
+        .collect();
+    units.extend(
+        policy
+            .cgroup
+            .slices
+            .keys()
+            .map(|n| cgroup_plan::slice_unit(n)),
+    );
+    units
 }
 
 // What the daemon watches for each area. Pure: the caller says whether
@@ -222,6 +281,9 @@ impl Observation {
 pub enum Concern {
     /// A key's /proc/sys file: re-read that key.
     Sysctl(SysctlKey),
+    /// A unit's own files (its drop-in directory, a slice's unit file, its
+    /// runtime overrides): re-read that unit.
+    Unit(String),
     /// Configuration a full pass re-reads (sysctl.d, limits.d, ...).
     Files,
     /// The policy sources: reload (debounced).
@@ -253,7 +315,6 @@ pub struct WatchSpec {
 }
 
 const CONF: &[&str] = &[".conf"];
-const SLICE: &[&str] = &[".slice"];
 
 /// A watch whose events call for a full pass.
 fn files(path: PathBuf, scope: Scope) -> WatchSpec {
@@ -296,13 +357,16 @@ impl Area {
                 }
             }
             // Unit files: holdfast's drop-ins, a competing drop-in beside
-            // them; a full pass asks systemd what it makes of them.
+            // them; a pass over that unit asks systemd what it makes of
+            // them.
             Area::Services => {
-                for unit in services::managed_units(policy) {
-                    out.push(files(
-                        host.path(&format!("etc/systemd/system/{}.d", unit.unit)),
-                        Scope::Entries(CONF),
-                    ));
+                for rule in services::managed_units(policy) {
+                    out.push(WatchSpec {
+                        path: host.path(&format!("etc/systemd/system/{}.d", rule.unit)),
+                        scope: Scope::Entries(CONF),
+                        concern: Concern::Unit(rule.unit.clone()),
+                        follow_creation: false,
+                    });
                 }
                 if policy.service_defaults.limit_nofile.is_some() {
                     out.push(files(
@@ -320,18 +384,23 @@ impl Area {
             // files (under systemd the slice's cgroup path is systemd's to
             // say, and the rescan re-reads it).
             Area::Cgroup => {
-                if policy.cgroup.slices.is_empty() {
-                    return out;
-                }
-                out.push(files(
-                    host.path("etc/systemd/system"),
-                    Scope::Entries(SLICE),
-                ));
                 for name in policy.cgroup.slices.keys() {
-                    out.push(files(
-                        host.path(&format!("run/systemd/system.control/{name}.slice.d")),
-                        Scope::Entries(CONF),
-                    ));
+                    let unit = cgroup_plan::slice_unit(name);
+                    let unit_file = host.path(&format!("etc/systemd/system/{unit}"));
+                    out.push(WatchSpec {
+                        path: host.path("etc/systemd/system"),
+                        scope: Scope::Entry(unit_file),
+                        concern: Concern::Unit(unit.clone()),
+                        follow_creation: false,
+                    });
+                    // Made by the first `set-property --runtime` of the
+                    // slice: its creation is seen too.
+                    out.push(WatchSpec {
+                        path: host.path(&format!("run/systemd/system.control/{unit}.d")),
+                        scope: Scope::Entries(CONF),
+                        concern: Concern::Unit(unit),
+                        follow_creation: true,
+                    });
                     if !systemd_pid1 {
                         for kind in KnobKind::ALL {
                             out.push(files(

@@ -21,7 +21,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Instant;
 
-use crate::area::{Area, Observation};
+use crate::area::{Area, Focus, Observation};
 use crate::host::{self, HostRoot, IoError};
 use crate::item::{Action, Item, ItemKey, Kind, State};
 use crate::journal as journal_model;
@@ -44,6 +44,9 @@ pub struct Pass {
     /// What the pass last read of the sysctls, for a caller that keeps it
     /// (the daemon re-reads only the keys an event names).
     pub sysctl: Option<SysctlHost>,
+    /// What the pass last read of the other areas, for a caller that keeps
+    /// it (the daemon re-reads only the units an event names).
+    pub observed: Vec<Observation>,
 }
 
 /// What `apply` may do beyond correcting drift.
@@ -89,9 +92,76 @@ pub fn apply_in_holding(
 ) -> Pass {
     let started = Instant::now();
     let (observations, mut warnings) = observe_all(ctx, policy);
-    let (items, observations, w) = run(ctx, policy, options, hold, observations);
+    let (items, observations, w) = run(ctx, policy, options, hold, observations, Focus::All);
     warnings.extend(w);
     finish(items, &warnings, started, observations)
+}
+
+/// A unit pass: the systemd areas (services and slices) over observations
+/// the caller keeps (`observed`, from its last full pass), reading again
+/// only what concerns `units` — before acting, and after if the pass acted
+/// — so that an announcement about one unit costs that unit's reads. With
+/// `units` `None` (systemd reloaded: any unit may have changed), the
+/// systemd areas are observed afresh, and the other areas not at all.
+///
+/// Items of other units are held (never acted on from remembered state) and
+/// left out of the result, which holds only the named units' items (every
+/// item of the systemd areas when `units` is `None`). `observed` is updated
+/// with everything read.
+pub fn apply_units_observed(
+    ctx: &Context<'_>,
+    policy: &Policy,
+    observed: &mut Vec<Observation>,
+    units: Option<&BTreeSet<String>>,
+    hold: Hold<'_>,
+) -> (Vec<Item>, Vec<String>) {
+    const SYSTEMD_AREAS: [Area; 2] = [Area::Services, Area::Cgroup];
+    let mut warnings = Vec::new();
+    let mut mine: Vec<Observation> = Vec::new();
+    let mut others: Vec<Observation> = Vec::new();
+    for obs in std::mem::take(observed) {
+        if SYSTEMD_AREAS.contains(&obs.area()) {
+            mine.push(obs);
+        } else {
+            others.push(obs);
+        }
+    }
+    let concerned = |item: &Item| match units {
+        None => true,
+        Some(units) => item.key.unit().is_some_and(|u| units.contains(u)),
+    };
+    match units {
+        None => {
+            mine.clear();
+            for area in SYSTEMD_AREAS {
+                if area.has_settings(policy) {
+                    let (o, w) = area.observe(ctx, policy);
+                    warnings.extend(w);
+                    mine.push(o);
+                }
+            }
+        }
+        Some(units) => {
+            for obs in mine.iter_mut() {
+                warnings.extend(obs.observe_units(ctx, policy, units));
+            }
+        }
+    }
+    let hold_others = |item: &Item| !concerned(item) || hold(item);
+    let focus = units.map_or(Focus::All, Focus::Units);
+    let (items, mine, w) = run(
+        ctx,
+        policy,
+        ApplyOptions::default(),
+        &hold_others,
+        mine,
+        focus,
+    );
+    warnings.extend(w);
+    others.extend(mine);
+    *observed = others;
+    let items = items.into_iter().filter(|i| concerned(i)).collect();
+    (items, warnings.iter().map(IoError::to_string).collect())
 }
 
 /// The sysctl area of a pass over host state the caller has already read:
@@ -115,7 +185,8 @@ pub fn apply_sysctls_observed(
         systemd: None,
     };
     let obs = vec![Observation::Sysctl(std::mem::take(observed))];
-    let (items, mut observations, _) = run(&ctx, policy, ApplyOptions::default(), hold, obs);
+    let (items, mut observations, _) =
+        run(&ctx, policy, ApplyOptions::default(), hold, obs, Focus::All);
     if let Some(Observation::Sysctl(h)) = observations.pop() {
         *observed = h;
     }
@@ -141,15 +212,20 @@ fn finish(
     started: Instant,
     observations: Vec<Observation>,
 ) -> Pass {
-    let sysctl = observations.into_iter().find_map(|o| match o {
-        Observation::Sysctl(h) => Some(h),
-        _ => None,
-    });
+    let mut sysctl = None;
+    let mut observed = Vec::new();
+    for o in observations {
+        match o {
+            Observation::Sysctl(h) => sysctl = Some(h),
+            other => observed.push(other),
+        }
+    }
     Pass {
         items,
         warnings: warnings.iter().map(IoError::to_string).collect(),
         duration: started.elapsed(),
         sysctl,
+        observed,
     }
 }
 
@@ -185,6 +261,7 @@ fn run(
     options: ApplyOptions,
     hold: Hold<'_>,
     mut observations: Vec<Observation>,
+    focus: Focus<'_>,
 ) -> (Vec<Item>, Vec<Observation>, Vec<IoError>) {
     let mut warnings = Vec::new();
     let planned: Vec<Vec<Item>> = observations.iter().map(|o| o.plan(policy)).collect();
@@ -321,7 +398,7 @@ fn run(
             continue;
         }
         let merged = if record.acted.contains(&obs.area()) {
-            warnings.extend(obs.refresh(ctx, policy));
+            warnings.extend(obs.refresh(ctx, policy, focus));
             merge(&before, obs.plan(policy), &record, hold)
         } else {
             before

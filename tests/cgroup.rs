@@ -151,6 +151,36 @@ fn a_foreign_runtime_override_is_drift_and_apply_restores_it_through_systemd() {
 }
 
 #[test]
+fn a_raised_limit_wins_over_a_runtime_override_in_one_pass() {
+    let h = FakeHost::new();
+    let fake = FakeSystemd::new(&h);
+    let root = HostRoot::new(h.root());
+    let ctx = Context {
+        host: &root,
+        systemd: Some(&fake),
+    };
+    engine::apply_in(&ctx, &policy(POLICY), ApplyOptions::default());
+    // A runtime override of memory.max (holdfast's own earlier correction
+    // leaves one too), then a policy that raises it: the rewritten unit
+    // file alone would lose to the override, so the pass also sets it at
+    // runtime, after the reload.
+    fake.set_runtime("go-app.slice", &["MemoryMax=104857600".into()]);
+    let raised = policy(&POLICY.replace("memory.max: 100M", "memory.max: 1G"));
+    let pass = engine::apply_in(&ctx, &raised, ApplyOptions::default());
+    let mem = find(&pass.items, "go-app.slice memory.max");
+    assert_eq!(mem.state, State::Corrected, "{mem:#?}");
+    assert_eq!(
+        h.read(&format!("{SLICE_CG}/memory.max")).trim(),
+        "1073741824"
+    );
+    let again = engine::plan_in(&ctx, &raised);
+    assert_eq!(
+        find(&again.items, "go-app.slice memory.max").state,
+        State::Compliant
+    );
+}
+
+#[test]
 fn a_raw_cgroupfs_write_is_contested_and_corrected_through_systemd_never_by_writing_the_file() {
     let h = FakeHost::new();
     let fake = FakeSystemd::new(&h);

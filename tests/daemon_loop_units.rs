@@ -4,7 +4,9 @@
 //! corrected through systemd, and a service setting someone keeps reverting
 //! becomes contested and is backed off. Passes are triggered the way
 //! SIGHUP does (the watches are covered by the integration tests with real
-//! inotify).
+//! inotify), or by systemd's announcements, which the double makes as
+//! systemd does on D-Bus: an announcement about a unit is a pass over that
+//! unit alone, and a burst of them during a daemon-reload is one pass.
 
 mod common;
 
@@ -16,12 +18,13 @@ use common::FakeHost;
 use common::fake_systemd::FakeSystemd;
 use holdfast::daemon::metrics::Metrics;
 use holdfast::daemon::reconcile::{Control, LoopConfig, Reconciler};
-use holdfast::daemon::schedule::{Backoff, ContestRule, TrackerConfig};
-use holdfast::daemon::state::{ItemStatus, Snapshot};
+use holdfast::daemon::schedule::{Backoff, ContestRule, TrackerConfig, Trigger};
+use holdfast::daemon::state::{ItemStatus, PassInfo, Snapshot};
 use holdfast::daemon::watch::{Arm, ArmReport, WatchSpec};
 use holdfast::host::HostRoot;
 use holdfast::item::State;
-use holdfast::systemd::SystemdClient;
+use holdfast::limits::LimitValue;
+use holdfast::systemd::{SystemdClient, UnitEvent};
 use tokio::sync::{mpsc, watch};
 
 const POLICY: &str = r#"version: 1
@@ -124,6 +127,14 @@ impl Harness {
         settle().await;
     }
 
+    fn last_pass(&self) -> PassInfo {
+        self.snaps
+            .borrow()
+            .last_pass
+            .clone()
+            .expect("a pass has run")
+    }
+
     fn item(&self, key_end: &str) -> ItemStatus {
         let snap = Arc::clone(&self.snaps.borrow());
         snap.items
@@ -203,4 +214,111 @@ async fn a_service_setting_reverted_again_and_again_is_contested_and_backed_off(
         written,
         "restored when the backoff ends"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_unit_announcement_is_a_pass_over_that_unit_not_a_full_pass() {
+    let h = Harness::start().await;
+    let before = h.last_pass().number;
+    h.systemd.queries.borrow_mut().clear();
+    h.systemd.calls.borrow_mut().clear();
+
+    // Another tool calls SetUnitProperties on the slice, which leaves no
+    // file behind; systemd announces the change.
+    h.systemd
+        .set_runtime("go-app.slice", &["MemoryMax=314572800".into()]);
+    h.systemd.emit(UnitEvent::Changed("go-app.slice".into()));
+    settle().await;
+    assert_eq!(h.host.read(MEMORY_MAX).trim(), "104857600");
+    assert_eq!(
+        h.item("go-app.slice memory.max").item.state,
+        State::Corrected
+    );
+    let pass = h.last_pass();
+    assert!(pass.number > before);
+    assert!(!pass.full, "{pass:?}");
+    assert_eq!(pass.trigger, Trigger::Systemd);
+    // Only the slice was asked about: before and after correcting it, and
+    // once more for the announcement of holdfast's own change.
+    assert_eq!(h.systemd.queries_of("myapp.service"), 0);
+    assert_eq!(h.systemd.queries_of("go-app.slice"), 3);
+    assert_eq!(h.systemd.calls_matching("reload"), 0);
+    assert_eq!(
+        h.systemd
+            .calls_matching("set go-app.slice MemoryMax=104857600"),
+        1
+    );
+
+    // An announcement about a unit the policy does not manage wakes nothing.
+    let quiet = h.last_pass().number;
+    h.systemd.emit(UnitEvent::Changed("cron.service".into()));
+    settle().await;
+    assert_eq!(h.last_pass().number, quiet);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_service_restarted_by_someone_else_is_verified_on_its_new_process() {
+    let h = Harness::start().await;
+    // Someone restarts myapp.service with its own limit (say, by hand with
+    // a transient override): a new main process with other limits.
+    {
+        let mut units = h.systemd.units.borrow_mut();
+        let info = units.get_mut("myapp.service").unwrap();
+        info.main_pid = Some(5151);
+        info.control_group = Some("/go.slice/go-app.slice/myapp.service".into());
+        assert_eq!(info.limit_nofile_hard, Some(LimitValue::Value(65536)));
+    }
+    h.host.write(
+        "sys/fs/cgroup/go.slice/go-app.slice/myapp.service/cgroup.procs",
+        "5151\n",
+    );
+    h.host.write(
+        "proc/5151/limits",
+        &common::fake_systemd::proc_limits(1024, 4096),
+    );
+    h.systemd.queries.borrow_mut().clear();
+    h.systemd.emit(UnitEvent::Changed("myapp.service".into()));
+    settle().await;
+    let pass = h.last_pass();
+    assert!(!pass.full && pass.trigger == Trigger::Systemd, "{pass:?}");
+    assert_eq!(h.systemd.queries_of("myapp.service"), 1);
+    assert_eq!(h.systemd.queries_of("go-app.slice"), 0);
+    let item = h.item("myapp.service LimitNOFILE");
+    assert_eq!(item.item.state, State::RestartRequired, "{item:#?}");
+    assert!(
+        item.item.detail.iter().any(|d| d.contains("PID 5151")),
+        "{:#?}",
+        item.item.detail
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_announcements_during_a_daemon_reload_is_one_pass() {
+    let h = Harness::start().await;
+    let before = h.last_pass().number;
+    h.systemd.queries.borrow_mut().clear();
+
+    h.systemd.emit(UnitEvent::Reloading(true));
+    settle().await;
+    for _ in 0..10 {
+        for unit in ["myapp.service", "go-app.slice"] {
+            h.systemd.emit(UnitEvent::Changed(unit.into()));
+        }
+        h.advance(Duration::from_millis(20)).await;
+    }
+    // Nothing is read while systemd reloads.
+    assert_eq!(h.last_pass().number, before);
+    assert!(h.systemd.queries.borrow().is_empty());
+
+    h.systemd.emit(UnitEvent::Reloading(false));
+    settle().await;
+    let pass = h.last_pass();
+    assert_eq!(pass.number, before + 1, "one pass for the whole reload");
+    assert!(!pass.full, "a pass over the units, not everything");
+    assert_eq!(pass.trigger, Trigger::Systemd);
+    // Every managed unit read once: nothing had drifted, nothing was done.
+    assert_eq!(h.systemd.queries_of("myapp.service"), 1);
+    assert_eq!(h.systemd.queries_of("go-app.slice"), 1);
+    h.advance(Duration::from_secs(30)).await;
+    assert_eq!(h.last_pass().number, before + 1);
 }

@@ -57,7 +57,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "cgroup::observe",
             "services::observe",
             "gobuild::observe",
-            "systemd::systemctl",
+            "systemd::dbus",
             "sources",
             "journal::store",
         ],

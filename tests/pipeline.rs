@@ -125,3 +125,34 @@ fn a_new_value_reaches_a_slice_that_a_runtime_override_pins() {
     let knob = find(&pass.items, "go-app.slice memory.max");
     assert_eq!(knob.state, State::Corrected, "{knob:#?}");
 }
+
+#[test]
+fn an_area_with_nothing_managed_costs_no_systemd_round_trip() {
+    let h = FakeHost::new();
+    let fake = FakeSystemd::new(&h);
+    let root = HostRoot::new(h.root());
+    let ctx = Context {
+        host: &root,
+        systemd: Some(&fake),
+    };
+    // Sysctls, limits and controllers only: nothing systemd is asked about.
+    let p = Policy::from_files([(
+        "p.yaml",
+        "version: 1\nmode: enforce\nsysctl:\n  vm.swappiness: 10\nlimits:\n  - {domain: \"*\", item: nofile, soft: 1024, hard: 1024}\ncgroup:\n  controllers: [memory]\n",
+    )])
+    .unwrap();
+    h.write("proc/sys/vm/swappiness", "60\n");
+    engine::apply_in(&ctx, &p, ApplyOptions::default());
+    engine::plan_in(&ctx, &p);
+    assert_eq!(*fake.round_trips.borrow(), 0, "{:?}", fake.calls.borrow());
+
+    // Services only: the slices' area asks nothing, the service's asks once.
+    let p = Policy::from_files([(
+        "p.yaml",
+        "version: 1\nmode: audit\nservices:\n  myapp.service: {limit_nofile: 65536}\n",
+    )])
+    .unwrap();
+    engine::plan_in(&ctx, &p);
+    assert_eq!(*fake.round_trips.borrow(), 1);
+    assert_eq!(fake.queries_of("myapp.service"), 1);
+}

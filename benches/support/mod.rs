@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use holdfast::daemon::client;
 use holdfast::daemon::listen::ListenAddr;
-use notify::Watcher as _;
 
 const INSIDE: &str = "HOLDFAST_BENCH_IN_NAMESPACE";
 
@@ -120,11 +119,15 @@ pub fn serve(dir: &Path, global: &[&str], serve_args: &[&str]) -> Daemon {
 }
 
 /// Writes `drift` to a watched key `n` times, `spacing` apart, and measures
-/// each time from the write to the daemon's restoring write. Both writes
-/// fire `IN_CLOSE_WRITE` on the file, in order: the first is ours, the
-/// second the daemon's, so the restore is timed without a polling loop
-/// competing with the daemon for the CPU (the figure includes the delivery
-/// of our own inotify event, tens of microseconds).
+/// each time from the write to the daemon's restoring write, seen through
+/// inotify (`IN_MODIFY` and `IN_CLOSE_WRITE` on the key), so no polling loop
+/// competes with the daemon for the CPU: at each event the key is read, and
+/// the first event after which it holds `want` again ends the sample (the
+/// figure includes the delivery of the event, tens of microseconds). The
+/// value is read rather than events counted because the kernel merges an
+/// event with an identical one still queued: when the daemon corrects the
+/// key between the writer's write and close, the two close-writes can
+/// arrive as one.
 pub fn drift_to_correction(
     path: &Path,
     drift: &str,
@@ -133,20 +136,26 @@ pub fn drift_to_correction(
     spacing: Duration,
 ) -> Vec<Duration> {
     let (tx, rx) = std::sync::mpsc::channel();
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(ev) = res
-            && ev.kind
-                == notify::EventKind::Access(notify::event::AccessKind::Close(
-                    notify::event::AccessMode::Write,
-                ))
-        {
-            let _ = tx.send(Instant::now());
-        }
-    })
-    .expect("inotify");
-    watcher
-        .watch(path, notify::RecursiveMode::NonRecursive)
+    let mut inotify = inotify::Inotify::init().expect("inotify");
+    inotify
+        .watches()
+        .add(
+            path,
+            inotify::WatchMask::CLOSE_WRITE | inotify::WatchMask::MODIFY,
+        )
         .expect("watch");
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 4096];
+        loop {
+            let Ok(events) = inotify.read_events_blocking(&mut buffer) else {
+                return;
+            };
+            let at = Instant::now();
+            if events.count() > 0 && tx.send(at).is_err() {
+                return;
+            }
+        }
+    });
     let mut samples = Vec::with_capacity(n);
     let mut lost = 0;
     for _ in 0..n {
@@ -155,23 +164,20 @@ pub fn drift_to_correction(
         let started = Instant::now();
         std::fs::write(path, format!("{drift}\n")).expect("write the drift");
         let deadline = started + Duration::from_secs(2);
-        let mut writes = 0;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(at) => {
-                    writes += 1;
-                    // The first close-write is ours.
-                    if writes >= 2 {
-                        let now = std::fs::read_to_string(path).unwrap_or_default();
-                        if now.trim() == want {
-                            samples.push(at.saturating_duration_since(started));
-                            break;
-                        }
+                    let now = std::fs::read_to_string(path).unwrap_or_default();
+                    if now.trim() == want {
+                        samples.push(at.saturating_duration_since(started));
+                        break;
                     }
                 }
                 Err(_) => {
                     lost += 1;
+                    let now = std::fs::read_to_string(path).unwrap_or_default();
+                    println!("  not corrected within 2 s (the key reads {})", now.trim());
                     break;
                 }
             }

@@ -2,7 +2,7 @@
 //! policy slice, its cgroupfs files, and the controllers on its path. Reads
 //! only; never writes a cgroup.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use super::detect::{self, CgroupMode};
@@ -38,30 +38,7 @@ pub fn observe(
         ));
     }
     for rule in policy.cgroup.slices.values() {
-        let mut obs = SliceObs::default();
-        if systemd {
-            let unit = slice_unit(&rule.name);
-            let path = host.path(&format!("etc/systemd/system/{unit}"));
-            let current = host::read_optional_or_warn(&path, &mut warnings);
-            obs.unit_file = Some((path, current));
-            if let Some(client) = client {
-                let info = client.unit(&unit).map_err(|e| e.to_string());
-                if let Ok(i) = &info {
-                    obs.cgroup_path = i
-                        .control_group
-                        .as_ref()
-                        .map(|cg| cg.trim_start_matches('/').to_string());
-                }
-                obs.info = Some(info);
-            }
-        } else {
-            obs.cgroup_path = Some(format!("{HOLDFAST_SUBTREE}/{}", rule.name));
-        }
-        if let Some(cg) = obs.cgroup_path.clone() {
-            read_cgroup(&root, &cg, &mut obs);
-        } else if !systemd {
-            obs.ancestors = ancestors(&root, &format!("{HOLDFAST_SUBTREE}/x"));
-        }
+        let obs = observe_slice(host, client, &rule.name, systemd, &mut warnings);
         out.slices.insert(rule.name.clone(), obs);
     }
     if !systemd && out.slices.is_empty() {
@@ -75,6 +52,65 @@ pub fn observe(
         );
     }
     (out, warnings)
+}
+
+/// Reads again only the policy's slices whose units are among `units`
+/// into an earlier observation: what an event about those units calls for.
+pub fn observe_units(
+    host: &HostRoot,
+    client: Option<&dyn SystemdClient>,
+    policy: &Policy,
+    units: &BTreeSet<String>,
+    out: &mut CgroupHost,
+) -> Vec<IoError> {
+    let mut warnings = Vec::new();
+    if out.mode != CgroupMode::Unified {
+        return warnings;
+    }
+    for rule in policy.cgroup.slices.values() {
+        if units.contains(&slice_unit(&rule.name)) {
+            let obs = observe_slice(host, client, &rule.name, out.systemd, &mut warnings);
+            out.slices.insert(rule.name.clone(), obs);
+        }
+    }
+    warnings
+}
+
+/// One slice of the policy: its unit file and systemd's view (systemd
+/// backend), and its cgroup's files.
+fn observe_slice(
+    host: &HostRoot,
+    client: Option<&dyn SystemdClient>,
+    name: &str,
+    systemd: bool,
+    warnings: &mut Vec<IoError>,
+) -> SliceObs {
+    let root = host.path("sys/fs/cgroup");
+    let mut obs = SliceObs::default();
+    if systemd {
+        let unit = slice_unit(name);
+        let path = host.path(&format!("etc/systemd/system/{unit}"));
+        let current = host::read_optional_or_warn(&path, warnings);
+        obs.unit_file = Some((path, current));
+        if let Some(client) = client {
+            let info = client.unit(&unit).map_err(|e| e.to_string());
+            if let Ok(i) = &info {
+                obs.cgroup_path = i
+                    .control_group
+                    .as_ref()
+                    .map(|cg| cg.trim_start_matches('/').to_string());
+            }
+            obs.info = Some(info);
+        }
+    } else {
+        obs.cgroup_path = Some(format!("{HOLDFAST_SUBTREE}/{name}"));
+    }
+    if let Some(cg) = obs.cgroup_path.clone() {
+        read_cgroup(&root, &cg, &mut obs);
+    } else if !systemd {
+        obs.ancestors = ancestors(&root, &format!("{HOLDFAST_SUBTREE}/x"));
+    }
+    obs
 }
 
 fn read_trimmed(path: &Path) -> Option<String> {

@@ -392,14 +392,14 @@ fn plan_systemd(policy: &Policy, host: &CgroupHost) -> Vec<Item> {
             };
             // With a right unit file, a running slice is corrected at once
             // through systemd; a wrong file is fixed by its rewrite and the
-            // pass's reload — unless a runtime override (`set-property
-            // --runtime`, someone's or holdfast's own earlier correction)
-            // outranks every unit file: then the value also goes through
-            // systemd, after the reload.
+            // pass's reload — unless a runtime override (a `set-property
+            // --runtime`, holdfast's own earlier correction included) would
+            // still win over the rewritten file: then at once too, after
+            // the reload.
             let runtime_override = info.is_some_and(|i| {
                 i.drop_in_paths
                     .iter()
-                    .any(|p| p.starts_with("/run/systemd/system.control/"))
+                    .any(|p| p.contains("/systemd/system.control/"))
             });
             if item.state != State::Compliant
                 && mode == Mode::Enforce

@@ -42,7 +42,7 @@ use metrics::{Metrics, MetricsConfig};
 use reconcile::{Control, LoopConfig, Reconciler};
 use schedule::TrackerConfig;
 use state::{ListenerOrigin, Snapshot};
-use watch::{Arm, NoWatcher, NotifyWatcher};
+use watch::{Arm, InotifyWatcher, NoWatcher};
 
 /// Everything `holdfast serve` is told.
 #[derive(Debug, Clone)]
@@ -227,7 +227,7 @@ fn run_loop(
         forward_signals(control).map_err(|e| format!("install signal handlers: {e}"))?;
         let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
         let overflow = Arc::new(AtomicBool::new(false));
-        let mut watcher: Box<dyn Arm> = match NotifyWatcher::start(events, Arc::clone(&overflow)) {
+        let mut watcher: Box<dyn Arm> = match InotifyWatcher::start(events, Arc::clone(&overflow)) {
             Ok(w) => Box::new(w),
             Err(e) => {
                 tracing::error!(

@@ -11,8 +11,11 @@
 //!   policy stays in force, and the rejection (file:line:col) is in status,
 //!   the log and the metrics until a valid push replaces it.
 //! - An event on a key's /proc/sys file costs a read of that key (and a
-//!   write when it drifted); other events, the rescan and policy changes
-//!   re-read everything and re-arm the watches.
+//!   write when it drifted); an announcement from systemd about a managed
+//!   unit (D-Bus), or an event on that unit's files, costs a read of that
+//!   unit; a daemon-reload, a read of every managed unit, once, after the
+//!   reload ended; other events, the rescan and policy changes re-read
+//!   everything and re-arm the watches.
 //! - The loop never waits on an HTTP client: it publishes an immutable
 //!   snapshot (`watch::Sender::send_replace`) and increments counters.
 //! - Shutdown waits only for the pass in flight: control messages are
@@ -24,8 +27,8 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, watch};
@@ -33,13 +36,13 @@ use tokio::time::Instant;
 
 use super::keeper::{PolicyKeeper, Reload};
 use super::metrics::Metrics;
-use super::schedule::{Debouncer, Schedule, TrackerConfig, Work};
+use super::schedule::{Debouncer, Schedule, TrackerConfig, Trigger, Work};
 use super::sdnotify::Notifier;
 use super::state::{ListenerStatus, PassInfo, Snapshot, WatchStatus, human_duration};
 use super::view::{Event, ItemView};
 use super::watch::{self as watches, Arm, Concern, PolicySource, WatchEvent, WatchMap};
 use super::writers;
-use crate::area;
+use crate::area::{self, Observation};
 use crate::engine;
 use crate::host::{self, HostRoot};
 use crate::item::{Item, ItemKey};
@@ -48,7 +51,19 @@ use crate::safety::{MemInfo, OvercommitKey};
 use crate::sysctl::SysctlKey;
 use crate::sysctl::observe::{self as sysctl_observe, Observed};
 use crate::sysctl::plan::{self as sysctl_plan, SysctlHost};
-use crate::systemd::SystemdClient;
+use crate::systemd::{SystemdClient, UnitEvent};
+
+/// Announcements from systemd waiting for the loop; when full, the loop is
+/// told to do a full pass instead.
+const UNIT_EVENT_QUEUE: usize = 1024;
+
+/// The next announcement, for `select!` (the branch is off without one).
+async fn recv_unit(rx: &mut Option<mpsc::Receiver<UnitEvent>>) -> Option<UnitEvent> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
 
 /// How the loop runs.
 #[derive(Clone)]
@@ -100,6 +115,13 @@ pub struct Reconciler {
     /// What the last passes read of the sysctls, so that an event on one
     /// key re-reads only that key.
     cache: Option<SysctlHost>,
+    /// What the last passes read of the other areas, so that an
+    /// announcement about one unit re-reads only that unit.
+    observed: Vec<Observation>,
+    /// The units the policy in force manages: systemd's announcements about
+    /// other units are dropped on the client's thread, and never wake the
+    /// loop.
+    managed: Arc<Mutex<BTreeSet<String>>>,
     view: ItemView,
     warnings: Vec<String>,
     schedule: Schedule,
@@ -133,6 +155,8 @@ impl Reconciler {
             sources,
             keeper: PolicyKeeper::default(),
             cache: None,
+            observed: Vec::new(),
+            managed: Arc::new(Mutex::new(BTreeSet::new())),
             view: ItemView::new(cfg.trackers),
             warnings: Vec::new(),
             schedule,
@@ -158,6 +182,8 @@ impl Reconciler {
         overflow: Arc<AtomicBool>,
     ) {
         let mut events_open = true;
+        let (mut units, units_lost) = self.subscribe();
+        let mut units_open = units.is_some();
         loop {
             // Control first: a shutdown waits only for the pass in flight.
             loop {
@@ -176,7 +202,14 @@ impl Reconciler {
                     Err(mpsc::error::TryRecvError::Disconnected) => events_open = false,
                 }
             }
-            if overflow.swap(false, Ordering::SeqCst) {
+            while units_open && let Some(rx) = units.as_mut() {
+                match rx.try_recv() {
+                    Ok(e) => self.note_unit_event(e, Instant::now()),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => units_open = false,
+                }
+            }
+            if overflow.swap(false, Ordering::SeqCst) || units_lost.swap(false, Ordering::SeqCst) {
                 self.schedule.files_changed();
             }
             let now = Instant::now();
@@ -200,8 +233,61 @@ impl Reconciler {
                     Some(e) => self.note_event(&e, Instant::now()),
                     None => events_open = false,
                 },
+                u = recv_unit(&mut units), if units_open => match u {
+                    Some(u) => self.note_unit_event(u, Instant::now()),
+                    None => units_open = false,
+                },
                 () = tokio::time::sleep_until(deadline) => {}
             }
+        }
+    }
+
+    /// Asks the systemd client for its announcements about units, filtered
+    /// on its thread to the managed units. The flag says announcements were
+    /// dropped (the queue was full): only a full pass is then sure.
+    fn subscribe(&self) -> (Option<mpsc::Receiver<UnitEvent>>, Arc<AtomicBool>) {
+        let lost = Arc::new(AtomicBool::new(false));
+        let Some(client) = &self.cfg.systemd else {
+            return (None, lost);
+        };
+        let (tx, rx) = mpsc::channel(UNIT_EVENT_QUEUE);
+        let managed = Arc::clone(&self.managed);
+        let dropped = Arc::clone(&lost);
+        let sink = Box::new(move |event: UnitEvent| {
+            if let UnitEvent::Changed(unit) = &event
+                && !managed
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .contains(unit)
+            {
+                return true;
+            }
+            match tx.try_send(event) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    dropped.store(true, Ordering::SeqCst);
+                    true
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        });
+        match client.subscribe(sink) {
+            Ok(()) => (Some(rx), lost),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot listen to systemd's announcements ({e}); unit drift is found by the rescan"
+                );
+                (None, lost)
+            }
+        }
+    }
+
+    fn note_unit_event(&mut self, event: UnitEvent, now: Instant) {
+        match event {
+            UnitEvent::Changed(unit) => self.schedule.unit_changed(unit, Trigger::Systemd),
+            UnitEvent::Reloading(reloading) => self.schedule.systemd_reloading(reloading, now),
+            UnitEvent::UnitFilesChanged => self.schedule.all_units(),
+            UnitEvent::Lost => self.schedule.files_changed(),
         }
     }
 
@@ -212,9 +298,15 @@ impl Reconciler {
 
     fn note_event(&mut self, event: &WatchEvent, now: Instant) {
         for path in &event.paths {
+            if event.removed && self.watch_map.is_watched(path) {
+                // A watched path itself went away, and its watch with it: a
+                // full pass re-reads and re-arms.
+                self.schedule.files_changed();
+            }
             for concern in self.watch_map.concerns(path) {
                 match concern {
                     Concern::Sysctl(key) => self.schedule.key_changed(key),
+                    Concern::Unit(unit) => self.schedule.unit_changed(unit, Trigger::Event),
                     Concern::Files => self.schedule.files_changed(),
                     Concern::Policy => self.schedule.policy_changed(now),
                 }
@@ -234,10 +326,18 @@ impl Reconciler {
             if full {
                 self.full_pass(policy, now);
             } else {
-                self.key_pass(policy, &work.keys, now);
+                if work.has_units() {
+                    self.unit_pass(policy, &work, now);
+                }
+                if !work.keys.is_empty() {
+                    self.key_pass(policy, &work.keys, now);
+                }
             }
         }
-        if full {
+        // A unit pass re-arms too (a few stats): a unit's runtime-override
+        // directory that appeared, or a drop-in directory replaced, gets
+        // its watch at once, not at the next full pass.
+        if full || work.has_units() {
             self.rearm(watcher, policy.as_deref());
         }
         let duration = started.elapsed();
@@ -249,12 +349,19 @@ impl Reconciler {
             duration,
             trigger: work.trigger,
             full,
+            units: !full && work.has_units(),
+            keys: !full && !work.keys.is_empty(),
         });
         self.metrics.pass(work.trigger, duration);
         tracing::debug!(
             trigger = work.trigger.as_str(),
             full,
             keys = work.keys.len(),
+            units = if work.all_units {
+                "all".to_string()
+            } else {
+                work.units.len().to_string()
+            },
             duration_us = duration.as_micros() as u64,
             "pass"
         );
@@ -296,6 +403,33 @@ impl Reconciler {
         self.warnings = pass.warnings;
         self.absorb(pass.items, now, true, &HashMap::new());
         self.cache = pass.sysctl;
+        self.observed = pass.observed;
+        *self.managed.lock().unwrap_or_else(PoisonError::into_inner) = area::managed_units(policy);
+    }
+
+    /// Re-reads only the units `work` names (every managed unit after a
+    /// daemon-reload) into the kept observations, and corrects them.
+    fn unit_pass(&mut self, policy: &Policy, work: &Work, now: Instant) {
+        let managed = area::managed_units(policy);
+        let named: BTreeSet<String> = work.units.intersection(&managed).cloned().collect();
+        let units = if work.all_units { None } else { Some(&named) };
+        if units.is_some_and(BTreeSet::is_empty) {
+            return;
+        }
+        let view = &self.view;
+        let hold = |item: &Item| view.is_held(item, now);
+        let ctx = engine::Context {
+            host: &self.cfg.host,
+            systemd: self.cfg.systemd.as_deref(),
+        };
+        let (items, warnings) =
+            engine::apply_units_observed(&ctx, policy, &mut self.observed, units, &hold);
+        for w in warnings {
+            if !self.warnings.contains(&w) {
+                self.warnings.push(w);
+            }
+        }
+        self.absorb(items, now, false, &HashMap::new());
     }
 
     /// Re-reads only `keys` (and what the overcommit gate needs with them),

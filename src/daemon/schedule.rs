@@ -10,6 +10,10 @@
 //!   several steps), but never postponed beyond `max_wait` after the first.
 //! - A full rescan is due at most `rescan` after the previous full pass,
 //!   whatever else happens.
+//! - Units named by systemd's announcements are due at once, except while
+//!   systemd reloads: what it announces during a daemon-reload waits for
+//!   the reload's end (at most [`RELOAD_WAIT_MAX`]) and becomes one pass
+//!   over every managed unit.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
@@ -34,16 +38,19 @@ pub enum Trigger {
     Rescan,
     /// A held item's backoff ran out.
     Retry,
+    /// systemd announced a change to a managed unit, or a reload (D-Bus).
+    Systemd,
 }
 
 impl Trigger {
-    pub const ALL: [Trigger; 6] = [
+    pub const ALL: [Trigger; 7] = [
         Trigger::Start,
         Trigger::Event,
         Trigger::Policy,
         Trigger::Signal,
         Trigger::Rescan,
         Trigger::Retry,
+        Trigger::Systemd,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -54,6 +61,7 @@ impl Trigger {
             Trigger::Signal => "sighup",
             Trigger::Rescan => "rescan",
             Trigger::Retry => "retry",
+            Trigger::Systemd => "systemd",
         }
     }
 }
@@ -328,27 +336,50 @@ pub struct Work {
     pub full: bool,
     /// Re-read only these keys (when not `full`).
     pub keys: BTreeSet<SysctlKey>,
+    /// Re-read only these units (when not `full`).
+    pub units: BTreeSet<String>,
+    /// Re-read every managed unit (systemd reloaded), when not `full`.
+    pub all_units: bool,
     pub trigger: Trigger,
+}
+
+impl Work {
+    /// Whether the pass is about units (and not everything).
+    pub fn has_units(&self) -> bool {
+        !self.full && (self.all_units || !self.units.is_empty())
+    }
 }
 
 /// Items whose backoff has run out and that are still out of line.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Retries {
     pub keys: BTreeSet<SysctlKey>,
+    /// Items of units, which a pass over those units re-reads.
+    pub units: BTreeSet<String>,
     /// Items of other kinds, which only a full pass re-reads.
     pub other: bool,
 }
 
 impl Retries {
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty() && !self.other
+        self.keys.is_empty() && self.units.is_empty() && !self.other
     }
 }
+
+/// How long announcements wait for the end of a daemon-reload
+/// (`Reloading(false)`) before they are acted on anyway.
+pub const RELOAD_WAIT_MAX: Duration = Duration::from_secs(10);
 
 /// What is pending, and when the next timed thing is due.
 #[derive(Debug, Clone)]
 pub struct Schedule {
     keys: BTreeSet<SysctlKey>,
+    units: BTreeSet<String>,
+    all_units: bool,
+    /// What first asked for the pending unit work.
+    units_trigger: Option<Trigger>,
+    /// When systemd announced the reload in progress.
+    reloading_since: Option<Instant>,
     full: Option<Trigger>,
     reload_now: bool,
     policy: Debouncer,
@@ -361,6 +392,10 @@ impl Schedule {
     pub fn new(now: Instant, rescan: Duration, debounce: Debouncer) -> Schedule {
         Schedule {
             keys: BTreeSet::new(),
+            units: BTreeSet::new(),
+            all_units: false,
+            units_trigger: None,
+            reloading_since: None,
             full: Some(Trigger::Start),
             reload_now: true,
             policy: debounce,
@@ -372,6 +407,42 @@ impl Schedule {
     /// An event on a key's /proc/sys file.
     pub fn key_changed(&mut self, key: SysctlKey) {
         self.keys.insert(key);
+    }
+
+    /// A unit's files changed (inotify: `Trigger::Event`), or systemd
+    /// announced a change to it (`Trigger::Systemd`).
+    pub fn unit_changed(&mut self, unit: String, trigger: Trigger) {
+        self.units.insert(unit);
+        self.units_trigger.get_or_insert(trigger);
+    }
+
+    /// systemd started (`true`) or finished (`false`) a daemon-reload.
+    /// What is announced in between waits for the end, which asks for a
+    /// pass over every managed unit.
+    pub fn systemd_reloading(&mut self, reloading: bool, now: Instant) {
+        if reloading {
+            self.reloading_since.get_or_insert(now);
+        } else {
+            self.reloading_since = None;
+            self.all_units();
+        }
+    }
+
+    /// Any managed unit may have changed (a reload, unit files enabled or
+    /// disabled).
+    pub fn all_units(&mut self) {
+        self.all_units = true;
+        self.units_trigger.get_or_insert(Trigger::Systemd);
+    }
+
+    /// Whether unit work waits for a reload to end at `now`.
+    fn reload_pending(&self, now: Instant) -> bool {
+        self.reloading_since
+            .is_some_and(|t| now < t + RELOAD_WAIT_MAX)
+    }
+
+    fn has_units(&self) -> bool {
+        self.all_units || !self.units.is_empty()
     }
 
     /// An event on a file only a full pass re-reads (sysctl.d, limits.d), or
@@ -392,7 +463,10 @@ impl Schedule {
 
     /// Whether something is due without waiting.
     pub fn has_immediate(&self) -> bool {
-        self.reload_now || self.full.is_some() || !self.keys.is_empty()
+        self.reload_now
+            || self.full.is_some()
+            || !self.keys.is_empty()
+            || (self.has_units() && self.reloading_since.is_none())
     }
 
     /// The next instant something timed is due: the debounced policy, the
@@ -405,11 +479,25 @@ impl Schedule {
         if let Some(r) = retry_at {
             at = at.min(r);
         }
+        if let Some(t) = self.reloading_since {
+            at = at.min(t + RELOAD_WAIT_MAX);
+        }
         at
     }
 
     /// The work due at `now`, if any; it is removed from the schedule.
     pub fn take(&mut self, now: Instant, retries: Retries) -> Option<Work> {
+        if self.reloading_since.is_some() && !self.reload_pending(now) {
+            // The end of the reload was not announced in time.
+            self.reloading_since = None;
+            self.all_units();
+        }
+        let unit_retries = !retries.units.is_empty();
+        self.units.extend(retries.units);
+        if unit_retries {
+            self.units_trigger.get_or_insert(Trigger::Retry);
+        }
+        let units_due = self.has_units() && !self.reload_pending(now);
         let signal = std::mem::take(&mut self.reload_now);
         let policy = self.policy.take(now);
         let rescan = now >= self.next_rescan;
@@ -428,21 +516,36 @@ impl Schedule {
             Trigger::Rescan
         } else if !self.keys.is_empty() {
             Trigger::Event
+        } else if units_due && let Some(t) = self.units_trigger {
+            t
         } else {
             Trigger::Retry
         };
         let mut keys = std::mem::take(&mut self.keys);
         keys.extend(retries.keys);
+        let (mut units, mut all_units) = (BTreeSet::new(), false);
+        if full || units_due {
+            units = std::mem::take(&mut self.units);
+            all_units = std::mem::take(&mut self.all_units);
+            self.units_trigger = None;
+        }
         if full {
             self.next_rescan = now + self.rescan;
             keys.clear();
-        } else if keys.is_empty() {
+            units.clear();
+            all_units = false;
+        } else if keys.is_empty() && !units_due {
             return None;
+        }
+        if all_units {
+            units.clear();
         }
         Some(Work {
             reload,
             full,
             keys,
+            units,
+            all_units,
             trigger,
         })
     }
@@ -637,6 +740,8 @@ mod tests {
                 reload: true,
                 full: true,
                 keys: BTreeSet::new(),
+                units: BTreeSet::new(),
+                all_units: false,
                 trigger: Trigger::Start
             }
         );
@@ -716,7 +821,7 @@ mod tests {
                 t0 + ms(10),
                 Retries {
                     keys: [key("vm.swappiness")].into(),
-                    other: false,
+                    ..Retries::default()
                 },
             )
             .unwrap();
@@ -728,11 +833,86 @@ mod tests {
             .take(
                 t0 + ms(20),
                 Retries {
-                    keys: BTreeSet::new(),
                     other: true,
+                    ..Retries::default()
                 },
             )
             .unwrap();
         assert_eq!((w.full, w.trigger), (true, Trigger::Retry));
+    }
+
+    #[test]
+    fn unit_announcements_are_due_at_once_as_a_pass_over_those_units() {
+        let t0 = Instant::now();
+        let mut s = schedule(t0);
+        s.take(t0, Retries::default());
+        s.unit_changed("go-app.slice".into(), Trigger::Systemd);
+        s.unit_changed("go-app.slice".into(), Trigger::Systemd);
+        s.unit_changed("myapp.service".into(), Trigger::Event);
+        assert!(s.has_immediate());
+        let w = s.take(t0 + ms(1), Retries::default()).unwrap();
+        assert!(!w.full && !w.reload && !w.all_units && w.has_units());
+        assert_eq!(w.trigger, Trigger::Systemd);
+        assert_eq!(w.units.len(), 2);
+        assert_eq!(s.take(t0 + ms(2), Retries::default()), None);
+        // With a key event in the same wake-up: one pass does both.
+        s.unit_changed("go-app.slice".into(), Trigger::Event);
+        s.key_changed(key("vm.swappiness"));
+        let w = s.take(t0 + ms(3), Retries::default()).unwrap();
+        assert_eq!((w.keys.len(), w.units.len()), (1, 1));
+    }
+
+    #[test]
+    fn announcements_during_a_reload_wait_for_its_end_and_become_one_pass() {
+        let t0 = Instant::now();
+        let mut s = schedule(t0);
+        s.take(t0, Retries::default());
+        s.systemd_reloading(true, t0);
+        for unit in ["a.service", "b.service", "go-app.slice"] {
+            s.unit_changed(unit.into(), Trigger::Systemd);
+        }
+        assert!(!s.has_immediate());
+        assert_eq!(s.take(t0 + ms(5), Retries::default()), None);
+        assert_eq!(s.next_deadline(None), t0 + RELOAD_WAIT_MAX);
+        s.systemd_reloading(false, t0 + ms(10));
+        let w = s.take(t0 + ms(10), Retries::default()).unwrap();
+        assert!(w.all_units && w.units.is_empty() && !w.full);
+        assert_eq!(w.trigger, Trigger::Systemd);
+        assert_eq!(s.take(t0 + ms(11), Retries::default()), None);
+
+        // An end never announced: the wait is bounded.
+        s.systemd_reloading(true, t0 + ms(20));
+        s.unit_changed("a.service".into(), Trigger::Systemd);
+        assert_eq!(s.take(t0 + ms(21), Retries::default()), None);
+        let w = s
+            .take(t0 + ms(20) + RELOAD_WAIT_MAX, Retries::default())
+            .unwrap();
+        assert!(w.all_units);
+        // A full pass covers pending units.
+        s.unit_changed("a.service".into(), Trigger::Systemd);
+        s.files_changed();
+        let w = s.take(t0 + ms(30_000), Retries::default()).unwrap();
+        assert!(w.full && w.units.is_empty() && !w.has_units());
+        assert_eq!(s.take(t0 + ms(30_001), Retries::default()), None);
+    }
+
+    #[test]
+    fn unit_retries_are_a_pass_over_their_units() {
+        let t0 = Instant::now();
+        let mut s = schedule(t0);
+        s.take(t0, Retries::default());
+        let w = s
+            .take(
+                t0 + ms(10),
+                Retries {
+                    units: ["go-app.slice".to_string()].into(),
+                    ..Retries::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            (w.full, w.trigger, w.units.len()),
+            (false, Trigger::Retry, 1)
+        );
     }
 }

@@ -137,6 +137,11 @@ pub struct PassInfo {
     pub trigger: Trigger,
     /// Whether everything was re-read, or only the keys an event named.
     pub full: bool,
+    /// Whether a pass that was not full re-read units (systemd's
+    /// announcements, a unit's files) rather than, or besides, keys.
+    pub units: bool,
+    /// Whether a pass that was not full re-read sysctl keys.
+    pub keys: bool,
 }
 
 /// One setting as the daemon shows it.

@@ -65,7 +65,9 @@ pub struct PassJson {
     pub at: String,
     pub duration_ms: f64,
     pub trigger: String,
-    /// `full` (everything re-read) or `keys` (only what an event named).
+    /// `full` (everything re-read), `keys` (only the sysctls an event
+    /// named), `units` (only the systemd units an announcement or a unit's
+    /// files named) or `units+keys`.
     pub scope: String,
 }
 
@@ -262,7 +264,13 @@ pub fn to_json(snap: &Snapshot, filter: &Filter) -> StatusJson {
             at: rfc3339(l.at),
             duration_ms: (l.duration.as_secs_f64() * 1e6).round() / 1e3,
             trigger: l.trigger.as_str().to_string(),
-            scope: if l.full { "full" } else { "keys" }.to_string(),
+            scope: match (l.full, l.units, l.keys) {
+                (true, _, _) => "full",
+                (false, true, true) => "units+keys",
+                (false, true, false) => "units",
+                (false, false, _) => "keys",
+            }
+            .to_string(),
         }),
         daemon: DaemonJson {
             version: snap.version.to_string(),
@@ -532,6 +540,8 @@ mod tests {
             duration: Duration::from_micros(312),
             trigger: Trigger::Event,
             full: false,
+            units: false,
+            keys: true,
         });
         snap.items = vec![
             item("net.core.somaxconn", State::Corrected, "4096"),

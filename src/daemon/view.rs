@@ -132,11 +132,13 @@ impl ItemView {
                 continue;
             };
             if t.hold_until().is_some_and(|h| h <= now) {
-                match e.status.item.key.sysctl() {
-                    Some(k) => {
-                        retries.keys.insert(k.clone());
-                    }
-                    None => retries.other = true,
+                let key = &e.status.item.key;
+                if let Some(k) = key.sysctl() {
+                    retries.keys.insert(k.clone());
+                } else if let Some(unit) = key.unit() {
+                    retries.units.insert(unit.to_string());
+                } else {
+                    retries.other = true;
                 }
             }
         }

@@ -2,8 +2,10 @@
 //!
 //! [`plan`] lists the files and directories to watch — the policy sources
 //! and each area's own list (`Area::watches`, pure) — and [`WatchMap`]
-//! (pure) maps an event's path back to what it concerns. [`NotifyWatcher`] is the I/O side: it arms
-//! inotify watches (the `notify` crate) and forwards events to the loop.
+//! (pure) maps an event's path back to what it concerns.
+//! [`InotifyWatcher`] is the I/O side: it arms inotify watches (the
+//! `inotify` crate) for writes only, never opens or reads, and forwards
+//! events to the loop.
 //!
 //! An event is only ever a reason to re-read (DESIGN-NOTES §7): inotify
 //! misses writes through another procfs instance or from another network
@@ -16,8 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use notify::event::{AccessKind, ModifyKind};
-use notify::{EventKind, RecursiveMode, Watcher as _};
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
 use tokio::sync::mpsc;
 
 use crate::area::Area;
@@ -118,6 +119,12 @@ impl WatchMap {
         &self.specs
     }
 
+    /// Whether `path` itself is watched (not only an entry of a watched
+    /// directory).
+    pub fn is_watched(&self, path: &Path) -> bool {
+        self.by_path.contains_key(path)
+    }
+
     /// What an event on `path` concerns (deduplicated, in a stable order).
     pub fn concerns(&self, path: &Path) -> Vec<Concern> {
         let mut out = Vec::new();
@@ -166,19 +173,43 @@ pub struct WatchEvent {
     pub removed: bool,
 }
 
-/// Whether an event kind is a reason to re-read. Opening, reading and
-/// metadata changes are not: holdfast's own reads fire `IN_OPEN` on every
-/// watched file, and acting on them would make the loop feed itself.
-pub fn relevant(kind: &EventKind) -> Option<bool> {
-    match kind {
-        EventKind::Access(AccessKind::Close(notify::event::AccessMode::Write)) => Some(false),
-        EventKind::Access(_) => None,
-        EventKind::Modify(ModifyKind::Metadata(_)) => None,
-        EventKind::Modify(ModifyKind::Name(_)) => Some(true),
-        EventKind::Remove(_) => Some(true),
-        EventKind::Modify(_) | EventKind::Create(_) | EventKind::Any | EventKind::Other => {
-            Some(false)
-        }
+/// What a watch on a file asks the kernel for: writes (`IN_MODIFY` while
+/// written, `IN_CLOSE_WRITE` when the writer closes), and its own end
+/// (removed or moved away). Never `IN_OPEN`, `IN_ACCESS` or
+/// `IN_CLOSE_NOWRITE`: a process that only reads a watched /proc/sys key
+/// must not wake the daemon (holdfast's own reads included).
+pub const FILE_MASK: WatchMask = WatchMask::MODIFY
+    .union(WatchMask::CLOSE_WRITE)
+    .union(WatchMask::DELETE_SELF)
+    .union(WatchMask::MOVE_SELF);
+
+/// What a watch on a directory asks for: entries created, removed, moved
+/// in or out, written, and the directory's own end. Never opens or reads.
+pub const DIR_MASK: WatchMask = WatchMask::CREATE
+    .union(WatchMask::DELETE)
+    .union(WatchMask::MOVED_FROM)
+    .union(WatchMask::MOVED_TO)
+    .union(WatchMask::MODIFY)
+    .union(WatchMask::CLOSE_WRITE)
+    .union(WatchMask::DELETE_SELF)
+    .union(WatchMask::MOVE_SELF);
+
+/// Whether an event is a reason to re-read: `None` if not, else whether
+/// the path was removed or moved away (its watch is gone). Pure.
+pub fn relevant(mask: EventMask) -> Option<bool> {
+    let gone = EventMask::DELETE
+        | EventMask::DELETE_SELF
+        | EventMask::MOVED_FROM
+        | EventMask::MOVE_SELF
+        | EventMask::IGNORED;
+    let changed =
+        EventMask::MODIFY | EventMask::CLOSE_WRITE | EventMask::CREATE | EventMask::MOVED_TO;
+    if mask.intersects(gone) {
+        Some(true)
+    } else if mask.intersects(changed) {
+        Some(false)
+    } else {
+        None
     }
 }
 
@@ -213,57 +244,107 @@ fn watch_target(spec: &WatchSpec) -> Option<PathBuf> {
         .map(Path::to_path_buf)
 }
 
-/// inotify through the `notify` crate. Events are filtered on notify's
-/// thread (open/read/metadata dropped) and sent to the loop over a bounded
-/// channel; when the channel is full, or inotify's queue overflowed, the
-/// `overflow` flag asks the loop for a full pass instead.
-pub struct NotifyWatcher {
-    watcher: notify::INotifyWatcher,
-    /// Watched path → (device, inode) when armed; a changed inode means the
-    /// file was replaced and needs a new watch.
-    armed: HashMap<PathBuf, (u64, u64)>,
+/// inotify through the `inotify` crate: the loop arms watches, a thread of
+/// its own (`holdfast-inotify`) reads events, keeps only writes, creations,
+/// removals and moves, and sends each read's paths to the loop over a
+/// bounded channel; when the channel is full, or inotify's queue
+/// overflowed, the `overflow` flag asks the loop for a full pass instead.
+pub struct InotifyWatcher {
+    watches: Watches,
+    /// Watched path → (device, inode) and its watch; a changed inode means
+    /// the file was replaced and needs a new watch.
+    armed: HashMap<PathBuf, ((u64, u64), WatchDescriptor)>,
+    /// What each watch is on, for the reader thread to name paths.
+    targets: Arc<Mutex<HashMap<i32, PathBuf>>>,
     /// Paths removed since the last arming: inotify dropped their watches
     /// (and a new file there may reuse the inode number).
     gone: Arc<Mutex<Vec<PathBuf>>>,
 }
 
-impl NotifyWatcher {
+/// One read(2) of inotify's events buffer: 64 events with short names.
+const EVENT_BUFFER: usize = 4096;
+
+impl InotifyWatcher {
     pub fn start(
         events: mpsc::Sender<WatchEvent>,
         overflow: Arc<AtomicBool>,
-    ) -> Result<NotifyWatcher, notify::Error> {
-        let gone = Arc::new(Mutex::new(Vec::new()));
-        let gone_in_handler = Arc::clone(&gone);
-        let handler = move |res: notify::Result<notify::Event>| match res {
-            Ok(event) => {
-                if event.need_rescan() {
-                    overflow.store(true, Ordering::SeqCst);
+    ) -> std::io::Result<InotifyWatcher> {
+        let mut inotify = Inotify::init()?;
+        let watches = inotify.watches();
+        let targets: Arc<Mutex<HashMap<i32, PathBuf>>> = Arc::default();
+        let gone: Arc<Mutex<Vec<PathBuf>>> = Arc::default();
+        let (targets_r, gone_r) = (Arc::clone(&targets), Arc::clone(&gone));
+        std::thread::Builder::new()
+            .name("holdfast-inotify".into())
+            .spawn(move || {
+                let mut buffer = [0u8; EVENT_BUFFER];
+                loop {
+                    let read = match inotify.read_events_blocking(&mut buffer) {
+                        Ok(read) => read,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            tracing::warn!("inotify: {e}; only the rescan sees changes now");
+                            overflow.store(true, Ordering::SeqCst);
+                            return;
+                        }
+                    };
+                    // One message per read and kind, each path once: a write
+                    // fires IN_MODIFY and IN_CLOSE_WRITE together.
+                    let mut changed: Vec<PathBuf> = Vec::new();
+                    let mut removed: Vec<PathBuf> = Vec::new();
+                    {
+                        let targets = lock(&targets_r);
+                        for event in read {
+                            if event.mask.contains(EventMask::Q_OVERFLOW) {
+                                overflow.store(true, Ordering::SeqCst);
+                                continue;
+                            }
+                            let Some(gone) = relevant(event.mask) else {
+                                continue;
+                            };
+                            let Some(base) = targets.get(&event.wd.get_watch_descriptor_id())
+                            else {
+                                continue;
+                            };
+                            let path = match event.name {
+                                Some(name) => base.join(name),
+                                None => base.clone(),
+                            };
+                            let list = if gone { &mut removed } else { &mut changed };
+                            if !list.contains(&path) {
+                                list.push(path);
+                            }
+                        }
+                    }
+                    lock(&gone_r).extend(removed.iter().cloned());
+                    for (paths, removed) in [(changed, false), (removed, true)] {
+                        if paths.is_empty() {
+                            continue;
+                        }
+                        match events.try_send(WatchEvent { paths, removed }) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(_)) => {
+                                overflow.store(true, Ordering::SeqCst)
+                            }
+                            Err(mpsc::error::TrySendError::Closed(_)) => return,
+                        }
+                    }
                 }
-                let Some(removed) = relevant(&event.kind) else {
-                    return;
-                };
-                if removed {
-                    lock(&gone_in_handler).extend(event.paths.iter().cloned());
-                }
-                let ev = WatchEvent {
-                    paths: event.paths,
-                    removed,
-                };
-                if let Err(mpsc::error::TrySendError::Full(_)) = events.try_send(ev) {
-                    overflow.store(true, Ordering::SeqCst);
-                }
-            }
-            Err(e) => {
-                tracing::warn!("inotify: {e}; falling back to a full pass");
-                overflow.store(true, Ordering::SeqCst);
-            }
-        };
-        let watcher = notify::INotifyWatcher::new(handler, notify::Config::default())?;
-        Ok(NotifyWatcher {
-            watcher,
+            })?;
+        Ok(InotifyWatcher {
+            watches,
             armed: HashMap::new(),
+            targets,
             gone,
         })
+    }
+
+    fn unwatch(&mut self, path: &Path) {
+        if let Some((_, wd)) = self.armed.remove(path) {
+            lock(&self.targets).remove(&wd.get_watch_descriptor_id());
+            // The watch may already be gone with its file.
+            let _ = self.watches.remove(wd);
+        }
     }
 }
 
@@ -272,11 +353,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-impl Arm for NotifyWatcher {
+impl Arm for InotifyWatcher {
     fn arm(&mut self, specs: &[WatchSpec]) -> ArmReport {
         let mut report = ArmReport::default();
         for path in std::mem::take(&mut *lock(&self.gone)) {
-            self.armed.remove(&path);
+            if let Some((_, wd)) = self.armed.remove(&path) {
+                lock(&self.targets).remove(&wd.get_watch_descriptor_id());
+            }
         }
         let mut wanted: HashSet<PathBuf> = HashSet::new();
         for spec in specs {
@@ -297,9 +380,7 @@ impl Arm for NotifyWatcher {
             .cloned()
             .collect();
         for path in stale {
-            self.armed.remove(&path);
-            // The watch may already be gone with its file.
-            let _ = self.watcher.unwatch(&path);
+            self.unwatch(&path);
         }
         for path in wanted {
             let Ok(meta) = std::fs::metadata(&path) else {
@@ -307,16 +388,16 @@ impl Arm for NotifyWatcher {
                 continue;
             };
             let id = (meta.dev(), meta.ino());
-            if self.armed.get(&path) == Some(&id) {
+            if self.armed.get(&path).is_some_and(|(armed, _)| *armed == id) {
                 report.watched += 1;
                 continue;
             }
-            if self.armed.remove(&path).is_some() {
-                let _ = self.watcher.unwatch(&path);
-            }
-            match self.watcher.watch(&path, RecursiveMode::NonRecursive) {
-                Ok(()) => {
-                    self.armed.insert(path, id);
+            self.unwatch(&path);
+            let mask = if meta.is_dir() { DIR_MASK } else { FILE_MASK };
+            match self.watches.add(&path, mask) {
+                Ok(wd) => {
+                    lock(&self.targets).insert(wd.get_watch_descriptor_id(), path.clone());
+                    self.armed.insert(path, (id, wd));
                     report.watched += 1;
                 }
                 Err(e) => report.errors.push(format!("watch {}: {e}", path.display())),
@@ -387,26 +468,58 @@ mod tests {
         let p = policy(
             "version: 1\nservices:\n  a.service: {limit_nofile: 1024}\nservice_defaults: {limit_nofile: 1024}\ncgroup:\n  slices:\n    batch: {pids.max: 10}\n",
         );
-        let paths: Vec<String> = plan(&host, Some(&p), &[])
-            .iter()
-            .filter(|s| s.concern == Concern::Files)
-            .map(|s| {
-                s.path
-                    .strip_prefix(dir.path())
-                    .unwrap()
-                    .display()
-                    .to_string()
-            })
-            .collect();
-        for want in [
-            "etc/systemd/system/a.service.d",
-            "etc/systemd/system.conf.d",
-            "etc/systemd/system",
-            "run/systemd/system.control/batch.slice.d",
-            "sys/fs/cgroup/holdfast.slice/batch/pids.max",
-        ] {
-            assert!(paths.iter().any(|p| p == want), "{want} not in {paths:?}");
-        }
+        let specs = plan(&host, Some(&p), &[]);
+        let rel = |s: &WatchSpec| {
+            s.path
+                .strip_prefix(dir.path())
+                .unwrap()
+                .display()
+                .to_string()
+        };
+        let with = |concern: Concern| -> Vec<String> {
+            specs
+                .iter()
+                .filter(|s| s.concern == concern)
+                .map(rel)
+                .collect()
+        };
+        assert_eq!(
+            with(Concern::Files),
+            [
+                "etc/systemd/system.conf.d",
+                "sys/fs/cgroup/holdfast.slice/batch/memory.high",
+                "sys/fs/cgroup/holdfast.slice/batch/memory.max",
+                "sys/fs/cgroup/holdfast.slice/batch/cpu.max",
+                "sys/fs/cgroup/holdfast.slice/batch/pids.max",
+            ]
+        );
+        // A unit's own files concern that unit: a pass over it alone.
+        assert_eq!(
+            with(Concern::Unit("a.service".into())),
+            ["etc/systemd/system/a.service.d"]
+        );
+        assert_eq!(
+            with(Concern::Unit("batch.slice".into())),
+            [
+                "etc/systemd/system",
+                "run/systemd/system.control/batch.slice.d"
+            ]
+        );
+        let map = WatchMap::new(specs);
+        let c = |p: &str| map.concerns(&dir.path().join(p));
+        assert_eq!(
+            c("etc/systemd/system/batch.slice"),
+            [Concern::Unit("batch.slice".into())]
+        );
+        assert!(c("etc/systemd/system/other.slice").is_empty());
+        assert_eq!(
+            c("run/systemd/system.control/batch.slice.d/50-MemoryMax.conf"),
+            [Concern::Unit("batch.slice".into())]
+        );
+        assert_eq!(
+            c("etc/systemd/system/a.service.d/99-site.conf"),
+            [Concern::Unit("a.service".into())]
+        );
     }
 
     #[test]
@@ -443,35 +556,24 @@ mod tests {
 
     #[test]
     fn only_changes_are_relevant_not_opens_or_reads() {
-        use notify::event::{AccessMode, CreateKind, DataChange, RemoveKind, RenameMode};
-        assert_eq!(
-            relevant(&EventKind::Access(AccessKind::Open(AccessMode::Any))),
-            None
-        );
-        assert_eq!(
-            relevant(&EventKind::Access(AccessKind::Close(AccessMode::Read))),
-            None
-        );
-        assert_eq!(
-            relevant(&EventKind::Modify(ModifyKind::Metadata(
-                notify::event::MetadataKind::Any
-            ))),
-            None
-        );
-        assert_eq!(
-            relevant(&EventKind::Access(AccessKind::Close(AccessMode::Write))),
-            Some(false)
-        );
-        assert_eq!(
-            relevant(&EventKind::Modify(ModifyKind::Data(DataChange::Any))),
-            Some(false)
-        );
-        assert_eq!(relevant(&EventKind::Create(CreateKind::File)), Some(false));
-        assert_eq!(relevant(&EventKind::Remove(RemoveKind::File)), Some(true));
-        assert_eq!(
-            relevant(&EventKind::Modify(ModifyKind::Name(RenameMode::From))),
-            Some(true)
-        );
+        assert_eq!(relevant(EventMask::OPEN), None);
+        assert_eq!(relevant(EventMask::ACCESS), None);
+        assert_eq!(relevant(EventMask::CLOSE_NOWRITE), None);
+        assert_eq!(relevant(EventMask::ATTRIB), None);
+        assert_eq!(relevant(EventMask::CLOSE_WRITE), Some(false));
+        assert_eq!(relevant(EventMask::MODIFY), Some(false));
+        assert_eq!(relevant(EventMask::CREATE), Some(false));
+        assert_eq!(relevant(EventMask::MOVED_TO), Some(false));
+        assert_eq!(relevant(EventMask::DELETE), Some(true));
+        assert_eq!(relevant(EventMask::MOVED_FROM), Some(true));
+        assert_eq!(relevant(EventMask::DELETE_SELF), Some(true));
+        assert_eq!(relevant(EventMask::IGNORED), Some(true));
+        // The kernel is never asked for opens or reads.
+        for mask in [FILE_MASK, DIR_MASK] {
+            assert!(
+                !mask.intersects(WatchMask::OPEN | WatchMask::ACCESS | WatchMask::CLOSE_NOWRITE)
+            );
+        }
     }
 
     async fn next_change(rx: &mut mpsc::Receiver<WatchEvent>) -> WatchEvent {
@@ -493,7 +595,7 @@ mod tests {
         std::fs::write(&file, "128\n").unwrap();
         let (tx, mut rx) = mpsc::channel(16);
         let overflow = Arc::new(AtomicBool::new(false));
-        let mut w = NotifyWatcher::start(tx, overflow).unwrap();
+        let mut w = InotifyWatcher::start(tx, overflow).unwrap();
         let specs = vec![
             WatchSpec {
                 path: file.clone(),
@@ -510,8 +612,12 @@ mod tests {
         ];
         let r = w.arm(&specs);
         assert_eq!((r.watched, r.missing), (1, 1), "{r:?}");
-        // Reading is not an event the loop sees.
-        let _ = std::fs::read_to_string(&file).unwrap();
+        // Reading is not an event the loop sees: nothing arrives.
+        for _ in 0..100 {
+            let _ = std::fs::read_to_string(&file).unwrap();
+        }
+        let quiet = tokio::time::timeout(std::time::Duration::from_millis(100), rx.recv()).await;
+        assert!(quiet.is_err(), "reads woke the watcher: {quiet:?}");
         std::fs::write(&file, "4096\n").unwrap();
         let ev = next_change(&mut rx).await;
         assert_eq!(ev.paths, std::slice::from_ref(&file));

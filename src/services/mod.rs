@@ -1,6 +1,6 @@
 //! systemd services: holdfast's drop-in per managed unit and its
 //! `system.conf.d` defaults, checked in three layers — the file holdfast
-//! owns, what systemd believes (`systemctl show`), and what the running
+//! owns, what systemd believes (its unit properties), and what the running
 //! processes really got (`/proc/PID/limits`). Pure; `observe` reads.
 //!
 //! Design notes this follows: services never read limits.d; `LimitNOFILE=`

@@ -1,7 +1,7 @@
 //! Reading the services' side of the host: holdfast's drop-ins, systemd's
 //! view of each managed unit, and /proc/PID/limits of its processes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::{
     DROP_IN_NAME, ProcLimits, ServicesHost, UnitObservation, managed_units, parse_proc_nofile,
@@ -38,25 +38,57 @@ pub fn observe(
             host.root().display()
         ));
     }
-    let mut units = BTreeMap::new();
+    out.units = BTreeMap::new();
     for rule in managed_units(policy) {
-        let path = host.path(&format!(
-            "etc/systemd/system/{}.d/{DROP_IN_NAME}",
-            rule.unit
-        ));
-        let current = host::read_optional_or_warn(&path, &mut warnings);
-        out.drop_ins.insert(rule.unit.clone(), (path, current));
-        if let Some(client) = client {
-            units.insert(rule.unit.clone(), observe_unit(host, client, &rule.unit));
-        }
+        read_unit(host, client, &rule.unit, &mut out, &mut warnings);
     }
-    out.units = units;
     if let Some(client) = client
         && policy.service_defaults.limit_nofile.is_some()
     {
         out.manager_default_nofile = client.default_limit_nofile().ok().flatten();
     }
     (out, warnings)
+}
+
+/// Reads again only the managed units among `units` (their drop-ins,
+/// systemd's view, their processes) into an earlier observation: what an
+/// event about those units calls for. Nothing else is read, the manager's
+/// defaults included.
+pub fn observe_units(
+    host: &HostRoot,
+    client: Option<&dyn SystemdClient>,
+    policy: &Policy,
+    units: &BTreeSet<String>,
+    out: &mut ServicesHost,
+) -> Vec<IoError> {
+    let mut warnings = Vec::new();
+    if !out.systemd {
+        return warnings;
+    }
+    for rule in managed_units(policy) {
+        if units.contains(&rule.unit) {
+            read_unit(host, client, &rule.unit, out, &mut warnings);
+        }
+    }
+    warnings
+}
+
+/// One managed unit: holdfast's drop-in, and what systemd and the unit's
+/// processes say.
+fn read_unit(
+    host: &HostRoot,
+    client: Option<&dyn SystemdClient>,
+    unit: &str,
+    out: &mut ServicesHost,
+    warnings: &mut Vec<IoError>,
+) {
+    let path = host.path(&format!("etc/systemd/system/{unit}.d/{DROP_IN_NAME}"));
+    let current = host::read_optional_or_warn(&path, warnings);
+    out.drop_ins.insert(unit.to_string(), (path, current));
+    if let Some(client) = client {
+        out.units
+            .insert(unit.to_string(), observe_unit(host, client, unit));
+    }
 }
 
 /// The number of online CPUs, from `/sys/devices/system/cpu/online`

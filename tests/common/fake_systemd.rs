@@ -5,7 +5,10 @@
 //! reloads; `start` creates a slice's cgroup (dashes nest: `go-app.slice`
 //! lives at `go.slice/go-app.slice`) with controllers enabled on its path;
 //! `restart` gives a service's processes the configured limits and moves
-//! them into its slice.
+//! them into its slice. It announces changes as systemd does on D-Bus
+//! (`subscribe`): a reload as `Reloading(true)`, each unit it touched, then
+//! `Reloading(false)`; a start, a restart or runtime properties as the
+//! unit's change; tests announce others' changes with `emit`.
 
 #![allow(dead_code)]
 
@@ -16,7 +19,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use holdfast::cgroup::knob::cpu_max_from_systemd;
 use holdfast::cgroup::{Bytes, Count, CpuMax};
 use holdfast::limits::LimitValue;
-use holdfast::systemd::{SystemdClient, SystemdError, UnitInfo};
+use holdfast::systemd::{EventSink, SystemdClient, SystemdError, UnitEvent, UnitInfo};
 
 use super::FakeHost;
 
@@ -61,8 +64,13 @@ pub struct FakeSystemd {
     pub calls: RefCell<Vec<String>>,
     /// Every unit whose properties were asked for, in order (`unit()`).
     pub queries: RefCell<Vec<String>>,
+    /// Every request of any kind (properties, manager defaults, the unit
+    /// list, actions): D-Bus round trips.
+    pub round_trips: RefCell<usize>,
     /// `set-property --runtime` assignments per unit (they survive reloads).
     runtime: RefCell<BTreeMap<String, Vec<String>>>,
+    /// Who listens to announcements.
+    sinks: RefCell<Vec<EventSink>>,
 }
 
 pub fn proc_limits(soft: i64, hard: i64) -> String {
@@ -117,8 +125,19 @@ impl FakeSystemd {
             units: RefCell::new(units),
             calls: RefCell::new(Vec::new()),
             queries: RefCell::new(Vec::new()),
+            round_trips: RefCell::new(0),
             runtime: RefCell::new(BTreeMap::new()),
+            sinks: RefCell::new(Vec::new()),
         }
+    }
+
+    /// Announces `event` to every subscriber, as systemd's signals do.
+    pub fn emit(&self, event: UnitEvent) {
+        self.sinks.borrow_mut().retain(|sink| sink(event.clone()));
+    }
+
+    fn round_trip(&self) {
+        *self.round_trips.borrow_mut() += 1;
     }
 
     /// How often `unit()` was asked about `unit`.
@@ -230,6 +249,7 @@ impl FakeSystemd {
 
 impl SystemdClient for FakeSystemd {
     fn unit(&self, unit: &str) -> Result<UnitInfo, SystemdError> {
+        self.round_trip();
         self.queries.borrow_mut().push(unit.to_string());
         Ok(self.units.borrow().get(unit).cloned().unwrap_or(UnitInfo {
             load_state: "not-found".into(),
@@ -239,14 +259,72 @@ impl SystemdClient for FakeSystemd {
     }
 
     fn default_limit_nofile(&self) -> Result<Option<(LimitValue, LimitValue)>, SystemdError> {
+        self.round_trip();
         Ok(Some((LimitValue::Value(1024), LimitValue::Value(524288))))
     }
 
     fn daemon_reload(&self) -> Result<(), SystemdError> {
+        self.round_trip();
         self.calls.borrow_mut().push("reload".into());
+        self.emit(UnitEvent::Reloading(true));
+        let touched = self.reload_units();
+        for unit in touched {
+            self.emit(UnitEvent::Changed(unit));
+        }
+        self.emit(UnitEvent::Reloading(false));
+        Ok(())
+    }
+
+    fn start(&self, unit: &str) -> Result<(), SystemdError> {
+        self.round_trip();
+        self.calls.borrow_mut().push(format!("start {unit}"));
+        self.start_unit(unit)?;
+        self.emit(UnitEvent::Changed(unit.to_string()));
+        Ok(())
+    }
+
+    fn set_properties_runtime(
+        &self,
+        unit: &str,
+        assignments: &[String],
+    ) -> Result<(), SystemdError> {
+        self.round_trip();
+        self.set_runtime(unit, assignments);
+        self.emit(UnitEvent::Changed(unit.to_string()));
+        Ok(())
+    }
+
+    fn running_services(&self) -> Result<Vec<String>, SystemdError> {
+        self.round_trip();
+        Ok(self
+            .units
+            .borrow()
+            .iter()
+            .filter(|(name, info)| name.ends_with(".service") && info.active_state == "active")
+            .map(|(name, _)| name.clone())
+            .collect())
+    }
+
+    fn restart(&self, unit: &str) -> Result<(), SystemdError> {
+        self.round_trip();
+        self.restart_unit(unit);
+        self.emit(UnitEvent::Changed(unit.to_string()));
+        Ok(())
+    }
+
+    fn subscribe(&self, sink: EventSink) -> Result<(), SystemdError> {
+        self.sinks.borrow_mut().push(sink);
+        Ok(())
+    }
+}
+
+impl FakeSystemd {
+    /// What a daemon-reload does to the units; returns the units it read.
+    fn reload_units(&self) -> Vec<String> {
+        let mut touched = Vec::new();
         let etc = self.host.path("etc/systemd/system");
         let Ok(entries) = std::fs::read_dir(&etc) else {
-            return Ok(());
+            return touched;
         };
         let mut units = self.units.borrow_mut();
         for entry in entries.flatten() {
@@ -286,18 +364,18 @@ impl SystemdClient for FakeSystemd {
             if unit.ends_with(".slice") && info.active_state == "active" {
                 self.realize(info);
             }
+            touched.push(unit);
         }
-        Ok(())
+        touched
     }
 
-    fn start(&self, unit: &str) -> Result<(), SystemdError> {
-        self.calls.borrow_mut().push(format!("start {unit}"));
+    fn start_unit(&self, unit: &str) -> Result<(), SystemdError> {
         let mut units = self.units.borrow_mut();
         let Some(info) = units.get_mut(unit) else {
-            return Err(SystemdError {
-                args: format!("start {unit}"),
-                message: "Unit not found.".into(),
-            });
+            return Err(SystemdError::new(
+                format!("StartUnit {unit}"),
+                "Unit not found.",
+            ));
         };
         info.active_state = "active".into();
         info.control_group = Some(slice_cgroup(unit));
@@ -305,11 +383,10 @@ impl SystemdClient for FakeSystemd {
         Ok(())
     }
 
-    fn set_properties_runtime(
-        &self,
-        unit: &str,
-        assignments: &[String],
-    ) -> Result<(), SystemdError> {
+    /// `SetUnitProperties(runtime=true)`, as holdfast or another tool
+    /// (`systemctl set-property --runtime`) calls it; announces nothing (the
+    /// caller does).
+    pub fn set_runtime(&self, unit: &str, assignments: &[String]) {
         self.calls
             .borrow_mut()
             .push(format!("set {unit} {}", assignments.join(" ")));
@@ -330,20 +407,11 @@ impl SystemdClient for FakeSystemd {
         if info.active_state == "active" {
             self.realize(info);
         }
-        Ok(())
     }
 
-    fn running_services(&self) -> Result<Vec<String>, SystemdError> {
-        Ok(self
-            .units
-            .borrow()
-            .iter()
-            .filter(|(name, info)| name.ends_with(".service") && info.active_state == "active")
-            .map(|(name, _)| name.clone())
-            .collect())
-    }
-
-    fn restart(&self, unit: &str) -> Result<(), SystemdError> {
+    /// A restart: the processes get the configured limits and move into
+    /// the configured slice.
+    pub fn restart_unit(&self, unit: &str) {
         self.calls.borrow_mut().push(format!("restart {unit}"));
         let mut units = self.units.borrow_mut();
         let info = units.get_mut(unit).expect("unit");
@@ -361,6 +429,5 @@ impl SystemdClient for FakeSystemd {
             );
             self.host.write(&procs, "4242\n4243\n");
         }
-        Ok(())
     }
 }
