@@ -6,9 +6,10 @@ mod common;
 
 use common::FakeHost;
 use common::fake_systemd::FakeSystemd;
+use common::find_item as find;
 use holdfast::engine::{self, ApplyOptions, Context};
 use holdfast::host::HostRoot;
-use holdfast::item::{self, Action, Item, State};
+use holdfast::item::{self, Action, State};
 use holdfast::policy::Policy;
 
 const SLICE_UNIT: &str = "etc/systemd/system/go-app.slice";
@@ -28,22 +29,12 @@ fn policy(text: &str) -> Policy {
     Policy::from_files([("cg.yaml", text)]).unwrap()
 }
 
-fn find<'a>(items: &'a [Item], key: &str) -> &'a Item {
-    items
-        .iter()
-        .find(|i| i.key.to_string() == key)
-        .unwrap_or_else(|| panic!("no item {key}: {items:#?}"))
-}
-
 #[test]
 fn systemd_slice_is_created_started_and_verified_in_the_kernel() {
     let h = FakeHost::new();
     let fake = FakeSystemd::new(&h);
     let root = HostRoot::new(h.root());
-    let ctx = Context {
-        host: &root,
-        systemd: Some(&fake),
-    };
+    let ctx = fake.context(&root);
     let p = policy(POLICY);
 
     let pass = engine::apply_in(&ctx, &p, ApplyOptions::default());
@@ -113,10 +104,7 @@ fn a_foreign_runtime_override_is_drift_and_apply_restores_it_through_systemd() {
     let h = FakeHost::new();
     let fake = FakeSystemd::new(&h);
     let root = HostRoot::new(h.root());
-    let ctx = Context {
-        host: &root,
-        systemd: Some(&fake),
-    };
+    let ctx = fake.context(&root);
     let p = policy(POLICY);
     engine::apply_in(&ctx, &p, ApplyOptions::default());
 
@@ -155,10 +143,7 @@ fn a_raised_limit_wins_over_a_runtime_override_in_one_pass() {
     let h = FakeHost::new();
     let fake = FakeSystemd::new(&h);
     let root = HostRoot::new(h.root());
-    let ctx = Context {
-        host: &root,
-        systemd: Some(&fake),
-    };
+    let ctx = fake.context(&root);
     engine::apply_in(&ctx, &policy(POLICY), ApplyOptions::default());
     // A runtime override of memory.max (holdfast's own earlier correction
     // leaves one too), then a policy that raises it: the rewritten unit
@@ -185,10 +170,7 @@ fn a_raw_cgroupfs_write_is_contested_and_corrected_through_systemd_never_by_writ
     let h = FakeHost::new();
     let fake = FakeSystemd::new(&h);
     let root = HostRoot::new(h.root());
-    let ctx = Context {
-        host: &root,
-        systemd: Some(&fake),
-    };
+    let ctx = fake.context(&root);
     let p = policy(POLICY);
     engine::apply_in(&ctx, &p, ApplyOptions::default());
 
@@ -232,10 +214,7 @@ fn lowering_memory_max_below_current_usage_is_refused_and_nothing_is_lowered() {
     let h = FakeHost::new();
     let fake = FakeSystemd::new(&h);
     let root = HostRoot::new(h.root());
-    let ctx = Context {
-        host: &root,
-        systemd: Some(&fake),
-    };
+    let ctx = fake.context(&root);
     engine::apply_in(
         &ctx,
         &policy(&POLICY.replace("100M", "1G")),

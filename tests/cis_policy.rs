@@ -100,26 +100,7 @@ done
 ip link set lo up
 {script}"#
     );
-    let out = Command::new("unshare")
-        .args([
-            "--net",
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            &full,
-        ])
-        .env("HF", env!("CARGO_BIN_EXE_holdfast"))
-        .env("P", policy)
-        .output()
-        .expect("run unshare");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    common::run_in_netns(policy, &full)
 }
 
 /// Values printed by the script as `label KEY=VALUE` lines.

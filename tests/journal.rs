@@ -11,7 +11,7 @@ use std::path::Path;
 
 use common::fake_systemd::FakeSystemd;
 use common::{FakeHost, item};
-use holdfast::engine::{self, ApplyOptions, Context};
+use holdfast::engine::{self, ApplyOptions};
 use holdfast::policy::Policy;
 use holdfast::rollback::{self, RollbackOptions, Step, UnitStep};
 
@@ -237,10 +237,7 @@ fn rollback_of_a_service_drop_in_reloads_once_and_reports_the_running_service() 
     let h = host();
     let fake = FakeSystemd::new(&h);
     let root = HostRoot::new(h.root());
-    let ctx = Context {
-        host: &root,
-        systemd: Some(&fake),
-    };
+    let ctx = fake.context(&root);
     let policy = |text: &str| Policy::from_files([("p.yaml", text)]).unwrap();
     let p = policy(&format!(
         "{POLICY}services:\n  myapp.service: {{limit_nofile: 65536}}\n"
@@ -274,10 +271,7 @@ fn rollback_restarts_services_only_when_asked() {
     let h = host();
     let fake = FakeSystemd::new(&h);
     let root = HostRoot::new(h.root());
-    let ctx = Context {
-        host: &root,
-        systemd: Some(&fake),
-    };
+    let ctx = fake.context(&root);
     let p = Policy::from_files([(
         "p.yaml",
         "version: 1\nmode: enforce\nservices:\n  myapp.service: {limit_nofile: 65536}\n",

@@ -7,32 +7,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 /// Runs a shell script in a new network and mount namespace, with a private
 /// tmpfs on /etc/sysctl.d. `$HF` is the holdfast binary, `$P` the policy.
 fn in_netns(policy: &Path, script: &str) -> (i32, String) {
     let full = format!("set -u\nmount -t tmpfs holdfast-test /etc/sysctl.d\n{script}");
-    let out = Command::new("unshare")
-        .args([
-            "--net",
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            &full,
-        ])
-        .env("HF", env!("CARGO_BIN_EXE_holdfast"))
-        .env("P", policy)
-        .output()
-        .expect("run unshare");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    common::run_in_netns(policy, &full)
 }
 
 macro_rules! require_namespaces {

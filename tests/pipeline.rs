@@ -7,9 +7,10 @@ mod common;
 
 use common::FakeHost;
 use common::fake_systemd::FakeSystemd;
-use holdfast::engine::{self, ApplyOptions, Context};
+use common::find_item as find;
+use holdfast::engine::{self, ApplyOptions};
 use holdfast::host::HostRoot;
-use holdfast::item::{Item, State};
+use holdfast::item::State;
 use holdfast::policy::Policy;
 use holdfast::systemd::SystemdClient;
 
@@ -27,22 +28,12 @@ fn policy() -> Policy {
     Policy::from_files([("p.yaml", POLICY)]).unwrap()
 }
 
-fn find<'a>(items: &'a [Item], key: &str) -> &'a Item {
-    items
-        .iter()
-        .find(|i| i.key.to_string() == key)
-        .unwrap_or_else(|| panic!("no item {key}: {items:#?}"))
-}
-
 #[test]
 fn a_pass_observes_each_unit_at_most_twice_and_once_when_converged() {
     let h = FakeHost::new();
     let fake = FakeSystemd::new(&h);
     let root = HostRoot::new(h.root());
-    let ctx = Context {
-        host: &root,
-        systemd: Some(&fake),
-    };
+    let ctx = fake.context(&root);
     let p = policy();
 
     let first = engine::apply_in(&ctx, &p, ApplyOptions::default());
@@ -82,10 +73,7 @@ fn a_unit_file_holdfast_did_not_write_is_refused_not_replaced() {
     let site = "# the site's own slice\n[Slice]\nMemoryMax=2G\n";
     h.write("etc/systemd/system/go-app.slice", site);
     let root = HostRoot::new(h.root());
-    let ctx = Context {
-        host: &root,
-        systemd: Some(&fake),
-    };
+    let ctx = fake.context(&root);
     let pass = engine::apply_in(&ctx, &policy(), ApplyOptions::default());
     assert_eq!(h.read("etc/systemd/system/go-app.slice"), site);
     let path = h.path("etc/systemd/system/go-app.slice");
@@ -105,10 +93,7 @@ fn a_new_value_reaches_a_slice_that_a_runtime_override_pins() {
     let h = FakeHost::new();
     let fake = FakeSystemd::new(&h);
     let root = HostRoot::new(h.root());
-    let ctx = Context {
-        host: &root,
-        systemd: Some(&fake),
-    };
+    let ctx = fake.context(&root);
     engine::apply_in(&ctx, &policy(), ApplyOptions::default());
     // Someone's `set-property --runtime`, corrected through systemd: the
     // correction is itself a runtime override, which outranks unit files.
@@ -131,10 +116,7 @@ fn an_area_with_nothing_managed_costs_no_systemd_round_trip() {
     let h = FakeHost::new();
     let fake = FakeSystemd::new(&h);
     let root = HostRoot::new(h.root());
-    let ctx = Context {
-        host: &root,
-        systemd: Some(&fake),
-    };
+    let ctx = fake.context(&root);
     // Sysctls, limits and controllers only: nothing systemd is asked about.
     let p = Policy::from_files([(
         "p.yaml",

@@ -6,7 +6,7 @@ mod common;
 
 use common::FakeHost;
 use common::fake_systemd::FakeSystemd;
-use holdfast::engine::{self, ApplyOptions, Context};
+use holdfast::engine::{self, ApplyOptions};
 use holdfast::host::HostRoot;
 use holdfast::item::{Item, State};
 use holdfast::policy::Policy;
@@ -50,10 +50,7 @@ fn posture_is_enforced_through_the_drop_in_and_verified_on_the_processes() {
         );
     }
     let root = HostRoot::new(h.root());
-    let ctx = Context {
-        host: &root,
-        systemd: Some(&fake),
-    };
+    let ctx = fake.context(&root);
     let p = Policy::from_files([("p.yaml", POLICY)]).unwrap();
 
     let pass = engine::apply_in(&ctx, &p, ApplyOptions::default());

@@ -38,10 +38,7 @@ fn drop_in_then_one_reload_then_restart_required_until_restarted() {
     let h = systemd_host();
     let fake = FakeSystemd::new(&h);
     let root = HostRoot::new(h.root());
-    let ctx = Context {
-        host: &root,
-        systemd: Some(&fake),
-    };
+    let ctx = fake.context(&root);
     let p = policy(ENFORCE);
 
     let before = engine::plan_in(&ctx, &p);
@@ -119,10 +116,7 @@ fn a_later_drop_in_that_overrides_holdfast_is_drift_naming_it() {
         .drop_in_paths
         .push(override_path.clone());
     let root = HostRoot::new(h.root());
-    let ctx = Context {
-        host: &root,
-        systemd: Some(&fake),
-    };
+    let ctx = fake.context(&root);
     let report = engine::apply_in(&ctx, &policy(ENFORCE), ApplyOptions::default());
     let svc = find(&report.items, Kind::ServiceLimit, "LimitNOFILE");
     assert_eq!(svc.state, State::Drifted, "{svc:#?}");
@@ -139,10 +133,7 @@ fn audit_mode_writes_no_unit_file_and_does_not_reload() {
     let h = systemd_host();
     let fake = FakeSystemd::new(&h);
     let root = HostRoot::new(h.root());
-    let ctx = Context {
-        host: &root,
-        systemd: Some(&fake),
-    };
+    let ctx = fake.context(&root);
     let report = engine::apply_in(
         &ctx,
         &policy("version: 1\nservices:\n  myapp.service: {limit_nofile: 65536}\n"),
@@ -183,10 +174,7 @@ fn service_defaults_go_to_system_conf_d() {
     let h = systemd_host();
     let fake = FakeSystemd::new(&h);
     let root = HostRoot::new(h.root());
-    let ctx = Context {
-        host: &root,
-        systemd: Some(&fake),
-    };
+    let ctx = fake.context(&root);
     let p =
         policy("version: 1\nmode: enforce\nservice_defaults:\n  limit_nofile: \"65536:524288\"\n");
     let report = engine::apply_in(&ctx, &p, ApplyOptions::default());

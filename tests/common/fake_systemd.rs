@@ -145,6 +145,17 @@ impl FakeSystemd {
         self.queries.borrow().iter().filter(|u| *u == unit).count()
     }
 
+    /// A pass's context on `root` with this double as the host's systemd.
+    pub fn context<'a>(
+        &'a self,
+        root: &'a holdfast::host::HostRoot,
+    ) -> holdfast::engine::Context<'a> {
+        holdfast::engine::Context {
+            host: root,
+            systemd: Some(self),
+        }
+    }
+
     pub fn calls_matching(&self, prefix: &str) -> usize {
         self.calls
             .borrow()

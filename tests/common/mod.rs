@@ -135,3 +135,37 @@ pub fn can_unshare() -> bool {
         .map(|s| s.success())
         .unwrap_or(false)
 }
+
+/// The item whose key reads `key` in reports, or a panic listing them all.
+pub fn find_item<'a>(items: &'a [holdfast::item::Item], key: &str) -> &'a holdfast::item::Item {
+    items
+        .iter()
+        .find(|i| i.key.to_string() == key)
+        .unwrap_or_else(|| panic!("no item {key}: {items:#?}"))
+}
+
+/// Runs a shell script as given in a new network and private mount
+/// namespace (`unshare --net --mount`), with `$HF` the holdfast binary and
+/// `$P` the policy; the exit code and everything it printed.
+pub fn run_in_netns(policy: &Path, script: &str) -> (i32, String) {
+    let out = std::process::Command::new("unshare")
+        .args([
+            "--net",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+        ])
+        .env("HF", env!("CARGO_BIN_EXE_holdfast"))
+        .env("P", policy)
+        .output()
+        .expect("run unshare");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
