@@ -63,15 +63,20 @@ impl<'a> Context<'a> {
 /// The client for the running systemd, when `host` is this machine and
 /// systemd is its PID 1.
 pub fn production_client(host: &HostRoot) -> Option<&'static dyn SystemdClient> {
-    let own_root = host.root() == std::path::Path::new("/");
-    (own_root && systemd::is_pid1(host))
+    serves_this_host(host)
         .then(|| SYSTEMD.get_or_init(|| DbusSystemd::new(host)) as &dyn SystemdClient)
 }
 
 /// [`production_client`] as a handle of its own, for the daemon's loop.
 pub fn production_client_arc(host: &HostRoot) -> Option<std::sync::Arc<dyn SystemdClient>> {
-    production_client(host)
-        .map(|_| std::sync::Arc::new(DbusSystemd::new(host)) as std::sync::Arc<dyn SystemdClient>)
+    serves_this_host(host)
+        .then(|| std::sync::Arc::new(DbusSystemd::new(host)) as std::sync::Arc<dyn SystemdClient>)
+}
+
+/// Whether the running systemd is this host root's: the root is `/` and
+/// systemd is PID 1 there.
+fn serves_this_host(host: &HostRoot) -> bool {
+    host.root() == std::path::Path::new("/") && systemd::is_pid1(host)
 }
 
 /// A domain of settings.

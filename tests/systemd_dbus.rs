@@ -15,7 +15,7 @@ use std::time::Duration;
 use holdfast::cgroup::{Bytes, Count, CpuMax};
 use holdfast::host::HostRoot;
 use holdfast::limits::LimitValue;
-use holdfast::systemd::dbus::DbusSystemd;
+use holdfast::systemd::dbus::{DbusSystemd, ListedUnit};
 use holdfast::systemd::{INFINITY, SystemdClient, UnitEvent};
 use zbus::object_server::SignalEmitter;
 use zbus::zvariant::{ObjectPath, OwnedObjectPath, OwnedValue, Value};
@@ -90,21 +90,7 @@ impl Manager {
             .push((name, runtime, typed));
     }
 
-    #[allow(clippy::type_complexity)]
-    async fn list_units(
-        &self,
-    ) -> Vec<(
-        String,
-        String,
-        String,
-        String,
-        String,
-        String,
-        OwnedObjectPath,
-        u32,
-        String,
-        OwnedObjectPath,
-    )> {
+    async fn list_units(&self) -> Vec<ListedUnit> {
         let path = || OwnedObjectPath::try_from("/org/freedesktop/systemd1/unit/x").unwrap();
         let unit = |name: &str, sub: &str| {
             (

@@ -32,10 +32,7 @@ pub fn observe(
         return (out, warnings);
     }
     if systemd && client.is_none() {
-        out.not_queried = Some(format!(
-            "the host root is {}, not /, so the running systemd is not this host's",
-            host.root().display()
-        ));
+        out.not_queried = Some(systemd::foreign_root_note(host));
     }
     for rule in policy.cgroup.slices.values() {
         let obs = observe_slice(host, client, &rule.name, systemd, &mut warnings);

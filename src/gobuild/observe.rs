@@ -30,10 +30,7 @@ pub fn observe(
         return (out, Vec::new());
     }
     let Some(client) = client else {
-        out.not_queried = Some(format!(
-            "the host root is {}, not /, so the running systemd is not this host's",
-            host.root().display()
-        ));
+        out.not_queried = Some(systemd::foreign_root_note(host));
         return (out, Vec::new());
     };
     for (rule, _) in managed(policy) {

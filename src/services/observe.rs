@@ -33,10 +33,7 @@ pub fn observe(
         return (out, warnings);
     }
     if client.is_none() {
-        out.not_queried = Some(format!(
-            "the host root is {}, not /, so the running systemd is not this host's",
-            host.root().display()
-        ));
+        out.not_queried = Some(systemd::foreign_root_note(host));
     }
     out.units = BTreeMap::new();
     for rule in managed_units(policy) {

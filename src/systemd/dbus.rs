@@ -56,6 +56,22 @@ const EXEC_DEADLINE: Duration = Duration::from_secs(10);
 /// Signals queued for the event thread before zbus makes the socket wait.
 const SIGNAL_QUEUE: usize = 1024;
 
+/// One entry of the manager's `ListUnits` reply, as D-Bus types it
+/// (`a(ssssssouso)`): name, description, load state, active state, sub
+/// state, followed unit, object path, job id, job type, job path.
+pub type ListedUnit = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    OwnedObjectPath,
+    u32,
+    String,
+    OwnedObjectPath,
+);
+
 /// systemd over D-Bus. Connects on first use, and again after a broken
 /// connection.
 #[derive(Debug)]
@@ -531,19 +547,8 @@ impl SystemdClient for DbusSystemd {
     }
 
     fn running_services(&self) -> Result<Vec<String>, SystemdError> {
-        type Listed = (
-            String,
-            String,
-            String,
-            String,
-            String,
-            String,
-            OwnedObjectPath,
-            u32,
-            String,
-            OwnedObjectPath,
-        );
-        let units: Vec<Listed> = self.call("ListUnits", MANAGER_PATH, MANAGER, "ListUnits", &())?;
+        let units: Vec<ListedUnit> =
+            self.call("ListUnits", MANAGER_PATH, MANAGER, "ListUnits", &())?;
         Ok(units
             .into_iter()
             .filter(|u| u.0.ends_with(".service") && u.4 == "running")

@@ -16,6 +16,16 @@ use crate::cgroup::{Bytes, Count, CpuMax};
 use crate::host::HostRoot;
 use crate::limits::LimitValue;
 
+/// Why systemd is not asked about a host root other than `/` even when
+/// systemd runs there: the running systemd is this machine's, not the
+/// root's. The observers put it on their items.
+pub fn foreign_root_note(host: &HostRoot) -> String {
+    format!(
+        "the host root is {}, not /, so the running systemd is not this host's",
+        host.root().display()
+    )
+}
+
 /// Whether systemd is the init system of the host under `root` (what
 /// sd_booted(3) checks: /run/systemd/system exists).
 pub fn is_pid1(host: &HostRoot) -> bool {
