@@ -17,15 +17,17 @@
 //!
 //! `cargo bench --bench journal_trials`; HOLDFAST_BENCH_TRIALS (default 200).
 
+mod support;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use holdfast::host::HostRoot;
 use holdfast::journal::store as journal_store;
 use holdfast::journal::{Original, Target};
+use support::trials::{self, Rng};
 
 const KEYS: usize = 300;
 const USERS: usize = 100;
@@ -34,18 +36,7 @@ const PERSIST: &str = "etc/sysctl.d/99-zz-holdfast.conf";
 const LIMITS_BEFORE: &str = "# left here by hand before holdfast\n@ops hard nofile 4096\n";
 
 fn policy(value: u32) -> String {
-    let mut p = String::from("version: 1\nmode: enforce\nsysctl:\n");
-    for k in 0..KEYS {
-        p.push_str(&format!("  fake.key{k}: {}\n", value + k as u32));
-    }
-    p.push_str("limits:\n");
-    for u in 0..USERS {
-        p.push_str(&format!(
-            "  - {{domain: user{u}, item: nofile, soft: {value}, hard: {}}}\n",
-            value * 2
-        ));
-    }
-    p
+    trials::policy(value, KEYS, USERS)
 }
 
 /// The original value of key `k` (each key its own, so a journal that
@@ -55,23 +46,10 @@ fn original(k: usize) -> String {
 }
 
 fn fake_root(dir: &Path) {
-    std::fs::create_dir_all(dir.join("proc/sys/fake")).expect("proc");
-    std::fs::create_dir_all(dir.join("etc/sysctl.d")).expect("etc");
+    trials::fake_proc(dir, KEYS, original);
     std::fs::create_dir_all(dir.join("etc/security/limits.d")).expect("etc");
-    std::fs::write(
-        dir.join("proc/meminfo"),
-        "MemTotal: 16000000 kB\nSwapTotal: 0 kB\nHugetlb: 0 kB\nCommitLimit: 8000000 kB\nCommitted_AS: 1000000 kB\n",
-    )
-    .expect("meminfo");
     std::fs::create_dir_all(dir.join("proc/sys/fs")).expect("fs");
     std::fs::write(dir.join("proc/sys/fs/nr_open"), "1048576\n").expect("nr_open");
-    for k in 0..KEYS {
-        std::fs::write(
-            dir.join(format!("proc/sys/fake/key{k}")),
-            format!("{}\n", original(k)),
-        )
-        .expect("key");
-    }
     let limits = dir.join(LIMITS);
     std::fs::write(&limits, LIMITS_BEFORE).expect("limits");
     std::fs::set_permissions(&limits, std::fs::Permissions::from_mode(0o640)).expect("mode");
@@ -111,31 +89,8 @@ fn fingerprint(root: &Path) -> BTreeMap<String, String> {
     out
 }
 
-fn holdfast(root: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_holdfast"));
-    c.arg("--root")
-        .arg(root)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    c
-}
-
 fn apply(root: &Path, policy: &Path) -> Command {
-    let mut c = holdfast(root, &["apply", "--lock-wait", "30s", "--policy"]);
-    c.arg(policy);
-    c
-}
-
-/// A small xorshift: reproducible random kill moments without a crate.
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
+    trials::apply(root, policy, "30s")
 }
 
 /// Whether every journal entry holds the true original.
@@ -183,10 +138,7 @@ fn report_diff(
 }
 
 fn main() {
-    let trials: usize = std::env::var("HOLDFAST_BENCH_TRIALS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
+    let trial_count = trials::count_from_env("HOLDFAST_BENCH_TRIALS", 200);
     let dir = tempfile::tempdir().expect("temp dir");
     let policies: Vec<PathBuf> = [1000u32, 5000]
         .iter()
@@ -223,7 +175,7 @@ fn main() {
     let (mut no_journal, mut entries_total) = (0, 0);
     let mut rollback_time = Duration::ZERO;
     let started = Instant::now();
-    for i in 0..trials {
+    for i in 0..trial_count {
         let root = dir.path().join(format!("t{i}"));
         fake_root(&root);
         let before = fingerprint(&root);
@@ -260,7 +212,7 @@ fn main() {
             }
         }
         let t = Instant::now();
-        let ok = holdfast(&root, &["rollback", "--lock-wait", "30s"])
+        let ok = trials::holdfast(&root, &["rollback", "--lock-wait", "30s"])
             .status()
             .expect("rollback")
             .success();
@@ -276,13 +228,13 @@ fn main() {
         std::fs::remove_dir_all(&root).ok();
     }
     println!(
-        "journal trials: {trials} SIGKILLs of apply ({KEYS} sysctls, {USERS} limits; kills spread over {} ms, one apply run) in {:.1}s; \
+        "journal trials: {trial_count} SIGKILLs of apply ({KEYS} sysctls, {USERS} limits; kills spread over {} ms, one apply run) in {:.1}s; \
          kills before the journal existed: {no_journal}; journal entries checked: {entries_total}; \
          torn files: {torn}, changes without a journal: {unjournaled}, unreadable or wrong journals: {bad_journal}, \
          failed rollbacks: {rollback_failed}, roots not back to their checksum: {not_back}; mean rollback {:.1} ms",
         one_run.as_millis(),
         started.elapsed().as_secs_f64(),
-        rollback_time.as_secs_f64() * 1000.0 / trials.max(1) as f64
+        rollback_time.as_secs_f64() * 1000.0 / trial_count.max(1) as f64
     );
     let violations = torn + unjournaled + bad_journal + rollback_failed + not_back;
     if violations > 0 {

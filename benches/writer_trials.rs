@@ -8,56 +8,27 @@
 //! `cargo bench --bench writer_trials`; HOLDFAST_BENCH_TRIALS (default 200)
 //! concurrent pairs and HOLDFAST_BENCH_KILLS (default 500) kills.
 
+mod support;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use support::trials::{self, Rng};
 
 const LIMITS: &str = "etc/security/limits.d/90-holdfast.conf";
 const PERSIST: &str = "etc/sysctl.d/99-zz-holdfast.conf";
 const KEYS: usize = 200;
 
 fn policy(value: u32) -> String {
-    let mut p = String::from("version: 1\nmode: enforce\nsysctl:\n");
-    for k in 0..KEYS {
-        p.push_str(&format!("  fake.key{k}: {}\n", value + k as u32));
-    }
-    p.push_str("limits:\n");
-    for u in 0..KEYS {
-        p.push_str(&format!(
-            "  - {{domain: user{u}, item: nofile, soft: {value}, hard: {}}}\n",
-            value * 2
-        ));
-    }
-    p
+    trials::policy(value, KEYS, KEYS)
 }
 
 fn fake_root(dir: &Path) {
-    std::fs::create_dir_all(dir.join("proc/sys/fake")).expect("proc");
-    std::fs::create_dir_all(dir.join("etc/sysctl.d")).expect("etc");
-    std::fs::write(
-        dir.join("proc/meminfo"),
-        "MemTotal: 16000000 kB\nSwapTotal: 0 kB\nHugetlb: 0 kB\nCommitLimit: 8000000 kB\nCommitted_AS: 1000000 kB\n",
-    )
-    .expect("meminfo");
-    for k in 0..KEYS {
-        std::fs::write(dir.join(format!("proc/sys/fake/key{k}")), "0\n").expect("key");
-    }
+    trials::fake_proc(dir, KEYS, |_| "0".to_string());
 }
 
 fn apply(root: &Path, policy: &Path) -> Command {
-    apply_waiting(root, policy, "30s")
-}
-
-fn apply_waiting(root: &Path, policy: &Path, wait: &str) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_holdfast"));
-    c.arg("--root")
-        .arg(root)
-        .args(["--policy"])
-        .arg(policy)
-        .args(["apply", "--lock-wait", wait])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    c
+    trials::apply(root, policy, "30s")
 }
 
 fn temp_files(root: &Path) -> usize {
@@ -81,26 +52,9 @@ fn whole(root: &Path, renderings: &[(String, String)]) -> bool {
     ok(LIMITS, |r| &r.0) && ok(PERSIST, |r| &r.1)
 }
 
-/// A small xorshift: reproducible random kill moments without a crate.
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 fn main() {
-    let env = |name: &str, default: usize| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let trials = env("HOLDFAST_BENCH_TRIALS", 200);
-    let kills = env("HOLDFAST_BENCH_KILLS", 500);
+    let pairs = trials::count_from_env("HOLDFAST_BENCH_TRIALS", 200);
+    let kills = trials::count_from_env("HOLDFAST_BENCH_KILLS", 500);
     let dir = tempfile::tempdir().expect("temp dir");
     let policies: Vec<PathBuf> = [1000u32, 5000]
         .iter()
@@ -132,7 +86,7 @@ fn main() {
     let root = dir.path().join("concurrent");
     fake_root(&root);
     let started = Instant::now();
-    for _ in 0..trials {
+    for _ in 0..pairs {
         let mut a = apply(&root, &policies[0]).spawn().expect("spawn");
         let mut b = apply(&root, &policies[1]).spawn().expect("spawn");
         let _ = (a.wait(), b.wait());
@@ -141,7 +95,7 @@ fn main() {
         }
     }
     println!(
-        "concurrent apply pairs: {trials} in {:.1}s, torn or temp files left: {violations}",
+        "concurrent apply pairs: {pairs} in {:.1}s, torn or temp files left: {violations}",
         started.elapsed().as_secs_f64()
     );
 
@@ -196,7 +150,7 @@ fn main() {
     }
     let mut refused = 0;
     for _ in 0..20 {
-        let out = apply_waiting(&root, &policies[1], "1ms")
+        let out = trials::apply(&root, &policies[1], "1ms")
             .output()
             .expect("apply");
         if out.status.code() == Some(1) {

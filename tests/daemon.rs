@@ -249,14 +249,20 @@ fn serve_corrects_drift_keeps_the_last_good_policy_applies_a_good_push_and_stops
     );
 }
 
-#[test]
-fn the_api_serves_status_filters_text_health_and_metrics_read_only() {
+/// A host whose one audited setting drifts (swappiness 60, policy 10).
+fn audit_host() -> FakeHost {
     let h = host();
     h.sysctl("vm.swappiness", "60");
     h.write(
         "etc/holdfast/policy.d/20-audit.yaml",
         "version: 1\nsysctl:\n  vm.swappiness: {value: 10, mode: audit}\n",
     );
+    h
+}
+
+#[test]
+fn the_api_serves_status_filters_text_health_and_metrics_read_only() {
+    let h = audit_host();
     let d = start(&h, &["--listen", "127.0.0.1:0"]);
     let s = status(&d);
     let tcp = s["daemon"]["listeners"]
@@ -410,12 +416,7 @@ fn raw_request(addr: &ListenAddr, request: &[u8]) -> String {
 #[test]
 #[ignore = "needs promtool (Debian's prometheus package): cargo test -- --include-ignored"]
 fn promtool_accepts_the_metrics() {
-    let h = host();
-    h.sysctl("vm.swappiness", "60");
-    h.write(
-        "etc/holdfast/policy.d/20-audit.yaml",
-        "version: 1\nsysctl:\n  vm.swappiness: {value: 10, mode: audit}\n",
-    );
+    let h = audit_host();
     let d = start(&h, &["--listen", "127.0.0.1:0"]);
     let r = client::get(&unix(&d), "/metrics", "*/*", Duration::from_secs(5)).unwrap();
     assert_eq!(r.status, 200);

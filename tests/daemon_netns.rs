@@ -62,28 +62,9 @@ echo "after=$v"
 kill -TERM "$PID"; wait "$PID"; echo "exit=$?"
 echo "persisted:"; cat /etc/sysctl.d/99-zz-holdfast.conf
 "#;
-    let out = Command::new("unshare")
-        .args([
-            "--net",
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            script,
-        ])
-        .env("HF", env!("CARGO_BIN_EXE_holdfast"))
-        .env("P", &policy)
-        .env("D", dir.path())
-        .output()
-        .expect("run unshare");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, text) = common::run_in_netns_with(&policy, script, &[("D", dir.path())]);
     let log = std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
-    assert!(out.status.success(), "{text}\n{log}");
+    assert_eq!(code, 0, "{text}\n{log}");
     // exit 0 (compliant) from `holdfast status` once ready.
     assert!(text.contains("ready=0"), "{text}\n{log}");
     assert!(text.contains("initial=8191"), "{text}\n{log}");

@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod trials;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -148,6 +148,11 @@ pub fn find_item<'a>(items: &'a [holdfast::item::Item], key: &str) -> &'a holdfa
 /// namespace (`unshare --net --mount`), with `$HF` the holdfast binary and
 /// `$P` the policy; the exit code and everything it printed.
 pub fn run_in_netns(policy: &Path, script: &str) -> (i32, String) {
+    run_in_netns_with(policy, script, &[])
+}
+
+/// [`run_in_netns`] with more environment variables for the script.
+pub fn run_in_netns_with(policy: &Path, script: &str, env: &[(&str, &Path)]) -> (i32, String) {
     let out = std::process::Command::new("unshare")
         .args([
             "--net",
@@ -160,6 +165,7 @@ pub fn run_in_netns(policy: &Path, script: &str) -> (i32, String) {
         ])
         .env("HF", env!("CARGO_BIN_EXE_holdfast"))
         .env("P", policy)
+        .envs(env.iter().copied())
         .output()
         .expect("run unshare");
     let text = format!(
