@@ -20,7 +20,7 @@
 mod support;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -140,14 +140,7 @@ fn report_diff(
 fn main() {
     let trial_count = trials::count_from_env("HOLDFAST_BENCH_TRIALS", 200);
     let dir = tempfile::tempdir().expect("temp dir");
-    let policies: Vec<PathBuf> = [1000u32, 5000]
-        .iter()
-        .map(|v| {
-            let p = dir.path().join(format!("p{v}.yaml"));
-            std::fs::write(&p, policy(*v)).expect("policy");
-            p
-        })
-        .collect();
+    let policies = trials::write_policies(dir.path(), &[1000, 5000], policy);
     // Each policy's renderings, and the time of one apply (the window kills
     // are spread over).
     let mut one_run = Duration::ZERO;

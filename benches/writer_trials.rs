@@ -9,7 +9,7 @@
 //! concurrent pairs and HOLDFAST_BENCH_KILLS (default 500) kills.
 
 mod support;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -56,14 +56,7 @@ fn main() {
     let pairs = trials::count_from_env("HOLDFAST_BENCH_TRIALS", 200);
     let kills = trials::count_from_env("HOLDFAST_BENCH_KILLS", 500);
     let dir = tempfile::tempdir().expect("temp dir");
-    let policies: Vec<PathBuf> = [1000u32, 5000]
-        .iter()
-        .map(|v| {
-            let p = dir.path().join(format!("p{v}.yaml"));
-            std::fs::write(&p, policy(*v)).expect("policy");
-            p
-        })
-        .collect();
+    let policies = trials::write_policies(dir.path(), &[1000, 5000], policy);
     // Each policy's rendering, from a clean run of it alone; the slower
     // run sets the window kills are spread over.
     let mut one_run = Duration::ZERO;

@@ -3,7 +3,7 @@
 //! fake root for it, the holdfast command run against that root, and
 //! reproducible random moments to kill it at.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// A count from the environment (`HOLDFAST_BENCH_*`), else `default`.
@@ -29,6 +29,19 @@ pub fn policy(value: u32, keys: usize, users: usize) -> String {
         ));
     }
     p
+}
+
+/// Writes one policy file per value (`pVALUE.yaml` in `dir`), rendered by
+/// `render`; their paths, in the values' order.
+pub fn write_policies(dir: &Path, values: &[u32], render: impl Fn(u32) -> String) -> Vec<PathBuf> {
+    values
+        .iter()
+        .map(|&v| {
+            let p = dir.join(format!("p{v}.yaml"));
+            std::fs::write(&p, render(v)).expect("policy");
+            p
+        })
+        .collect()
 }
 
 /// The fake root's `/proc` for [`policy`]: each key's file with
