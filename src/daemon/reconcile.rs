@@ -38,7 +38,9 @@ use super::keeper::{PolicyKeeper, Reload};
 use super::metrics::Metrics;
 use super::schedule::{Debouncer, Schedule, TrackerConfig, Trigger, Work};
 use super::sdnotify::Notifier;
-use super::state::{ListenerStatus, PassInfo, Snapshot, WatchStatus, human_duration};
+use super::state::{
+    ListenerStatus, OriginalsCache, PassInfo, Snapshot, WatchStatus, human_duration,
+};
 use super::view::{Event, ItemView};
 use super::watch::{self as watches, Arm, Concern, PolicySource, WatchEvent, WatchMap};
 use super::writers;
@@ -110,6 +112,8 @@ pub enum Control {
 /// The loop's state.
 pub struct Reconciler {
     cfg: LoopConfig,
+    /// The originals journal the snapshots show.
+    originals: OriginalsCache,
     sources: Vec<PolicySource>,
     keeper: PolicyKeeper,
     /// What the last passes read of the sysctls, so that an event on one
@@ -152,6 +156,7 @@ impl Reconciler {
         );
         let systemd = Notifier::new(cfg.watchdog);
         Reconciler {
+            originals: OriginalsCache::default(),
             sources,
             keeper: PolicyKeeper::default(),
             cache: None,
@@ -620,7 +625,7 @@ impl Reconciler {
     }
 
     fn publish(&mut self) {
-        let (originals, journal_warning) = crate::daemon::state::read_originals(&self.cfg.host);
+        let (originals, journal_warning) = self.originals.current(&self.cfg.host);
         let snap = Snapshot {
             version: env!("CARGO_PKG_VERSION"),
             pid: std::process::id(),

@@ -32,12 +32,34 @@ pub struct Snapshot {
     pub originals: Arc<Journal>,
 }
 
-/// The originals journal for a snapshot, with a warning when it cannot be
-/// read (the items then show no original).
-pub fn read_originals(host: &HostRoot) -> (Arc<Journal>, Option<String>) {
-    match journal_store::load(host) {
-        Ok(j) => (Arc::new(j), None),
-        Err(e) => (Arc::default(), Some(format!("originals journal: {e}"))),
+/// The originals journal for the snapshots, read again only when its file
+/// changed: the journal changes about once per setting in a host's life,
+/// and the loop publishes after every pass, key passes included.
+#[derive(Debug, Default)]
+pub struct OriginalsCache {
+    /// The file as last read: inode, size and modification time (none when
+    /// absent); `None` before the first read.
+    stamp: Option<Option<(u64, u64, i64, i64)>>,
+    journal: Arc<Journal>,
+    /// Why it could not be read, if it could not (the items then show no
+    /// original).
+    warning: Option<String>,
+}
+
+impl OriginalsCache {
+    pub fn current(&mut self, host: &HostRoot) -> (Arc<Journal>, Option<String>) {
+        use std::os::unix::fs::MetadataExt;
+        let stamp = std::fs::metadata(host.journal_file())
+            .ok()
+            .map(|m| (m.ino(), m.size(), m.mtime(), m.mtime_nsec()));
+        if self.stamp != Some(stamp) {
+            (self.journal, self.warning) = match journal_store::load(host) {
+                Ok(j) => (Arc::new(j), None),
+                Err(e) => (Arc::default(), Some(format!("originals journal: {e}"))),
+            };
+            self.stamp = Some(stamp);
+        }
+        (Arc::clone(&self.journal), self.warning.clone())
     }
 }
 
@@ -266,6 +288,23 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_originals_are_read_again_only_when_the_journal_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostRoot::new(dir.path());
+        let mut cache = OriginalsCache::default();
+        assert_eq!(cache.current(&host).1, None);
+        let file = host.journal_file();
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, "not a journal\n").unwrap();
+        let (_, warning) = cache.current(&host);
+        assert!(warning.is_some_and(|w| w.contains("originals journal")));
+        // Unchanged file: the same result without reading it again.
+        assert!(cache.current(&host).1.is_some());
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(cache.current(&host).1, None);
+    }
 
     #[test]
     fn rfc3339_formats_utc_with_milliseconds() {
