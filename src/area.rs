@@ -25,7 +25,6 @@ use crate::gobuild::GoBuildHost;
 use crate::gobuild::observe as gobuild_observe;
 use crate::gobuild::plan as gobuild_plan;
 use crate::host::{HostRoot, IoError, SYSCTL_CONF_DIRS};
-use crate::item::Kind;
 use crate::limits::plan::LimitsHost;
 use crate::limits::{observe as limits_observe, plan as limits_plan};
 use crate::policy::Policy;
@@ -119,20 +118,6 @@ impl Area {
             Area::Services => "services",
             Area::Cgroup => "cgroup",
             Area::GoBuild => "go-build",
-        }
-    }
-
-    /// The area an item of this kind belongs to.
-    pub fn of(kind: Kind) -> Area {
-        match kind {
-            Kind::Sysctl | Kind::SysctlPersist => Area::Sysctl,
-            Kind::Limit | Kind::LimitsFile => Area::Limits,
-            Kind::ServiceLimit | Kind::ServicePosture => Area::Services,
-            // Unit files belong to whichever systemd area wrote them; both
-            // go through the same reload, so either is right for routing.
-            Kind::UnitFile => Area::Services,
-            Kind::CgroupLimit | Kind::CgroupController => Area::Cgroup,
-            Kind::GoBuild => Area::GoBuild,
         }
     }
 
@@ -427,17 +412,5 @@ impl Area {
 impl fmt::Display for Area {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_kind_belongs_to_a_listed_area() {
-        for k in Kind::ALL {
-            assert!(Area::ALL.contains(&Area::of(k)), "{k:?}");
-        }
     }
 }

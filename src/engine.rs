@@ -292,7 +292,13 @@ fn run(
             &mut originals,
         );
         let mut merged = if record.acted.contains(&Area::Sysctl) {
-            merge(&planned[i], sysctl_plan::plan(policy, h), &record, hold)
+            merge(
+                Area::Sysctl,
+                &planned[i],
+                sysctl_plan::plan(policy, h),
+                &record,
+                hold,
+            )
         } else {
             planned[i].clone()
         };
@@ -300,24 +306,35 @@ fn run(
         done[i] = Some(merged);
     }
 
+    // Every planned item with the area that planned it: an action's
+    // outcome is merged by that area (a slice's unit file is the cgroup
+    // area's, a drop-in the services area's).
+    let by_area: Vec<(Area, &Item)> = observations
+        .iter()
+        .zip(&planned)
+        .flat_map(|(o, items)| items.iter().map(move |i| (o.area(), i)))
+        .filter(|(_, i)| !hold(i))
+        .collect();
+
     // 2. Files (holdfast's sysctl.d file was written with its sysctls).
     let mut unit_files_changed = false;
-    let files: Vec<(&Item, &Action)> = planned
+    let (areas, files): (Vec<Area>, Vec<(&Item, &Action)>) = by_area
         .iter()
-        .flatten()
-        .filter(|i| !hold(i) && i.kind() != Kind::SysctlPersist)
-        .filter_map(|i| match &i.action {
-            Some(a @ (Action::WriteFile { .. } | Action::RemoveFile { .. })) => Some((i, a)),
+        .filter(|(_, i)| i.kind() != Kind::SysctlPersist)
+        .filter_map(|&(area, i)| match &i.action {
+            Some(a @ (Action::WriteFile { .. } | Action::RemoveFile { .. })) => {
+                Some((area, (i, a)))
+            }
             _ => None,
         })
-        .collect();
+        .unzip();
     let journaled = journal_before(&mut originals, &files, |_, _| None);
-    for ((item, action), journaled) in files.into_iter().zip(journaled) {
+    for (((item, action), journaled), area) in files.into_iter().zip(journaled).zip(areas) {
         let outcome = match journaled {
             Ok(()) => execute_file_action(ctx.host, action),
             Err(why) => Outcome::Failed(why),
         };
-        record.acted.insert(Area::of(item.kind()));
+        record.acted.insert(area);
         if item.kind() == Kind::UnitFile && matches!(outcome, Outcome::Done) {
             unit_files_changed = true;
         }
@@ -338,13 +355,11 @@ fn run(
 
     // 4. Runtime actions: start slices, SetUnitProperties(runtime), or,
     //    without systemd, holdfast's own cgroups top-down.
-    let runtime: Vec<(&Item, &Action)> = planned
+    let (areas, runtime): (Vec<Area>, Vec<(&Item, &Action)>) = by_area
         .iter()
-        .flatten()
-        .filter(|i| !hold(i))
-        .filter_map(|i| i.action.as_ref().map(|a| (i, a)))
-        .filter(|(_, a)| is_runtime_action(a))
-        .collect();
+        .filter_map(|&(area, i)| i.action.as_ref().map(|a| (area, (i, a))))
+        .filter(|(_, (_, a))| is_runtime_action(a))
+        .unzip();
     let cgroup = observations.iter().find_map(|o| match o {
         Observation::Cgroup(h) => Some(h),
         _ => None,
@@ -357,13 +372,13 @@ fn run(
             _ => None,
         }
     });
-    for ((item, action), journaled) in runtime.into_iter().zip(journaled) {
+    for (((item, action), journaled), area) in runtime.into_iter().zip(journaled).zip(areas) {
         let result = match journaled {
             Ok(()) => execute_runtime_action(ctx, action),
             Err(why) => Some(Err(why)),
         };
         if let Some(result) = result {
-            record.acted.insert(Area::of(item.kind()));
+            record.acted.insert(area);
             let outcome = match result {
                 Ok(()) => Outcome::Done,
                 Err(why) => Outcome::Failed(why),
@@ -399,7 +414,7 @@ fn run(
         }
         let merged = if record.acted.contains(&obs.area()) {
             warnings.extend(obs.refresh(ctx, policy, focus));
-            merge(&before, obs.plan(policy), &record, hold)
+            merge(obs.area(), &before, obs.plan(policy), &record, hold)
         } else {
             before
         };
@@ -582,11 +597,16 @@ fn units_to_restart(planned: &[Vec<Item>], record: &Record, hold: Hold<'_>) -> V
 ///   figures that allowed it) before what the new reading adds.
 /// - An item compliant now that was not before, or whose action ran, or
 ///   whose unit was restarted, is `corrected`.
-fn merge(before: &[Item], after: Vec<Item>, record: &Record, hold: Hold<'_>) -> Vec<Item> {
+fn merge(
+    area: Area,
+    before: &[Item],
+    after: Vec<Item>,
+    record: &Record,
+    hold: Hold<'_>,
+) -> Vec<Item> {
     let prev: HashMap<&ItemKey, &Item> = before.iter().map(|i| (&i.key, i)).collect();
     let mut out = after;
     for item in out.iter_mut() {
-        let area = Area::of(item.kind());
         for (a, note) in &record.area_notes {
             if *a == area {
                 item.detail.push(note.clone());

@@ -138,3 +138,26 @@ fn an_area_with_nothing_managed_costs_no_systemd_round_trip() {
     assert_eq!(*fake.round_trips.borrow(), 1);
     assert_eq!(fake.queries_of("myapp.service"), 1);
 }
+
+#[test]
+fn a_slice_unit_that_cannot_be_written_is_failed_with_the_reason() {
+    let h = FakeHost::new();
+    let fake = FakeSystemd::new(&h);
+    let root = HostRoot::new(h.root());
+    let ctx = fake.context(&root);
+    let slice_only =
+        "version: 1\nmode: enforce\ncgroup:\n  slices:\n    go-app: {memory.max: 100M}\n";
+    let p = Policy::from_files([("p.yaml", slice_only)]).unwrap();
+    engine::apply_in(&ctx, &p, ApplyOptions::default());
+    // Something that is not a file holds the slice unit's name: the write
+    // fails, and nothing else in the cgroup area acts in this pass.
+    let unit = h.path("etc/systemd/system/go-app.slice");
+    std::fs::remove_file(&unit).unwrap();
+    std::fs::create_dir_all(unit.join("in-the-way")).unwrap();
+    let raised =
+        Policy::from_files([("p.yaml", slice_only.replace("100M", "1G").as_str())]).unwrap();
+    let pass = engine::apply_in(&ctx, &raised, ApplyOptions::default());
+    let file = find(&pass.items, &unit.display().to_string());
+    assert_eq!(file.state, State::Failed, "{file:#?}");
+    assert!(file.action.is_none(), "{file:#?}");
+}
