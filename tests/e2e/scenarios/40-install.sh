@@ -98,6 +98,10 @@ rm -f /etc/holdfast/policy.d/60-bad.yaml
 check "systemctl reload holdfast" systemctl reload holdfast.service
 check "still active after reload" wait_until 10 systemctl is-active --quiet holdfast.service
 check "systemctl restart holdfast" systemctl restart holdfast.service
+# A start that fails intermittently (a systemd D-Bus call that stalls, seen
+# as a missed watchdog ping): the daemon's own words.
+[ "$last_status" -eq 0 ] ||
+    journalctl -u holdfast.service --no-pager -n 60 | sed 's/^/#     /'
 check "active after restart" wait_until 20 systemctl is-active --quiet holdfast.service
 sysctl -qw net.core.somaxconn=512
 check "converged after restart" wait_until 10 sh -c '[ "$(cat /proc/sys/net/core/somaxconn)" = 8192 ]'
