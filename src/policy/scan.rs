@@ -41,10 +41,13 @@ pub fn text(file: &Arc<str>, text: &str) -> Vec<PolicyError> {
         column: column.max(1) as u64,
     };
     // Raw control characters anywhere (comments included); tab and line
-    // ends are YAML's own.
+    // ends (LF, or CRLF) are YAML's own. A lone CR is refused too: YAML
+    // counts it as a line break where editors do not, so every location
+    // after it would name the wrong line.
     for (i, line) in text.split('\n').enumerate() {
         if let Some((col, c)) = line
-            .trim_end_matches('\r')
+            .strip_suffix('\r')
+            .unwrap_or(line)
             .chars()
             .enumerate()
             .find(|(_, c)| c.is_control() && *c != '\t')
@@ -57,6 +60,9 @@ pub fn text(file: &Arc<str>, text: &str) -> Vec<PolicyError> {
                 .with_hint("policies are plain text; remove it"),
             );
         }
+    }
+    if !errors.is_empty() {
+        return errors;
     }
     // Tags and escaped control characters, from the parser's events. A
     // syntax error stops this scan; serde reports it with its location.

@@ -371,3 +371,21 @@ fn validation_errors_name_file_line_and_column() {
         ),
     ]));
 }
+
+/// Found by the policy fuzz target: YAML counts a lone CR as a line break,
+/// editors do not, so an error after one named a line the file did not have.
+/// A lone CR is refused where editors see it; CRLF line ends stay valid.
+#[test]
+fn a_lone_carriage_return_is_refused_at_the_line_editors_show() {
+    let err = parse("version: 1\nsysctl:\n  kernel.pid_max: \"4\r\r\r1\"\n  x: 1\n").unwrap_err();
+    assert_eq!(err.0.len(), 1, "{err}");
+    assert_eq!(
+        (err.0[0].source.line, err.0[0].source.column),
+        (3, 21),
+        "{err}"
+    );
+    assert!(err.to_string().contains("control character \\r"), "{err}");
+
+    let crlf = parse("version: 1\r\nsysctl:\r\n  kernel.pid_max: 4194304\r\n").unwrap();
+    assert_eq!(crlf.sysctls.len(), 1);
+}

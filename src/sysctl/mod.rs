@@ -37,6 +37,8 @@ pub enum KeyError {
     PathForm,
     #[error("has a path component `.` or `..`")]
     DotComponent,
+    #[error("starts with {0:?}; sysctl names start with a letter or a digit")]
+    BadStart(char),
 }
 
 impl SysctlKey {
@@ -44,8 +46,17 @@ impl SysctlKey {
         if s.is_empty() {
             return Err(KeyError::Empty);
         }
-        if s.starts_with('/') || (s.contains('/') && !s.contains('.')) {
+        // systemd-sysctl reads a key whose first separator is `/` as a path
+        // (its dots then belong to names): `net/ipv4.x` would be written as
+        // `net.ipv4.x` at runtime but mean `net/ipv4.x` in sysctl.d.
+        if s.find(['.', '/']).is_some_and(|i| s.as_bytes()[i] == b'/') {
             return Err(KeyError::PathForm);
+        }
+        // Every top-level directory of /proc/sys is a word. In sysctl.d a
+        // line starting with `#` or `;` is a comment and `-` a flag, so such
+        // a key would vanish from (or change) holdfast's persisted file.
+        if let Some(c) = s.chars().next().filter(|c| !c.is_ascii_alphanumeric()) {
+            return Err(KeyError::BadStart(c));
         }
         if let Some(c) = s
             .chars()
@@ -347,6 +358,13 @@ mod tests {
         assert_eq!(ok("vm..swappiness"), Err(KeyError::EmptyPart));
         assert_eq!(ok("vm.swappiness."), Err(KeyError::EmptyPart));
         assert_eq!(ok("vm/swappiness"), Err(KeyError::PathForm));
+        // Found by the policy fuzz target: systemd-sysctl reads this as the
+        // path net/ipv4.ip_forward, holdfast would write net.ipv4/ip_forward.
+        assert_eq!(ok("net/ipv4.ip_forward"), Err(KeyError::PathForm));
+        // Also found by it: these start a comment or a flag in sysctl.d.
+        assert_eq!(ok(";vm.swappiness"), Err(KeyError::BadStart(';')));
+        assert_eq!(ok("#vm.swappiness"), Err(KeyError::BadStart('#')));
+        assert_eq!(ok("-vm.swappiness"), Err(KeyError::BadStart('-')));
         assert_eq!(ok("net.ipv4.conf.*.rp_filter"), Err(KeyError::BadChar('*')));
         assert_eq!(ok("vm.swap piness"), Err(KeyError::BadChar(' ')));
         assert_eq!(ok("net.x./"), Err(KeyError::DotComponent));
