@@ -263,8 +263,9 @@ fn the_copy_is_removed_when_the_policy_no_longer_asks_for_it() {
         format!("{}:3", h.path(VENDOR).display())
     );
     assert!(
-        details(&report, key).iter().any(|d| d
-            .contains("`sysctl_conflicts: override` replaces /usr/lib/sysctl.d/50-default.conf")),
+        details(&report, key).iter().any(|d| d.contains(
+            "`sysctl_conflicts: override` would replace /usr/lib/sysctl.d/50-default.conf"
+        )),
         "{report:#}"
     );
 

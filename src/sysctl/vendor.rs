@@ -4,12 +4,19 @@
 //! A vendor file — one outside `/etc`: `/run/sysctl.d`,
 //! `/usr/local/lib/sysctl.d`, `/usr/lib/sysctl.d`, `/lib/sysctl.d` — that
 //! sets a key holdfast enforces to another value loses at boot (holdfast's
-//! own file sorts after it), but compliance scanners fail the key while the
-//! line exists. systemd's documented way to replace such a file
-//! (sysctl.d(5)) is a file of the same name in `/etc/sysctl.d`, which masks
-//! it. With `override`, holdfast writes that file: a copy of the vendor
-//! file with the conflicting lines commented out, saying which policy line
-//! wanted otherwise, and recording the vendor file's SHA-256.
+//! own file sorts after it), but boot still applies the line first, and
+//! anything that reads the effective configuration sees two values.
+//! systemd's documented way to replace such a file (sysctl.d(5)) is a file
+//! of the same name in `/etc/sysctl.d`, which masks it. With `override`,
+//! holdfast writes that file: a copy of the vendor file with the conflicting
+//! lines commented out, saying which policy line wanted otherwise, and
+//! recording the vendor file's SHA-256.
+//!
+//! A scanner that reads the vendor directories itself, without systemd's
+//! masking, still sees the vendor file: OpenSCAP with ComplianceAsCode
+//! 0.1.65 (Debian 12's `ssg-debderived`) fails a key that any
+//! `/usr/lib/sysctl.d/*.conf` sets to another value, copy or not (measured
+//! in a network namespace; README, "Vendor files and `sysctl_conflicts`").
 //!
 //! # Guarantees
 //! - Only lines that name an enforced key exactly (no glob) and set a value
@@ -359,7 +366,7 @@ pub fn notes(
             } else if !suggested {
                 suggested = true;
                 out.push(format!(
-                    "scanners (OpenSCAP) fail this key while {at} sets another value; `sysctl_conflicts: override` replaces {} with a copy in /etc/sysctl.d that comments the line out",
+                    "{at} sets another value (boot applies it before holdfast's file): `sysctl_conflicts: override` would replace {} at boot with a copy in /etc/sysctl.d that comments the line out",
                     v.shown
                 ));
             }
@@ -584,10 +591,8 @@ mod tests {
         let rule = &report.sysctls[&SysctlKey::parse("net.ipv4.conf.default.rp_filter").unwrap()];
         let got = super::notes(&report, rule, &[&vendor_line, &foreign], &[s]);
         assert_eq!(got.len(), 1, "{got:?}");
-        assert!(
-            got[0].contains(
-                "`sysctl_conflicts: override` replaces /usr/lib/sysctl.d/50-default.conf"
-            )
-        );
+        assert!(got[0].contains(
+            "`sysctl_conflicts: override` would replace /usr/lib/sysctl.d/50-default.conf"
+        ));
     }
 }
