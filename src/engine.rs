@@ -291,14 +291,21 @@ fn run(
             &mut record,
             &mut originals,
         );
+        // holdfast's copies of vendor files change what boot applies, so
+        // the sysctl.d files are read again before the merge.
+        if write_copies(ctx.host, &planned[i], hold, &mut record, &mut originals) {
+            warnings.extend(sysctl_observe::reread_conf(ctx.host, h));
+        }
         let mut merged = if record.acted.contains(&Area::Sysctl) {
-            merge(
+            let mut merged = merge(
                 Area::Sysctl,
                 &planned[i],
                 sysctl_plan::plan(policy, h),
                 &record,
                 hold,
-            )
+            );
+            merged.extend(removed_copies(&planned[i], &merged, &record));
+            merged
         } else {
             planned[i].clone()
         };
@@ -316,11 +323,11 @@ fn run(
         .filter(|(_, i)| !hold(i))
         .collect();
 
-    // 2. Files (holdfast's sysctl.d file was written with its sysctls).
+    // 2. Files (holdfast's sysctl.d files were written with its sysctls).
     let mut unit_files_changed = false;
     let (areas, files): (Vec<Area>, Vec<(&Item, &Action)>) = by_area
         .iter()
-        .filter(|(_, i)| i.kind() != Kind::SysctlPersist)
+        .filter(|(area, _)| *area != Area::Sysctl)
         .filter_map(|&(area, i)| match &i.action {
             Some(a @ (Action::WriteFile { .. } | Action::RemoveFile { .. })) => {
                 Some((area, (i, a)))
@@ -557,6 +564,97 @@ fn settle_sysctls<'a>(
         };
         record.outcomes.insert(key, outcome);
     }
+}
+
+/// Writes or removes holdfast's copies of vendor sysctl.d files
+/// (`sysctl_conflicts: override`) as file actions: each is refused if a
+/// file holdfast did not write has taken the name since the pass read it,
+/// journaled before it is made (the original of a new copy is its absence),
+/// and read back after the write. Returns whether anything was attempted.
+fn write_copies(
+    host: &HostRoot,
+    planned: &[Item],
+    hold: Hold<'_>,
+    record: &mut Record,
+    originals: &mut Recorder<'_>,
+) -> bool {
+    let mut files: Vec<(&Item, &Action)> = Vec::new();
+    let mut attempted = false;
+    for item in planned {
+        let Some(action) = &item.action else { continue };
+        if item.kind() != Kind::SysctlOverride || hold(item) {
+            continue;
+        }
+        match still_ours(action) {
+            Ok(()) => files.push((item, action)),
+            Err(why) => {
+                attempted = true;
+                record
+                    .outcomes
+                    .insert(item.key.clone(), Outcome::Failed(why));
+            }
+        }
+    }
+    attempted |= !files.is_empty();
+    let journaled = journal_before(originals, &files, |_, _| None);
+    for ((item, action), journaled) in files.into_iter().zip(journaled) {
+        let outcome = match journaled {
+            Ok(()) => execute_file_action(host, action),
+            Err(why) => Outcome::Failed(why),
+        };
+        record.outcomes.insert(item.key.clone(), outcome);
+    }
+    if attempted {
+        record.acted.insert(Area::Sysctl);
+    }
+    attempted
+}
+
+/// Whether the path of a copy's action is still free or holdfast's copy:
+/// a file holdfast did not write (or a link) that appeared since the pass
+/// read the directory is never replaced or removed.
+fn still_ours(action: &Action) -> Result<(), String> {
+    let (Action::WriteFile { path, .. } | Action::RemoveFile { path }) = action else {
+        return Err(format!("not a file action: {action}"));
+    };
+    let refused = |what: &str| {
+        Err(format!(
+            "not changed: {} is now {what}, and holdfast never replaces a file it did not write",
+            path.display()
+        ))
+    };
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(IoError::new("stat", path, e).to_string()),
+        Ok(m) if !m.file_type().is_file() => refused("a link or not a regular file"),
+        Ok(_) => match host::read_optional(path) {
+            Ok(Some(text)) if !text.starts_with(crate::item::OWN_UNIT_FILE_MARK) => {
+                refused("a file holdfast did not write")
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        },
+    }
+}
+
+/// The copies of vendor files this pass removed: gone from the plan after
+/// the pass (there is nothing left to report on), they stay in its report
+/// as `corrected`, with what was done.
+fn removed_copies(planned: &[Item], merged: &[Item], record: &Record) -> Vec<Item> {
+    planned
+        .iter()
+        .filter(|i| i.kind() == Kind::SysctlOverride)
+        .filter(|i| matches!(i.action, Some(Action::RemoveFile { .. })))
+        .filter(|i| matches!(record.outcomes.get(&i.key), Some(Outcome::Done)))
+        .filter(|i| !merged.iter().any(|m| m.key == i.key))
+        .map(|i| {
+            let mut item = i.clone();
+            item.action = None;
+            item.state = State::Corrected;
+            item.actual = "absent".into();
+            item
+        })
+        .collect()
 }
 
 /// The units `--restart-services` restarts: those with an item that is

@@ -20,6 +20,10 @@ pub enum Kind {
     Sysctl,
     /// holdfast's sysctl.d file, which makes enforced values hold across boots.
     SysctlPersist,
+    /// holdfast's copy of a vendor sysctl.d file in `/etc/sysctl.d`, with
+    /// the lines that conflict with the policy commented out
+    /// (`sysctl_conflicts: override`).
+    SysctlOverride,
     /// A session limit (pam_limits) for a domain: one soft or hard value.
     Limit,
     /// holdfast's limits.d file.
@@ -43,9 +47,10 @@ pub enum Kind {
 impl Kind {
     /// Every kind, for filters and metrics. A test fails to compile when a
     /// kind is added to the enum and not here.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Sysctl,
         Kind::SysctlPersist,
+        Kind::SysctlOverride,
         Kind::Limit,
         Kind::LimitsFile,
         Kind::ServiceLimit,
@@ -64,6 +69,7 @@ impl Kind {
         match self {
             Kind::Sysctl => "sysctl",
             Kind::SysctlPersist => "sysctl-persist",
+            Kind::SysctlOverride => "sysctl-override",
             Kind::Limit => "limit",
             Kind::LimitsFile => "limits-file",
             Kind::ServiceLimit => "service-limit",
@@ -124,6 +130,9 @@ pub enum ItemKey {
     Sysctl(SysctlKey),
     /// holdfast's sysctl.d file.
     SysctlFile(PathBuf),
+    /// holdfast's copy of a vendor sysctl.d file: its path in
+    /// `/etc/sysctl.d`.
+    SysctlOverride(PathBuf),
     /// One pam_limits value of a domain.
     Limit {
         domain: Domain,
@@ -168,6 +177,7 @@ impl ItemKey {
         match self {
             ItemKey::Sysctl(_) => Kind::Sysctl,
             ItemKey::SysctlFile(_) => Kind::SysctlPersist,
+            ItemKey::SysctlOverride(_) => Kind::SysctlOverride,
             ItemKey::Limit { .. } => Kind::Limit,
             ItemKey::LimitsFile(_) | ItemKey::LimitsLine { .. } => Kind::LimitsFile,
             ItemKey::Service { .. } | ItemKey::DefaultLimitNofile => Kind::ServiceLimit,
@@ -208,7 +218,10 @@ impl fmt::Display for ItemKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ItemKey::Sysctl(k) => write!(f, "{k}"),
-            ItemKey::SysctlFile(p) | ItemKey::LimitsFile(p) | ItemKey::UnitFile { path: p, .. } => {
+            ItemKey::SysctlFile(p)
+            | ItemKey::SysctlOverride(p)
+            | ItemKey::LimitsFile(p)
+            | ItemKey::UnitFile { path: p, .. } => {
                 write!(f, "{}", p.display())
             }
             ItemKey::Limit { domain, kind, item } => {
@@ -442,9 +455,10 @@ pub struct OwnFile<'a> {
     pub stale_note: &'a str,
 }
 
-/// The first line of every unit file and drop-in holdfast writes. A file at
-/// one of holdfast's paths without it is someone else's, and holdfast never
-/// replaces it.
+/// The first line of every unit file and drop-in holdfast writes, and of its
+/// sysctl.d files (its persisted file and its copies of vendor files). A
+/// file at one of holdfast's paths without it is someone else's, and
+/// holdfast never replaces it.
 pub const OWN_UNIT_FILE_MARK: &str = "# Managed by holdfast";
 
 /// A systemd unit file or drop-in holdfast owns, which must have `content`;
@@ -548,14 +562,15 @@ mod tests {
         match k {
             Kind::Sysctl => 0,
             Kind::SysctlPersist => 1,
-            Kind::Limit => 2,
-            Kind::LimitsFile => 3,
-            Kind::ServiceLimit => 4,
-            Kind::ServicePosture => 5,
-            Kind::UnitFile => 6,
-            Kind::CgroupLimit => 7,
-            Kind::CgroupController => 8,
-            Kind::GoBuild => 9,
+            Kind::SysctlOverride => 2,
+            Kind::Limit => 3,
+            Kind::LimitsFile => 4,
+            Kind::ServiceLimit => 5,
+            Kind::ServicePosture => 6,
+            Kind::UnitFile => 7,
+            Kind::CgroupLimit => 8,
+            Kind::CgroupController => 9,
+            Kind::GoBuild => 10,
         }
     }
 

@@ -370,3 +370,129 @@ fn openscap_passes_the_cis_rules_of_the_policy_net_keys_after_apply() {
     }
     assert!(out.contains("oscap=0"), "{out}");
 }
+
+/// A distribution file as upstream systemd's 50-default.conf has it: one
+/// line that sets a CIS key to another value (loose reverse-path filtering),
+/// lines that agree with the policy or set keys it does not manage. Only
+/// `net.*` keys, which belong to the test's network namespace.
+const VENDOR_DEFAULT: &str = "# Source route verification\n\
+net.ipv4.conf.default.rp_filter = 2\n\
+# Do not accept source routing\n\
+net.ipv4.conf.default.accept_source_route = 0\n\
+# Promote secondary addresses when the primary address is removed\n\
+net.ipv4.conf.default.promote_secondaries = 1\n";
+
+#[test]
+#[ignore = "needs root, network namespaces and OpenSCAP: cargo test -- --include-ignored"]
+fn boot_applies_holdfasts_copy_of_a_conflicting_vendor_file_instead_of_the_file() {
+    if !namespaces_available() {
+        return;
+    }
+    let keys = net_keys();
+    let (dir, report) = enforce_policy(&keys);
+    let text = std::fs::read_to_string(&report).unwrap();
+    let over = dir.path().join("cis-net-override.yaml");
+    std::fs::write(
+        &over,
+        text.replace(
+            "mode: enforce\n",
+            "mode: enforce\nsysctl_conflicts: override\n",
+        ),
+    )
+    .unwrap();
+    // A host root of its own: holdfast's files, journal and lock stay in
+    // it; its proc is the namespace's, and its sysctl.d directories are
+    // mounted where systemd-sysctl and `sysctl --system` read them.
+    let root = tempfile::tempdir().unwrap();
+    let systemd_sysctl = [
+        "/usr/lib/systemd/systemd-sysctl",
+        "/lib/systemd/systemd-sysctl",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists());
+    let mut script = format!(
+        r#"R="$ROOT"
+mkdir -p "$R/proc" "$R/etc/sysctl.d" "$R/usr/lib/sysctl.d"
+mount --bind /proc "$R/proc"
+mount --bind "$R/etc/sysctl.d" /etc/sysctl.d
+mount --bind "$R/usr/lib/sysctl.d" /usr/lib/sysctl.d
+cat > "$R/usr/lib/sysctl.d/50-default.conf" <<'VENDOR'
+{VENDOR_DEFAULT}VENDOR
+"$HF" --root "$R" apply --policy "$P" >/dev/null; echo "apply-report=$?"
+sysctl --system 2>&1 | sed 's/^/reported /'
+"$HF" --root "$R" apply --policy "$OVER" >/dev/null; echo "apply-override=$?"
+sed 's/^/copy /' "$R/etc/sysctl.d/50-default.conf"
+{scramble}sysctl --system 2>&1 | sed 's/^/system /'
+{after}"$HF" --root "$R" check --policy "$OVER" >/dev/null; echo "check=$?"
+"#,
+        scramble = scramble(&keys),
+        after = print_values(&keys, "after-system"),
+    );
+    if let Some(bin) = systemd_sysctl {
+        script.push_str(&format!(
+            "{scramble}{bin}; echo \"systemd-sysctl=$?\"\n{after}",
+            scramble = scramble(&keys),
+            after = print_values(&keys, "after-systemd-sysctl"),
+        ));
+    }
+    let full = format!(
+        r#"set -u
+for d in /etc/sysctl.d /run/sysctl.d /usr/local/lib/sysctl.d /usr/lib/sysctl.d /lib/sysctl.d; do
+    [ -d "$d" ] && mount -t tmpfs holdfast-test "$d"
+done
+[ -e /etc/sysctl.conf ] && mount --bind /dev/null /etc/sysctl.conf
+ip link set lo up
+{script}"#
+    );
+    let (code, out) = common::run_in_netns_with(
+        &report,
+        &full,
+        &[("ROOT", root.path()), ("OVER", over.as_path())],
+    );
+    assert_eq!(code, 0, "{out}");
+    let section = |label: &str| -> String {
+        out.lines()
+            .filter_map(|l| l.strip_prefix(label)?.strip_prefix(' '))
+            .flat_map(|l| [l, "\n"])
+            .collect()
+    };
+    assert!(out.contains("apply-report=0"), "{out}");
+    assert!(out.contains("apply-override=0"), "{out}");
+    // Reported only: boot applies the vendor file (holdfast's own file
+    // wins, later).
+    assert!(
+        section("reported").contains("Applying /usr/lib/sysctl.d/50-default.conf"),
+        "{out}"
+    );
+    // The copy: the conflicting line commented out, the others kept.
+    let copy = section("copy");
+    assert!(copy.starts_with("# Managed by holdfast"), "{out}");
+    assert!(
+        copy.contains("\n#net.ipv4.conf.default.rp_filter = 2\n"),
+        "{out}"
+    );
+    assert!(
+        copy.contains("\nnet.ipv4.conf.default.promote_secondaries = 1\n"),
+        "{out}"
+    );
+    // Overridden: boot applies the copy instead of the vendor file, and
+    // ends with the policy's values from any start.
+    let system = section("system");
+    assert!(
+        system.contains("Applying /etc/sysctl.d/50-default.conf"),
+        "{out}"
+    );
+    assert!(
+        !system.contains("/usr/lib/sysctl.d/50-default.conf"),
+        "{out}"
+    );
+    assert!(!system.contains("rp_filter = 2"), "{out}");
+    assert_eq!(values(&out, "after-system"), keys, "{out}");
+    assert!(out.contains("check=0"), "{out}");
+    if systemd_sysctl.is_some() {
+        assert!(out.contains("systemd-sysctl=0"), "{out}");
+        assert_eq!(values(&out, "after-systemd-sysctl"), keys, "{out}");
+    } else {
+        eprintln!("systemd-sysctl is not installed: checked with sysctl --system only");
+    }
+}

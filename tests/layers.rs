@@ -41,6 +41,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         &[
             "sysctl::plan",
             "sysctl::converge",
+            "sysctl::vendor",
             "limits::plan",
             "cgroup::plan",
             "services",

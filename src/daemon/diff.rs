@@ -47,6 +47,8 @@ pub enum SettingId {
     Slice(String),
     Controllers,
     OvercommitHeadroom,
+    /// `sysctl_conflicts`.
+    SysctlConflicts,
 }
 
 impl SettingId {
@@ -55,8 +57,10 @@ impl SettingId {
     pub fn covers(&self, key: &ItemKey) -> bool {
         match (self, key) {
             (SettingId::Sysctl(k), ItemKey::Sysctl(i)) => k == i,
-            // The persisted file holds every enforced key.
-            (SettingId::Sysctl(_), ItemKey::SysctlFile(_)) => true,
+            // The persisted file holds every enforced key; a copy of a
+            // vendor file comments out the lines of enforced keys.
+            (SettingId::Sysctl(_), ItemKey::SysctlFile(_) | ItemKey::SysctlOverride(_)) => true,
+            (SettingId::SysctlConflicts, ItemKey::SysctlOverride(_)) => true,
             (
                 SettingId::Limit { domain, item },
                 ItemKey::Limit {
@@ -98,6 +102,7 @@ impl fmt::Display for SettingId {
             SettingId::Slice(name) => write!(f, "slice {name}"),
             SettingId::Controllers => f.write_str("cgroup controllers"),
             SettingId::OvercommitHeadroom => f.write_str("safety overcommit_headroom_percent"),
+            SettingId::SysctlConflicts => f.write_str("sysctl_conflicts"),
         }
     }
 }
@@ -182,6 +187,9 @@ fn settings(p: &Policy) -> BTreeMap<SettingId, String> {
             SettingId::OvercommitHeadroom,
             fingerprint(h, p.default_mode()),
         );
+    }
+    if let Some(c) = &p.sysctl_conflicts {
+        out.insert(SettingId::SysctlConflicts, fingerprint(c, p.default_mode()));
     }
     out
 }

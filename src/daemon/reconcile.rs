@@ -502,11 +502,13 @@ impl Reconciler {
             .filter(|k| !torn.contains(*k))
             .collect();
         // Keys not re-read keep their cached state and are never written
-        // from it.
+        // from it; nor are holdfast's copies of vendor files, which only a
+        // full pass (one reads the sysctl.d files) writes.
         let hold = |item: &Item| {
             item.key
                 .sysctl()
                 .is_some_and(|k| !refreshed.contains(k.as_str()))
+                || matches!(item.key, ItemKey::SysctlOverride(_))
                 || view.is_held(item, now)
         };
         // The engine keeps the cache true: it re-reads what it wrote and

@@ -73,6 +73,29 @@ impl fmt::Display for Mode {
     }
 }
 
+/// What holdfast does about a vendor sysctl.d file (one outside `/etc`:
+/// `/run`, `/usr/local/lib`, `/usr/lib`, `/lib`) that sets a managed key
+/// to a value the policy does not accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SysctlConflicts {
+    /// List the conflict on the key's item (the default).
+    #[default]
+    Report,
+    /// Replace the vendor file with a copy of the same name in
+    /// `/etc/sysctl.d` (which masks it, sysctl.d(5)) whose conflicting
+    /// lines are commented out, for the keys holdfast enforces.
+    Override,
+}
+
+impl SysctlConflicts {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SysctlConflicts::Report => "report",
+            SysctlConflicts::Override => "override",
+        }
+    }
+}
+
 /// A validated, merged policy.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Policy {
@@ -83,6 +106,8 @@ pub struct Policy {
     pub sha256: BTreeMap<String, String>,
     /// The policy-wide mode; `audit` when no file sets it.
     pub mode: Option<Sourced<Mode>>,
+    /// `sysctl_conflicts`; `report` when no file sets it.
+    pub sysctl_conflicts: Option<Sourced<SysctlConflicts>>,
     pub sysctls: BTreeMap<SysctlKey, SysctlRule>,
     /// At most one rule per (domain, item), in the order first written.
     pub limits: Vec<LimitRule>,
@@ -278,6 +303,15 @@ impl Policy {
         self.mode.as_ref().map(|m| m.value).unwrap_or(Mode::Audit)
     }
 
+    /// What to do about vendor sysctl.d files that conflict with the
+    /// policy.
+    pub fn sysctl_conflicts(&self) -> SysctlConflicts {
+        self.sysctl_conflicts
+            .as_ref()
+            .map(|c| c.value)
+            .unwrap_or_default()
+    }
+
     /// The mode of an item: its own, else the policy's.
     pub fn mode_of(&self, item: Option<Mode>) -> Mode {
         item.unwrap_or_else(|| self.default_mode())
@@ -285,13 +319,16 @@ impl Policy {
 
     /// Applies a later file over this policy, key by key: a later sysctl,
     /// limit (per domain and item) or field of a service or slice replaces
-    /// the earlier one, and remembers its own source.
+    /// the earlier one, and remembers its own source; so do the
+    /// policy-wide `mode` and `sysctl_conflicts`.
     pub fn overlay(&mut self, later: Policy) {
         self.files.extend(later.files);
         self.sha256.extend(later.sha256);
         if later.mode.is_some() {
             self.mode = later.mode;
         }
+        // Policy-wide like `mode`: the last file that sets it wins.
+        overlay_field(&mut self.sysctl_conflicts, later.sysctl_conflicts);
         self.sysctls.extend(later.sysctls);
         for rule in later.limits {
             match self

@@ -17,6 +17,9 @@ use serde_saphyr::Spanned;
 pub struct RawDoc {
     pub version: Spanned<Scalar>,
     pub mode: Option<Spanned<String>>,
+    /// What to do about vendor sysctl.d files that set a managed key to
+    /// another value: `report` or `override`.
+    pub sysctl_conflicts: Option<Spanned<String>>,
     pub sysctl: Option<Entries<RawSysctl>>,
     pub limits: Option<Vec<Spanned<RawLimit>>>,
     pub services: Option<Entries<RawService>>,

@@ -181,6 +181,27 @@ fn later_files_override_key_by_key_and_keep_their_sources() {
 }
 
 #[test]
+fn sysctl_conflicts_defaults_to_report_and_the_last_file_that_sets_it_wins() {
+    let p = parse("version: 1\n").unwrap();
+    assert_eq!(p.sysctl_conflicts(), SysctlConflicts::Report);
+    let over = "version: 1\nsysctl_conflicts: override\n";
+    let back = "version: 1\nsysctl_conflicts: report\n";
+    let none = "version: 1\nmode: enforce\n";
+    let p = Policy::from_files([("10-a.yaml", over), ("20-b.yaml", none)]).unwrap();
+    assert_eq!(p.sysctl_conflicts(), SysctlConflicts::Override);
+    assert_eq!(
+        p.sysctl_conflicts.as_ref().unwrap().source.to_string(),
+        "10-a.yaml:2"
+    );
+    let p = Policy::from_files([("10-a.yaml", over), ("20-b.yaml", back)]).unwrap();
+    assert_eq!(p.sysctl_conflicts(), SysctlConflicts::Report);
+    assert_eq!(
+        p.sysctl_conflicts.as_ref().unwrap().source.to_string(),
+        "20-b.yaml:2"
+    );
+}
+
+#[test]
 fn errors_in_several_files_are_all_reported() {
     let err = Policy::from_files([
         ("a.yaml", "version: 1\nmode: loud\n"),
@@ -243,6 +264,14 @@ fn validation_errors_name_file_line_and_column() {
         ("missing version", "mode: audit\n"),
         ("unsupported version", "version: 2\n"),
         ("unknown mode", "version: 1\nmode: enforcing\n"),
+        (
+            "unknown sysctl_conflicts",
+            "version: 1\nsysctl_conflicts: overwrite\n"
+        ),
+        (
+            "sysctl_conflicts not a word",
+            "version: 1\nsysctl_conflicts: [override]\n"
+        ),
         (
             "unknown per-item mode",
             "version: 1\nsysctl:\n  vm.swappiness: {value: 1, mode: strict}\n"

@@ -15,7 +15,7 @@ use super::raw::{
 use super::{
     CgroupPolicy, FORMAT_VERSION, GoBuild, GoMaxProcs, GoRuntime, LimitPair, LimitRule, Mode,
     Policy, PolicyError, Posture, Safety, ServiceDefaults, ServiceRule, SliceRule, Source, Sourced,
-    SysctlRule,
+    SysctlConflicts, SysctlRule,
 };
 use crate::cgroup::{Bytes, CONTROLLERS, Count, CpuMax};
 use crate::gobuild::{GoVersion, maxprocs};
@@ -244,6 +244,10 @@ impl Validator {
             }
         }
         let mode = self.opt_mode(&raw.mode);
+        let sysctl_conflicts = raw
+            .sysctl_conflicts
+            .as_ref()
+            .and_then(|c| self.sysctl_conflicts(c));
         let sysctls = raw.sysctl.map(|e| self.sysctls(e)).unwrap_or_default();
         let limits = raw.limits.map(|l| self.limits(l)).unwrap_or_default();
         let services = raw.services.map(|s| self.services(s)).unwrap_or_default();
@@ -267,6 +271,7 @@ impl Validator {
             // `Policy::from_files` records the digest of the file's text.
             sha256: Default::default(),
             mode,
+            sysctl_conflicts,
             sysctls,
             limits,
             services,
@@ -288,6 +293,26 @@ impl Validator {
                 None
             }
         }
+    }
+
+    fn sysctl_conflicts(&mut self, c: &Spanned<String>) -> Option<Sourced<SysctlConflicts>> {
+        let value = match c.value.as_str() {
+            "report" => SysctlConflicts::Report,
+            "override" => SysctlConflicts::Override,
+            other => {
+                let e = self
+                    .error(c, format!("unknown sysctl_conflicts {other:?}"))
+                    .with_hint(
+                        "`report` lists other sysctl.d files that set a key to another value (the default); `override` also replaces such a file outside /etc with a copy in /etc/sysctl.d whose conflicting lines are commented out",
+                    );
+                self.push(e);
+                return None;
+            }
+        };
+        Some(Sourced {
+            value,
+            source: self.src(c),
+        })
     }
 
     fn opt_mode(&mut self, m: &Option<Spanned<String>>) -> Option<Sourced<Mode>> {

@@ -11,6 +11,7 @@ pub mod conf;
 pub mod converge;
 pub mod observe;
 pub mod plan;
+pub mod vendor;
 
 use std::fmt;
 

@@ -1,13 +1,18 @@
 //! Reading and writing sysctls under the host root, and reading the sysctl.d
 //! configuration that boot will apply. This is the I/O side of `sysctl`.
 
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
 use std::io;
+use std::path::{Path, PathBuf};
 
 pub use super::Observed;
 use super::conf::{self, Assignment};
 use super::plan::{self, SysctlHost};
+use super::vendor::{EtcEntry, SameName, VendorFile};
 use super::{SysctlKey, SysctlValue};
-use crate::host::{self, HostRoot, IoError, SYSCTL_CONF_DIRS};
+use crate::host::{self, HostRoot, IoError, SYSCTL_CONF_DIRS, SYSCTL_PERSIST_FILE};
+use crate::item::OWN_UNIT_FILE_MARK;
 use crate::policy::Policy;
 use crate::safety::MemInfo;
 
@@ -21,7 +26,7 @@ pub fn observe(host: &HostRoot, policy: &Policy) -> (SysctlHost, Vec<IoError>) {
             (k, observed)
         })
         .collect();
-    let (boot, mut warnings) = read_boot_config(host);
+    let (ConfFiles { boot, vendor }, mut warnings) = read_conf(host);
     // Only the overcommit gate needs /proc/meminfo.
     let meminfo = if plan::needs_meminfo(policy) {
         host::read_optional_or_warn(&host.meminfo(), &mut warnings)
@@ -38,8 +43,19 @@ pub fn observe(host: &HostRoot, policy: &Policy) -> (SysctlHost, Vec<IoError>) {
         meminfo,
         persisted,
         persist_path,
+        vendor,
     };
     (state, warnings)
+}
+
+/// Reads the sysctl.d configuration again into `observed` (after the pass
+/// wrote or removed a copy of a vendor file, which changes what boot
+/// applies).
+pub fn reread_conf(host: &HostRoot, observed: &mut SysctlHost) -> Vec<IoError> {
+    let (conf, warnings) = read_conf(host);
+    observed.boot = conf.boot;
+    observed.vendor = conf.vendor;
+    warnings
 }
 
 pub fn read_key(host: &HostRoot, key: &SysctlKey) -> Observed {
@@ -65,12 +81,43 @@ pub fn write_key(host: &HostRoot, key: &SysctlKey, value: &SysctlValue) -> Resul
 /// that cannot be read are returned as errors beside the assignments, so one
 /// unreadable file does not hide the others.
 pub fn read_boot_config(host: &HostRoot) -> (Vec<Assignment>, Vec<IoError>) {
+    let (conf, errors) = read_conf(host);
+    (conf.boot, errors)
+}
+
+/// What the sysctl.d directories hold.
+pub struct ConfFiles {
+    /// The assignments boot applies, in boot order.
+    pub boot: Vec<Assignment>,
+    /// Every vendor file with what `/etc/sysctl.d` has of its name, and
+    /// holdfast's copies whose vendor file is gone.
+    pub vendor: Vec<SameName>,
+}
+
+/// Reads the sysctl.d directories once: the files boot applies (each read
+/// once), and for `sysctl_conflicts: override` the vendor files with what
+/// `/etc/sysctl.d` has of their names (a vendor file masked by holdfast's
+/// copy is read too, to refresh the copy when it changes).
+pub fn read_conf(host: &HostRoot) -> (ConfFiles, Vec<IoError>) {
     let mut candidates = Vec::new();
     let mut errors = Vec::new();
     for (idx, dir) in SYSCTL_CONF_DIRS.iter().enumerate() {
-        match host::list_files(&host.path(dir), ".conf") {
+        match list_conf(&host.path(dir)) {
             Ok(files) => candidates.extend(files.into_iter().map(|f| (idx, f))),
             Err(e) => errors.push(e),
+        }
+    }
+    // The vendor file of each name: the first outside /etc (directories
+    // are listed highest priority first).
+    let mut vendors: BTreeMap<String, (usize, PathBuf)> = BTreeMap::new();
+    for (idx, path) in &candidates {
+        if *idx == 0 {
+            continue;
+        }
+        if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+            vendors
+                .entry(name.to_string())
+                .or_insert_with(|| (*idx, path.clone()));
         }
     }
     let mut files = conf::boot_order(candidates);
@@ -79,14 +126,135 @@ pub fn read_boot_config(host: &HostRoot) -> (Vec<Assignment>, Vec<IoError>) {
     if legacy.is_file() && !files.iter().any(|f| same_file(f, &legacy)) {
         files.push(legacy);
     }
+    let etc_dir = host.path(SYSCTL_CONF_DIRS[0]);
     let mut assignments = Vec::new();
+    // The texts of the files read that concern copies: vendor files and
+    // /etc files of a vendor file's name or with holdfast's mark.
+    let mut texts: HashMap<PathBuf, String> = HashMap::new();
+    let mut own_copies: Vec<String> = Vec::new();
+    let persist_name = Path::new(SYSCTL_PERSIST_FILE).file_name();
     for file in files {
         match host::read_to_string(&file) {
-            Ok(text) => assignments.extend(conf::parse(&file, &text)),
+            Ok(text) => {
+                assignments.extend(conf::parse(&file, &text));
+                let name = file.file_name();
+                let in_etc = file.parent() == Some(etc_dir.as_path());
+                let name_str = name.and_then(|n| n.to_str());
+                if in_etc && name != persist_name && text.starts_with(OWN_UNIT_FILE_MARK) {
+                    own_copies.extend(name_str.map(str::to_string));
+                    texts.insert(file, text);
+                } else if !in_etc || name_str.is_some_and(|n| vendors.contains_key(n)) {
+                    texts.insert(file, text);
+                }
+            }
             Err(e) => errors.push(e),
         }
     }
-    (assignments, errors)
+    let mut names: Vec<String> = vendors.keys().cloned().collect();
+    names.extend(own_copies.into_iter().filter(|n| !vendors.contains_key(n)));
+    names.sort();
+    let mut vendor = Vec::new();
+    for name in names {
+        if Path::new(&name).file_name() == persist_name {
+            continue;
+        }
+        let etc_path = etc_dir.join(&name);
+        let etc = match etc_entry(&etc_path, texts.get(&etc_path)) {
+            Ok(e) => e,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        let file = vendors.get(&name).map(|(idx, path)| {
+            let text = match (&etc, texts.get(path)) {
+                (EtcEntry::Foreign(_), _) => None,
+                (_, Some(t)) => Some(t.clone()),
+                // Masked by holdfast's copy: read for the copy's sake.
+                (_, None) => host::read_to_string(path).map_err(|e| errors.push(e)).ok(),
+            };
+            VendorFile {
+                path: path.clone(),
+                shown: format!("/{}/{name}", SYSCTL_CONF_DIRS[*idx]),
+                text,
+            }
+        });
+        vendor.push(SameName {
+            etc_path,
+            etc,
+            vendor: file,
+        });
+    }
+    (
+        ConfFiles {
+            boot: assignments,
+            vendor,
+        },
+        errors,
+    )
+}
+
+/// What `/etc/sysctl.d` has at `path` (`text`: its content, when it was
+/// read as a file boot applies).
+fn etc_entry(path: &Path, text: Option<&String>) -> Result<EtcEntry, IoError> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(EtcEntry::Absent),
+        Err(e) => return Err(IoError::new("stat", path, e)),
+    };
+    if meta.file_type().is_symlink() {
+        let target = fs::read_link(path).map_err(|e| IoError::new("read link", path, e))?;
+        return Ok(EtcEntry::Foreign(format!("a link to {}", target.display())));
+    }
+    if !meta.is_file() {
+        return Ok(EtcEntry::Foreign("not a regular file".into()));
+    }
+    let text = match text {
+        Some(t) => t.clone(),
+        None => host::read_to_string(path)?,
+    };
+    Ok(if text.starts_with(OWN_UNIT_FILE_MARK) {
+        EtcEntry::Ours(text)
+    } else {
+        EtcEntry::Foreign("a file holdfast did not write".into())
+    })
+}
+
+/// The `*.conf` entries of a sysctl.d directory that take part in boot:
+/// regular files, links to them, and links to `/dev/null`, which systemd
+/// reads as masking the files of that name in later directories (reading
+/// one gives nothing). Sorted by name; a missing directory is empty.
+fn list_conf(dir: &Path) -> Result<Vec<PathBuf>, IoError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(IoError::new("list", dir, e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| IoError::new("list", dir, e))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with('.') || !name.ends_with(".conf") {
+            continue;
+        }
+        let path = entry.path();
+        // Follow links (distributions link 99-sysctl.conf to
+        // ../sysctl.conf), but stat only those.
+        let takes_part = match entry.file_type() {
+            Ok(t) if t.is_symlink() => {
+                fs::metadata(&path).is_ok_and(|m| m.is_file())
+                    || fs::read_link(&path).is_ok_and(|t| t == Path::new("/dev/null"))
+            }
+            Ok(t) => t.is_file(),
+            Err(_) => false,
+        };
+        if takes_part {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// Whether two paths are the same file (Debian links 99-sysctl.conf to
@@ -169,6 +337,97 @@ mod tests {
             [
                 "usr/lib/sysctl.d/50-default.conf",
                 "etc/sysctl.d/99-sysctl.conf"
+            ]
+        );
+    }
+
+    #[test]
+    fn vendor_files_with_what_etc_has_of_their_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let host = HostRoot::new(root);
+        let write = |rel: &str, text: &str| {
+            let p = root.join(rel);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, text).unwrap();
+        };
+        write("usr/lib/sysctl.d/50-default.conf", "vm.swappiness = 60\n");
+        write("lib/sysctl.d/50-default.conf", "vm.swappiness = 70\n");
+        write("usr/lib/sysctl.d/60-masked.conf", "vm.swappiness = 61\n");
+        write("run/sysctl.d/70-site.conf", "vm.swappiness = 62\n");
+        write("usr/lib/sysctl.d/70-site.conf", "vm.swappiness = 63\n");
+        write("usr/lib/sysctl.d/80-copied.conf", "vm.swappiness = 64\n");
+        write(
+            "etc/sysctl.d/80-copied.conf",
+            "# Managed by holdfast: a copy\n#vm.swappiness = 64\n",
+        );
+        write(
+            "etc/sysctl.d/90-gone.conf",
+            "# Managed by holdfast: a copy\n",
+        );
+        write("etc/sysctl.d/70-site.conf", "vm.swappiness = 1\n");
+        std::os::unix::fs::symlink("/dev/null", root.join("etc/sysctl.d/60-masked.conf")).unwrap();
+        let (conf, errors) = read_conf(&host);
+        assert!(errors.is_empty(), "{errors:?}");
+        // A link to /dev/null masks the vendor file at boot.
+        let boot: Vec<String> = conf.boot.iter().map(|a| a.value.canonical()).collect();
+        assert_eq!(boot, ["60", "1"]);
+        let summary: Vec<(String, String, Option<String>, Option<String>)> = conf
+            .vendor
+            .iter()
+            .map(|s| {
+                (
+                    s.etc_path.strip_prefix(root).unwrap().display().to_string(),
+                    match &s.etc {
+                        EtcEntry::Absent => "absent".to_string(),
+                        EtcEntry::Ours(_) => "ours".to_string(),
+                        EtcEntry::Foreign(what) => what.clone(),
+                    },
+                    s.vendor.as_ref().map(|v| v.shown.clone()),
+                    s.vendor.as_ref().and_then(|v| v.text.clone()),
+                )
+            })
+            .collect();
+        let v = |shown: &str, text: Option<&str>| (Some(shown.to_string()), text.map(String::from));
+        let row = |etc: &str, what: &str, (shown, text): (Option<String>, Option<String>)| {
+            (etc.to_string(), what.to_string(), shown, text)
+        };
+        assert_eq!(
+            summary,
+            [
+                row(
+                    "etc/sysctl.d/50-default.conf",
+                    "absent",
+                    v(
+                        "/usr/lib/sysctl.d/50-default.conf",
+                        Some("vm.swappiness = 60\n")
+                    )
+                ),
+                row(
+                    "etc/sysctl.d/60-masked.conf",
+                    "a link to /dev/null",
+                    v("/usr/lib/sysctl.d/60-masked.conf", None)
+                ),
+                row(
+                    "etc/sysctl.d/70-site.conf",
+                    "a file holdfast did not write",
+                    v("/run/sysctl.d/70-site.conf", None)
+                ),
+                // Masked by holdfast's copy, and read for it.
+                row(
+                    "etc/sysctl.d/80-copied.conf",
+                    "ours",
+                    v(
+                        "/usr/lib/sysctl.d/80-copied.conf",
+                        Some("vm.swappiness = 64\n")
+                    )
+                ),
+                (
+                    "etc/sysctl.d/90-gone.conf".into(),
+                    "ours".into(),
+                    None,
+                    None
+                ),
             ]
         );
     }

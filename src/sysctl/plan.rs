@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::conf::{self, Assignment};
+use super::vendor::{self, SameName};
 use super::{Comparison, Expect, Observed, SysctlKey, SysctlValue};
 use crate::host::SYSCTL_PERSIST_FILE;
 use crate::item::{Action, Conflict, Item, ItemKey, OwnFile, State, own_file_item};
@@ -30,6 +31,10 @@ pub struct SysctlHost {
     pub persisted: Option<String>,
     /// The persisted file's path on this host (for reports and actions).
     pub persist_path: PathBuf,
+    /// Every vendor sysctl.d file (outside `/etc`) with what
+    /// `/etc/sysctl.d` has of its name, and holdfast's copies whose vendor
+    /// file is gone (`sysctl_conflicts: override`).
+    pub vendor: Vec<SameName>,
 }
 
 /// The keys `observe` must read for this policy.
@@ -59,7 +64,8 @@ pub fn needs_meminfo(policy: &Policy) -> bool {
         .any(|k| OvercommitKey::from_sysctl(k.as_str()).is_some())
 }
 
-/// Plans the sysctl items: one per policy key, then holdfast's persisted file.
+/// Plans the sysctl items: one per policy key, holdfast's copies of vendor
+/// files (`sysctl_conflicts: override`), then holdfast's persisted file.
 pub fn plan(policy: &Policy, host: &SysctlHost) -> Vec<Item> {
     let (mut items, targets): (Vec<Item>, Vec<Option<SysctlValue>>) = policy
         .sysctls
@@ -67,6 +73,7 @@ pub fn plan(policy: &Policy, host: &SysctlHost) -> Vec<Item> {
         .map(|rule| compare(policy, rule, host))
         .unzip();
     gate_overcommit(policy, host, &mut items, &targets);
+    items.extend(vendor::plan(policy, &host.vendor));
     let persist = persist_item(policy, &items, host);
     items.extend(persist);
     items
@@ -123,7 +130,8 @@ fn compare(policy: &Policy, rule: &SysctlRule, host: &SysctlHost) -> (Item, Opti
             item.detail.push(why.clone());
         }
     }
-    item.conflicts = conflicts(&rule.key, &rule.expect, mode, &host.boot);
+    let conflicting = conflicting(&rule.key, &rule.expect, &host.boot);
+    item.conflicts = conflicts(&rule.key, mode, &host.boot, &conflicting);
     for c in &item.conflicts {
         if c.wins_at_boot {
             item.detail.push(format!(
@@ -134,24 +142,44 @@ fn compare(policy: &Policy, rule: &SysctlRule, host: &SysctlHost) -> (Item, Opti
             ));
         }
     }
+    item.detail
+        .extend(vendor::notes(policy, rule, &conflicting, &host.vendor));
     (item, target)
 }
 
-/// Other configuration files that set `key` to a value the policy does not
-/// accept. holdfast's own file is not a conflict.
-fn conflicts(key: &SysctlKey, expect: &Expect, mode: Mode, boot: &[Assignment]) -> Vec<Conflict> {
-    let foreign: Vec<&Assignment> = conf::assignments_for(boot, key)
+/// The assignments of `key` in other configuration files, in boot order,
+/// that set a value the policy does not accept. holdfast's own file is not
+/// a conflict.
+fn conflicting<'a>(
+    key: &SysctlKey,
+    expect: &Expect,
+    boot: &'a [Assignment],
+) -> Vec<&'a Assignment> {
+    conf::assignments_for(boot, key)
         .into_iter()
         .filter(|a| !is_persist_file(&a.file))
-        .collect();
-    let last = foreign.last().map(|a| (a.file.clone(), a.line));
+        .filter(|a| expect.compare(&a.value) != Comparison::Compliant)
+        .collect()
+}
+
+/// The conflicts of `key` (its `conflicting` assignments), each with
+/// whether it wins at boot.
+fn conflicts(
+    key: &SysctlKey,
+    mode: Mode,
+    boot: &[Assignment],
+    conflicting: &[&Assignment],
+) -> Vec<Conflict> {
+    let last = conf::assignments_for(boot, key)
+        .into_iter()
+        .rfind(|a| !is_persist_file(&a.file))
+        .map(|a| (a.file.clone(), a.line));
     // Once enforced, holdfast's file sorts after every distribution file;
     // only a file named to sort after it (or /etc/sysctl.conf, which
     // `sysctl --system` reads last) still wins.
     let ours_persisted = mode == Mode::Enforce;
-    foreign
-        .into_iter()
-        .filter(|a| expect.compare(&a.value) != Comparison::Compliant)
+    conflicting
+        .iter()
         .map(|a| {
             let is_last = last.as_ref() == Some(&(a.file.clone(), a.line));
             Conflict {

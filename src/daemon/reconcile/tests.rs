@@ -516,6 +516,51 @@ async fn file_events_and_lost_events_cause_a_full_pass() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_vendor_file_upgrade_refreshes_holdfasts_copy_of_it() {
+    const VENDOR: &str = "usr/lib/sysctl.d/50-default.conf";
+    const COPY: &str = "etc/sysctl.d/50-default.conf";
+    let dir = fake_host();
+    write(
+        dir.path(),
+        BASE,
+        "version: 1\nmode: enforce\nsysctl_conflicts: override\nsysctl:\n  net.core.somaxconn: 4096\n",
+    );
+    write(
+        dir.path(),
+        VENDOR,
+        "net.core.somaxconn = 128\nvm.swappiness = 60\n",
+    );
+    let cfg = config(&dir);
+    let h = Harness::start(dir, cfg).await;
+    let copy = h.read(COPY);
+    assert!(copy.contains("\n#net.core.somaxconn = 128\n"), "{copy}");
+    let copy_key = h.dir.path().join(COPY).display().to_string();
+    assert_eq!(h.item(&copy_key).item.state, State::Corrected);
+
+    // A key event is a key pass: it writes the key, never the copy.
+    h.change(SOMAXCONN, "100\n").await;
+    assert_eq!(h.read(SOMAXCONN), "4096");
+    assert!(!h.snap().last_pass.as_ref().unwrap().full);
+    assert_eq!(h.read(COPY), copy);
+
+    // A package upgrade replaces the vendor file: the event on its
+    // directory is a full pass, which rewrites the copy from the new file.
+    h.change(VENDOR, "net.core.somaxconn = 256\nvm.swappiness = 30\n")
+        .await;
+    assert!(h.snap().last_pass.as_ref().unwrap().full);
+    let refreshed = h.read(COPY);
+    assert!(
+        refreshed.contains("\n#net.core.somaxconn = 256\nvm.swappiness = 30"),
+        "{refreshed}"
+    );
+    assert!(refreshed.contains(&crate::policy::sha256_hex(
+        "net.core.somaxconn = 256\nvm.swappiness = 30\n"
+    )));
+    assert_eq!(h.item(&copy_key).item.state, State::Corrected);
+    assert!(h.item("net.core.somaxconn").item.conflicts.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
 async fn session_limits_plug_into_the_same_loop() {
     let dir = fake_host();
     write(
