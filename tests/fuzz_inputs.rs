@@ -8,7 +8,10 @@ mod harness;
 
 use std::path::Path;
 
-const TARGETS: &[(&str, fn(&[u8]))] = &[
+/// A harness: the whole check of one input.
+type Harness = fn(&[u8]);
+
+const TARGETS: &[(&str, Harness)] = &[
     ("policy", harness::policy),
     ("sysctl_conf", harness::sysctl_conf),
     ("limits_conf", harness::limits_conf),
