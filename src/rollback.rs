@@ -252,6 +252,13 @@ pub fn run(ctx: &Context<'_>, options: &RollbackOptions) -> Result<Report, Rollb
         }
     }
 
+    // 6. Slices holdfast started, now that the services are restarted.
+    for r in items.iter_mut().filter(|r| r.step == Step::WouldRestore) {
+        if let Restore::StopUnit(unit) = &r.restore {
+            r.step = stop_if_empty(ctx, unit);
+        }
+    }
+
     // The restored entries leave the journal.
     for r in &items {
         if r.step == Step::Restored {
@@ -261,6 +268,60 @@ pub fn run(ctx: &Context<'_>, options: &RollbackOptions) -> Result<Report, Rollb
     journal_store::save(host, &journal)?;
     report.items = items;
     Ok(report)
+}
+
+/// Stops a unit holdfast started if nothing runs in it: stopping a slice
+/// stops every unit inside, so a slice with processes (a service not yet
+/// restarted out of it, or one someone else put there) is left, with what
+/// to do. The kernel says whether anything runs below the unit's cgroup
+/// (`populated` in `cgroup.events`).
+fn stop_if_empty(ctx: &Context<'_>, unit: &str) -> Step {
+    let Some(client) = ctx.systemd else {
+        return Step::Left(format!(
+            "systemd not asked (the host root is not /): stop {unit} by hand once nothing runs in it"
+        ));
+    };
+    let info = match client.unit(unit) {
+        Ok(info) => info,
+        Err(e) => return Step::Failed(format!("cannot ask systemd: {e}")),
+    };
+    if info.active_state != "active" {
+        return Step::Restored;
+    }
+    let Some(cg) = info.control_group.filter(|cg| cg.starts_with('/')) else {
+        return Step::Left(format!(
+            "systemd names no cgroup for {unit}; stop it by hand"
+        ));
+    };
+    let events = ctx
+        .host
+        .root()
+        .join("sys/fs/cgroup")
+        .join(cg.trim_start_matches('/'))
+        .join("cgroup.events");
+    match host::read_optional(&events) {
+        Ok(Some(text)) if populated(&text) == Some(false) => match client.stop(unit) {
+            Ok(()) => Step::Restored,
+            Err(e) => Step::Failed(format!("stop failed: {e}")),
+        },
+        Ok(Some(text)) if populated(&text) == Some(true) => Step::Left(format!(
+            "processes still run in {unit} (a service not restarted out of it, or one placed there since): restart them (`--restart-services`) or move them, then `systemctl stop {unit}`"
+        )),
+        Ok(_) => Step::Left(format!(
+            "cannot tell whether anything runs in {unit} ({} unreadable); stop it by hand once nothing does",
+            events.display()
+        )),
+        Err(e) => Step::Left(format!("{e}; stop {unit} by hand once nothing runs in it")),
+    }
+}
+
+/// The `populated` field of a cgroup's `cgroup.events`.
+fn populated(events: &str) -> Option<bool> {
+    events.lines().find_map(|l| match l.split_once(' ')? {
+        ("populated", "0") => Some(false),
+        ("populated", "1") => Some(true),
+        _ => None,
+    })
 }
 
 /// The service a drop-in path configures (`etc/systemd/system/X.service.d/..`).
@@ -443,6 +504,13 @@ fn restore_runtime(ctx: &Context<'_>, items: &mut [Restored]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn populated_is_read_from_cgroup_events() {
+        assert_eq!(populated("populated 0\nfrozen 0\n"), Some(false));
+        assert_eq!(populated("populated 1\nfrozen 0\n"), Some(true));
+        assert_eq!(populated("frozen 0\n"), None);
+    }
 
     #[test]
     fn a_drop_in_names_its_service_and_nothing_else_does() {

@@ -18,6 +18,7 @@ use holdfast::rollback::{self, RollbackOptions, Step, UnitStep};
 use holdfast::host::HostRoot;
 use holdfast::journal::store as journal_store;
 use holdfast::journal::{Original, Target};
+use holdfast::systemd::SystemdClient;
 
 const JOURNAL: &str = "var/lib/holdfast/originals.json";
 
@@ -324,4 +325,61 @@ fn the_overcommit_gate_judges_rollback_writes_too() {
     let (code, report) = h.json(&["rollback", "vm.overcommit_memory"]);
     assert_eq!(code, 0, "{report:#}");
     assert_eq!(h.get_sysctl("vm.overcommit_memory"), "2");
+}
+
+#[test]
+fn rollback_stops_a_slice_holdfast_started_once_nothing_runs_in_it() {
+    let policy = "version: 1\nmode: enforce\nservices:\n  myapp.service: {slice: go-app}\ncgroup:\n  slices:\n    go-app: {memory.max: 100M}\n";
+    let p = Policy::from_files([("p.yaml", policy)]).unwrap();
+    let restart = ApplyOptions {
+        restart_services: true,
+    };
+
+    // Without restarting the service, it still runs in the slice: left.
+    let h = host();
+    let fake = FakeSystemd::new(&h);
+    let root = HostRoot::new(h.root());
+    let ctx = fake.context(&root);
+    engine::apply_in(&ctx, &p, restart);
+    assert_eq!(fake.calls_matching("start go-app.slice"), 1);
+    let report = rollback::run(&ctx, &RollbackOptions::default()).unwrap();
+    let slice = |r: &rollback::Report| {
+        r.items
+            .iter()
+            .find(|i| i.entry.target.to_string() == "go-app.slice active")
+            .map(|i| i.step.clone())
+    };
+    assert!(
+        matches!(slice(&report), Some(Step::Left(why)) if why.contains("processes still run in go-app.slice")),
+        "{report:#?}"
+    );
+    assert_eq!(
+        fake.calls_matching("stop"),
+        0,
+        "a slice with processes is never stopped"
+    );
+    // It stays in the journal: the next rollback, after the restart, stops it.
+    let options = RollbackOptions {
+        restart_services: true,
+        ..RollbackOptions::default()
+    };
+    fake.restart_unit("myapp.service");
+    let report = rollback::run(&ctx, &options).unwrap();
+    assert_eq!(slice(&report), Some(Step::Restored), "{report:#?}");
+    assert_eq!(fake.calls_matching("stop go-app.slice"), 1);
+
+    // With --restart-services the service leaves the slice first.
+    let h = host();
+    let fake = FakeSystemd::new(&h);
+    let root = HostRoot::new(h.root());
+    let ctx = fake.context(&root);
+    engine::apply_in(&ctx, &p, restart);
+    let report = rollback::run(&ctx, &options).unwrap();
+    assert!(report.complete(), "{report:#?}");
+    assert_eq!(slice(&report), Some(Step::Restored));
+    assert_eq!(
+        fake.unit("myapp.service").unwrap().control_group.as_deref(),
+        Some("/system.slice/myapp.service")
+    );
+    assert_eq!(fake.unit("go-app.slice").unwrap().active_state, "inactive");
 }

@@ -152,7 +152,18 @@ fn err(op: &str, what: impl fmt::Display, e: io::Error) -> String {
 pub fn bind(addr: &ListenAddr) -> Result<Listener, String> {
     match addr {
         ListenAddr::Tcp(a) => {
-            let l = std::net::TcpListener::bind(a).map_err(|e| err("bind", a, e))?;
+            let l = std::net::TcpListener::bind(a).map_err(|e| {
+                if e.raw_os_error() == Some(libc::EAFNOSUPPORT) {
+                    // holdfast.service allows only AF_UNIX sockets: its TCP
+                    // ports are bound by holdfast.socket.
+                    format!(
+                        "{}; the service may not open Internet sockets itself: add the address to holdfast.socket (ListenStream=)",
+                        err("bind", a, e)
+                    )
+                } else {
+                    err("bind", a, e)
+                }
+            })?;
             l.set_nonblocking(true)
                 .map_err(|e| err("configure", a, e))?;
             let l = tokio::net::TcpListener::from_std(l).map_err(|e| err("register", a, e))?;

@@ -316,6 +316,8 @@ pub enum Restore {
         subtree_control: PathBuf,
         controller: String,
     },
+    /// Stop a unit holdfast started (a slice), once nothing runs in it.
+    StopUnit(String),
     /// Nothing on the host to put back (holdfast could not have changed
     /// it: a key the kernel lacked, a controller already enabled); the
     /// entry just leaves the journal.
@@ -346,6 +348,7 @@ impl fmt::Display for Restore {
                 subtree_control,
                 controller,
             } => write!(f, "echo -{controller} > /{}", subtree_control.display()),
+            Restore::StopUnit(unit) => write!(f, "systemctl stop {unit} (once nothing runs in it)"),
             Restore::Nothing => f.write_str("nothing to put back"),
             Restore::Manual(why) => write!(f, "by hand: {why}"),
         }
@@ -377,9 +380,7 @@ pub fn restore_of(entry: &Entry) -> Restore {
             None => Restore::Manual(format!("`{v}` is not a {} value", knob.file())),
         },
         (Target::UnitProperty { .. }, _) => Restore::Nothing,
-        (Target::UnitActive { unit }, Original::Absent) => Restore::Manual(format!(
-            "holdfast started {unit}; stop it (`systemctl stop {unit}`) once no service runs in it"
-        )),
+        (Target::UnitActive { unit }, Original::Absent) => Restore::StopUnit(unit.clone()),
         (Target::UnitActive { .. }, _) => Restore::Nothing,
         (Target::CgroupFile(p), Original::Value(v)) => Restore::WriteKernelFile {
             path: p.clone(),

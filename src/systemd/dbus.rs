@@ -522,6 +522,10 @@ impl SystemdClient for DbusSystemd {
         self.run_job("StartUnit", unit)
     }
 
+    fn stop(&self, unit: &str) -> Result<(), SystemdError> {
+        self.run_job("StopUnit", unit)
+    }
+
     fn set_properties_runtime(
         &self,
         unit: &str,

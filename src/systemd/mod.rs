@@ -362,6 +362,9 @@ pub trait SystemdClient: Send + Sync {
     /// Starts a unit (holdfast starts its slices so their cgroups exist);
     /// returns when its job is done.
     fn start(&self, unit: &str) -> Result<(), SystemdError>;
+    /// Stops a unit; returns when its job is done. Only rollback calls it,
+    /// on a slice holdfast started, once nothing runs in it.
+    fn stop(&self, unit: &str) -> Result<(), SystemdError>;
     /// Changes properties of a running unit for this boot only
     /// (`SetUnitProperties(runtime=true)`, what `systemctl set-property
     /// --runtime` does): the sanctioned way to change a cgroup systemd owns.

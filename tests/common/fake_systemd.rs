@@ -316,6 +316,14 @@ impl SystemdClient for FakeSystemd {
             .collect())
     }
 
+    fn stop(&self, unit: &str) -> Result<(), SystemdError> {
+        self.round_trip();
+        self.calls.borrow_mut().push(format!("stop {unit}"));
+        self.stop_unit(unit)?;
+        self.emit(UnitEvent::Changed(unit.to_string()));
+        Ok(())
+    }
+
     fn restart(&self, unit: &str) -> Result<(), SystemdError> {
         self.round_trip();
         self.restart_unit(unit);
@@ -333,11 +341,23 @@ impl FakeSystemd {
     /// What a daemon-reload does to the units; returns the units it read.
     fn reload_units(&self) -> Vec<String> {
         let mut touched = Vec::new();
+        let mut units = self.units.borrow_mut();
+        // A drop-in that is gone no longer applies: the service is back in
+        // its vendor slice (system.slice) at its next start.
+        for (name, info) in units.iter_mut() {
+            let before = info.drop_in_paths.len();
+            info.drop_in_paths
+                .retain(|p| !p.ends_with("/90-holdfast.conf") || Path::new(p).exists());
+            if info.drop_in_paths.len() != before && name.ends_with(".service") {
+                info.slice = Some("system.slice".into());
+                touched.push(name.clone());
+            }
+        }
+        self.write_populated(&units);
         let etc = self.host.path("etc/systemd/system");
         let Ok(entries) = std::fs::read_dir(&etc) else {
             return touched;
         };
-        let mut units = self.units.borrow_mut();
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let (unit, file) = if let Some(unit) = name.strip_suffix(".d") {
@@ -391,7 +411,53 @@ impl FakeSystemd {
         info.active_state = "active".into();
         info.control_group = Some(slice_cgroup(unit));
         self.realize(info);
+        self.write_populated(&units);
         Ok(())
+    }
+
+    /// `StopUnit`: a slice stops with everything in it.
+    fn stop_unit(&self, unit: &str) -> Result<(), SystemdError> {
+        let mut units = self.units.borrow_mut();
+        let Some(cg) = units.get(unit).and_then(|i| i.control_group.clone()) else {
+            return Err(SystemdError::new(
+                format!("StopUnit {unit}"),
+                "Unit not found.",
+            ));
+        };
+        for info in units.values_mut() {
+            let inside = info
+                .control_group
+                .as_deref()
+                .is_some_and(|c| c == cg || c.starts_with(&format!("{cg}/")));
+            if inside {
+                info.active_state = "inactive".into();
+                info.main_pid = None;
+            }
+        }
+        self.write_populated(&units);
+        Ok(())
+    }
+
+    /// Each active slice's `cgroup.events`, as the kernel keeps it:
+    /// `populated 1` while a running unit's cgroup is below it.
+    fn write_populated(&self, units: &BTreeMap<String, UnitInfo>) {
+        for (name, slice) in units.iter().filter(|(n, _)| n.ends_with(".slice")) {
+            let (Some(cg), "active") = (&slice.control_group, slice.active_state.as_str()) else {
+                continue;
+            };
+            let populated = units.iter().any(|(other, u)| {
+                other != name
+                    && u.main_pid.is_some()
+                    && u.active_state == "active"
+                    && u.control_group
+                        .as_deref()
+                        .is_some_and(|c| c.starts_with(&format!("{cg}/")))
+            });
+            self.host.write(
+                &format!("sys/fs/cgroup{cg}/cgroup.events"),
+                &format!("populated {}\nfrozen 0\n", u8::from(populated)),
+            );
+        }
     }
 
     /// `SetUnitProperties(runtime=true)`, as holdfast or another tool
@@ -440,5 +506,6 @@ impl FakeSystemd {
             );
             self.host.write(&procs, "4242\n4243\n");
         }
+        self.write_populated(&units);
     }
 }

@@ -30,7 +30,13 @@ if [ "$last_status" -eq 0 ] && [ -z "$last_output" ]; then
 else
     fail "systemd-analyze verify is clean" "status $last_status: $last_output"
 fi
-note "systemd-analyze security: $(systemd-analyze security holdfast.service 2>/dev/null | tail -n 1)"
+# The unit's exposure, as systemd rates it: at most 3.0 (README, "The
+# systemd unit's hardening").
+exposure_line=$(systemd-analyze security holdfast.service 2>/dev/null | tail -n 1)
+note "systemd-analyze security: $exposure_line"
+exposure=$(printf '%s' "$exposure_line" | grep -oE '[0-9]+\.[0-9]+' | head -n 1)
+check "the unit's exposure is at most 3.0 (it is ${exposure:-unknown})" \
+    awk -v e="${exposure:-99}" 'BEGIN { exit !(e <= 3.0) }'
 check "curl localhost/status answers" wait_until 20 status_json
 hf_pid=$(systemctl show -P MainPID holdfast.service)
 expect_eq "the running daemon has NoNewPrivs 1" 1 "$(awk '/^NoNewPrivs:/ {print $2}' /proc/"$hf_pid"/status)"
@@ -45,8 +51,11 @@ expect_exit "holdfast status answers over the Unix socket" "0 2" $hf status
 
 # An enforce push, as the Ansible role does it.
 printf '[Service]\nExecStart=/bin/sleep infinity\n' >/etc/systemd/system/e2e-pkg.service
+# A service of another user: under ProtectProc=invisible the daemon must
+# still see its process (CAP_SYS_PTRACE) to verify its posture.
+printf '[Service]\nUser=nobody\nExecStart=/bin/sleep infinity\n' >/etc/systemd/system/e2e-nobody.service
 systemctl daemon-reload
-systemctl start e2e-pkg.service
+systemctl start e2e-pkg.service e2e-nobody.service
 cat >/etc/holdfast/policy.d/50-site.yaml <<'YAML'
 version: 1
 mode: enforce
@@ -56,6 +65,7 @@ limits:
   - {domain: "*", item: nofile, soft: 65536, hard: 65536}
 services:
   e2e-pkg.service: {slice: pkg-app, limit_nofile: 65536}
+  e2e-nobody.service: {no_new_privileges: true}
 cgroup:
   slices:
     pkg-app: {memory.max: 200M, pids.max: 256}
@@ -75,6 +85,12 @@ check "the daemon finds it compliant after the restart" wait_until 10 bash -o pi
     "$hf --format json status | jq -e '.items[] | select(.key == \"e2e-pkg.service LimitNOFILE\") | .state == \"compliant\"' >/dev/null"
 pid=$(systemctl show -P MainPID e2e-pkg.service)
 expect_eq "the service runs with LimitNOFILE 65536" 65536 "$(awk '/^Max open files/ {print $4}' /proc/"$pid"/limits)"
+check "the nobody service's drop-in" wait_until 10 grep -q 'NoNewPrivileges=yes' /etc/systemd/system/e2e-nobody.service.d/90-holdfast.conf
+check "systemctl restart e2e-nobody" systemctl restart e2e-nobody.service
+check "the daemon verifies the nobody service's process (ProtectProc=invisible)" wait_until 10 bash -o pipefail -c \
+    "$hf --format json status | jq -e '.items[] | select(.key == \"e2e-nobody.service no_new_privileges\") | .state == \"compliant\"' >/dev/null"
+[ "$last_status" -eq 0 ] ||
+    note "item: $($hf --format json status | jq -c '.items[] | select(.key == "e2e-nobody.service no_new_privileges")')"
 
 # External drift, corrected by the daemon.
 sysctl -qw net.core.somaxconn=128
