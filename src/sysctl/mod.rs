@@ -132,6 +132,8 @@ pub enum ValueError {
     NotDecimal(String, String),
     #[error("{0:?} is not a valid number")]
     BadNumber(String),
+    #[error("{0:?}: the kernel does not read a leading `+`; write {1}")]
+    PlusSign(String, String),
 }
 
 /// A sysctl value as a list of tokens.
@@ -152,9 +154,15 @@ impl SysctlValue {
     pub fn from_kernel(text: &str) -> SysctlValue {
         SysctlValue(
             text.split_whitespace()
-                .map(|t| match t.parse::<i128>() {
-                    Ok(n) => Token::Int(n),
-                    Err(_) => Token::Word(t.to_string()),
+                .map(|t| {
+                    // Only what the kernel prints as a number: Rust's parse
+                    // also takes `+5`, which the kernel refuses to read.
+                    let digits = t.strip_prefix('-').unwrap_or(t);
+                    let decimal = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
+                    match t.parse::<i128>() {
+                        Ok(n) if decimal => Token::Int(n),
+                        _ => Token::Word(t.to_string()),
+                    }
                 })
                 .collect(),
         )
@@ -202,6 +210,19 @@ impl fmt::Display for SysctlValue {
 }
 
 fn parse_policy_token(field: &str) -> Result<Token, ValueError> {
+    // `+5` would be a word here but a number to the kernel (and to
+    // `from_kernel`): the value would never compare equal. Found by the
+    // policy fuzz target.
+    if let Some(rest) = field.strip_prefix('+')
+        && !rest.is_empty()
+        && rest.chars().all(|c| c.is_ascii_digit())
+    {
+        let plain = rest.trim_start_matches('0');
+        return Err(ValueError::PlusSign(
+            field.to_string(),
+            if plain.is_empty() { "0" } else { plain }.to_string(),
+        ));
+    }
     let digits = field.strip_prefix('-').unwrap_or(field);
     let is_hex = (digits.starts_with("0x") || digits.starts_with("0X"))
         && digits.len() > 2
@@ -371,6 +392,19 @@ mod tests {
         assert_eq!(ok("net.x./"), Err(KeyError::DotComponent));
         assert_eq!(ok("net.x.//"), Err(KeyError::DotComponent));
         assert_eq!(ok(""), Err(KeyError::Empty));
+    }
+
+    /// Found by the policy fuzz target: `+2768` was a word in a policy and
+    /// a number read back, so it could never be compliant.
+    #[test]
+    fn a_plus_sign_is_not_a_number_anywhere() {
+        assert_eq!(
+            SysctlValue::from_policy("+2768 60999"),
+            Err(ValueError::PlusSign("+2768".into(), "2768".into()))
+        );
+        assert_eq!(SysctlValue::from_kernel("+5").canonical(), "+5");
+        assert_eq!(SysctlValue::from_kernel("+5").as_single_int(), None);
+        assert_eq!(SysctlValue::from_kernel("-5").as_single_int(), Some(-5));
     }
 
     #[test]
