@@ -131,3 +131,16 @@ wait_until() {
         sleep 0.2
     done
 }
+
+# `systemd-analyze verify` of units as systemd loads them (with their
+# drop-ins): passes when it exits 0 and prints nothing.
+verify_units() {
+    local name=$1
+    shift
+    capture systemd-analyze verify "$@"
+    if [ "$last_status" -eq 0 ] && [ -z "$last_output" ]; then
+        pass "$name"
+    else
+        fail "$name" "status $last_status: $last_output"
+    fi
+}

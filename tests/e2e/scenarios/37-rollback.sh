@@ -48,6 +48,8 @@ check "the drop-in exists" test -f /etc/systemd/system/e2e-rb.service.d/90-holdf
 check "the slice unit exists" test -f /etc/systemd/system/rb-app.slice
 expect_match "the service runs in rb-app.slice" 'rb-app.slice$' "$(systemctl show -P Slice e2e-rb.service)"
 check "the journal exists" test -s "$journal"
+verify_units "systemd-analyze verify: the drop-in and the slice unit holdfast wrote" \
+    /etc/systemd/system/e2e-rb.service /etc/systemd/system/rb-app.slice
 
 capture holdfast rollback --dry-run
 expect_eq "rollback --dry-run says something would be rolled back" 2 "$last_status"
