@@ -97,7 +97,7 @@ impl HostRoot {
     pub fn sysctl_path(&self, key: &SysctlKey) -> PathBuf {
         let mut p = self.proc_sys();
         for component in key.path_components() {
-            p.push(component);
+            p.push(&*component);
         }
         p
     }
