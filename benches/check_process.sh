@@ -3,7 +3,7 @@
 # same /proc/sys files: 200 sysctls of the real /proc/sys, each expected at
 # its current value (audit mode), so the check is compliant and only reads.
 #
-#   benches/check_process.sh [-b HOLDFAST_BINARY] [-n KEYS] [-r RUNS] [-k]
+#   benches/check_process.sh [-b HOLDFAST_BINARY] [-n KEYS] [-r RUNS] [-k] [-s]
 #
 #   -b  the holdfast binary (default target/release/holdfast if it exists,
 #       else target/debug/holdfast; $CARGO_TARGET_DIR is looked in first)
@@ -12,6 +12,12 @@
 #       the two commands, each after 20 warm-up runs)
 #   -k  keep the temp directory (the policy, the C loop, the key list), to
 #       profile the same check afterwards
+#   -s  also time the steps of a check, each as a whole process, and print
+#       what each adds: an empty C program, `holdfast --version` (process
+#       start, the loader, clap), `validate` of a 1-key and of the N-key
+#       policy (reading and parsing the policy), `check` of 1 key (the
+#       sysctl.d scan and the fixed costs), and `check` of the N keys on a
+#       root whose only content is a link to /proc (no sysctl.d to scan)
 #
 # Needs gcc (the C loop, benches/check_process.c, is compiled into the temp
 # directory at run time), hyperfine (Debian: `apt-get install hyperfine`)
@@ -33,13 +39,15 @@ BIN=
 N=200
 RUNS=500
 KEEP=0
-while getopts "b:n:r:kh" opt; do
+STEPS=0
+while getopts "b:n:r:ksh" opt; do
     case $opt in
         b) BIN=$OPTARG ;;
         n) N=$OPTARG ;;
         r) RUNS=$OPTARG ;;
         k) KEEP=1 ;;
-        *) sed -n '2,14p' "$0"; exit 2 ;;
+        s) STEPS=1 ;;
+        *) sed -n '2,20p' "$0"; exit 2 ;;
     esac
 done
 
@@ -164,3 +172,38 @@ done
 C=$(figures "C loop" | cut -f1)
 H=$(figures "holdfast check" | cut -f1)
 awk -v h="$H" -v c="$C" 'BEGIN { printf "ratio (medians): %.2fx\n", h / c }'
+
+((STEPS)) || exit 0
+
+# --- steps ----------------------------------------------------------------
+echo
+echo "steps of a check (each a whole process; medians of $RUNS runs; one hyperfine run, so less steady than the figures above):"
+printf 'int main(void) { return 0; }\n' >"$DIR/empty.c"
+gcc -O2 -o "$DIR/empty" "$DIR/empty.c"
+head -4 "$POLICY" >"$DIR/one.yaml"
+mkdir -p "$DIR/root-no-conf"
+ln -s /proc "$DIR/root-no-conf/proc"
+hyperfine -N --warmup 20 --runs "$RUNS" --style none --export-json "$DIR/steps.json" \
+    -n "C empty program" "$DIR/empty" \
+    -n "C loop" "$DIR/readloop ${PATHS[*]}" \
+    -n "holdfast --version" "$BIN --version" \
+    -n "validate, 1 key" "$BIN validate --policy $DIR/one.yaml" \
+    -n "validate, $N keys" "$BIN validate --policy $POLICY" \
+    -n "check, 1 key" "$BIN check --root / --policy $DIR/one.yaml" \
+    -n "check, $N keys, no sysctl.d" "$BIN check --root $DIR/root-no-conf --policy $POLICY" \
+    -n "check, $N keys" "${CHECK[*]}" >/dev/null 2>&1
+step() { jq -r --arg n "$1" '.results[] | select(.command == $n) | .median * 1000' "$DIR/steps.json"; }
+prev=
+for name in "C empty program" "C loop" "holdfast --version" "validate, 1 key" "validate, $N keys" "check, 1 key" "check, $N keys, no sysctl.d" "check, $N keys"; do
+    printf '  %-30s %7.3f ms\n' "$name" "$(step "$name")"
+done
+awk -v e="$(step "C empty program")" -v c="$(step "C loop")" -v v="$(step "holdfast --version")" \
+    -v v1="$(step "validate, 1 key")" -v vn="$(step "validate, $N keys")" -v c1="$(step "check, 1 key")" \
+    -v nc="$(step "check, $N keys, no sysctl.d")" -v cn="$(step "check, $N keys")" -v n="$N" 'BEGIN {
+    printf "what the check adds to the C loop, %.3f ms in all:\n", cn - c
+    printf "  %-62s %6.3f ms\n", "process start beyond C (binary, loader, std, clap)", v - e
+    printf "  %-62s %6.3f ms\n", "reading and parsing the policy (validate N keys - --version)", vn - v
+    printf "  %-62s %6.3f ms\n", "the sysctl.d scan (check N keys - same without sysctl.d)", cn - nc
+    printf "  %-62s %6.3f ms\n", "the rest: reads, compare, report (check - validate - scan)", (cn - vn) - (cn - nc) - (c - e)
+    printf "  (the C loop'"'"'s own reads, %.3f ms, are left out of the rest; check of 1 key - validate of 1 key: %.3f ms)\n", c - e, c1 - v1
+}'
