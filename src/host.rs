@@ -97,7 +97,7 @@ impl HostRoot {
     pub fn sysctl_path(&self, key: &SysctlKey) -> PathBuf {
         let mut p = self.proc_sys();
         for component in key.path_components() {
-            p.push(component);
+            p.push(&*component);
         }
         p
     }
@@ -133,6 +133,33 @@ impl HostRoot {
 
 pub fn read_to_string(path: &Path) -> Result<String, IoError> {
     fs::read_to_string(path).map_err(|e| IoError::new("read", path, e))
+}
+
+/// Reads a procfs or cgroupfs file whole: open, read until end of file,
+/// close. `fs::read_to_string` first asks for the file's size (a `statx`),
+/// which these files answer with 0; a sysctl pass reads hundreds of them, so
+/// that is one system call per key for nothing. The error on text that is
+/// not UTF-8 is `fs::read_to_string`'s.
+pub fn read_kernel_file(path: &Path) -> io::Result<String> {
+    use std::io::Read;
+    let mut file = fs::File::open(path)?;
+    let mut data = Vec::new();
+    // Most values fit in one chunk: then the read after it sees the end.
+    let mut chunk = [0u8; 512];
+    loop {
+        match file.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => data.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    String::from_utf8(data).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        )
+    })
 }
 
 /// Reads a file that may legitimately be absent: `Ok(None)` when it is.
@@ -850,6 +877,45 @@ pub fn list_files(dir: &Path, suffix: &str) -> Result<Vec<PathBuf>, IoError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A kernel file is read whole, across chunks, with the errors
+    /// `fs::read_to_string` gives.
+    #[test]
+    fn kernel_files_are_read_whole_with_read_to_strings_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let short = dir.path().join("short");
+        std::fs::write(&short, "1\t2\n").unwrap();
+        assert_eq!(read_kernel_file(&short).unwrap(), "1\t2\n");
+        // Longer than one chunk (a long core_pattern, a cgroup.procs).
+        let long_text: String = (0..400).map(|i| format!("{i}\n")).collect();
+        let long = dir.path().join("long");
+        std::fs::write(&long, &long_text).unwrap();
+        assert!(long_text.len() > 1024);
+        assert_eq!(read_kernel_file(&long).unwrap(), long_text);
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "").unwrap();
+        assert_eq!(read_kernel_file(&empty).unwrap(), "");
+        let bad = dir.path().join("bad");
+        std::fs::write(&bad, b"1\xff\n").unwrap();
+        let (ours, std_err) = (
+            read_kernel_file(&bad).unwrap_err(),
+            std::fs::read_to_string(&bad).unwrap_err(),
+        );
+        assert_eq!(ours.kind(), std_err.kind());
+        assert_eq!(ours.to_string(), std_err.to_string());
+        let missing = dir.path().join("missing");
+        assert_eq!(
+            read_kernel_file(&missing).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+        // A directory: the same error as fs::read_to_string.
+        assert_eq!(
+            read_kernel_file(dir.path()).unwrap_err().raw_os_error(),
+            std::fs::read_to_string(dir.path())
+                .unwrap_err()
+                .raw_os_error()
+        );
+    }
 
     /// The resolution without openat2 (kernels before 5.6, seccomp filters
     /// that answer ENOSYS) keeps the same promises as openat2's.

@@ -384,24 +384,35 @@ pub fn table<const N: usize>(header: [&str; N], rows: &[([String; N], Vec<String
             *w = (*w).max(c.chars().count());
         }
     }
-    let mut out = String::new();
-    let render = |cells: &[String], out: &mut String| {
+    // Each line is written straight into the table, padded, and its
+    // trailing blanks cut there: no string per line or per padding.
+    let line_len: usize = widths.iter().map(|w| w + 2).sum();
+    let notes_len: usize = rows
+        .iter()
+        .flat_map(|(_, notes)| notes)
+        .map(|n| n.len() + 5)
+        .sum();
+    let mut out = String::with_capacity(line_len * (rows.len() + 1) + notes_len);
+    let render = |cells: &[&str], out: &mut String| {
         let last = cells.len() - 1;
-        let mut line = String::new();
+        let start = out.len();
         for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
-            line.push_str(c);
+            out.push_str(c);
             if i < last {
-                line.push_str(&" ".repeat(w - c.chars().count() + 2));
+                out.extend(std::iter::repeat_n(' ', w - c.chars().count() + 2));
             }
         }
-        out.push_str(line.trim_end());
+        let kept = out[start..].trim_end().len();
+        out.truncate(start + kept);
         out.push('\n');
     };
-    render(&header.map(String::from), &mut out);
+    render(&header, &mut out);
     for (row, notes) in rows {
-        render(row, &mut out);
+        render(&row.each_ref().map(String::as_str), &mut out);
         for n in notes {
-            out.push_str(&format!("    {n}\n"));
+            out.push_str("    ");
+            out.push_str(n);
+            out.push('\n');
         }
     }
     out
@@ -472,4 +483,35 @@ pub fn to_text(policy: &Policy, pass: &Pass, style: TextStyle) -> String {
         policy.files.join(", ")
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_pads_columns_to_the_widest_cell_and_trims_line_ends() {
+        let row = |cells: [&str; 3], notes: &[&str]| {
+            (
+                cells.map(String::from),
+                notes.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            )
+        };
+        let rows = [
+            // Columns count characters, not bytes.
+            row(["vm.é", "1", "compliant"], &[]),
+            // Empty trailing cells leave no blanks at the line's end, and
+            // neither does a cell that ends with one.
+            row(["kernel.x", "", ""], &["a note", "another"]),
+            row(["a", "22 ", ""], &[]),
+        ];
+        assert_eq!(
+            table(["KEY", "VALUE", "STATE"], &rows),
+            "KEY       VALUE  STATE\n\
+             vm.é      1      compliant\n\
+             kernel.x\n    a note\n    another\n\
+             a         22\n"
+        );
+        assert_eq!(table(["A", "B"], &[]), "A  B\n");
+    }
 }

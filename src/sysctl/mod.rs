@@ -13,6 +13,7 @@ pub mod observe;
 pub mod plan;
 pub mod vendor;
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// A validated sysctl key in dotted form, e.g. `net.ipv4.ip_local_port_range`.
@@ -65,30 +66,42 @@ impl SysctlKey {
         {
             return Err(KeyError::BadChar(c));
         }
-        let parts: Vec<&str> = s.split('.').collect();
-        if parts.len() < 2 {
+        // One pass over the parts, allocating nothing: a policy has
+        // hundreds of keys and this runs for each.
+        let (mut parts, mut empty, mut dot) = (0, false, false);
+        for part in s.split('.') {
+            parts += 1;
+            empty |= part.is_empty();
+            // The path component is the part with `/` read as `.`: `/` is
+            // `.` and `//` is `..`.
+            dot |= part == "/" || part == "//";
+        }
+        if parts < 2 {
             return Err(KeyError::NoDot);
         }
-        if parts.iter().any(|p| p.is_empty()) {
+        if empty {
             return Err(KeyError::EmptyPart);
         }
-        let key = SysctlKey(s.to_string());
-        if key
-            .path_components()
-            .any(|c| c == "." || c == ".." || c.is_empty())
-        {
+        if dot {
             return Err(KeyError::DotComponent);
         }
-        Ok(key)
+        Ok(SysctlKey(s.to_string()))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
-    /// The components of the key's path under /proc/sys.
-    pub fn path_components(&self) -> impl Iterator<Item = String> + '_ {
-        self.0.split('.').map(|part| part.replace('/', "."))
+    /// The components of the key's path under /proc/sys (borrowed from the
+    /// key unless a `/` stands for a dot in it).
+    pub fn path_components(&self) -> impl Iterator<Item = Cow<'_, str>> + '_ {
+        self.0.split('.').map(|part| {
+            if part.contains('/') {
+                Cow::Owned(part.replace('/', "."))
+            } else {
+                Cow::Borrowed(part)
+            }
+        })
     }
 
     /// Keys that belong to a network namespace rather than to the whole host.
@@ -370,7 +383,10 @@ mod tests {
 
     #[test]
     fn keys() {
-        let ok = |s: &str| SysctlKey::parse(s).map(|k| k.path_components().collect::<Vec<_>>());
+        let ok = |s: &str| {
+            SysctlKey::parse(s)
+                .map(|k| k.path_components().map(Cow::into_owned).collect::<Vec<_>>())
+        };
         assert_eq!(ok("vm.swappiness").unwrap(), ["vm", "swappiness"]);
         assert_eq!(
             ok("net.ipv4.conf.eth0/100.rp_filter").unwrap(),
@@ -392,6 +408,70 @@ mod tests {
         assert_eq!(ok("net.x./"), Err(KeyError::DotComponent));
         assert_eq!(ok("net.x.//"), Err(KeyError::DotComponent));
         assert_eq!(ok(""), Err(KeyError::Empty));
+    }
+
+    /// The checks as first written (collecting the parts and the path
+    /// components); `parse` must judge every string as this does.
+    fn parse_by_definition(s: &str) -> Result<SysctlKey, KeyError> {
+        if s.is_empty() {
+            return Err(KeyError::Empty);
+        }
+        if s.find(['.', '/']).is_some_and(|i| s.as_bytes()[i] == b'/') {
+            return Err(KeyError::PathForm);
+        }
+        if let Some(c) = s.chars().next().filter(|c| !c.is_ascii_alphanumeric()) {
+            return Err(KeyError::BadStart(c));
+        }
+        if let Some(c) = s
+            .chars()
+            .find(|c| c.is_whitespace() || c.is_control() || matches!(c, '*' | '?' | '=' | '['))
+        {
+            return Err(KeyError::BadChar(c));
+        }
+        let parts: Vec<&str> = s.split('.').collect();
+        if parts.len() < 2 {
+            return Err(KeyError::NoDot);
+        }
+        if parts.iter().any(|p| p.is_empty()) {
+            return Err(KeyError::EmptyPart);
+        }
+        let components: Vec<String> = parts.iter().map(|p| p.replace('/', ".")).collect();
+        if components
+            .iter()
+            .any(|c| c == "." || c == ".." || c.is_empty())
+        {
+            return Err(KeyError::DotComponent);
+        }
+        Ok(SysctlKey(s.to_string()))
+    }
+
+    #[test]
+    fn parse_agrees_with_the_definition_on_every_short_string() {
+        // Every string of up to five characters over an alphabet that
+        // reaches each check: separators, a bad start, a bad character.
+        let alphabet = ['a', '1', '.', '/', '-', ' ', '*'];
+        let mut strings = vec![String::new()];
+        let mut checked = 0;
+        for _ in 0..5 {
+            let mut longer = Vec::new();
+            for s in &strings {
+                for c in alphabet {
+                    longer.push(format!("{s}{c}"));
+                }
+            }
+            for s in &longer {
+                assert_eq!(SysctlKey::parse(s), parse_by_definition(s), "{s:?}");
+                checked += 1;
+            }
+            strings = longer;
+        }
+        assert_eq!(SysctlKey::parse(""), parse_by_definition(""));
+        assert!(checked > 19_000);
+        // Path components: borrowed, or with `/` read as `.`.
+        let key = SysctlKey::parse("net.ipv4.conf.eth0/100.rp_filter").unwrap();
+        let components: Vec<Cow<'_, str>> = key.path_components().collect();
+        assert!(matches!(components[0], Cow::Borrowed("net")));
+        assert_eq!(components[3], "eth0.100");
     }
 
     /// Found by the policy fuzz target: `+2768` was a word in a policy and

@@ -60,7 +60,7 @@ pub fn reread_conf(host: &HostRoot, observed: &mut SysctlHost) -> Vec<IoError> {
 
 pub fn read_key(host: &HostRoot, key: &SysctlKey) -> Observed {
     let path = host.sysctl_path(key);
-    match std::fs::read_to_string(&path) {
+    match host::read_kernel_file(&path) {
         Ok(text) => Observed::Value(SysctlValue::from_kernel(&text)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Observed::Absent,
         // A path component that is a file, not a directory: no such key.
