@@ -106,7 +106,11 @@ fn true_originals(root: &Path) -> Result<usize, String> {
             (Target::File(p), Original::File { content, mode }) => {
                 p == Path::new(LIMITS) && content == LIMITS_BEFORE && *mode == 0o640
             }
-            (Target::File(p), Original::Absent) => p == Path::new(PERSIST),
+            // holdfast's sysctl.d file and the unit files (drop-ins, the
+            // slice) were not there before it.
+            (Target::File(p), Original::Absent) => {
+                p == Path::new(PERSIST) || p.starts_with("etc/systemd/system")
+            }
             _ => false,
         };
         if !ok {
@@ -144,22 +148,28 @@ fn main() {
     // Each policy's renderings, and the time of one apply (the window kills
     // are spread over).
     let mut one_run = Duration::ZERO;
-    let mut renderings: Vec<(String, String)> = Vec::new();
+    // What may be under etc after a kill: the files as they were before
+    // holdfast, or as a clean run of either policy wrote them.
+    let mut renderings = Vec::new();
+    {
+        let root = dir.path().join("ref-before");
+        fake_root(&root);
+        renderings.push(trials::etc_files(&root));
+    }
     for (i, p) in policies.iter().enumerate() {
         let root = dir.path().join(format!("ref{i}"));
         fake_root(&root);
         let t = Instant::now();
         apply(&root, p).status().expect("apply");
         one_run = one_run.max(t.elapsed());
-        let read = |f: &str| std::fs::read_to_string(root.join(f)).expect("rendering");
-        renderings.push((read(LIMITS), read(PERSIST)));
+        renderings.push(trials::etc_files(&root));
     }
-    let whole = |root: &Path| {
-        let read = |f: &str| std::fs::read_to_string(root.join(f)).ok();
-        let limits_ok =
-            read(LIMITS).is_none_or(|t| t == LIMITS_BEFORE || renderings.iter().any(|r| r.0 == t));
-        let persist_ok = read(PERSIST).is_none_or(|t| renderings.iter().any(|r| r.1 == t));
-        limits_ok && persist_ok
+    let whole = |root: &Path| match trials::whole(root, &renderings) {
+        Ok(()) => true,
+        Err(why) => {
+            eprintln!("{why}");
+            false
+        }
     };
 
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
@@ -221,10 +231,11 @@ fn main() {
         std::fs::remove_dir_all(&root).ok();
     }
     println!(
-        "journal trials: {trial_count} SIGKILLs of apply ({KEYS} sysctls, {USERS} limits; kills spread over {} ms, one apply run) in {:.1}s; \
+        "journal trials: {trial_count} SIGKILLs of apply ({KEYS} sysctls, {USERS} limits, {} services in a slice; kills spread over {} ms, one apply run) in {:.1}s; \
          kills before the journal existed: {no_journal}; journal entries checked: {entries_total}; \
          torn files: {torn}, changes without a journal: {unjournaled}, unreadable or wrong journals: {bad_journal}, \
          failed rollbacks: {rollback_failed}, roots not back to their checksum: {not_back}; mean rollback {:.1} ms",
+        trials::UNITS,
         one_run.as_millis(),
         started.elapsed().as_secs_f64(),
         rollback_time.as_secs_f64() * 1000.0 / trial_count.max(1) as f64

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use support::trials::{self, Rng};
 
 const LIMITS: &str = "etc/security/limits.d/90-holdfast.conf";
-const PERSIST: &str = "etc/sysctl.d/99-zz-holdfast.conf";
 const KEYS: usize = 200;
 
 fn policy(value: u32) -> String {
@@ -31,26 +30,18 @@ fn apply(root: &Path, policy: &Path) -> Command {
     trials::apply(root, policy, "30s")
 }
 
-fn temp_files(root: &Path) -> usize {
-    [LIMITS, PERSIST]
-        .iter()
-        .filter_map(|f| root.join(f).parent().map(Path::to_path_buf))
-        .filter_map(|d| std::fs::read_dir(d).ok())
-        .flatten()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".holdfast-tmp"))
-        .count()
+/// A `whole` check that counts (and names on stderr) what failed it.
+fn whole(root: &Path, renderings: &[Files]) -> bool {
+    match trials::whole(root, renderings) {
+        Ok(()) => true,
+        Err(why) => {
+            eprintln!("{}: {why}", root.display());
+            false
+        }
+    }
 }
 
-/// Whether each managed file is absent or exactly one of the renderings.
-fn whole(root: &Path, renderings: &[(String, String)]) -> bool {
-    let read = |f: &str| std::fs::read_to_string(root.join(f)).ok();
-    let ok = |f: &str, pick: fn(&(String, String)) -> &String| match read(f) {
-        None => true,
-        Some(text) => renderings.iter().any(|r| *pick(r) == text),
-    };
-    ok(LIMITS, |r| &r.0) && ok(PERSIST, |r| &r.1)
-}
+type Files = std::collections::BTreeMap<std::path::PathBuf, String>;
 
 fn main() {
     let pairs = trials::count_from_env("HOLDFAST_BENCH_TRIALS", 200);
@@ -60,7 +51,7 @@ fn main() {
     // Each policy's rendering, from a clean run of it alone; the slower
     // run sets the window kills are spread over.
     let mut one_run = Duration::ZERO;
-    let renderings: Vec<(String, String)> = policies
+    let renderings: Vec<Files> = policies
         .iter()
         .enumerate()
         .map(|(i, p)| {
@@ -69,10 +60,18 @@ fn main() {
             let t = Instant::now();
             apply(&root, p).status().expect("apply");
             one_run = one_run.max(t.elapsed());
-            let read = |f: &str| std::fs::read_to_string(root.join(f)).expect("rendering");
-            (read(LIMITS), read(PERSIST))
+            trials::etc_files(&root)
         })
         .collect();
+    let unit_files = renderings[0]
+        .keys()
+        .filter(|p| p.starts_with("etc/systemd"))
+        .count();
+    println!(
+        "each policy: {KEYS} sysctls, {KEYS} session limits, {} services in a slice ({} files under etc, {unit_files} of them unit files)",
+        trials::UNITS,
+        renderings[0].len()
+    );
     let mut violations = 0;
 
     // Concurrent writers with different policies.
@@ -83,7 +82,7 @@ fn main() {
         let mut a = apply(&root, &policies[0]).spawn().expect("spawn");
         let mut b = apply(&root, &policies[1]).spawn().expect("spawn");
         let _ = (a.wait(), b.wait());
-        if !whole(&root, &renderings) || temp_files(&root) != 0 {
+        if !whole(&root, &renderings) || trials::temp_files(&root) != 0 {
             violations += 1;
         }
     }
@@ -107,14 +106,14 @@ fn main() {
         if !whole(&root, &renderings) {
             torn += 1;
         }
-        let n = temp_files(&root);
+        let n = trials::temp_files(&root);
         if n > 0 {
             left_behind += 1;
             max_left = max_left.max(n);
         }
     }
     apply(&root, &policies[0]).status().expect("apply");
-    let after = temp_files(&root);
+    let after = trials::temp_files(&root);
     println!(
         "SIGKILLs: {kills} spread over {} ms (one apply run) in {:.1}s, torn: {torn}, kills that left a temp file: {left_behind} (at most {max_left} at once), temp files after the next run: {after}",
         one_run.as_millis(),
@@ -122,40 +121,61 @@ fn main() {
     );
     violations += torn + after;
 
-    // `apply` beside a running daemon: refused, never interleaved.
-    let root = dir.path().join("served");
-    fake_root(&root);
-    let socket = root.join("hf.sock");
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_holdfast"))
-        .arg("--root")
-        .arg(&root)
-        .arg("--policy")
-        .arg(&policies[0])
-        .args(["serve", "--no-seccomp", "--listen"])
-        .arg(&socket)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("serve");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !root.join(LIMITS).exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut refused = 0;
-    for _ in 0..20 {
-        let out = trials::apply(&root, &policies[1], "1ms")
-            .output()
+    // `serve` and `apply` started at once with different policies, each
+    // trial on a fresh root: one of them holds the writer lock, the other
+    // waits 1 ms and is refused (apply) or waits its turn (serve); never
+    // an interleaving, never a file outside holdfast's.
+    let serve_trials = trials::count_from_env("HOLDFAST_BENCH_SERVE_TRIALS", 200);
+    let (mut apply_won, mut serve_won, mut serve_bad) = (0, 0, 0);
+    let started = Instant::now();
+    for i in 0..serve_trials {
+        let root = dir.path().join(format!("served{i}"));
+        fake_root(&root);
+        let socket = root.join("hf.sock");
+        let mut serve = Command::new(env!("CARGO_BIN_EXE_holdfast"))
+            .arg("--root")
+            .arg(&root)
+            .arg("--policy")
+            .arg(&policies[0])
+            .args(["serve", "--no-seccomp", "--listen"])
+            .arg(&socket)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("serve");
+        let applied = trials::apply(&root, &policies[1], "1ms")
+            .status()
             .expect("apply");
-        if out.status.code() == Some(1) {
-            refused += 1;
+        if applied.success() {
+            apply_won += 1;
         }
+        // The daemon's first pass: its limits file, once it has the lock.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string(root.join(LIMITS)).ok().as_ref()
+            != renderings[0].get(Path::new(LIMITS))
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if applied.code() == Some(1) {
+            serve_won += 1;
+        }
+        let _ = serve.kill();
+        let _ = serve.wait();
+        if !whole(&root, &renderings) {
+            serve_bad += 1;
+        }
+        apply(&root, &policies[0]).status().expect("apply");
+        if trials::temp_files(&root) != 0 || !whole(&root, &renderings) {
+            serve_bad += 1;
+        }
+        std::fs::remove_dir_all(&root).ok();
     }
-    let _ = serve.kill();
-    let _ = serve.wait();
-    let untouched =
-        std::fs::read_to_string(root.join(LIMITS)).ok() == Some(renderings[0].0.clone());
-    println!("apply beside serve: {refused} of 20 refused, daemon's file untouched: {untouched}");
-    if refused != 20 || !untouched {
+    println!(
+        "serve and apply at once: {serve_trials} trials in {:.1}s, apply wrote first: {apply_won}, serve held the lock: {serve_won}, torn or foreign or temp files: {serve_bad}",
+        started.elapsed().as_secs_f64()
+    );
+    if serve_bad != 0 || apply_won + serve_won != serve_trials {
         violations += 1;
     }
     if violations > 0 {

@@ -348,6 +348,21 @@ fn run(
         record.outcomes.insert(item.key.clone(), outcome);
     }
 
+    // Temp files a killed writer left beside holdfast's files go, whether
+    // or not this pass rewrote them (a rewrite already removes them).
+    for (_, item) in &by_area {
+        let (ItemKey::SysctlFile(path)
+        | ItemKey::SysctlOverride(path)
+        | ItemKey::LimitsFile(path)
+        | ItemKey::UnitFile { path, .. }) = &item.key
+        else {
+            continue;
+        };
+        if let Err(e) = ctx.host.remove_stale_temps_of(path) {
+            warnings.push(e);
+        }
+    }
+
     // 3. One daemon-reload for the whole pass, only if a unit file changed.
     if unit_files_changed && let Some(client) = ctx.systemd {
         record.acted.extend([Area::Services, Area::Cgroup]);

@@ -599,6 +599,26 @@ impl HostRoot {
         }
     }
 
+    /// Removes the temp files a killed writer left beside `path` (a file
+    /// holdfast owns), without touching the file: a pass that finds the
+    /// file right writes nothing, and would otherwise leave them. Resolved
+    /// like [`HostRoot::write_atomic`]'s directory; the caller holds the
+    /// writer lock, so no temp file there belongs to a live writer.
+    pub fn remove_stale_temps_of(&self, path: &Path) -> Result<(), IoError> {
+        let rel = self.relative(path)?;
+        let Some(name) = rel.file_name() else {
+            return Ok(());
+        };
+        let root = self.open_root()?;
+        let Some(dir) = self.open_parent(&root, rel)? else {
+            return Ok(());
+        };
+        let mut prefix = std::ffi::OsString::from(".");
+        prefix.push(name);
+        prefix.push(".");
+        remove_stale_temps(&dir, path.parent().unwrap_or(path), &prefix)
+    }
+
     /// Removes a file holdfast owns, if it is there; resolved like the
     /// directory of [`HostRoot::write_atomic`], and the name itself is
     /// unlinked (a link there is removed, its target untouched). Temp files

@@ -299,3 +299,40 @@ fn policy_sources_anyone_else_can_write_are_refused() {
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert!(h.path(LIMITS_FILE).exists());
 }
+
+/// Found by the crash trials with unit files: a writer killed between
+/// creating its temp file and renaming it left the temp file there, and a
+/// next run that found the file itself right wrote nothing and left it.
+#[test]
+fn a_converged_run_removes_the_temp_files_a_killed_writer_left() {
+    let h = FakeHost::new();
+    std::fs::create_dir_all(h.path("run/systemd/system")).unwrap();
+    let p = h.policy(
+        "p.yaml",
+        &format!("{LIMITS_POLICY}services:\n  myapp.service: {{limit_nofile: 4096}}\n"),
+    );
+    let p = p.to_string_lossy().into_owned();
+    let (code, stdout, stderr) = run(&h, &["apply", "--policy", &p]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let drop_in = "etc/systemd/system/myapp.service.d/90-holdfast.conf";
+    assert!(h.path(drop_in).exists(), "{stdout}");
+    let left = [
+        "etc/security/limits.d/.90-holdfast.conf.4242.7.holdfast-tmp",
+        "etc/systemd/system/myapp.service.d/.90-holdfast.conf.4242.8.holdfast-tmp",
+    ];
+    for t in left {
+        h.write(t, "half a fi");
+    }
+    // Someone else's file with a similar name is not holdfast's to remove.
+    h.write("etc/security/limits.d/.other.conf.1.holdfast-tmp", "x");
+    let (code, stdout, stderr) = run(&h, &["apply", "--policy", &p]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    for t in left {
+        assert!(!h.path(t).exists(), "{t} is still there");
+    }
+    assert!(
+        h.path("etc/security/limits.d/.other.conf.1.holdfast-tmp")
+            .exists()
+    );
+    assert!(!stderr.contains("warning"), "{stderr}");
+}

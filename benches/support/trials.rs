@@ -14,8 +14,15 @@ pub fn count_from_env(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// An enforced policy: `keys` sysctls `fake.keyN` at `value + N`, and a
-/// nofile limit `value:2×value` for `users` users.
+/// How many services (and so drop-ins) the trial policies manage, all in
+/// one slice: with `run/systemd/system` in the fake root holdfast writes
+/// their unit files under it (the real systemd is never asked: the root is
+/// not `/`).
+pub const UNITS: usize = 20;
+
+/// An enforced policy: `keys` sysctls `fake.keyN` at `value + N`, a nofile
+/// limit `value:2×value` for `users` users, and [`UNITS`] services with
+/// `LimitNOFILE=value` in a slice whose `memory.max` depends on `value`.
 pub fn policy(value: u32, keys: usize, users: usize) -> String {
     let mut p = String::from("version: 1\nmode: enforce\nsysctl:\n");
     for k in 0..keys {
@@ -28,6 +35,16 @@ pub fn policy(value: u32, keys: usize, users: usize) -> String {
             value * 2
         ));
     }
+    p.push_str("services:\n");
+    for u in 0..UNITS {
+        p.push_str(&format!(
+            "  trial{u}.service: {{slice: trial-app, limit_nofile: {value}}}\n"
+        ));
+    }
+    p.push_str(&format!(
+        "cgroup:\n  slices:\n    trial-app: {{memory.max: {}M}}\n",
+        value / 10
+    ));
     p
 }
 
@@ -49,6 +66,20 @@ pub fn write_policies(dir: &Path, values: &[u32], render: impl Fn(u32) -> String
 pub fn fake_proc(dir: &Path, keys: usize, value: impl Fn(usize) -> String) {
     std::fs::create_dir_all(dir.join("proc/sys/fake")).expect("proc");
     std::fs::create_dir_all(dir.join("etc/sysctl.d")).expect("etc");
+    // A host with systemd: unit files are written (never applied).
+    std::fs::create_dir_all(dir.join("run/systemd/system")).expect("run");
+    // cgroup v2, so the slice is managed (its unit file written).
+    std::fs::create_dir_all(dir.join("sys/fs/cgroup")).expect("cgroup");
+    std::fs::write(
+        dir.join("sys/fs/cgroup/cgroup.controllers"),
+        "cpu io memory pids\n",
+    )
+    .expect("controllers");
+    std::fs::write(
+        dir.join("sys/fs/cgroup/cgroup.subtree_control"),
+        "cpu io memory pids\n",
+    )
+    .expect("subtree_control");
     std::fs::write(
         dir.join("proc/meminfo"),
         "MemTotal: 16000000 kB\nSwapTotal: 0 kB\nHugetlb: 0 kB\nCommitLimit: 8000000 kB\nCommitted_AS: 1000000 kB\n",
@@ -92,4 +123,62 @@ impl Rng {
         self.0 ^= self.0 << 17;
         self.0 % n
     }
+}
+
+/// Every regular file under the fake root's `etc`, with its content: what
+/// holdfast may have written (and nothing else may appear there).
+pub fn etc_files(root: &Path) -> std::collections::BTreeMap<PathBuf, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.join("etc")];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(path),
+                Ok(t) if t.is_file() => {
+                    let rel = path.strip_prefix(root).expect("under root").to_path_buf();
+                    out.insert(rel, std::fs::read_to_string(&path).unwrap_or_default());
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// Temp files holdfast's atomic writes leave when killed, under `etc`.
+pub fn temp_files(root: &Path) -> usize {
+    etc_files(root)
+        .keys()
+        .filter(|p| p.to_string_lossy().contains(".holdfast-tmp"))
+        .count()
+}
+
+/// Whether every file under `etc` is one a clean run of some policy wrote,
+/// with exactly that run's content for that path (each file whole; files
+/// may come from different policies, as each is replaced on its own).
+/// Temp files are counted apart ([`temp_files`]).
+pub fn whole(
+    root: &Path,
+    renderings: &[std::collections::BTreeMap<PathBuf, String>],
+) -> Result<(), String> {
+    for (path, text) in etc_files(root) {
+        if path.to_string_lossy().contains(".holdfast-tmp") {
+            continue;
+        }
+        let known: Vec<&String> = renderings.iter().filter_map(|r| r.get(&path)).collect();
+        if known.is_empty() {
+            return Err(format!("{} is not a file holdfast writes", path.display()));
+        }
+        if !known.contains(&&text) {
+            return Err(format!(
+                "{} is torn (no policy's rendering)",
+                path.display()
+            ));
+        }
+    }
+    Ok(())
 }
