@@ -284,11 +284,9 @@ impl DbusSystemd {
 /// (why it helps is not known).
 fn connect(route: &Route) -> Result<Connection, String> {
     let bus_error = if route.bus_first {
-        match zbus::blocking::connection::Builder::system()
-            .and_then(|b| b.method_timeout(CALL_TIMEOUT).build())
-        {
+        match connect_bus() {
             Ok(c) => return Ok(c),
-            Err(e) => format!("the system bus: {}", describe(&e)),
+            Err(e) => format!("the system bus: {e}"),
         }
     } else {
         String::new()
@@ -308,6 +306,36 @@ fn connect(route: &Route) -> Result<Connection, String> {
             private_socket.display()
         ))
     }
+}
+
+/// The system bus's socket when its address is a plain path (the default,
+/// or `unix:path=` in `DBUS_SYSTEM_BUS_ADDRESS`); `None` for any other
+/// address, which zbus resolves itself.
+fn system_bus_path() -> Option<PathBuf> {
+    match std::env::var("DBUS_SYSTEM_BUS_ADDRESS") {
+        Err(_) => Some(PathBuf::from("/run/dbus/system_bus_socket")),
+        Ok(address) => address
+            .strip_prefix("unix:path=")
+            .filter(|p| !p.contains([',', ';', '%']))
+            .map(PathBuf::from),
+    }
+}
+
+/// The system bus. The socket is connected here and handed to zbus, which
+/// authenticates and says `Hello`: zbus's own connect step runs on a thread
+/// pool (the `blocking` crate) whose idle thread then wakes twice a second
+/// for the daemon's whole life, which an idle daemon must not do.
+fn connect_bus() -> Result<Connection, String> {
+    let Some(path) = system_bus_path() else {
+        return zbus::blocking::connection::Builder::system()
+            .and_then(|b| b.method_timeout(CALL_TIMEOUT).build())
+            .map_err(|e| describe(&e));
+    };
+    let stream = UnixStream::connect(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    zbus::blocking::connection::Builder::unix_stream(stream)
+        .method_timeout(CALL_TIMEOUT)
+        .build()
+        .map_err(|e| describe(&e))
 }
 
 /// systemd's private socket, peer-to-peer. Two things differ from zbus's
