@@ -2,10 +2,9 @@
 //! Used only when the host root is `/` and systemd is PID 1. No process is
 //! spawned: each request is one method call.
 //!
-//! - As root, the connection is systemd's private socket
-//!   (`/run/systemd/private`, peer-to-peer, no bus daemon in the way; what
-//!   `systemctl` uses as root); otherwise, or when it cannot be reached, the
-//!   system bus.
+//! - The connection is the system bus; as root, systemd's private socket
+//!   (`/run/systemd/private`, peer-to-peer, what `systemctl` uses as root)
+//!   when the bus cannot be reached (see [`connect`] for why not first).
 //! - A unit's properties are one `GetAll` per interface (`Unit`, and the
 //!   type's `Service` or `Slice`) on the unit's object path, which is
 //!   computed, not asked for.
