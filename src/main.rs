@@ -330,21 +330,6 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
     }
 }
 
-/// A duration option, within `[min, max]`: an out-of-range value is a usage
-/// error at parse time, never an overflow later (`Instant + Duration`).
-fn bounded_duration(s: &str, min: Duration, max: Duration) -> Result<Duration, String> {
-    let d = daemon::state::parse_duration(s)?;
-    if d < min || d > max {
-        return Err(format!(
-            "`{}` is out of range: between {} and {}",
-            s.trim(),
-            daemon::state::human_duration(min),
-            daemon::state::human_duration(max)
-        ));
-    }
-    Ok(d)
-}
-
 /// A host name for `--api-host`: letters, digits, `-` and `.` only.
 fn api_host_arg(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
@@ -366,19 +351,19 @@ const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
 fn rescan_arg(s: &str) -> Result<Duration, String> {
-    bounded_duration(s, Duration::from_millis(100), DAY)
+    daemon::state::bounded_duration(s, Duration::from_millis(100), DAY)
 }
 
 fn debounce_arg(s: &str) -> Result<Duration, String> {
-    bounded_duration(s, MS, Duration::from_secs(60))
+    daemon::state::bounded_duration(s, MS, Duration::from_secs(60))
 }
 
 fn window_arg(s: &str) -> Result<Duration, String> {
-    bounded_duration(s, Duration::from_secs(1), DAY)
+    daemon::state::bounded_duration(s, Duration::from_secs(1), DAY)
 }
 
 fn lock_wait_arg(s: &str) -> Result<Duration, String> {
-    bounded_duration(s, MS, HOUR)
+    daemon::state::bounded_duration(s, MS, HOUR)
 }
 
 fn serve(cli: &Cli, host: HostRoot, args: &ServeArgs) -> anyhow::Result<u8> {

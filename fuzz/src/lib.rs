@@ -12,6 +12,7 @@ use holdfast::sources::PolicyFiles;
 use holdfast::sysctl::Expect;
 use holdfast::sysctl::plan::{PersistEntry, render_persist_file};
 use std::path::Path;
+use std::time::Duration;
 
 /// The policy: file name, bytes → text, YAML, validation, the merge of
 /// several files. Input: up to four parts separated by 0x1E; with two or
@@ -213,8 +214,11 @@ pub fn kernel_text(data: &[u8]) {
             let _ = holdfast::posture::caps::parse_mask(&text);
         }
         6 => {
-            if let Ok(d) = holdfast::daemon::state::parse_duration(&text) {
-                // A duration the options accept can be added to now.
+            // The command line's duration options: what the widest of them
+            // (1 ms to a day) accepts lies in range and can be added to now.
+            let (min, max) = (Duration::from_millis(1), Duration::from_secs(86_400));
+            if let Ok(d) = holdfast::daemon::state::bounded_duration(&text, min, max) {
+                assert!(d >= min && d <= max, "{d:?}");
                 assert!(std::time::Instant::now().checked_add(d).is_some(), "{d:?}");
             }
         }

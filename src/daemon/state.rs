@@ -285,6 +285,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A duration option, within `[min, max]`: an out-of-range value is a usage
+/// error at parse time, never an overflow later (`Instant + Duration`).
+pub fn bounded_duration(s: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < min || d > max {
+        return Err(format!(
+            "`{}` is out of range: between {} and {}",
+            s.trim(),
+            human_duration(min),
+            human_duration(max)
+        ));
+    }
+    Ok(d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
