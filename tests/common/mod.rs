@@ -146,13 +146,23 @@ pub fn find_item<'a>(items: &'a [holdfast::item::Item], key: &str) -> &'a holdfa
 
 /// Runs a shell script as given in a new network and private mount
 /// namespace (`unshare --net --mount`), with `$HF` the holdfast binary and
-/// `$P` the policy; the exit code and everything it printed.
+/// `$P` the policy; the exit code and everything it printed. holdfast's
+/// state directories (the originals journal, the writer lock) are tmpfs
+/// there, so an `apply --root /` in the script leaves no journal or lock on
+/// the machine running the tests.
 pub fn run_in_netns(policy: &Path, script: &str) -> (i32, String) {
     run_in_netns_with(policy, script, &[])
 }
 
+/// What every namespace script starts with: see [`run_in_netns`].
+const PRIVATE_STATE: &str = "for d in /var/lib/holdfast /run/holdfast; do
+    mkdir -p \"$d\" && mount -t tmpfs holdfast-test \"$d\" || exit 97
+done
+";
+
 /// [`run_in_netns`] with more environment variables for the script.
 pub fn run_in_netns_with(policy: &Path, script: &str, env: &[(&str, &Path)]) -> (i32, String) {
+    let script = format!("{PRIVATE_STATE}{script}");
     let out = std::process::Command::new("unshare")
         .args([
             "--net",
@@ -161,7 +171,7 @@ pub fn run_in_netns_with(policy: &Path, script: &str, env: &[(&str, &Path)]) -> 
             "private",
             "sh",
             "-c",
-            script,
+            &script,
         ])
         .env("HF", env!("CARGO_BIN_EXE_holdfast"))
         .env("P", policy)
