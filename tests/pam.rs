@@ -61,7 +61,8 @@ fn su_login_session_gets_the_policy_limits() {
         ),
     )
     .unwrap();
-    let script = r#"set -u
+    let script = common::PRIVATE_STATE.to_string()
+        + r#"set -u
 mount -t tmpfs holdfast-test /etc/security/limits.d
 "$HF" apply --policy "$P" >/dev/null; echo "apply=$?"
 echo "soft=$(su -l "$U" -c 'ulimit -Sn' 2>/dev/null)"
@@ -69,7 +70,7 @@ echo "hard=$(su -l "$U" -c 'ulimit -Hn' 2>/dev/null)"
 "$HF" check --policy "$P" >/dev/null; echo "check=$?"
 "#;
     let out = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c", script])
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
         .env("HF", env!("CARGO_BIN_EXE_holdfast"))
         .env("P", &policy)
         .env("U", &user.0)

@@ -155,7 +155,7 @@ pub fn run_in_netns(policy: &Path, script: &str) -> (i32, String) {
 }
 
 /// What every namespace script starts with: see [`run_in_netns`].
-const PRIVATE_STATE: &str = "for d in /var/lib/holdfast /run/holdfast; do
+pub const PRIVATE_STATE: &str = "for d in /var/lib/holdfast /run/holdfast; do
     mkdir -p \"$d\" && mount -t tmpfs holdfast-test \"$d\" || exit 97
 done
 ";
