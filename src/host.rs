@@ -865,6 +865,17 @@ fn remove_stale_temps(
 /// Lists the regular files (or links to them) in `dir` whose names end with
 /// `suffix`, sorted by name. A missing directory is an empty list.
 pub fn list_files(dir: &Path, suffix: &str) -> Result<Vec<PathBuf>, IoError> {
+    list_matching(dir, suffix, false)
+}
+
+/// [`list_files`], and links to `/dev/null` too: systemd reads such a link
+/// in a configuration directory (sysctl.d) as masking the files of that
+/// name in later directories.
+pub fn list_files_and_masks(dir: &Path, suffix: &str) -> Result<Vec<PathBuf>, IoError> {
+    list_matching(dir, suffix, true)
+}
+
+fn list_matching(dir: &Path, suffix: &str, masks: bool) -> Result<Vec<PathBuf>, IoError> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -881,12 +892,15 @@ pub fn list_files(dir: &Path, suffix: &str) -> Result<Vec<PathBuf>, IoError> {
         let path = entry.path();
         // Follow links (distributions link 99-sysctl.conf to ../sysctl.conf),
         // but stat only those: the directory entry already knows the rest.
-        let is_file = match entry.file_type() {
-            Ok(t) if t.is_symlink() => fs::metadata(&path).map(|m| m.is_file()).unwrap_or(false),
+        let keep = match entry.file_type() {
+            Ok(t) if t.is_symlink() => {
+                fs::metadata(&path).is_ok_and(|m| m.is_file())
+                    || (masks && fs::read_link(&path).is_ok_and(|t| t == Path::new("/dev/null")))
+            }
             Ok(t) => t.is_file(),
             Err(_) => false,
         };
-        if is_file {
+        if keep {
             out.push(path);
         }
     }

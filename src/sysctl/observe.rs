@@ -102,7 +102,7 @@ pub fn read_conf(host: &HostRoot) -> (ConfFiles, Vec<IoError>) {
     let mut candidates = Vec::new();
     let mut errors = Vec::new();
     for (idx, dir) in SYSCTL_CONF_DIRS.iter().enumerate() {
-        match list_conf(&host.path(dir)) {
+        match host::list_files_and_masks(&host.path(dir), ".conf") {
             Ok(files) => candidates.extend(files.into_iter().map(|f| (idx, f))),
             Err(e) => errors.push(e),
         }
@@ -218,43 +218,6 @@ fn etc_entry(path: &Path, text: Option<&String>) -> Result<EtcEntry, IoError> {
     } else {
         EtcEntry::Foreign("a file holdfast did not write".into())
     })
-}
-
-/// The `*.conf` entries of a sysctl.d directory that take part in boot:
-/// regular files, links to them, and links to `/dev/null`, which systemd
-/// reads as masking the files of that name in later directories (reading
-/// one gives nothing). Sorted by name; a missing directory is empty.
-fn list_conf(dir: &Path) -> Result<Vec<PathBuf>, IoError> {
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(IoError::new("list", dir, e)),
-    };
-    let mut out = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| IoError::new("list", dir, e))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if name.starts_with('.') || !name.ends_with(".conf") {
-            continue;
-        }
-        let path = entry.path();
-        // Follow links (distributions link 99-sysctl.conf to
-        // ../sysctl.conf), but stat only those.
-        let takes_part = match entry.file_type() {
-            Ok(t) if t.is_symlink() => {
-                fs::metadata(&path).is_ok_and(|m| m.is_file())
-                    || fs::read_link(&path).is_ok_and(|t| t == Path::new("/dev/null"))
-            }
-            Ok(t) => t.is_file(),
-            Err(_) => false,
-        };
-        if takes_part {
-            out.push(path);
-        }
-    }
-    out.sort();
-    Ok(out)
 }
 
 /// Whether two paths are the same file (Debian links 99-sysctl.conf to
