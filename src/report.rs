@@ -447,9 +447,18 @@ pub fn to_text(policy: &Policy, pass: &Pass, style: TextStyle) -> String {
                 }
             }
             notes.extend(i.detail.iter().cloned());
+            // Which line boot applies instead: holdfast's, once enforced,
+            // unless a conflict wins (its detail says so) or nothing does.
+            let instead = if i.mode == crate::policy::Mode::Enforce
+                && !i.conflicts.iter().any(|c| c.wins_at_boot)
+            {
+                "holdfast's value wins at boot"
+            } else {
+                "not what boot applies to this key"
+            };
             notes.extend(i.conflicts.iter().filter(|c| !c.wins_at_boot).map(|c| {
                 format!(
-                    "also set to {} by {}:{} (holdfast's value wins at boot)",
+                    "also set to {} by {}:{} ({instead})",
                     c.value,
                     c.file.display(),
                     c.line

@@ -228,7 +228,12 @@ fn competing_sysctl_d_files_are_reported_with_the_boot_winner() {
         text.contains("zz-late.conf:2 sets 512 and wins at boot"),
         "{text}"
     );
-    assert!(text.contains("holdfast's value wins at boot"), "{text}");
+    // The earlier line is not what boot applies: the later file's is.
+    assert!(
+        text.contains("also set to 1024 by")
+            && text.contains("(not what boot applies to this key)"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -10,6 +10,7 @@ use holdfast::limits::plan::render_managed_file;
 use holdfast::policy::PolicyErrors;
 use holdfast::sources::PolicyFiles;
 use holdfast::sysctl::Expect;
+use holdfast::sysctl::conf::{self, AtBoot};
 use holdfast::sysctl::plan::{PersistEntry, render_persist_file};
 use std::path::Path;
 use std::time::Duration;
@@ -97,7 +98,13 @@ pub fn policy(data: &[u8]) {
             assert_eq!(back.len(), entries.len(), "{text}");
             for (a, e) in back.iter().zip(&entries) {
                 assert_eq!(a.key, e.key.to_string(), "{text}");
-                assert_eq!(a.value.canonical(), e.value.canonical(), "{text}");
+                assert_eq!(
+                    a.value.as_ref().map(|v| v.canonical()),
+                    Some(e.value.canonical()),
+                    "{text}"
+                );
+                // A key boot would read as a pattern sets other keys.
+                assert!(!a.is_glob(), "{text}");
             }
 
             // limits.d: every line holdfast writes is one pam_limits reads.
@@ -131,12 +138,21 @@ pub fn policy(data: &[u8]) {
 pub fn sysctl_conf(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let lines = text.lines().count() as u32;
-    for a in holdfast::sysctl::conf::parse(Path::new("/usr/lib/sysctl.d/50-fuzz.conf"), &text) {
+    let all = conf::parse(Path::new("/usr/lib/sysctl.d/50-fuzz.conf"), &text);
+    for a in &all {
         assert!(a.line >= 1 && a.line <= lines, "line {} of {lines}", a.line);
         // systemd-sysctl takes everything before `=` as the key, spaces
         // inside included (it then fails to write it); never an empty one.
         assert!(!a.key.is_empty(), "line {}", a.line);
-        let _ = a.value.canonical();
+        let _ = a.value.as_ref().map(|v| v.canonical());
+        // What boot does with the key: decided by a line naming it, or by a
+        // glob that matches it.
+        match conf::at_boot(&all, &a.key) {
+            AtBoot::Set(d) => assert!(d.key == a.key && d.value.is_some(), "line {}", a.line),
+            AtBoot::Excluded(d) => assert!(d.key == a.key && d.value.is_none(), "line {}", a.line),
+            AtBoot::Glob(d) => assert!(d.is_glob() && d.value.is_some(), "line {}", a.line),
+            AtBoot::Untouched => assert!(a.is_glob(), "line {} names its key", a.line),
+        }
     }
 }
 

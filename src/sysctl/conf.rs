@@ -7,22 +7,61 @@
 //! later directories; the survivors are applied sorted by file name, and a
 //! later assignment of a key wins. `sysctl --system` also reads
 //! /etc/sysctl.conf last.
+//!
+//! Globs and exclusions follow systemd-sysctl too ([`at_boot`]): a line
+//! naming a key sets it whatever order it comes in, so a glob sets only the
+//! keys no line names; a `-KEY` line without `=` names a key without setting
+//! it, which keeps every glob off it (and drops an earlier line's value).
 
 use std::path::{Path, PathBuf};
 
-use super::{SysctlKey, SysctlValue};
+use super::SysctlValue;
 
 /// One `key = value` line of a sysctl configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Assignment {
     pub file: PathBuf,
     pub line: u32,
-    /// The key in dotted form; may hold `*`/`?` globs, which systemd-sysctl
-    /// expands.
+    /// The key in dotted form; may hold `*`, `?` and `[…]` globs, which
+    /// systemd-sysctl expands.
     pub key: String,
-    pub value: SysctlValue,
+    /// The value set; `None` for an exclusion, a `-KEY` line without `=`:
+    /// it sets nothing and keeps globs off the key.
+    pub value: Option<SysctlValue>,
     /// The line started with `-`: failures to apply it are ignored at boot.
     pub ignore_failure: bool,
+}
+
+impl Assignment {
+    /// Whether the key is a pattern that boot expands.
+    pub fn is_glob(&self) -> bool {
+        is_glob(&self.key)
+    }
+}
+
+/// What boot does with one key, as systemd-sysctl decides it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AtBoot<'a> {
+    /// A line naming the key sets it (the last such line read).
+    Set(&'a Assignment),
+    /// No line names the key; this glob sets it (of the globs that match,
+    /// the one boot applies last).
+    Glob(&'a Assignment),
+    /// The key's last line is an exclusion (`-KEY`): boot leaves it as the
+    /// kernel has it, and no glob sets it.
+    Excluded(&'a Assignment),
+    /// No line sets it.
+    Untouched,
+}
+
+impl<'a> AtBoot<'a> {
+    /// The line that decides the key at boot, if any.
+    pub fn line(self) -> Option<&'a Assignment> {
+        match self {
+            AtBoot::Set(a) | AtBoot::Glob(a) | AtBoot::Excluded(a) => Some(a),
+            AtBoot::Untouched => None,
+        }
+    }
 }
 
 /// Orders configuration files as boot applies them. `candidates` lists the
@@ -51,12 +90,16 @@ pub fn parse(file: &Path, text: &str) -> Vec<Assignment> {
         if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
             continue;
         }
-        let (ignore_failure, line) = match line.strip_prefix('-') {
+        let (dash, line) = match line.strip_prefix('-') {
             Some(rest) => (true, rest.trim_start()),
             None => (false, line),
         };
-        let Some((key, value)) = line.split_once('=') else {
-            continue;
+        // Without `=`, a `-` line is an exclusion; any other line is not an
+        // assignment and boot skips it.
+        let (key, value) = match line.split_once('=') {
+            Some((key, value)) => (key, Some(SysctlValue::from_kernel(value))),
+            None if dash => (line, None),
+            None => continue,
         };
         let key = normalize_key(key.trim());
         if key.is_empty() {
@@ -66,8 +109,8 @@ pub fn parse(file: &Path, text: &str) -> Vec<Assignment> {
             file: file.to_path_buf(),
             line: u32::try_from(idx + 1).unwrap_or(u32::MAX),
             key,
-            value: SysctlValue::from_kernel(value),
-            ignore_failure,
+            ignore_failure: dash && value.is_some(),
+            value,
         });
     }
     out
@@ -92,35 +135,120 @@ pub fn normalize_key(key: &str) -> String {
     }
 }
 
-/// The assignments of `key` in boot order (the last one wins at boot).
-pub fn assignments_for<'a>(all: &'a [Assignment], key: &SysctlKey) -> Vec<&'a Assignment> {
-    all.iter()
-        .filter(|a| key_matches(&a.key, key.as_str()))
+/// The lines that concern `key` (naming it, excluding it, or a glob that
+/// matches it), in boot order.
+pub fn assignments_for<'a>(
+    all: impl IntoIterator<Item = &'a Assignment>,
+    key: &str,
+) -> Vec<&'a Assignment> {
+    all.into_iter()
+        .filter(|a| key_matches(&a.key, key))
         .collect()
 }
 
-/// Whether a configuration key (possibly a glob) names `key`. Globs match
-/// within one component, as fnmatch with a `.`-separated path would.
-fn key_matches(pattern: &str, key: &str) -> bool {
-    if !pattern.contains(['*', '?']) {
-        return pattern == key;
+/// What boot does with `key`, given every line read in boot order (or
+/// those of [`assignments_for`] the key). systemd-sysctl keeps one entry
+/// per key string, in the order read: a later line of the same key string
+/// replaces the entry and moves it to the end, unless it has the same
+/// value. It then applies the entries in that order; a glob entry sets each
+/// matching key that has no entry of its own, and an exclusion entry sets
+/// nothing.
+pub fn at_boot<'a>(all: impl IntoIterator<Item = &'a Assignment>, key: &str) -> AtBoot<'a> {
+    let mut entries: Vec<&Assignment> = Vec::new();
+    for a in all.into_iter().filter(|a| key_matches(&a.key, key)) {
+        match entries.iter().position(|e| e.key == a.key) {
+            // Same value: the entry keeps its place; the later line is
+            // reported, as removing the earlier one alone changes nothing.
+            Some(i) if entries[i].value == a.value => entries[i] = a,
+            Some(i) => {
+                entries.remove(i);
+                entries.push(a);
+            }
+            None => entries.push(a),
+        }
     }
-    let pat: Vec<&str> = pattern.split('.').collect();
-    let parts: Vec<&str> = key.split('.').collect();
-    pat.len() == parts.len()
-        && pat
-            .iter()
-            .zip(parts.iter())
-            .all(|(p, k)| glob_component(p.as_bytes(), k.as_bytes()))
+    if let Some(own) = entries.iter().find(|e| e.key == key) {
+        return match own.value {
+            Some(_) => AtBoot::Set(own),
+            None => AtBoot::Excluded(own),
+        };
+    }
+    entries
+        .iter()
+        .rev()
+        .find(|e| e.value.is_some())
+        .map_or(AtBoot::Untouched, |e| AtBoot::Glob(e))
 }
 
+/// Whether a key holds glob characters (systemd's `string_is_glob`).
+fn is_glob(key: &str) -> bool {
+    key.contains(['*', '?', '['])
+}
+
+/// Whether a configuration key (possibly a glob) names `key`. Globs match
+/// within one component, as glob(3) on the /proc/sys path does.
+fn key_matches(pattern: &str, key: &str) -> bool {
+    if !is_glob(pattern) {
+        return pattern == key;
+    }
+    let mut pat = pattern.split('.');
+    let mut parts = key.split('.');
+    loop {
+        match (pat.next(), parts.next()) {
+            (None, None) => return true,
+            (Some(p), Some(k)) if glob_component(p.as_bytes(), k.as_bytes()) => {}
+            _ => return false,
+        }
+    }
+}
+
+/// fnmatch(3) of one path component: `*`, `?`, and `[…]` sets (`!` or `^`
+/// negates, `a-z` ranges); a `[` without its `]` is itself.
 fn glob_component(p: &[u8], s: &[u8]) -> bool {
     match p.split_first() {
         None => s.is_empty(),
         Some((b'*', rest)) => (0..=s.len()).any(|i| glob_component(rest, &s[i..])),
         Some((b'?', rest)) => !s.is_empty() && glob_component(rest, &s[1..]),
+        Some((b'[', rest)) => match (bracket(rest), s.split_first()) {
+            (Some((set, after)), Some((c, tail))) => {
+                set_matches(set, *c) && glob_component(after, tail)
+            }
+            (Some(_), None) => false,
+            (None, _) => s.first() == Some(&b'[') && glob_component(rest, &s[1..]),
+        },
         Some((c, rest)) => s.first() == Some(c) && glob_component(rest, &s[1..]),
     }
+}
+
+/// The set of a bracket expression (the bytes after `[`) and what follows
+/// its `]`; `None` when it has no `]`. A `]` right after `[`, `[!` or `[^`
+/// belongs to the set.
+fn bracket(p: &[u8]) -> Option<(&[u8], &[u8])> {
+    let skip = match p {
+        [b'!' | b'^', b']', ..] => 2,
+        [b'!' | b'^', ..] | [b']', ..] => 1,
+        _ => 0,
+    };
+    let close = skip + p.get(skip..)?.iter().position(|b| *b == b']')?;
+    Some((&p[..close], &p[close + 1..]))
+}
+
+fn set_matches(set: &[u8], c: u8) -> bool {
+    let (negated, mut set) = match set.split_first() {
+        Some((b'!' | b'^', rest)) => (true, rest),
+        _ => (false, set),
+    };
+    let mut hit = false;
+    while let Some((&first, rest)) = set.split_first() {
+        if let [b'-', last, tail @ ..] = rest {
+            hit |= (first..=*last).contains(&c);
+            set = tail;
+        } else {
+            hit |= first == c;
+            set = rest;
+        }
+    }
+    hit != negated
 }
 
 #[cfg(test)]
@@ -129,7 +257,7 @@ mod tests {
 
     #[test]
     fn parses_lines_comments_and_dash() {
-        let text = "# comment\n; other\n\nvm.swappiness = 10\n-net.ipv4.ip_local_port_range=1024\t65000\nbogus line\nnet/ipv4/conf/eth0.100/rp_filter = 2\n";
+        let text = "# comment\n; other\n\nvm.swappiness = 10\n-net.ipv4.ip_local_port_range=1024\t65000\nbogus line\nnet/ipv4/conf/eth0.100/rp_filter = 2\n- net.ipv4.conf.all.rp_filter \n";
         let got = parse(Path::new("/etc/sysctl.d/10-a.conf"), text);
         let summary: Vec<_> = got
             .iter()
@@ -137,7 +265,7 @@ mod tests {
                 (
                     a.line,
                     a.key.as_str(),
-                    a.value.canonical(),
+                    a.value.as_ref().map(SysctlValue::canonical),
                     a.ignore_failure,
                 )
             })
@@ -145,19 +273,21 @@ mod tests {
         assert_eq!(
             summary,
             vec![
-                (4, "vm.swappiness", "10".to_string(), false),
+                (4, "vm.swappiness", Some("10".to_string()), false),
                 (
                     5,
                     "net.ipv4.ip_local_port_range",
-                    "1024 65000".to_string(),
+                    Some("1024 65000".to_string()),
                     true
                 ),
                 (
                     7,
                     "net.ipv4.conf.eth0/100.rp_filter",
-                    "2".to_string(),
+                    Some("2".to_string()),
                     false
                 ),
+                // An exclusion: no value, nothing to ignore.
+                (8, "net.ipv4.conf.all.rp_filter", None, false),
             ]
         );
     }
@@ -194,5 +324,139 @@ mod tests {
         ));
         assert!(key_matches("vm.swappines?", "vm.swappiness"));
         assert!(!key_matches("vm.swappiness", "vm.swappines"));
+        assert!(key_matches(
+            "net.ipv4.conf.eth[0-9].rp_filter",
+            "net.ipv4.conf.eth3.rp_filter"
+        ));
+        assert!(!key_matches(
+            "net.ipv4.conf.eth[!0-9].rp_filter",
+            "net.ipv4.conf.eth3.rp_filter"
+        ));
+        assert!(key_matches(
+            "net.ipv4.conf.[]x].rp_filter",
+            "net.ipv4.conf.].rp_filter"
+        ));
+        assert!(key_matches(
+            "net.ipv4.conf.[^a].rp_filter",
+            "net.ipv4.conf.b.rp_filter"
+        ));
+        // A `[` without `]` is itself.
+        assert!(key_matches("net.ipv4.conf.a[b.x", "net.ipv4.conf.a[b.x"));
+        assert!(!key_matches("net.ipv4.conf.a[b.x", "net.ipv4.conf.ab.x"));
+        assert!(!key_matches("net.*", "net.core.somaxconn"));
+    }
+
+    fn lines(files: &[(&str, &str)]) -> Vec<Assignment> {
+        files
+            .iter()
+            .flat_map(|(name, text)| parse(Path::new(name), text))
+            .collect()
+    }
+
+    fn decided(all: &[Assignment], key: &str) -> String {
+        match at_boot(all, key) {
+            AtBoot::Set(a) => format!(
+                "set {} by {}:{}",
+                a.value.as_ref().unwrap().canonical(),
+                a.file.display(),
+                a.line
+            ),
+            AtBoot::Glob(a) => format!(
+                "glob {} by {}:{}",
+                a.value.as_ref().unwrap().canonical(),
+                a.file.display(),
+                a.line
+            ),
+            AtBoot::Excluded(a) => format!("excluded by {}:{}", a.file.display(), a.line),
+            AtBoot::Untouched => "untouched".into(),
+        }
+    }
+
+    #[test]
+    fn a_line_naming_the_key_beats_every_glob_whatever_the_order() {
+        // systemd's sysctl.d(5) example: every interface 2, `all` left
+        // alone, hub0 1.
+        let all = lines(&[
+            (
+                "20-rp.conf",
+                "net.ipv4.conf.default.rp_filter = 2\nnet.ipv4.conf.*.rp_filter = 2\n-net.ipv4.conf.all.rp_filter\nnet.ipv4.conf.hub0.rp_filter = 1\n",
+            ),
+            ("90-late.conf", "net.ipv4.conf.*.rp_filter = 0\n"),
+        ]);
+        assert_eq!(
+            decided(&all, "net.ipv4.conf.hub0.rp_filter"),
+            "set 1 by 20-rp.conf:4"
+        );
+        assert_eq!(
+            decided(&all, "net.ipv4.conf.default.rp_filter"),
+            "set 2 by 20-rp.conf:1"
+        );
+        assert_eq!(
+            decided(&all, "net.ipv4.conf.all.rp_filter"),
+            "excluded by 20-rp.conf:3"
+        );
+        // Two globs match eth0: the one applied last is the later one.
+        assert_eq!(
+            decided(&all, "net.ipv4.conf.eth0.rp_filter"),
+            "glob 0 by 90-late.conf:1"
+        );
+        assert_eq!(decided(&all, "vm.swappiness"), "untouched");
+    }
+
+    #[test]
+    fn later_lines_of_one_key_replace_or_keep_its_place() {
+        // The same glob again with the same value keeps its place (before
+        // eth*), so eth* is applied after it and wins for eth0.
+        let all = lines(&[
+            (
+                "10-a.conf",
+                "net.ipv4.conf.*.rp_filter = 2\nnet.ipv4.conf.eth*.rp_filter = 1\n",
+            ),
+            ("20-b.conf", "net.ipv4.conf.*.rp_filter = 2\n"),
+        ]);
+        assert_eq!(
+            decided(&all, "net.ipv4.conf.eth0.rp_filter"),
+            "glob 1 by 10-a.conf:2"
+        );
+        // Another value moves it to the end: applied last, it wins.
+        let all = lines(&[
+            (
+                "10-a.conf",
+                "net.ipv4.conf.*.rp_filter = 2\nnet.ipv4.conf.eth*.rp_filter = 1\n",
+            ),
+            ("20-b.conf", "net.ipv4.conf.*.rp_filter = 0\n"),
+        ]);
+        assert_eq!(
+            decided(&all, "net.ipv4.conf.eth0.rp_filter"),
+            "glob 0 by 20-b.conf:1"
+        );
+        // An exclusion after a value drops the value; a value after an
+        // exclusion sets the key again. An exclusion of a pattern keeps no
+        // key off anything.
+        let all = lines(&[
+            (
+                "10-a.conf",
+                "vm.swappiness = 10\n-net.ipv4.conf.eth0.rp_filter\n-net.*.*.lo.rp_filter\n",
+            ),
+            (
+                "20-b.conf",
+                "-vm.swappiness\nnet.ipv4.conf.*.rp_filter = 2\nnet.ipv4.conf.eth0.rp_filter = 1\n",
+            ),
+        ]);
+        assert_eq!(decided(&all, "vm.swappiness"), "excluded by 20-b.conf:1");
+        assert_eq!(
+            decided(&all, "net.ipv4.conf.eth0.rp_filter"),
+            "set 1 by 20-b.conf:3"
+        );
+        assert_eq!(
+            decided(&all, "net.ipv4.conf.lo.rp_filter"),
+            "glob 2 by 20-b.conf:2"
+        );
+        // The same value twice: the later line is the one reported.
+        let all = lines(&[
+            ("10-a.conf", "vm.swappiness = 10\n"),
+            ("20-b.conf", "vm.swappiness=10\n"),
+        ]);
+        assert_eq!(decided(&all, "vm.swappiness"), "set 10 by 20-b.conf:1");
     }
 }

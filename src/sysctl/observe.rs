@@ -333,7 +333,15 @@ mod tests {
         let (conf, errors) = read_conf(&host);
         assert!(errors.is_empty(), "{errors:?}");
         // A link to /dev/null masks the vendor file at boot.
-        let boot: Vec<String> = conf.boot.iter().map(|a| a.value.canonical()).collect();
+        let boot: Vec<String> = conf
+            .boot
+            .iter()
+            .map(|a| {
+                a.value
+                    .as_ref()
+                    .map_or_else(String::new, SysctlValue::canonical)
+            })
+            .collect();
         assert_eq!(boot, ["60", "1"]);
         let summary: Vec<(String, String, Option<String>, Option<String>)> = conf
             .vendor

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::conf::{self, Assignment};
+use super::conf::{self, Assignment, AtBoot};
 use super::vendor::{self, SameName};
 use super::{Comparison, Expect, Observed, SysctlKey, SysctlValue};
 use crate::host::SYSCTL_PERSIST_FILE;
@@ -131,66 +131,110 @@ fn compare(policy: &Policy, rule: &SysctlRule, host: &SysctlHost) -> (Item, Opti
         }
     }
     let conflicting = conflicting(&rule.key, &rule.expect, &host.boot);
-    item.conflicts = conflicts(&rule.key, mode, &host.boot, &conflicting);
-    for c in &item.conflicts {
-        if c.wins_at_boot {
-            item.detail.push(format!(
+    item.conflicts = conflicts(&rule.key, mode, &item.desired, &host.boot, &conflicting);
+    for c in item.conflicts.iter().filter(|c| c.wins_at_boot) {
+        item.detail.push(if c.value == EXCLUDED {
+            format!(
+                "{}:{} excludes the key (`-{}`) after holdfast's file: boot drops holdfast's line and leaves the kernel's value",
+                c.file.display(),
+                c.line,
+                rule.key
+            )
+        } else {
+            format!(
                 "{}:{} sets {} and wins at boot",
                 c.file.display(),
                 c.line,
                 c.value
-            ));
-        }
+            )
+        });
     }
     item.detail
         .extend(vendor::notes(policy, rule, &conflicting, &host.vendor));
     (item, target)
 }
 
-/// The assignments of `key` in other configuration files, in boot order,
-/// that set a value the policy does not accept. holdfast's own file is not
-/// a conflict.
+/// The lines of other configuration files that set `key` to a value the
+/// policy does not accept (lines naming it, and globs that match it), in
+/// boot order. holdfast's own file is not a conflict.
 fn conflicting<'a>(
     key: &SysctlKey,
     expect: &Expect,
     boot: &'a [Assignment],
 ) -> Vec<&'a Assignment> {
-    conf::assignments_for(boot, key)
+    others(boot, key)
         .into_iter()
-        .filter(|a| !is_persist_file(&a.file))
-        .filter(|a| expect.compare(&a.value) != Comparison::Compliant)
-        .collect()
-}
-
-/// The conflicts of `key` (its `conflicting` assignments), each with
-/// whether it wins at boot.
-fn conflicts(
-    key: &SysctlKey,
-    mode: Mode,
-    boot: &[Assignment],
-    conflicting: &[&Assignment],
-) -> Vec<Conflict> {
-    let last = conf::assignments_for(boot, key)
-        .into_iter()
-        .rfind(|a| !is_persist_file(&a.file))
-        .map(|a| (a.file.clone(), a.line));
-    // Once enforced, holdfast's file sorts after every distribution file;
-    // only a file named to sort after it (or /etc/sysctl.conf, which
-    // `sysctl --system` reads last) still wins.
-    let ours_persisted = mode == Mode::Enforce;
-    conflicting
-        .iter()
-        .map(|a| {
-            let is_last = last.as_ref() == Some(&(a.file.clone(), a.line));
-            Conflict {
-                file: a.file.clone(),
-                line: a.line,
-                value: a.value.canonical(),
-                wins_at_boot: is_last && (!ours_persisted || sorts_after_persist_file(&a.file)),
-            }
+        .filter(|a| {
+            a.value
+                .as_ref()
+                .is_some_and(|v| expect.compare(v) != Comparison::Compliant)
         })
         .collect()
 }
+
+/// The lines of files other than holdfast's that concern `key`, in boot
+/// order.
+fn others<'a>(boot: &'a [Assignment], key: &SysctlKey) -> Vec<&'a Assignment> {
+    conf::assignments_for(
+        boot.iter().filter(|a| !is_persist_file(&a.file)),
+        key.as_str(),
+    )
+}
+
+/// The conflicts of `key`: its `conflicting` lines, and, once enforced, an
+/// exclusion (`-KEY`) read after holdfast's file, each with whether it is
+/// what boot applies (see [`conf::at_boot`]). holdfast's file, once
+/// enforced, sorts after every distribution file: only a file named to sort
+/// after it (or /etc/sysctl.conf, which `sysctl --system` reads last) comes
+/// later, and a glob never beats its line.
+fn conflicts(
+    key: &SysctlKey,
+    mode: Mode,
+    desired: &str,
+    boot: &[Assignment],
+    conflicting: &[&Assignment],
+) -> Vec<Conflict> {
+    let others = others(boot, key);
+    let enforced = mode == Mode::Enforce;
+    // holdfast's line as boot will read it. Its value does not matter here:
+    // a line naming the key is applied whatever its value.
+    let ours = Assignment {
+        file: PathBuf::from("/").join(SYSCTL_PERSIST_FILE),
+        line: 1,
+        key: key.as_str().to_string(),
+        value: Some(SysctlValue::from_kernel(desired)),
+        ignore_failure: false,
+    };
+    let mut read = others.clone();
+    if enforced {
+        let at = read
+            .iter()
+            .position(|a| sorts_after_persist_file(&a.file))
+            .unwrap_or(read.len());
+        read.insert(at, &ours);
+    }
+    let decided = conf::at_boot(read, key.as_str());
+    let decides = |a: &Assignment| decided.line().is_some_and(|d| std::ptr::eq(d, a));
+    others
+        .into_iter()
+        .filter(|a| {
+            conflicting.iter().any(|c| std::ptr::eq(*c, *a))
+                || (enforced && matches!(decided, AtBoot::Excluded(_)) && decides(a))
+        })
+        .map(|a| Conflict {
+            file: a.file.clone(),
+            line: a.line,
+            value: a
+                .value
+                .as_ref()
+                .map_or_else(|| EXCLUDED.to_string(), SysctlValue::canonical),
+            wins_at_boot: decides(a),
+        })
+        .collect()
+}
+
+/// The value a conflict shows for an exclusion line.
+const EXCLUDED: &str = "nothing (an exclusion, `-KEY`)";
 
 fn is_persist_file(path: &Path) -> bool {
     path.ends_with(SYSCTL_PERSIST_FILE)
@@ -486,6 +530,115 @@ mod tests {
             value: SysctlValue::from_int(value),
             present,
         }
+    }
+
+    /// The conflicts of each policy key as `FILE:LINE VALUE [wins]`, for a
+    /// host whose sysctl.d files are `files` (in boot order).
+    fn conflicts_of(policy: &str, files: &[(&str, &str)]) -> Vec<(String, Vec<String>)> {
+        let policy = Policy::from_files([("/p.yaml", policy)]).unwrap();
+        let host = SysctlHost {
+            values: policy
+                .sysctls
+                .keys()
+                .map(|k| (k.clone(), Observed::Value(SysctlValue::from_int(1))))
+                .collect(),
+            boot: files
+                .iter()
+                .flat_map(|(name, text)| conf::parse(Path::new(name), text))
+                .collect(),
+            ..SysctlHost::default()
+        };
+        plan(&policy, &host)
+            .into_iter()
+            .filter_map(|i| {
+                let key = i.key.sysctl()?.to_string();
+                let c = i
+                    .conflicts
+                    .iter()
+                    .map(|c| {
+                        let wins = if c.wins_at_boot { " wins" } else { "" };
+                        format!("{}:{} {}{wins}", c.file.display(), c.line, c.value)
+                    })
+                    .collect();
+                Some((key, c))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_glob_never_beats_a_line_naming_the_key_and_an_exclusion_after_holdfast_drops_it() {
+        let files = [
+            (
+                "/usr/lib/sysctl.d/50-default.conf",
+                "net.ipv4.conf.*.rp_filter = 2\n-net.ipv4.conf.all.rp_filter\n",
+            ),
+            (
+                "/etc/sysctl.d/60-site.conf",
+                "net.ipv4.conf.eth1.rp_filter = 0\n",
+            ),
+            (
+                "/etc/sysctl.d/99-zzz-late.conf",
+                "net.ipv4.conf.*.rp_filter = 0\n-net.ipv4.conf.eth2.rp_filter\n",
+            ),
+        ];
+        let keys = "  net.ipv4.conf.eth0.rp_filter: 1\n  net.ipv4.conf.eth1.rp_filter: 1\n  net.ipv4.conf.eth2.rp_filter: 1\n  net.ipv4.conf.all.rp_filter: 1\n";
+        // Audit: holdfast has no line at boot. eth0 gets the later glob;
+        // eth1 its own line, though a glob comes after it; `all` is
+        // excluded from both globs, and eth2 from the later one.
+        let audit = conflicts_of(&format!("version: 1\nmode: audit\nsysctl:\n{keys}"), &files);
+        let late = "/etc/sysctl.d/99-zzz-late.conf";
+        let vendor = "/usr/lib/sysctl.d/50-default.conf";
+        assert_eq!(
+            audit,
+            [
+                (
+                    "net.ipv4.conf.all.rp_filter".into(),
+                    vec![format!("{vendor}:1 2"), format!("{late}:1 0")]
+                ),
+                (
+                    "net.ipv4.conf.eth0.rp_filter".into(),
+                    vec![format!("{vendor}:1 2"), format!("{late}:1 0 wins")]
+                ),
+                (
+                    "net.ipv4.conf.eth1.rp_filter".into(),
+                    vec![
+                        format!("{vendor}:1 2"),
+                        "/etc/sysctl.d/60-site.conf:1 0 wins".into(),
+                        format!("{late}:1 0")
+                    ]
+                ),
+                // eth2's exclusion is no conflict before holdfast enforces.
+                (
+                    "net.ipv4.conf.eth2.rp_filter".into(),
+                    vec![format!("{vendor}:1 2"), format!("{late}:1 0")]
+                ),
+            ]
+        );
+        // Enforced: holdfast's line beats every glob and the earlier line
+        // of eth1; the exclusion of eth2, read after it, drops it.
+        let enforce = conflicts_of(
+            &format!("version: 1\nmode: enforce\nsysctl:\n{keys}"),
+            &files,
+        );
+        let wins: Vec<(&str, Vec<&String>)> = enforce
+            .iter()
+            .map(|(k, c)| {
+                (
+                    k.as_str(),
+                    c.iter().filter(|c| c.ends_with(" wins")).collect(),
+                )
+            })
+            .collect();
+        let excluded = format!("{late}:2 {EXCLUDED} wins");
+        assert_eq!(
+            wins,
+            [
+                ("net.ipv4.conf.all.rp_filter", vec![]),
+                ("net.ipv4.conf.eth0.rp_filter", vec![]),
+                ("net.ipv4.conf.eth1.rp_filter", vec![]),
+                ("net.ipv4.conf.eth2.rp_filter", vec![&excluded]),
+            ]
+        );
     }
 
     #[test]

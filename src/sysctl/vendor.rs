@@ -88,15 +88,17 @@ pub struct Commented<'a> {
 /// Whether a line of a vendor file is one a copy comments out: it names a
 /// key the policy enforces exactly (a glob sets keys holdfast does not
 /// manage too, and scanners look for the literal key) and sets a value the
-/// policy does not accept.
+/// policy does not accept. An exclusion (`-KEY`) is kept: read before
+/// holdfast's file, as vendor files are, it changes nothing.
 fn commented_rule<'a>(policy: &'a Policy, a: &Assignment) -> Option<&'a SysctlRule> {
-    if a.key.contains(['*', '?']) {
+    let value = a.value.as_ref()?;
+    if a.is_glob() {
         return None;
     }
     let key = SysctlKey::parse(&a.key).ok()?;
     let rule = policy.sysctls.get(&key)?;
     (policy.mode_of(rule.mode) == Mode::Enforce
-        && rule.expect.compare(&a.value) != Comparison::Compliant)
+        && rule.expect.compare(value) != Comparison::Compliant)
         .then_some(rule)
 }
 
@@ -301,13 +303,15 @@ pub fn notes(
         };
         let Some(text) = &v.text else { continue };
         for a in conf::parse(&v.path, text) {
-            if a.key == rule.key.as_str() && rule.expect.compare(&a.value) != Comparison::Compliant
-            {
+            let Some(value) = a.value.as_ref() else {
+                continue;
+            };
+            if a.key == rule.key.as_str() && rule.expect.compare(value) != Comparison::Compliant {
                 out.push(format!(
                     "{}:{} sets {}, but holdfast's copy {} overrides that file (sysctl_conflicts: override); the copy no longer follows package updates of {}",
                     v.shown,
                     a.line,
-                    a.value.canonical(),
+                    value.canonical(),
                     s.etc_path.display(),
                     v.shown
                 ));
@@ -326,7 +330,7 @@ pub fn notes(
     let mut suggested = false;
     for a in conflicting {
         let at = format!("{}:{}", a.file.display(), a.line);
-        let glob = a.key.contains(['*', '?']);
+        let glob = a.is_glob();
         let vendor = vendor_of(&a.file);
         if vendor.is_none() && !ours(&a.file) {
             if overriding {
@@ -445,6 +449,8 @@ mod tests {
             keys,
             [
                 "net.ipv4.conf.*.rp_filter",
+                // The exclusion, kept.
+                "net.ipv4.conf.all.rp_filter",
                 "kernel.sysrq",
                 "fs.protected_fifos",
                 "net.ipv4.tcp_syncookies"
@@ -568,7 +574,7 @@ mod tests {
             file: PathBuf::from("/r/etc/sysctl.d/60-site.conf"),
             line: 3,
             key: "net.ipv4.conf.default.rp_filter".into(),
-            value: crate::sysctl::SysctlValue::from_int(0),
+            value: Some(crate::sysctl::SysctlValue::from_int(0)),
             ignore_failure: false,
         };
         let s = same(EtcEntry::Absent, Some(VENDOR));
