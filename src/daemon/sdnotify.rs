@@ -31,11 +31,11 @@ impl Notifier {
     }
 
     fn send(&mut self, states: &[NotifyState<'_>]) {
-        if let Err(e) = sd_notify::notify(states) {
-            if !self.warned {
-                tracing::warn!("cannot notify systemd (NOTIFY_SOCKET): {e}");
-                self.warned = true;
-            }
+        if let Err(e) = sd_notify::notify(states)
+            && !self.warned
+        {
+            tracing::warn!("cannot notify systemd (NOTIFY_SOCKET): {e}");
+            self.warned = true;
         }
     }
 

@@ -709,7 +709,7 @@ pub fn buildinfo(data: &[u8]) -> Result<Go, ParseError> {
         if rest.len() - i < BUILDINFO_HEADER {
             return Ok(Go::NotGo);
         }
-        if (base + i) % BUILDINFO_ALIGN == 0 {
+        if (base + i).is_multiple_of(BUILDINFO_ALIGN) {
             break &rest[i..];
         }
         let next = (base + i + BUILDINFO_ALIGN - 1) & !(BUILDINFO_ALIGN - 1);

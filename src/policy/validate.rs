@@ -393,9 +393,8 @@ impl Validator {
                             self.push(e);
                             None
                         }
-                        (None, true) => match (min, max) {
-                            (Some(lo), Some(hi)) if lo > hi => {
-                                let at = t.min.as_ref().expect("min parsed");
+                        (None, true) => match (min, max, t.min.as_ref()) {
+                            (Some(lo), Some(hi), Some(at)) if lo > hi => {
                                 let e = self
                                     .error(
                                         at,
@@ -405,7 +404,7 @@ impl Validator {
                                 self.push(e);
                                 None
                             }
-                            (lo, hi) if lo.is_some() || hi.is_some() => {
+                            (lo, hi, _) if lo.is_some() || hi.is_some() => {
                                 Some(Expect::Range { min: lo, max: hi })
                             }
                             // A bound that failed to parse has been reported.
@@ -557,10 +556,9 @@ impl Validator {
                     .with_hint("give `soft`, `hard`, or both");
                 self.push(e);
             }
-            if let (Some(s), Some(h)) = (soft, hard)
+            if let (Some(s), Some(h), Some(at)) = (soft, hard, l.soft.as_ref())
                 && !s.le(h)
             {
-                let at = l.soft.as_ref().expect("soft parsed");
                 let e = self
                     .error(at, format!("soft limit {s} is above hard limit {h}"))
                     .with_hint("setrlimit refuses a soft limit above the hard one");
