@@ -130,8 +130,9 @@ fn compare(policy: &Policy, rule: &SysctlRule, host: &SysctlHost) -> (Item, Opti
             item.detail.push(why.clone());
         }
     }
-    let conflicting = conflicting(&rule.key, &rule.expect, &host.boot);
-    item.conflicts = conflicts(&rule.key, mode, &item.desired, &host.boot, &conflicting);
+    let others = others(&host.boot, &rule.key);
+    let conflicting = conflicting(&rule.expect, &others);
+    item.conflicts = conflicts(&rule.key, mode, &item.desired, &others, &conflicting);
     for c in item.conflicts.iter().filter(|c| c.wins_at_boot) {
         item.detail.push(if c.value == EXCLUDED {
             format!(
@@ -154,16 +155,12 @@ fn compare(policy: &Policy, rule: &SysctlRule, host: &SysctlHost) -> (Item, Opti
     (item, target)
 }
 
-/// The lines of other configuration files that set `key` to a value the
-/// policy does not accept (lines naming it, and globs that match it), in
-/// boot order. holdfast's own file is not a conflict.
-fn conflicting<'a>(
-    key: &SysctlKey,
-    expect: &Expect,
-    boot: &'a [Assignment],
-) -> Vec<&'a Assignment> {
-    others(boot, key)
-        .into_iter()
+/// The lines of `others` (the lines of other files that concern the key)
+/// that set a value the policy does not accept, in boot order.
+fn conflicting<'a>(expect: &Expect, others: &[&'a Assignment]) -> Vec<&'a Assignment> {
+    others
+        .iter()
+        .copied()
         .filter(|a| {
             a.value
                 .as_ref()
@@ -172,8 +169,8 @@ fn conflicting<'a>(
         .collect()
 }
 
-/// The lines of files other than holdfast's that concern `key`, in boot
-/// order.
+/// The lines of files other than holdfast's that concern `key` (naming it,
+/// excluding it, or a glob that matches it), in boot order.
 fn others<'a>(boot: &'a [Assignment], key: &SysctlKey) -> Vec<&'a Assignment> {
     conf::assignments_for(
         boot.iter().filter(|a| !is_persist_file(&a.file)),
@@ -191,10 +188,9 @@ fn conflicts(
     key: &SysctlKey,
     mode: Mode,
     desired: &str,
-    boot: &[Assignment],
+    others: &[&Assignment],
     conflicting: &[&Assignment],
 ) -> Vec<Conflict> {
-    let others = others(boot, key);
     let enforced = mode == Mode::Enforce;
     // holdfast's line as boot will read it. Its value does not matter here:
     // a line naming the key is applied whatever its value.
@@ -205,7 +201,7 @@ fn conflicts(
         value: Some(SysctlValue::from_kernel(desired)),
         ignore_failure: false,
     };
-    let mut read = others.clone();
+    let mut read = others.to_vec();
     if enforced {
         let at = read
             .iter()
@@ -216,7 +212,8 @@ fn conflicts(
     let decided = conf::at_boot(read, key.as_str());
     let decides = |a: &Assignment| decided.line().is_some_and(|d| std::ptr::eq(d, a));
     others
-        .into_iter()
+        .iter()
+        .copied()
         .filter(|a| {
             conflicting.iter().any(|c| std::ptr::eq(*c, *a))
                 || (enforced && matches!(decided, AtBoot::Excluded(_)) && decides(a))
