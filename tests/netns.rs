@@ -140,49 +140,73 @@ fn the_kernel_rejecting_a_value_is_a_failed_item_not_a_crash() {
 
 #[test]
 #[ignore = "needs root and network namespaces: cargo test -- --include-ignored"]
-fn what_holdfast_says_boot_does_with_globs_and_exclusions_is_what_systemd_sysctl_does() {
+fn what_holdfast_says_boot_does_with_globs_exclusions_and_masks_is_what_systemd_sysctl_does() {
     require_namespaces!();
     let sysctl = Path::new("/lib/systemd/systemd-sysctl");
     common::require(sysctl.exists(), "systemd-sysctl (Debian: systemd)");
-    // Four veth interfaces' rp_filter, each decided differently at boot by
-    // the same files: the vendor glob sets all of them to 2 and excludes
-    // `all`; a site file names hf1; a file read after holdfast's sets every
-    // interface to 0 by a glob and excludes hf2.
-    let keys = ["all", "hf0", "hf1", "hf2", "hf3"];
-    let rules: String = keys
+    // Keys of four veth interfaces (and `all`), each decided differently at
+    // boot by the same files. rp_filter (the policy wants 1): the vendor
+    // glob sets every interface to 2 and excludes `all`; a site file names
+    // hf1; a file read after holdfast's sets hf0-hf9 to 0 by a glob and
+    // excludes hf2. accept_local (the policy wants 0): hf0's vendor file is
+    // masked by a link to /dev/null in /etc, hf1's by a file of its name in
+    // /run that sets the wanted value.
+    let keys: Vec<(String, &str)> = ["all", "hf0", "hf1", "hf2", "hf3"]
         .iter()
-        .map(|k| format!("  net.ipv4.conf.{k}.rp_filter: 1\n"))
+        .map(|k| (format!("net.ipv4.conf.{k}.rp_filter"), "1"))
+        .chain(
+            ["hf0", "hf1"]
+                .iter()
+                .map(|k| (format!("net.ipv4.conf.{k}.accept_local"), "0")),
+        )
         .collect();
+    let rules: String = keys.iter().map(|(k, v)| format!("  {k}: {v}\n")).collect();
     let (_d, audit) = policy(&format!("version: 1\nmode: audit\nsysctl:\n{rules}"));
     let (_e, enforce) = policy(&format!("version: 1\nmode: enforce\nsysctl:\n{rules}"));
-    let script = r#"
-for d in /run/sysctl.d /usr/local/lib/sysctl.d /usr/lib/sysctl.d /lib/sysctl.d; do
+    // Before boot runs, every key has the policy's value, so a key boot
+    // leaves alone still reads it.
+    let reset: String = keys
+        .iter()
+        .map(|(k, v)| format!("echo {v} > /proc/sys/{}; ", k.replace('.', "/")))
+        .collect();
+    let show: String = keys
+        .iter()
+        .map(|(k, _)| {
+            format!(
+                "echo \"$1 kernel {k}=$(cat /proc/sys/{})\"; ",
+                k.replace('.', "/")
+            )
+        })
+        .collect();
+    let script = format!(
+        r#"set -u
+for d in /etc/sysctl.d /run/sysctl.d /usr/local/lib/sysctl.d /usr/lib/sysctl.d /lib/sysctl.d; do
     [ -d "$d" ] && mount -t tmpfs holdfast-test "$d"
 done
-E=$(mktemp); [ -e /etc/sysctl.conf ] && mount --bind "$E" /etc/sysctl.conf
-mkdir -p /usr/lib/sysctl.d
+T=$(mktemp -d); mount -t tmpfs holdfast-test "$T"; trap 'umount "$T"; rmdir "$T"' EXIT
+[ -e /etc/sysctl.conf ] && : > "$T/empty" && mount --bind "$T/empty" /etc/sysctl.conf
+mkdir -p /usr/lib/sysctl.d /run/sysctl.d
 printf 'net.ipv4.conf.*.rp_filter = 2\n-net.ipv4.conf.all.rp_filter\n' > /usr/lib/sysctl.d/50-vendor.conf
 printf 'net.ipv4.conf.hf1.rp_filter = 0\n' > /etc/sysctl.d/60-site.conf
 printf 'net.ipv4.conf.hf[0-9].rp_filter = 0\n-net.ipv4.conf.hf2.rp_filter\n' > /etc/sysctl.d/99-zzz-late.conf
-ip link add hf0 type veth peer name hf1 && ip link add hf2 type veth peer name hf3 || { echo no-veth; exit 0; }
-# Every key at 1 before boot runs, so a key boot leaves alone reads 1.
-reset() { for k in all hf0 hf1 hf2 hf3; do echo 1 > /proc/sys/net/ipv4/conf/$k/rp_filter; done; }
-boot() {
+printf 'net.ipv4.conf.hf0.accept_local = 1\n' > /usr/lib/sysctl.d/40-masked.conf
+ln -s /dev/null /etc/sysctl.d/40-masked.conf
+printf 'net.ipv4.conf.hf1.accept_local = 1\n' > /usr/lib/sysctl.d/45-same.conf
+printf 'net.ipv4.conf.hf1.accept_local = 0\n' > /run/sysctl.d/45-same.conf
+ip link add hf0 type veth peer name hf1 && ip link add hf2 type veth peer name hf3 || {{ echo no-veth; exit 0; }}
+reset() {{ {reset}}}
+boot() {{
     reset; /lib/systemd/systemd-sysctl || echo "systemd-sysctl failed"
-    for k in all hf0 hf1 hf2 hf3; do echo "$1 kernel $k=$(cat /proc/sys/net/ipv4/conf/$k/rp_filter)"; done
-}
-reset; "$HF" check --policy "$A" --format json > /tmp/hf-audit.json; echo "audit-check=$?"
+    {show}
+}}
+reset; echo "audit json $("$HF" check --policy "$A" --format json | tr -d '\n')"
 boot audit
 "$HF" apply --policy "$P" > /dev/null; echo "apply=$?"
-reset; "$HF" check --policy "$P" --format json > /tmp/hf-enforce.json
+reset; echo "enforce json $("$HF" check --policy "$P" --format json | tr -d '\n')"
 boot enforce
-for m in audit enforce; do echo "$m json $(tr -d '\n' < /tmp/hf-$m.json)"; done
-"#;
-    let (code, out) = common::run_in_netns_with(
-        &enforce,
-        &format!("set -u\nmount -t tmpfs holdfast-test /etc/sysctl.d\n{script}"),
-        &[("A", audit.as_path())],
+"#
     );
+    let (code, out) = common::run_in_netns_with(&enforce, &script, &[("A", audit.as_path())]);
     assert_eq!(code, 0, "{out}");
     common::require(!out.contains("no-veth"), "a veth pair (ip link add)");
     assert!(!out.contains("systemd-sysctl failed"), "{out}");
@@ -193,8 +217,7 @@ for m in audit enforce; do echo "$m json $(tr -d '\n' < /tmp/hf-$m.json)"; done
             .find_map(|l| l.strip_prefix(&format!("{mode} json ")))
             .unwrap_or_else(|| panic!("no {mode} report: {out}"));
         let report: serde_json::Value = serde_json::from_str(json).unwrap();
-        for k in keys {
-            let key = format!("net.ipv4.conf.{k}.rp_filter");
+        for (key, wanted) in &keys {
             let item = report["items"]
                 .as_array()
                 .unwrap()
@@ -202,40 +225,42 @@ for m in audit enforce; do echo "$m json $(tr -d '\n' < /tmp/hf-$m.json)"; done
                 .find(|i| i["key"] == key.as_str())
                 .unwrap_or_else(|| panic!("no item {key}: {json}"));
             // What holdfast says boot leaves: the winning conflict's value;
-            // else, enforced, holdfast's 1; in audit mode, a compliant line
-            // or nothing, which both leave 1 here.
+            // else, enforced, holdfast's; in audit mode, a compliant line or
+            // nothing, which both leave the policy's value here.
             let winner = item["conflicts"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .find(|c| c["wins_at_boot"] == true);
-            let predicted = match winner {
-                Some(c) if c["value"].as_str().unwrap().starts_with("nothing") => "1".to_string(),
-                Some(c) => c["value"].as_str().unwrap().to_string(),
-                None => "1".to_string(),
-            };
-            let judged = format!("{mode} kernel {k}={predicted}");
+                .find(|c| c["wins_at_boot"] == true)
+                .and_then(|c| c["value"].as_str())
+                .filter(|v| !v.starts_with("nothing"));
+            let judged = format!("{mode} kernel {key}={}", winner.unwrap_or(wanted));
             assert!(
                 out.lines().any(|l| l == judged),
                 "holdfast predicts {judged}, systemd-sysctl did otherwise:\n{out}"
             );
         }
     }
-    // The cases are not all alike: in audit mode hf0 gets the late glob's
-    // 0, hf1 its own line's 0 (though the glob comes after it); hf2's
-    // exclusion keeps both globs off it, the earlier one too, and `all`'s
-    // keeps the vendor glob off.
+    // The cases are not all alike.
     for line in [
-        "audit kernel hf0=0",
-        "audit kernel hf1=0",
-        "audit kernel hf2=1",
-        "audit kernel all=1",
+        // The late glob; hf1's own line, though the glob comes after it;
+        // hf2's exclusion keeps both globs off it, the earlier one too;
+        // `all`'s keeps the vendor glob off.
+        "audit kernel net.ipv4.conf.hf0.rp_filter=0",
+        "audit kernel net.ipv4.conf.hf1.rp_filter=0",
+        "audit kernel net.ipv4.conf.hf2.rp_filter=1",
+        "audit kernel net.ipv4.conf.all.rp_filter=1",
         // Enforced, holdfast's line beats every glob and hf1's earlier
-        // line; the late exclusion drops holdfast's line for hf2.
-        "enforce kernel hf0=1",
-        "enforce kernel hf1=1",
-        "enforce kernel hf3=1",
+        // line; the late exclusion drops holdfast's line for hf2 (which the
+        // check reports).
+        "enforce kernel net.ipv4.conf.hf0.rp_filter=1",
+        "enforce kernel net.ipv4.conf.hf1.rp_filter=1",
+        "enforce kernel net.ipv4.conf.hf3.rp_filter=1",
     ] {
         assert!(out.lines().any(|l| l == line), "{line}:\n{out}");
     }
+    assert!(
+        out.contains("99-zzz-late.conf:2 excludes the key (`-net.ipv4.conf.hf2.rp_filter`)"),
+        "{out}"
+    );
 }
