@@ -13,6 +13,7 @@
 //! keys no line names; a `-KEY` line without `=` names a key without setting
 //! it, which keeps every glob off it (and drops an earlier line's value).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::SysctlValue;
@@ -154,20 +155,28 @@ pub fn assignments_for<'a>(
 /// matching key that has no entry of its own, and an exclusion entry sets
 /// nothing.
 pub fn at_boot<'a>(all: impl IntoIterator<Item = &'a Assignment>, key: &str) -> AtBoot<'a> {
-    let mut entries: Vec<&Assignment> = Vec::new();
+    // The entries in the order boot applies them (a slot emptied when its
+    // key string was read again with another value), and each key string's
+    // slot.
+    let mut entries: Vec<Option<&Assignment>> = Vec::new();
+    let mut slot: HashMap<&str, usize> = HashMap::new();
     for a in all.into_iter().filter(|a| key_matches(&a.key, key)) {
-        match entries.iter().position(|e| e.key == a.key) {
+        match slot.get(a.key.as_str()).copied() {
             // Same value: the entry keeps its place; the later line is
             // reported, as removing the earlier one alone changes nothing.
-            Some(i) if entries[i].value == a.value => entries[i] = a,
+            Some(i) if entries[i].is_some_and(|e| e.value == a.value) => entries[i] = Some(a),
             Some(i) => {
-                entries.remove(i);
-                entries.push(a);
+                entries[i] = None;
+                slot.insert(&a.key, entries.len());
+                entries.push(Some(a));
             }
-            None => entries.push(a),
+            None => {
+                slot.insert(&a.key, entries.len());
+                entries.push(Some(a));
+            }
         }
     }
-    if let Some(own) = entries.iter().find(|e| e.key == key) {
+    if let Some(own) = slot.get(key).and_then(|i| entries[*i]) {
         return match own.value {
             Some(_) => AtBoot::Set(own),
             None => AtBoot::Excluded(own),
@@ -176,6 +185,7 @@ pub fn at_boot<'a>(all: impl IntoIterator<Item = &'a Assignment>, key: &str) -> 
     entries
         .iter()
         .rev()
+        .flatten()
         .find(|e| e.value.is_some())
         .map_or(AtBoot::Untouched, |e| AtBoot::Glob(e))
 }
@@ -203,21 +213,76 @@ fn key_matches(pattern: &str, key: &str) -> bool {
 }
 
 /// fnmatch(3) of one path component: `*`, `?`, and `[…]` sets (`!` or `^`
-/// negates, `a-z` ranges); a `[` without its `]` is itself.
-fn glob_component(p: &[u8], s: &[u8]) -> bool {
-    match p.split_first() {
-        None => s.is_empty(),
-        Some((b'*', rest)) => (0..=s.len()).any(|i| glob_component(rest, &s[i..])),
-        Some((b'?', rest)) => !s.is_empty() && glob_component(rest, &s[1..]),
-        Some((b'[', rest)) => match (bracket(rest), s.split_first()) {
-            (Some((set, after)), Some((c, tail))) => {
-                set_matches(set, *c) && glob_component(after, tail)
+/// negates, `a-z` ranges); a `[` without its `]` is itself. Linear in the
+/// pattern times the name: on a mismatch only the last `*` takes one more
+/// byte (what a later `*` could match, an earlier one could too), so no
+/// pattern makes it backtrack exponentially.
+fn glob_component(pattern: &[u8], s: &[u8]) -> bool {
+    let tokens = tokens(pattern);
+    let (mut t, mut i) = (0, 0);
+    // The token after the last `*` seen, and where in `s` that `*` stopped.
+    let mut star: Option<(usize, usize)> = None;
+    while i < s.len() {
+        match tokens.get(t) {
+            Some(Token::Star) => {
+                t += 1;
+                star = Some((t, i));
             }
-            (Some(_), None) => false,
-            (None, _) => s.first() == Some(&b'[') && glob_component(rest, &s[1..]),
-        },
-        Some((c, rest)) => s.first() == Some(c) && glob_component(rest, &s[1..]),
+            Some(one) if one.matches(s[i]) => {
+                t += 1;
+                i += 1;
+            }
+            _ => match star {
+                Some((after, at)) => {
+                    t = after;
+                    i = at + 1;
+                    star = Some((after, at + 1));
+                }
+                None => return false,
+            },
+        }
     }
+    tokens[t..].iter().all(|tok| matches!(tok, Token::Star))
+}
+
+/// One element of a glob pattern.
+enum Token<'a> {
+    Star,
+    Any,
+    Set(&'a [u8]),
+    Byte(u8),
+}
+
+impl Token<'_> {
+    /// Whether this token (not `*`) matches one byte.
+    fn matches(&self, c: u8) -> bool {
+        match self {
+            Token::Star => false,
+            Token::Any => true,
+            Token::Set(set) => set_matches(set, c),
+            Token::Byte(b) => *b == c,
+        }
+    }
+}
+
+fn tokens(mut p: &[u8]) -> Vec<Token<'_>> {
+    let mut out = Vec::with_capacity(p.len());
+    while let Some((&c, rest)) = p.split_first() {
+        p = rest;
+        out.push(match c {
+            b'*' => Token::Star,
+            b'?' => Token::Any,
+            b'[' => match bracket(rest) {
+                Some((set, after)) => {
+                    p = after;
+                    Token::Set(set)
+                }
+                None => Token::Byte(b'['),
+            },
+            c => Token::Byte(c),
+        });
+    }
+    out
 }
 
 /// The set of a bracket expression (the bytes after `[`) and what follows
@@ -344,6 +409,55 @@ mod tests {
         assert!(key_matches("net.ipv4.conf.a[b.x", "net.ipv4.conf.a[b.x"));
         assert!(!key_matches("net.ipv4.conf.a[b.x", "net.ipv4.conf.ab.x"));
         assert!(!key_matches("net.*", "net.core.somaxconn"));
+    }
+
+    /// fnmatch by plain recursion: obviously right, exponential on many
+    /// `*`s.
+    fn naive(p: &[u8], s: &[u8]) -> bool {
+        match p.split_first() {
+            None => s.is_empty(),
+            Some((b'*', rest)) => (0..=s.len()).any(|i| naive(rest, &s[i..])),
+            Some((b'?', rest)) => !s.is_empty() && naive(rest, &s[1..]),
+            Some((b'[', rest)) => match (bracket(rest), s.split_first()) {
+                (Some((set, after)), Some((c, tail))) => set_matches(set, *c) && naive(after, tail),
+                (Some(_), None) => false,
+                (None, _) => s.first() == Some(&b'[') && naive(rest, &s[1..]),
+            },
+            Some((c, rest)) => s.first() == Some(c) && naive(rest, &s[1..]),
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn globs_match_as_plain_recursion_does(
+            p in "([ab*?]|\\[!?a?\\]?|\\[a-b\\]){0,8}",
+            s in "[ab\\[\\]!]{0,8}",
+        ) {
+            proptest::prop_assert_eq!(
+                glob_component(p.as_bytes(), s.as_bytes()),
+                naive(p.as_bytes(), s.as_bytes())
+            );
+        }
+    }
+
+    #[test]
+    fn many_stars_take_no_time() {
+        // Found by fuzzing: the recursive matcher took minutes on this.
+        let stars = format!("{}net%m", "*".repeat(56));
+        let name = "a".repeat(60);
+        assert!(!glob_component(stars.as_bytes(), name.as_bytes()));
+        assert!(glob_component(
+            stars.as_bytes(),
+            format!("{name}net%m").as_bytes()
+        ));
+        let text = String::from_utf8_lossy(include_bytes!(
+            "../../fuzz/regressions/sysctl_conf/many-stars-backtracked-exponentially"
+        ));
+        let all = parse(Path::new("f"), &text);
+        assert!(!all.is_empty());
+        for a in &all {
+            let _ = at_boot(&all, &a.key);
+        }
     }
 
     fn lines(files: &[(&str, &str)]) -> Vec<Assignment> {
