@@ -134,7 +134,10 @@ fn compare(policy: &Policy, rule: &SysctlRule, host: &SysctlHost) -> (Item, Opti
     let conflicting = conflicting(&rule.expect, &others);
     item.conflicts = conflicts(&rule.key, mode, &item.desired, &others, &conflicting);
     for c in item.conflicts.iter().filter(|c| c.wins_at_boot) {
-        item.detail.push(if c.value == EXCLUDED {
+        let exclusion = others
+            .iter()
+            .any(|a| a.value.is_none() && a.file == c.file && a.line == c.line);
+        item.detail.push(if exclusion {
             format!(
                 "{}:{} excludes the key (`-{}`) after holdfast's file: boot drops holdfast's line and leaves the kernel's value",
                 c.file.display(),
