@@ -4,6 +4,7 @@
 //! This module also holds the small file-I/O helpers whose errors always name
 //! the path they failed on.
 
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -276,7 +277,6 @@ fn walk(
     resolve: ResolveFlag,
 ) -> Result<OwnedFd, Errno> {
     use std::collections::VecDeque;
-    use std::ffi::OsString;
     let follow = !resolve.contains(ResolveFlag::RESOLVE_NO_SYMLINKS);
     let dir_flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let names = |p: &Path| -> VecDeque<OsString> {
@@ -475,12 +475,7 @@ impl HostRoot {
         let root = self.open_root()?;
         let dir = self.ensure_dir(&root, rel.parent().unwrap_or(Path::new("")))?;
         let dir_path = path.parent().unwrap_or(path);
-        let prefix = {
-            let mut p = std::ffi::OsString::from(".");
-            p.push(name);
-            p.push(".");
-            p
-        };
+        let prefix = temp_prefix(name);
         remove_stale_temps(&dir, dir_path, &prefix)?;
 
         let (tmp_name, file) = create_temp(&dir, dir_path, &prefix, mode)?;
@@ -609,14 +604,25 @@ impl HostRoot {
         let Some(name) = rel.file_name() else {
             return Ok(());
         };
+        self.parent_without_stale_temps(path, rel, name).map(drop)
+    }
+
+    /// The directory of `path` (`rel` under the root, named `name`),
+    /// resolved like [`HostRoot::write_atomic`]'s, once the temp files a
+    /// killed writer left of `name` are removed from it; `None` when the
+    /// directory is not there.
+    fn parent_without_stale_temps(
+        &self,
+        path: &Path,
+        rel: &Path,
+        name: &OsStr,
+    ) -> Result<Option<OwnedFd>, IoError> {
         let root = self.open_root()?;
         let Some(dir) = self.open_parent(&root, rel)? else {
-            return Ok(());
+            return Ok(None);
         };
-        let mut prefix = std::ffi::OsString::from(".");
-        prefix.push(name);
-        prefix.push(".");
-        remove_stale_temps(&dir, path.parent().unwrap_or(path), &prefix)
+        remove_stale_temps(&dir, path.parent().unwrap_or(path), &temp_prefix(name))?;
+        Ok(Some(dir))
     }
 
     /// Removes a file holdfast owns, if it is there; resolved like the
@@ -633,17 +639,9 @@ impl HostRoot {
                 io::Error::other("path has no file name"),
             ));
         };
-        let root = self.open_root()?;
-        let Some(dir) = self.open_parent(&root, rel)? else {
+        let Some(dir) = self.parent_without_stale_temps(path, rel, name)? else {
             return Ok(());
         };
-        let prefix = {
-            let mut p = std::ffi::OsString::from(".");
-            p.push(name);
-            p.push(".");
-            p
-        };
-        remove_stale_temps(&dir, path.parent().unwrap_or(path), &prefix)?;
         match nix::unistd::unlinkat(&dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
             Ok(()) | Err(Errno::ENOENT) => Ok(()),
             Err(e) => Err(IoError::new("remove", path, errno_error(e))),
@@ -774,9 +772,9 @@ pub fn escape_control(s: &str) -> String {
 fn create_temp(
     dir: &OwnedFd,
     dir_path: &Path,
-    prefix: &std::ffi::OsStr,
+    prefix: &OsStr,
     mode: u32,
-) -> Result<(std::ffi::OsString, OwnedFd), IoError> {
+) -> Result<(OsString, OwnedFd), IoError> {
     use std::sync::atomic::Ordering;
     let pid = std::process::id();
     let euid_is_root = nix::unistd::geteuid().is_root();
@@ -820,13 +818,17 @@ fn create_temp(
     }
 }
 
+/// What the temp files of a file named `name` start with: `.NAME.`.
+fn temp_prefix(name: &OsStr) -> OsString {
+    let mut prefix = OsString::from(".");
+    prefix.push(name);
+    prefix.push(".");
+    prefix
+}
+
 /// Removes `PREFIX*.holdfast-tmp` entries of `dir`: leftovers of a writer
 /// that was killed between creating its temp file and renaming it.
-fn remove_stale_temps(
-    dir: &OwnedFd,
-    dir_path: &Path,
-    prefix: &std::ffi::OsStr,
-) -> Result<(), IoError> {
+fn remove_stale_temps(dir: &OwnedFd, dir_path: &Path, prefix: &OsStr) -> Result<(), IoError> {
     use std::os::unix::ffi::OsStrExt;
     let listing = nix::dir::Dir::openat(
         dir,
