@@ -348,8 +348,9 @@ fn run(
         record.outcomes.insert(item.key.clone(), outcome);
     }
 
-    // Temp files a killed writer left beside holdfast's files go, whether
-    // or not this pass rewrote them (a rewrite already removes them).
+    // Temp files a killed writer left beside holdfast's files go too where
+    // this pass did not write or remove the file (writing or removing it
+    // already removed them).
     for (_, item) in &by_area {
         let (ItemKey::SysctlFile(path)
         | ItemKey::SysctlOverride(path)
@@ -358,6 +359,9 @@ fn run(
         else {
             continue;
         };
+        if matches!(record.outcomes.get(&item.key), Some(Outcome::Done)) {
+            continue;
+        }
         if let Err(e) = ctx.host.remove_stale_temps_of(path) {
             warnings.push(e);
         }
