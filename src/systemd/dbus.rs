@@ -379,8 +379,10 @@ const PING_PATIENCE: Duration = Duration::from_millis(500);
 /// goes unanswered, the next one is sent and its bytes wake the peer.
 fn warm_up(conn: &Connection) -> Result<(), String> {
     for attempt in 1..=4 {
+        // The ping's answer, or `None` once the patience is used up.
         let ping = async {
-            conn.inner()
+            let answer = conn
+                .inner()
                 .call_method(
                     Some(DESTINATION),
                     MANAGER_PATH,
@@ -388,16 +390,15 @@ fn warm_up(conn: &Connection) -> Result<(), String> {
                     "Ping",
                     &(),
                 )
-                .await
-                .map(|_| ())
-                .map_err(|e| describe(&e))
+                .await;
+            Some(answer.map(|_| ()).map_err(|e| describe(&e)))
         };
         let patience = async {
             async_io::Timer::after(PING_PATIENCE).await;
-            Err(String::new())
+            None
         };
         match async_io::block_on(futures_lite::future::or(ping, patience)) {
-            Ok(()) => {
+            Some(Ok(())) => {
                 if attempt > 1 {
                     tracing::info!(
                         "systemd's private socket answered only ping {attempt} of a new connection"
@@ -405,8 +406,8 @@ fn warm_up(conn: &Connection) -> Result<(), String> {
                 }
                 return Ok(());
             }
-            Err(why) if !why.is_empty() => return Err(format!("ping: {why}")),
-            Err(_) => {}
+            Some(Err(why)) => return Err(format!("ping: {why}")),
+            None => {}
         }
     }
     Err(format!(
