@@ -164,13 +164,6 @@ fn main() {
         one_run = one_run.max(t.elapsed());
         renderings.push(trials::etc_files(&root));
     }
-    let whole = |root: &Path| match trials::whole(root, &renderings) {
-        Ok(()) => true,
-        Err(why) => {
-            eprintln!("{why}");
-            false
-        }
-    };
 
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let (mut torn, mut unjournaled, mut bad_journal, mut rollback_failed, mut not_back) =
@@ -193,7 +186,7 @@ fn main() {
         std::thread::sleep(Duration::from_micros(rng.below(window.max(1))));
         let _ = child.kill();
         let _ = child.wait();
-        if !whole(&root) {
+        if !trials::is_whole(&root, &renderings) {
             torn += 1;
         }
         if !root.join(holdfast::host::JOURNAL_FILE).exists() {

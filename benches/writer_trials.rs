@@ -30,19 +30,6 @@ fn apply(root: &Path, policy: &Path) -> Command {
     trials::apply(root, policy, "30s")
 }
 
-/// A `whole` check that counts (and names on stderr) what failed it.
-fn whole(root: &Path, renderings: &[Files]) -> bool {
-    match trials::whole(root, renderings) {
-        Ok(()) => true,
-        Err(why) => {
-            eprintln!("{}: {why}", root.display());
-            false
-        }
-    }
-}
-
-type Files = std::collections::BTreeMap<std::path::PathBuf, String>;
-
 fn main() {
     let pairs = trials::count_from_env("HOLDFAST_BENCH_TRIALS", 200);
     let kills = trials::count_from_env("HOLDFAST_BENCH_KILLS", 500);
@@ -51,7 +38,7 @@ fn main() {
     // Each policy's rendering, from a clean run of it alone; the slower
     // run sets the window kills are spread over.
     let mut one_run = Duration::ZERO;
-    let renderings: Vec<Files> = policies
+    let renderings: Vec<trials::Files> = policies
         .iter()
         .enumerate()
         .map(|(i, p)| {
@@ -82,7 +69,7 @@ fn main() {
         let mut a = apply(&root, &policies[0]).spawn().expect("spawn");
         let mut b = apply(&root, &policies[1]).spawn().expect("spawn");
         let _ = (a.wait(), b.wait());
-        if !whole(&root, &renderings) || trials::temp_files(&root) != 0 {
+        if !trials::is_whole(&root, &renderings) || trials::temp_files(&root) != 0 {
             violations += 1;
         }
     }
@@ -103,7 +90,7 @@ fn main() {
         std::thread::sleep(Duration::from_micros(rng.below(window.max(1))));
         let _ = child.kill();
         let _ = child.wait();
-        if !whole(&root, &renderings) {
+        if !trials::is_whole(&root, &renderings) {
             torn += 1;
         }
         let n = trials::temp_files(&root);
@@ -167,11 +154,11 @@ fn main() {
         }
         let _ = serve.kill();
         let _ = serve.wait();
-        if !whole(&root, &renderings) {
+        if !trials::is_whole(&root, &renderings) {
             serve_bad += 1;
         }
         apply(&root, &policies[0]).status().expect("apply");
-        if trials::temp_files(&root) != 0 || !whole(&root, &renderings) {
+        if trials::temp_files(&root) != 0 || !trials::is_whole(&root, &renderings) {
             serve_bad += 1;
         }
         std::fs::remove_dir_all(&root).ok();

@@ -125,9 +125,12 @@ impl Rng {
     }
 }
 
+/// The regular files under a fake root's `etc`, each with its content.
+pub type Files = std::collections::BTreeMap<PathBuf, String>;
+
 /// Every regular file under the fake root's `etc`, with its content: what
 /// holdfast may have written (and nothing else may appear there).
-pub fn etc_files(root: &Path) -> std::collections::BTreeMap<PathBuf, String> {
+pub fn etc_files(root: &Path) -> Files {
     let mut out = std::collections::BTreeMap::new();
     let mut stack = vec![root.join("etc")];
     while let Some(dir) = stack.pop() {
@@ -161,10 +164,7 @@ pub fn temp_files(root: &Path) -> usize {
 /// with exactly that run's content for that path (each file whole; files
 /// may come from different policies, as each is replaced on its own).
 /// Temp files are counted apart ([`temp_files`]).
-pub fn whole(
-    root: &Path,
-    renderings: &[std::collections::BTreeMap<PathBuf, String>],
-) -> Result<(), String> {
+pub fn whole(root: &Path, renderings: &[Files]) -> Result<(), String> {
     for (path, text) in etc_files(root) {
         if path.to_string_lossy().contains(".holdfast-tmp") {
             continue;
@@ -181,4 +181,15 @@ pub fn whole(
         }
     }
     Ok(())
+}
+
+/// [`whole`] as a yes or no, saying on stderr what failed it.
+pub fn is_whole(root: &Path, renderings: &[Files]) -> bool {
+    match whole(root, renderings) {
+        Ok(()) => true,
+        Err(why) => {
+            eprintln!("{}: {why}", root.display());
+            false
+        }
+    }
 }
