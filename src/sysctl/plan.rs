@@ -195,17 +195,18 @@ fn conflicts(
     conflicting: &[&Assignment],
 ) -> Vec<Conflict> {
     let enforced = mode == Mode::Enforce;
-    // holdfast's line as boot will read it. Its value does not matter here:
-    // a line naming the key is applied whatever its value.
-    let ours = Assignment {
-        file: PathBuf::from("/").join(SYSCTL_PERSIST_FILE),
-        line: 1,
-        key: key.as_str().to_string(),
-        value: Some(SysctlValue::from_kernel(desired)),
-        ignore_failure: false,
-    };
+    let ours;
     let mut read = others.to_vec();
     if enforced {
+        // holdfast's line as boot will read it. Its value does not matter
+        // here: a line naming the key is applied whatever its value.
+        ours = Assignment {
+            file: PathBuf::from("/").join(SYSCTL_PERSIST_FILE),
+            line: 1,
+            key: key.as_str().to_string(),
+            value: Some(SysctlValue::from_kernel(desired)),
+            ignore_failure: false,
+        };
         let at = read
             .iter()
             .position(|a| sorts_after_persist_file(&a.file))
