@@ -177,10 +177,11 @@ impl Observation {
         }
     }
 
-    /// The area's plan over what was read. Pure.
-    pub fn plan(&self, policy: &Policy) -> Vec<crate::item::Item> {
+    /// The area's plan over what was read. Pure. A key pass plans only its
+    /// keys (see [`sysctl_plan::plan_keys`]).
+    pub fn plan(&self, policy: &Policy, focus: Focus<'_>) -> Vec<crate::item::Item> {
         match self {
-            Observation::Sysctl(h) => sysctl_plan::plan(policy, h),
+            Observation::Sysctl(h) => sysctl_plan::plan_focused(policy, h, focus.keys()),
             Observation::Limits(h) => limits_plan::plan(policy, h),
             Observation::Services(h) => services::plan(policy, h),
             Observation::Cgroup(h) => cgroup_plan::plan(policy, h),
@@ -203,7 +204,7 @@ impl Observation {
         match (self, focus) {
             (Observation::Sysctl(_), _) => Vec::new(),
             (obs, Focus::Units(units)) => obs.observe_units(ctx, policy, units),
-            (obs, Focus::All) => {
+            (obs, Focus::All | Focus::Keys(_)) => {
                 let (fresh, warnings) = obs.area().observe(ctx, policy);
                 *obs = fresh;
                 warnings
@@ -238,12 +239,24 @@ impl Observation {
     }
 }
 
-/// What a pass reads again after acting: everything it observed, or, in a
-/// unit pass, only the units an event named.
+/// What a pass is about: everything, or, in a unit pass, only the units an
+/// event named (what it reads again after acting), or, in a key pass, only
+/// the sysctl keys an event named (what it plans and writes).
 #[derive(Debug, Clone, Copy)]
 pub enum Focus<'a> {
     All,
     Units(&'a BTreeSet<String>),
+    Keys(&'a BTreeSet<SysctlKey>),
+}
+
+impl<'a> Focus<'a> {
+    /// The keys of a key pass.
+    pub fn keys(self) -> Option<&'a BTreeSet<SysctlKey>> {
+        match self {
+            Focus::Keys(keys) => Some(keys),
+            Focus::All | Focus::Units(_) => None,
+        }
+    }
 }
 
 /// The systemd units the policy manages: its services and its slices. An

@@ -75,7 +75,10 @@ pub fn apply(host: &HostRoot, policy: &Policy) -> Pass {
 pub fn plan_in(ctx: &Context<'_>, policy: &Policy) -> Pass {
     let started = Instant::now();
     let (observations, warnings) = observe_all(ctx, policy);
-    let items = observations.iter().flat_map(|o| o.plan(policy)).collect();
+    let items = observations
+        .iter()
+        .flat_map(|o| o.plan(policy, Focus::All))
+        .collect();
     finish(items, &warnings, started, observations)
 }
 
@@ -174,10 +177,16 @@ pub fn apply_units_observed(
 /// A held key keeps its planned write (unexecuted), so the persisted file
 /// still holds the policy's value for it: backing off at runtime does not
 /// change what boot applies.
+///
+/// Only `keys` (and the overcommit keys, judged together) are planned and
+/// returned, with the persisted file: the other keys' lines stay as the
+/// last pass planned them (`SysctlHost::persist_entries`), so the pass
+/// costs what its keys cost, not what the policy holds.
 pub fn apply_sysctls_observed(
     host: &HostRoot,
     policy: &Policy,
     observed: &mut SysctlHost,
+    keys: &BTreeSet<SysctlKey>,
     hold: Hold<'_>,
 ) -> Vec<Item> {
     let ctx = Context {
@@ -185,8 +194,14 @@ pub fn apply_sysctls_observed(
         systemd: None,
     };
     let obs = vec![Observation::Sysctl(std::mem::take(observed))];
-    let (items, mut observations, _) =
-        run(&ctx, policy, ApplyOptions::default(), hold, obs, Focus::All);
+    let (items, mut observations, _) = run(
+        &ctx,
+        policy,
+        ApplyOptions::default(),
+        hold,
+        obs,
+        Focus::Keys(keys),
+    );
     if let Some(Observation::Sysctl(h)) = observations.pop() {
         *observed = h;
     }
@@ -264,7 +279,7 @@ fn run(
     focus: Focus<'_>,
 ) -> (Vec<Item>, Vec<Observation>, Vec<IoError>) {
     let mut warnings = Vec::new();
-    let planned: Vec<Vec<Item>> = observations.iter().map(|o| o.plan(policy)).collect();
+    let planned: Vec<Vec<Item>> = observations.iter().map(|o| o.plan(policy, focus)).collect();
     let mut record = Record::default();
     // Every change's original goes to the journal before the change.
     let mut originals = Recorder::new(ctx.host);
@@ -297,19 +312,14 @@ fn run(
             warnings.extend(sysctl_observe::reread_conf(ctx.host, h));
         }
         let mut merged = if record.acted.contains(&Area::Sysctl) {
-            let mut merged = merge(
-                Area::Sysctl,
-                &planned[i],
-                sysctl_plan::plan(policy, h),
-                &record,
-                hold,
-            );
+            let after = sysctl_plan::plan_focused(policy, h, focus.keys());
+            let mut merged = merge(Area::Sysctl, &planned[i], after, &record, hold);
             merged.extend(removed_copies(&planned[i], &merged, &record));
             merged
         } else {
             planned[i].clone()
         };
-        persist(ctx.host, policy, h, &mut merged, hold, &mut originals);
+        persist(ctx.host, policy, h, &mut merged, focus, hold, &mut originals);
         done[i] = Some(merged);
     }
 
@@ -440,7 +450,7 @@ fn run(
         }
         let merged = if record.acted.contains(&obs.area()) {
             warnings.extend(obs.refresh(ctx, policy, focus));
-            merge(obs.area(), &before, obs.plan(policy), &record, hold)
+            merge(obs.area(), &before, obs.plan(policy, focus), &record, hold)
         } else {
             before
         };
@@ -800,16 +810,35 @@ fn merge(
 
 /// holdfast's sysctl.d file must hold the values the kernel really has now,
 /// so it is planned from the merged sysctl items and written last.
+///
+/// A key pass updates only its keys' lines of the entries the last pass
+/// left (`SysctlHost::persist_entries`); the first pass plans every line.
 fn persist(
     host: &HostRoot,
     policy: &Policy,
     obs: &mut SysctlHost,
     items: &mut Vec<Item>,
+    focus: Focus<'_>,
     hold: Hold<'_>,
     originals: &mut Recorder<'_>,
 ) {
     items.retain(|i| i.kind() != Kind::SysctlPersist);
-    let Some(mut item) = sysctl_plan::persist_item(policy, items, obs) else {
+    let entries = match (focus, obs.persist_entries.take()) {
+        (Focus::Keys(_), Some(mut entries)) => {
+            sysctl_plan::update_persist_entries(&mut entries, policy, items, obs);
+            entries
+        }
+        (Focus::Keys(_), None) => {
+            let mut entries =
+                sysctl_plan::persist_entries(policy, &sysctl_plan::plan(policy, obs), obs);
+            sysctl_plan::update_persist_entries(&mut entries, policy, items, obs);
+            entries
+        }
+        (Focus::All | Focus::Units(_), _) => sysctl_plan::persist_entries(policy, items, obs),
+    };
+    let item = sysctl_plan::persist_file_item(policy, &entries, obs);
+    obs.persist_entries = Some(entries);
+    let Some(mut item) = item else {
         return;
     };
     if !hold(&item)

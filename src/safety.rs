@@ -111,13 +111,22 @@ pub enum OvercommitKey {
 }
 
 impl OvercommitKey {
-    pub fn from_sysctl(key: &str) -> Option<OvercommitKey> {
-        match key {
-            "vm.overcommit_memory" => Some(OvercommitKey::Memory),
-            "vm.overcommit_ratio" => Some(OvercommitKey::Ratio),
-            "vm.overcommit_kbytes" => Some(OvercommitKey::Kbytes),
-            _ => None,
+    pub const ALL: [OvercommitKey; 3] = [
+        OvercommitKey::Memory,
+        OvercommitKey::Ratio,
+        OvercommitKey::Kbytes,
+    ];
+
+    pub fn as_sysctl(self) -> &'static str {
+        match self {
+            OvercommitKey::Memory => "vm.overcommit_memory",
+            OvercommitKey::Ratio => "vm.overcommit_ratio",
+            OvercommitKey::Kbytes => "vm.overcommit_kbytes",
         }
+    }
+
+    pub fn from_sysctl(key: &str) -> Option<OvercommitKey> {
+        OvercommitKey::ALL.into_iter().find(|k| k.as_sysctl() == key)
     }
 }
 

@@ -136,15 +136,25 @@ pub fn drift_to_correction(
     n: usize,
     spacing: Duration,
 ) -> Vec<Duration> {
+    drift_to_correction_of(&vec![(path, drift, want); n], spacing)
+}
+
+/// [`drift_to_correction`] over several keys: for each `(path, drift,
+/// want)` in turn (the same key may come again), one write of `drift`, `spacing` after the last sample,
+/// timed to the first event on that key after which it reads `want`. One
+/// inotify instance watches every path.
+pub fn drift_to_correction_of(targets: &[(&Path, &str, &str)], spacing: Duration) -> Vec<Duration> {
     let (tx, rx) = std::sync::mpsc::channel();
     let mut inotify = inotify::Inotify::init().expect("inotify");
-    inotify
-        .watches()
-        .add(
-            path,
-            inotify::WatchMask::CLOSE_WRITE | inotify::WatchMask::MODIFY,
-        )
-        .expect("watch");
+    for (path, _, _) in targets {
+        inotify
+            .watches()
+            .add(
+                path,
+                inotify::WatchMask::CLOSE_WRITE | inotify::WatchMask::MODIFY,
+            )
+            .expect("watch");
+    }
     std::thread::spawn(move || {
         let mut buffer = [0u8; 4096];
         loop {
@@ -157,35 +167,36 @@ pub fn drift_to_correction(
             }
         }
     });
-    let mut samples = Vec::with_capacity(n);
+    let mut samples = Vec::with_capacity(targets.len());
     let mut lost = 0;
-    for _ in 0..n {
+    for (path, drift, want) in targets {
         std::thread::sleep(spacing);
         while rx.try_recv().is_ok() {}
         let started = Instant::now();
         std::fs::write(path, format!("{drift}\n")).expect("write the drift");
-        let deadline = started + Duration::from_secs(2);
+        let deadline = started + Duration::from_secs(10);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(at) => {
                     let now = std::fs::read_to_string(path).unwrap_or_default();
-                    if now.trim() == want {
+                    if now.trim() == *want {
                         samples.push(at.saturating_duration_since(started));
                         break;
                     }
                 }
                 Err(_) => {
                     lost += 1;
-                    let now = std::fs::read_to_string(path).unwrap_or_default();
-                    println!("  not corrected within 2 s (the key reads {})", now.trim());
                     break;
                 }
             }
         }
     }
     if lost > 0 {
-        println!("  WARNING: {lost} of {n} writes were not corrected within 2 s");
+        println!(
+            "  WARNING: {lost} of {} writes were not corrected within 10 s",
+            targets.len()
+        );
     }
     samples
 }

@@ -501,9 +501,11 @@ impl Reconciler {
             .map(SysctlKey::as_str)
             .filter(|k| !torn.contains(*k))
             .collect();
-        // Keys not re-read keep their cached state and are never written
-        // from it; nor are holdfast's copies of vendor files, which only a
-        // full pass (one reads the sysctl.d files) writes.
+        // Only the keys re-read are planned (and the overcommit keys, which
+        // the gate judges together): those not re-read keep their cached
+        // state and are never written from it; nor are holdfast's copies of
+        // vendor files, which only a full pass (one reads the sysctl.d
+        // files) plans.
         let hold = |item: &Item| {
             item.key
                 .sysctl()
@@ -513,7 +515,12 @@ impl Reconciler {
         };
         // The engine keeps the cache true: it re-reads what it wrote and
         // records the persisted file it wrote.
-        let items = engine::apply_sysctls_observed(host, policy, cache, &hold);
+        let focus: BTreeSet<SysctlKey> = refresh
+            .iter()
+            .filter(|k| refreshed.contains(k.as_str()))
+            .cloned()
+            .collect();
+        let items = engine::apply_sysctls_observed(host, policy, cache, &focus, &hold);
         let fresh: Vec<Item> = items
             .into_iter()
             .filter(|i| match &i.key {

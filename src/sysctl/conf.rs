@@ -147,6 +147,66 @@ pub fn assignments_for<'a>(
         .collect()
 }
 
+/// The lines of the sysctl.d files in boot order, indexed once per read of
+/// the directories: the lines naming each key string, and the globs apart
+/// (a host has few), so that the lines concerning one key are found
+/// without reading every line.
+#[derive(Debug, Clone, Default)]
+pub struct BootLines {
+    lines: Vec<Assignment>,
+    by_key: HashMap<String, Vec<usize>>,
+    globs: Vec<usize>,
+}
+
+impl BootLines {
+    pub fn new(lines: Vec<Assignment>) -> BootLines {
+        let mut by_key: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut globs = Vec::new();
+        for (i, a) in lines.iter().enumerate() {
+            if a.is_glob() {
+                globs.push(i);
+            } else {
+                by_key.entry(a.key.clone()).or_default().push(i);
+            }
+        }
+        BootLines {
+            lines,
+            by_key,
+            globs,
+        }
+    }
+
+    /// Every line, in boot order.
+    pub fn all(&self) -> &[Assignment] {
+        &self.lines
+    }
+
+    /// The lines that concern `key` (naming it, excluding it, or a glob
+    /// that matches it), in boot order: what [`assignments_for`] finds over
+    /// every line.
+    pub fn concerning(&self, key: &str) -> Vec<&Assignment> {
+        let named = self.by_key.get(key).map_or(&[][..], Vec::as_slice);
+        let mut at: Vec<usize> = self
+            .globs
+            .iter()
+            .copied()
+            .filter(|&i| key_matches(&self.lines[i].key, key))
+            .collect();
+        if at.is_empty() {
+            return named.iter().map(|&i| &self.lines[i]).collect();
+        }
+        at.extend_from_slice(named);
+        at.sort_unstable();
+        at.into_iter().map(|i| &self.lines[i]).collect()
+    }
+}
+
+impl FromIterator<Assignment> for BootLines {
+    fn from_iter<I: IntoIterator<Item = Assignment>>(iter: I) -> BootLines {
+        BootLines::new(iter.into_iter().collect())
+    }
+}
+
 /// What boot does with `key`, given every line read in boot order (or
 /// those of [`assignments_for`] the key). systemd-sysctl keeps one entry
 /// per key string, in the order read: a later line of the same key string

@@ -7,7 +7,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use super::Observed;
-use super::conf::{self, Assignment};
+use super::conf::{self, Assignment, BootLines};
 use super::plan::{self, SysctlHost};
 use super::vendor::{EtcEntry, SameName, VendorFile};
 use super::{SysctlKey, SysctlValue};
@@ -39,9 +39,10 @@ pub fn observe(host: &HostRoot, policy: &Policy) -> (SysctlHost, Vec<IoError>) {
     let persisted = host::read_optional_or_warn(&persist_path, &mut warnings);
     let state = SysctlHost {
         values,
-        boot,
+        boot: BootLines::new(boot),
         meminfo,
         persisted,
+        persist_entries: None,
         persist_path,
         vendor,
     };
@@ -53,7 +54,7 @@ pub fn observe(host: &HostRoot, policy: &Policy) -> (SysctlHost, Vec<IoError>) {
 /// applies).
 pub fn reread_conf(host: &HostRoot, observed: &mut SysctlHost) -> Vec<IoError> {
     let (conf, warnings) = read_conf(host);
-    observed.boot = conf.boot;
+    observed.boot = BootLines::new(conf.boot);
     observed.vendor = conf.vendor;
     warnings
 }
@@ -87,7 +88,8 @@ pub fn read_boot_config(host: &HostRoot) -> (Vec<Assignment>, Vec<IoError>) {
 
 /// What the sysctl.d directories hold.
 pub struct ConfFiles {
-    /// The assignments boot applies, in boot order.
+    /// The assignments boot applies, in boot order, but those of holdfast's
+    /// own file.
     pub boot: Vec<Assignment>,
     /// Every vendor file with what `/etc/sysctl.d` has of its name, and
     /// holdfast's copies whose vendor file is gone.
@@ -133,7 +135,13 @@ pub fn read_conf(host: &HostRoot) -> (ConfFiles, Vec<IoError>) {
     let mut texts: HashMap<PathBuf, String> = HashMap::new();
     let mut own_copies: Vec<String> = Vec::new();
     let persist_name = Path::new(SYSCTL_PERSIST_FILE).file_name();
+    // holdfast's own file is read apart (`SysctlHost::persisted`) and is
+    // never a competitor of its own keys: its lines are not parsed here.
+    let persist_path = host.sysctl_persist_file();
     for file in files {
+        if file == persist_path {
+            continue;
+        }
         match host::read_to_string(&file) {
             Ok(text) => {
                 assignments.extend(conf::parse(&file, &text));

@@ -8,10 +8,10 @@
 //! - The persisted file holds exactly the enforced keys with the values the
 //!   kernel has (or will have) after the pass, so boot agrees with runtime.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use super::conf::{self, Assignment, AtBoot};
+use super::conf::{self, Assignment, AtBoot, BootLines};
 use super::vendor::{self, SameName};
 use super::{Comparison, Expect, Observed, SysctlKey, SysctlValue};
 use crate::host::SYSCTL_PERSIST_FILE;
@@ -24,11 +24,16 @@ use crate::safety::{self, GateFigures, MemInfo, Overcommit, OvercommitKey, Verdi
 pub struct SysctlHost {
     /// Every policy key, plus the overcommit keys when the policy has any.
     pub values: BTreeMap<SysctlKey, Observed>,
-    /// sysctl.d assignments in boot order.
-    pub boot: Vec<Assignment>,
+    /// The sysctl.d assignments in boot order, indexed by key: those of
+    /// every file but holdfast's own, which is `persisted` and never counts
+    /// as a competitor of its keys.
+    pub boot: BootLines,
     pub meminfo: Option<MemInfo>,
     /// The persisted file as it is now, if it exists.
     pub persisted: Option<String>,
+    /// The lines of holdfast's file as the last pass over every key (or a
+    /// key pass since) planned them; a key pass replaces only its keys'.
+    pub persist_entries: Option<PersistEntries>,
     /// The persisted file's path on this host (for reports and actions).
     pub persist_path: PathBuf,
     /// Every vendor sysctl.d file (outside `/etc`) with what
@@ -67,15 +72,48 @@ pub fn needs_meminfo(policy: &Policy) -> bool {
 /// Plans the sysctl items: one per policy key, holdfast's copies of vendor
 /// files (`sysctl_conflicts: override`), then holdfast's persisted file.
 pub fn plan(policy: &Policy, host: &SysctlHost) -> Vec<Item> {
-    let (mut items, targets): (Vec<Item>, Vec<Option<SysctlValue>>) = policy
-        .sysctls
-        .values()
-        .map(|rule| compare(policy, rule, host))
-        .unzip();
-    gate_overcommit(policy, host, &mut items, &targets);
+    let mut items = compare_all(policy, policy.sysctls.values(), host);
     items.extend(vendor::plan(policy, &host.vendor));
     let persist = persist_item(policy, &items, host);
     items.extend(persist);
+    items
+}
+
+/// [`plan_keys`] when `keys` names some, else [`plan`].
+pub fn plan_focused(
+    policy: &Policy,
+    host: &SysctlHost,
+    keys: Option<&BTreeSet<SysctlKey>>,
+) -> Vec<Item> {
+    match keys {
+        Some(keys) => plan_keys(policy, host, keys),
+        None => plan(policy, host),
+    }
+}
+
+/// Plans only the items of `keys` (a key pass: an event named them), and
+/// of the overcommit keys, which the gate judges together: no vendor copy
+/// and no persisted file, which [`persist_item_updated`] plans from these
+/// items and the file's entries as the last pass left them. What it costs
+/// grows with `keys`, not with the policy.
+pub fn plan_keys(policy: &Policy, host: &SysctlHost, keys: &BTreeSet<SysctlKey>) -> Vec<Item> {
+    let overcommit = OvercommitKey::ALL
+        .iter()
+        .filter_map(|k| SysctlKey::parse(k.as_sysctl()).ok());
+    let wanted: BTreeSet<SysctlKey> = keys.iter().cloned().chain(overcommit).collect();
+    let rules = wanted.iter().filter_map(|k| policy.sysctls.get(k));
+    compare_all(policy, rules, host)
+}
+
+/// Compares each rule and applies the overcommit gate to the writes.
+fn compare_all<'a>(
+    policy: &Policy,
+    rules: impl Iterator<Item = &'a SysctlRule>,
+    host: &SysctlHost,
+) -> Vec<Item> {
+    let (mut items, targets): (Vec<Item>, Vec<Option<SysctlValue>>) =
+        rules.map(|rule| compare(policy, rule, host)).unzip();
+    gate_overcommit(policy, host, &mut items, &targets);
     items
 }
 
@@ -130,7 +168,7 @@ fn compare(policy: &Policy, rule: &SysctlRule, host: &SysctlHost) -> (Item, Opti
             item.detail.push(why.clone());
         }
     }
-    let others = others(&host.boot, &rule.key);
+    let others = host.boot.concerning(rule.key.as_str());
     let conflicting = conflicting(&rule.expect, &others);
     item.conflicts = conflicts(&rule.key, mode, &item.desired, &others, &conflicting);
     for c in item.conflicts.iter().filter(|c| c.wins_at_boot) {
@@ -170,15 +208,6 @@ fn conflicting<'a>(expect: &Expect, others: &[&'a Assignment]) -> Vec<&'a Assign
                 .is_some_and(|v| expect.compare(v) != Comparison::Compliant)
         })
         .collect()
-}
-
-/// The lines of files other than holdfast's that concern `key` (naming it,
-/// excluding it, or a glob that matches it), in boot order.
-fn others<'a>(boot: &'a [Assignment], key: &SysctlKey) -> Vec<&'a Assignment> {
-    conf::assignments_for(
-        boot.iter().filter(|a| !is_persist_file(&a.file)),
-        key.as_str(),
-    )
 }
 
 /// The conflicts of `key`: its `conflicting` lines, and, once enforced, an
@@ -236,10 +265,6 @@ fn conflicts(
 
 /// The value a conflict shows for an exclusion line.
 const EXCLUDED: &str = "nothing (an exclusion, `-KEY`)";
-
-fn is_persist_file(path: &Path) -> bool {
-    path.ends_with(SYSCTL_PERSIST_FILE)
-}
 
 fn sorts_after_persist_file(path: &Path) -> bool {
     if path.ends_with("etc/sysctl.conf") {
@@ -402,33 +427,74 @@ pub fn render_persist_file(entries: &[PersistEntry]) -> String {
     out
 }
 
+/// The lines of holdfast's sysctl.d file, in the file's order (see
+/// [`write_order`]).
+pub type PersistEntries = BTreeMap<(u8, SysctlKey), PersistEntry>;
+
 /// Plans holdfast's persisted file from the items' final values. Called by
 /// `plan` (with pending writes) and again by `apply` (with verified values).
 pub fn persist_item(policy: &Policy, items: &[Item], host: &SysctlHost) -> Option<Item> {
-    let mut entries = Vec::new();
-    let mut any_enforced = false;
-    for rule in policy.sysctls.values() {
-        if policy.mode_of(rule.mode) != Mode::Enforce {
-            continue;
-        }
-        any_enforced = true;
-        let Some(item) = items.iter().find(|i| i.key.sysctl() == Some(&rule.key)) else {
+    persist_file_item(policy, &persist_entries(policy, items, host), host)
+}
+
+/// The entries of holdfast's file for the enforced keys among `items`.
+pub fn persist_entries(policy: &Policy, items: &[Item], host: &SysctlHost) -> PersistEntries {
+    let mut entries = PersistEntries::new();
+    update_persist_entries(&mut entries, policy, items, host);
+    entries
+}
+
+/// Replaces the entries of the keys of `items` (the enforced ones) with
+/// what those items now say: a key pass changes only its keys' lines.
+pub fn update_persist_entries(
+    entries: &mut PersistEntries,
+    policy: &Policy,
+    items: &[Item],
+    host: &SysctlHost,
+) {
+    for item in items {
+        let Some(rule) = item.key.sysctl().and_then(|k| policy.sysctls.get(k)) else {
             continue;
         };
-        if let Some(value) = persist_value(rule, item) {
-            entries.push(PersistEntry {
-                key: rule.key.clone(),
-                value,
-                present: !matches!(host.values.get(&rule.key), Some(Observed::Absent) | None),
-            });
+        let slot = (write_order(rule.key.as_str()), rule.key.clone());
+        if policy.mode_of(rule.mode) != Mode::Enforce {
+            entries.remove(&slot);
+            continue;
+        }
+        match persist_value(rule, item) {
+            Some(value) => {
+                entries.insert(
+                    slot,
+                    PersistEntry {
+                        key: rule.key.clone(),
+                        value,
+                        present: !matches!(
+                            host.values.get(&rule.key),
+                            Some(Observed::Absent) | None
+                        ),
+                    },
+                );
+            }
+            None => {
+                entries.remove(&slot);
+            }
         }
     }
-    // Boot applies lines in order: keys that change others when written come
-    // before the keys they change, and the overcommit limit before the mode,
-    // as at runtime.
-    entries.sort_by(|a, b| {
-        (write_order(a.key.as_str()), &a.key).cmp(&(write_order(b.key.as_str()), &b.key))
-    });
+}
+
+/// holdfast's persisted file as an item, given its entries: boot applies
+/// lines in order, so keys that change others when written come before the
+/// keys they change, and the overcommit limit before the mode, as at
+/// runtime (the entries' order).
+pub fn persist_file_item(
+    policy: &Policy,
+    entries: &PersistEntries,
+    host: &SysctlHost,
+) -> Option<Item> {
+    let any_enforced = policy
+        .sysctls
+        .values()
+        .any(|rule| policy.mode_of(rule.mode) == Mode::Enforce);
     if !any_enforced && host.persisted.is_none() {
         return None;
     }
@@ -438,6 +504,7 @@ pub fn persist_item(policy: &Policy, items: &[Item], host: &SysctlHost) -> Optio
         Mode::Audit
     };
     let (desired, desired_label) = if any_enforced {
+        let entries: Vec<PersistEntry> = entries.values().cloned().collect();
         (
             Some(render_persist_file(&entries)),
             format!("{} keys", entries.len()),
