@@ -27,7 +27,7 @@ use crate::item::{Action, Item, ItemKey, Kind, State};
 use crate::journal as journal_model;
 use crate::journal::store::{self as journal, Change, Recorder};
 use crate::policy::{Mode, Policy};
-use crate::sysctl::plan::{self as sysctl_plan, SysctlHost};
+use crate::sysctl::plan::{self as sysctl_plan, PersistPlan, SysctlHost};
 use crate::sysctl::{Observed, SysctlKey};
 use crate::sysctl::{converge as sysctl_converge, observe as sysctl_observe};
 
@@ -180,7 +180,7 @@ pub fn apply_units_observed(
 ///
 /// Only `keys` (and the overcommit keys, judged together) are planned and
 /// returned, with the persisted file: the other keys' lines stay as the
-/// last pass planned them (`SysctlHost::persist_entries`), so the pass
+/// last pass planned them (`SysctlHost::persist_plan`), so the pass
 /// costs what its keys cost, not what the policy holds.
 pub fn apply_sysctls_observed(
     host: &HostRoot,
@@ -812,7 +812,7 @@ fn merge(
 /// so it is planned from the merged sysctl items and written last.
 ///
 /// A key pass updates only its keys' lines of the entries the last pass
-/// left (`SysctlHost::persist_entries`); the first pass plans every line.
+/// left (`SysctlHost::persist_plan`); the first pass plans every line.
 fn persist(
     host: &HostRoot,
     policy: &Policy,
@@ -823,21 +823,20 @@ fn persist(
     originals: &mut Recorder<'_>,
 ) {
     items.retain(|i| i.kind() != Kind::SysctlPersist);
-    let entries = match (focus, obs.persist_entries.take()) {
-        (Focus::Keys(_), Some(mut entries)) => {
-            sysctl_plan::update_persist_entries(&mut entries, policy, items, obs);
-            entries
+    let plan = match (focus, obs.persist_plan.take()) {
+        (Focus::Keys(_), Some(mut plan)) => {
+            plan.update(policy, items, obs);
+            plan
         }
         (Focus::Keys(_), None) => {
-            let mut entries =
-                sysctl_plan::persist_entries(policy, &sysctl_plan::plan(policy, obs), obs);
-            sysctl_plan::update_persist_entries(&mut entries, policy, items, obs);
-            entries
+            let mut plan = PersistPlan::of(policy, &sysctl_plan::plan(policy, obs), obs);
+            plan.update(policy, items, obs);
+            plan
         }
-        (Focus::All | Focus::Units(_), _) => sysctl_plan::persist_entries(policy, items, obs),
+        (Focus::All | Focus::Units(_), _) => PersistPlan::of(policy, items, obs),
     };
-    let item = sysctl_plan::persist_file_item(policy, &entries, obs);
-    obs.persist_entries = Some(entries);
+    let item = sysctl_plan::persist_file_item(policy, &plan, obs);
+    obs.persist_plan = Some(plan);
     let Some(mut item) = item else {
         return;
     };

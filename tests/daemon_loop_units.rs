@@ -140,7 +140,7 @@ impl Harness {
         snap.items
             .iter()
             .find(|i| i.item.key.to_string().ends_with(key_end))
-            .cloned()
+            .map(|i| ItemStatus::clone(i))
             .unwrap_or_else(|| panic!("no item ending {key_end}: {:#?}", snap.items))
     }
 }

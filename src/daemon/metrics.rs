@@ -466,15 +466,15 @@ mod tests {
         }
     }
 
-    fn setting(kind: Kind, key: &str, state: State) -> ItemStatus {
+    fn setting(kind: Kind, key: &str, state: State) -> Arc<ItemStatus> {
         let mut item = Item::new(key_of(kind, key), "1", Mode::Enforce);
         item.state = state;
-        ItemStatus {
+        Arc::new(ItemStatus {
             item,
             last_change: SystemTime::now(),
             corrections: 0,
             next_attempt: None,
-        }
+        })
     }
 
     /// A daemon on `root` with the default listeners (the Unix socket and

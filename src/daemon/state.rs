@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::host::HostRoot;
-use crate::item::{self, Item, State};
+use crate::item::{Item, State};
 use crate::journal::{Journal, store as journal_store};
 use crate::policy::{Mode, Policy, PolicyError};
 
@@ -22,7 +22,7 @@ pub struct Snapshot {
     pub started_at: SystemTime,
     pub policy: PolicyState,
     pub last_pass: Option<PassInfo>,
-    pub items: Vec<ItemStatus>,
+    pub items: Vec<Arc<ItemStatus>>,
     /// Problems reading auxiliary files in the last full pass.
     pub warnings: Vec<String>,
     pub listeners: Arc<Vec<ListenerStatus>>,
@@ -93,9 +93,9 @@ impl Snapshot {
 
     /// `3 drifted, 41 compliant`: the non-zero counts, for systemd's STATUS=.
     pub fn summary_line(&self) -> String {
-        let items: Vec<Item> = self.items.iter().map(|i| i.item.clone()).collect();
-        let counts: Vec<String> = item::summary(&items)
+        let counts: Vec<String> = State::ALL
             .into_iter()
+            .map(|s| (s, self.count(s)))
             .filter(|(_, n)| *n > 0)
             .map(|(s, n)| format!("{n} {s}"))
             .collect();

@@ -544,8 +544,8 @@ mod tests {
             keys: true,
         });
         snap.items = vec![
-            item("net.core.somaxconn", State::Corrected, "4096"),
-            item("vm.swappiness", State::Drifted, "60"),
+            Arc::new(item("net.core.somaxconn", State::Corrected, "4096")),
+            Arc::new(item("vm.swappiness", State::Drifted, "60")),
         ];
         snap
     }

@@ -4,7 +4,8 @@
 //! the loop logs them, counts them in the metrics and tells systemd. No
 //! I/O, no logging, no clock of its own.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
@@ -19,7 +20,9 @@ use crate::policy::Mode;
 /// One setting as the loop keeps it.
 #[derive(Debug, Clone)]
 struct Entry {
-    status: ItemStatus,
+    /// Shared with the snapshots published since it last changed: a pass
+    /// that leaves a setting alone copies no part of it.
+    status: Arc<ItemStatus>,
     /// The state the last pass found, before the daemon's view (contested,
     /// sticky corrected) was put on it.
     found: State,
@@ -79,6 +82,8 @@ pub enum Event {
 pub struct ItemView {
     cfg: TrackerConfig,
     entries: Vec<Entry>,
+    /// Each entry's place in `entries`.
+    index: HashMap<ItemKey, usize>,
     trackers: HashMap<ItemKey, Tracker>,
 }
 
@@ -87,12 +92,13 @@ impl ItemView {
         ItemView {
             cfg,
             entries: Vec::new(),
+            index: HashMap::new(),
             trackers: HashMap::new(),
         }
     }
 
     /// The statuses, in the order the passes reported them.
-    pub fn statuses(&self) -> impl Iterator<Item = &ItemStatus> {
+    pub fn statuses(&self) -> impl Iterator<Item = &Arc<ItemStatus>> {
         self.entries.iter().map(|e| &e.status)
     }
 
@@ -170,17 +176,11 @@ impl ItemView {
         let (now, wall) = at;
         let cfg = self.cfg;
         let window = cfg.contest.window;
-        let index: HashMap<ItemKey, usize> = self
-            .entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| (e.status.item.key.clone(), i))
-            .collect();
         let mut names: Option<Vec<String>> = None;
         let mut events = Vec::new();
         let mut updated = Vec::with_capacity(fresh.len());
         for mut item in fresh {
-            let prev = index.get(&item.key).map(|&i| &self.entries[i]);
+            let prev = self.index.get(&item.key).map(|&i| &self.entries[i]);
             let found = item.state;
             let kind = item.kind();
             let tracker = self.trackers.entry(item.key.clone()).or_default();
@@ -313,27 +313,34 @@ impl ItemView {
                 _ => wall,
             };
             updated.push(Entry {
-                status: ItemStatus {
+                status: Arc::new(ItemStatus {
                     item,
                     last_change,
                     corrections,
                     next_attempt,
-                },
+                }),
                 found,
                 suspects,
                 backoff_note,
             });
         }
         if full {
-            let keep: HashSet<ItemKey> =
-                updated.iter().map(|e| e.status.item.key.clone()).collect();
-            self.trackers.retain(|id, _| keep.contains(id));
+            self.index = updated
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (e.status.item.key.clone(), i))
+                .collect();
+            self.trackers.retain(|id, _| self.index.contains_key(id));
             self.entries = updated;
         } else {
             for e in updated {
-                match index.get(&e.status.item.key) {
+                match self.index.get(&e.status.item.key) {
                     Some(&i) => self.entries[i] = e,
-                    None => self.entries.push(e),
+                    None => {
+                        self.index
+                            .insert(e.status.item.key.clone(), self.entries.len());
+                        self.entries.push(e);
+                    }
                 }
             }
         }

@@ -149,11 +149,72 @@ pub struct Change<'a> {
     pub known: Option<Original>,
 }
 
-/// The journal of one pass: read on first use, replaced once per batch of
-/// new originals.
+/// The journal file's identity and version: inode, size and modification
+/// time (`None`: no file). Every replace is a new inode.
+type Stamp = Option<(u64, u64, i64, i64)>;
+
+fn stamp_of(path: &Path) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .ok()
+        .map(|m| (m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+}
+
+/// The journal a pass of this process left, with its file's path and
+/// stamp. The next pass takes it when the file is still that one, so that
+/// a daemon's key pass does not parse a journal of thousands of entries to
+/// learn that its key already has one.
+struct Kept {
+    path: PathBuf,
+    stamp: Stamp,
+    journal: Journal,
+}
+
+static KEPT: std::sync::Mutex<Option<Kept>> = std::sync::Mutex::new(None);
+
+/// The journal, from what the last pass kept when its file has not changed
+/// since, else read.
+fn take_or_load(host: &HostRoot) -> Result<Journal, LoadError> {
+    let path = host.journal_file();
+    let stamp = stamp_of(&path);
+    let kept = KEPT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    match kept {
+        Some(k) if k.path == path && k.stamp == stamp => Ok(k.journal),
+        _ => load(host),
+    }
+}
+
+/// The journal of one pass: read on first use (or taken from the last
+/// pass, see [`Kept`]), replaced once per batch of new originals, and kept
+/// for the next pass when it is as the file has it.
 pub struct Recorder<'a> {
     host: &'a HostRoot,
     journal: Option<Journal>,
+    /// A replace failed: what the file holds is not known.
+    unsure: bool,
+}
+
+impl Drop for Recorder<'_> {
+    fn drop(&mut self) {
+        let Some(journal) = self.journal.take() else {
+            return;
+        };
+        if self.unsure {
+            return;
+        }
+        let path = self.host.journal_file();
+        let stamp = stamp_of(&path);
+        *KEPT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Kept {
+            path,
+            stamp,
+            journal,
+        });
+    }
 }
 
 impl<'a> Recorder<'a> {
@@ -161,12 +222,13 @@ impl<'a> Recorder<'a> {
         Recorder {
             host,
             journal: None,
+            unsure: false,
         }
     }
 
     fn loaded(&mut self) -> Result<&mut Journal, String> {
         if self.journal.is_none() {
-            let j = load(self.host)
+            let j = take_or_load(self.host)
                 .map_err(|e| format!("not changed: the originals journal cannot be read ({e})"))?;
             self.journal = Some(j);
         }
@@ -228,6 +290,7 @@ impl<'a> Recorder<'a> {
                 journal.remove(&target);
                 results[i] = Err(why.clone());
             }
+            self.unsure = true;
         }
         results
     }

@@ -42,7 +42,7 @@ pub fn observe(host: &HostRoot, policy: &Policy) -> (SysctlHost, Vec<IoError>) {
         boot: BootLines::new(boot),
         meminfo,
         persisted,
-        persist_entries: None,
+        persist_plan: None,
         persist_path,
         vendor,
     };

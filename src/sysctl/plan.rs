@@ -9,6 +9,7 @@
 //!   kernel has (or will have) after the pass, so boot agrees with runtime.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use super::conf::{self, Assignment, AtBoot, BootLines};
@@ -31,9 +32,9 @@ pub struct SysctlHost {
     pub meminfo: Option<MemInfo>,
     /// The persisted file as it is now, if it exists.
     pub persisted: Option<String>,
-    /// The lines of holdfast's file as the last pass over every key (or a
-    /// key pass since) planned them; a key pass replaces only its keys'.
-    pub persist_entries: Option<PersistEntries>,
+    /// holdfast's file as the last pass over every key (or a key pass
+    /// since) planned it; a key pass replaces only its keys' lines.
+    pub persist_plan: Option<PersistPlan>,
     /// The persisted file's path on this host (for reports and actions).
     pub persist_path: PathBuf,
     /// Every vendor sysctl.d file (outside `/etc`) with what
@@ -408,7 +409,7 @@ pub struct PersistEntry {
 /// not recognise fails the rule even when the running value is right. Only a
 /// key absent when the file is written gets systemd-sysctl's `-` prefix, so
 /// that boot skips it quietly on a kernel or at a moment without it.
-pub fn render_persist_file(entries: &[PersistEntry]) -> String {
+pub fn render_persist_file<'a>(entries: impl IntoIterator<Item = &'a PersistEntry>) -> String {
     let mut out = String::from(
         "# Managed by holdfast: the enforced sysctls of its policy, so that boot\n\
          # agrees with the running values. Do not edit: holdfast rewrites this file.\n\
@@ -418,79 +419,82 @@ pub fn render_persist_file(entries: &[PersistEntry]) -> String {
     );
     for entry in entries {
         let dash = if entry.present { "" } else { "-" };
-        out.push_str(&format!(
-            "{dash}{} = {}\n",
-            entry.key,
-            entry.value.canonical()
-        ));
+        // Writing to a String cannot fail.
+        let _ = writeln!(out, "{dash}{} = {}", entry.key, entry.value.canonical());
     }
     out
 }
 
 /// The lines of holdfast's sysctl.d file, in the file's order (see
 /// [`write_order`]).
-pub type PersistEntries = BTreeMap<(u8, SysctlKey), PersistEntry>;
+type PersistEntries = BTreeMap<(u8, SysctlKey), PersistEntry>;
+
+/// holdfast's sysctl.d file as a pass planned it: its lines by key, and the
+/// text they render to. A key pass replaces its keys' lines and renders the
+/// file again only when one of them changed.
+#[derive(Debug, Clone, Default)]
+pub struct PersistPlan {
+    entries: PersistEntries,
+    text: String,
+}
+
+impl PersistPlan {
+    /// The file for the enforced keys among `items`.
+    pub fn of(policy: &Policy, items: &[Item], host: &SysctlHost) -> PersistPlan {
+        let mut plan = PersistPlan::default();
+        plan.update_entries(policy, items, host);
+        plan.text = render_persist_file(plan.entries.values());
+        plan
+    }
+
+    /// Replaces the lines of the keys of `items` with what those items now
+    /// say.
+    pub fn update(&mut self, policy: &Policy, items: &[Item], host: &SysctlHost) {
+        if self.update_entries(policy, items, host) {
+            self.text = render_persist_file(self.entries.values());
+        }
+    }
+
+    /// Whether a line changed.
+    fn update_entries(&mut self, policy: &Policy, items: &[Item], host: &SysctlHost) -> bool {
+        let mut changed = false;
+        for item in items {
+            let Some(rule) = item.key.sysctl().and_then(|k| policy.sysctls.get(k)) else {
+                continue;
+            };
+            let slot = (write_order(rule.key.as_str()), rule.key.clone());
+            let entry = (policy.mode_of(rule.mode) == Mode::Enforce)
+                .then(|| persist_value(rule, item))
+                .flatten()
+                .map(|value| PersistEntry {
+                    key: rule.key.clone(),
+                    value,
+                    present: !matches!(host.values.get(&rule.key), Some(Observed::Absent) | None),
+                });
+            let line_changed = match entry {
+                Some(entry) => {
+                    let same = self.entries.get(&slot) == Some(&entry);
+                    if !same {
+                        self.entries.insert(slot, entry);
+                    }
+                    !same
+                }
+                None => self.entries.remove(&slot).is_some(),
+            };
+            changed |= line_changed;
+        }
+        changed
+    }
+}
 
 /// Plans holdfast's persisted file from the items' final values. Called by
 /// `plan` (with pending writes) and again by `apply` (with verified values).
 pub fn persist_item(policy: &Policy, items: &[Item], host: &SysctlHost) -> Option<Item> {
-    persist_file_item(policy, &persist_entries(policy, items, host), host)
+    persist_file_item(policy, &PersistPlan::of(policy, items, host), host)
 }
 
-/// The entries of holdfast's file for the enforced keys among `items`.
-pub fn persist_entries(policy: &Policy, items: &[Item], host: &SysctlHost) -> PersistEntries {
-    let mut entries = PersistEntries::new();
-    update_persist_entries(&mut entries, policy, items, host);
-    entries
-}
-
-/// Replaces the entries of the keys of `items` (the enforced ones) with
-/// what those items now say: a key pass changes only its keys' lines.
-pub fn update_persist_entries(
-    entries: &mut PersistEntries,
-    policy: &Policy,
-    items: &[Item],
-    host: &SysctlHost,
-) {
-    for item in items {
-        let Some(rule) = item.key.sysctl().and_then(|k| policy.sysctls.get(k)) else {
-            continue;
-        };
-        let slot = (write_order(rule.key.as_str()), rule.key.clone());
-        if policy.mode_of(rule.mode) != Mode::Enforce {
-            entries.remove(&slot);
-            continue;
-        }
-        match persist_value(rule, item) {
-            Some(value) => {
-                entries.insert(
-                    slot,
-                    PersistEntry {
-                        key: rule.key.clone(),
-                        value,
-                        present: !matches!(
-                            host.values.get(&rule.key),
-                            Some(Observed::Absent) | None
-                        ),
-                    },
-                );
-            }
-            None => {
-                entries.remove(&slot);
-            }
-        }
-    }
-}
-
-/// holdfast's persisted file as an item, given its entries: boot applies
-/// lines in order, so keys that change others when written come before the
-/// keys they change, and the overcommit limit before the mode, as at
-/// runtime (the entries' order).
-pub fn persist_file_item(
-    policy: &Policy,
-    entries: &PersistEntries,
-    host: &SysctlHost,
-) -> Option<Item> {
+/// holdfast's persisted file as an item, given its plan.
+pub fn persist_file_item(policy: &Policy, plan: &PersistPlan, host: &SysctlHost) -> Option<Item> {
     let any_enforced = policy
         .sysctls
         .values()
@@ -504,10 +508,9 @@ pub fn persist_file_item(
         Mode::Audit
     };
     let (desired, desired_label) = if any_enforced {
-        let entries: Vec<PersistEntry> = entries.values().cloned().collect();
         (
-            Some(render_persist_file(&entries)),
-            format!("{} keys", entries.len()),
+            Some(plan.text.clone()),
+            format!("{} keys", plan.entries.len()),
         )
     } else {
         (None, "absent (no enforced sysctls)".to_string())

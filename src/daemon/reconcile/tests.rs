@@ -129,7 +129,7 @@ impl Harness {
             .items
             .iter()
             .find(|i| i.item.key.to_string() == key)
-            .cloned()
+            .map(|i| ItemStatus::clone(i))
             .unwrap_or_else(|| panic!("no item {key}"))
     }
 
