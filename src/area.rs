@@ -212,6 +212,22 @@ impl Observation {
         }
     }
 
+    /// What holdfast last wrote (or read back) of its own file at `path`,
+    /// when `path` is one of this area's own files: `Some(None)` for a file
+    /// it knows absent. The daemon ignores an event on such a file that
+    /// finds it as holdfast left it: its own write, which needs no pass.
+    pub fn own_file(&self, path: &std::path::Path) -> Option<Option<&str>> {
+        match self {
+            Observation::Sysctl(h) => h.own_file(path),
+            Observation::Limits(h) => (h.managed_path == path).then_some(h.managed.as_deref()),
+            Observation::Services(h) => {
+                let (conf, text) = &h.manager_conf;
+                (conf == path).then_some(text.as_deref())
+            }
+            Observation::Cgroup(_) | Observation::GoBuild(_) => None,
+        }
+    }
+
     /// Reads again only what concerns `units` into this observation (a
     /// unit pass: an event named them). Areas without units read nothing.
     pub fn observe_units(

@@ -312,10 +312,31 @@ impl Reconciler {
                 match concern {
                     Concern::Sysctl(key) => self.schedule.key_changed(key),
                     Concern::Unit(unit) => self.schedule.unit_changed(unit, Trigger::Event),
+                    Concern::Files if self.left_as_ours(path) => {}
                     Concern::Files => self.schedule.files_changed(),
                     Concern::Policy => self.schedule.policy_changed(now),
                 }
             }
+        }
+    }
+
+    /// Whether `path` is one of holdfast's own files and holds what the
+    /// last pass wrote or read of it: the event was the pass's own write
+    /// (or changed nothing), and a full pass would find nothing to do. Any
+    /// other content, someone else's edit, calls for the pass.
+    fn left_as_ours(&self, path: &std::path::Path) -> bool {
+        let known = self
+            .cache
+            .iter()
+            .filter_map(|h| h.own_file(path))
+            .chain(self.observed.iter().filter_map(|o| o.own_file(path)))
+            .next();
+        let Some(known) = known else {
+            return false;
+        };
+        match host::read_optional(path) {
+            Ok(now) => now.as_deref() == known,
+            Err(_) => false,
         }
     }
 

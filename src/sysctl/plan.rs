@@ -43,6 +43,14 @@ pub struct SysctlHost {
     pub vendor: Vec<SameName>,
 }
 
+impl SysctlHost {
+    /// holdfast's file as the pass left it, when `path` is that file (see
+    /// `area::Observation::own_file`).
+    pub fn own_file(&self, path: &Path) -> Option<Option<&str>> {
+        (self.persist_path == path).then_some(self.persisted.as_deref())
+    }
+}
+
 /// The keys `observe` must read for this policy.
 pub fn keys_to_read(policy: &Policy) -> Vec<SysctlKey> {
     let mut keys: Vec<SysctlKey> = policy.sysctls.keys().cloned().collect();

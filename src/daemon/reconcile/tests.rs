@@ -198,6 +198,27 @@ async fn the_first_pass_corrects_and_an_event_corrects_again_reading_one_key() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn holdfasts_own_write_of_its_sysctl_d_file_runs_no_pass_and_an_edit_of_it_does() {
+    const OWN: &str = "etc/sysctl.d/99-zz-holdfast.conf";
+    let dir = fake_host();
+    let cfg = config(&dir);
+    let h = Harness::start(dir, cfg).await;
+    let ours = std::fs::read_to_string(h.dir.path().join(OWN)).unwrap();
+    // The event its own write (the rename into place) fires: the file is as
+    // the pass left it, so nothing is read again.
+    let before = h.passes();
+    h.change(OWN, &ours).await;
+    h.advance(Duration::from_secs(1)).await;
+    assert_eq!(h.passes(), before);
+    // Someone else's edit of it: a full pass, which puts holdfast's back.
+    h.change(OWN, "net.core.somaxconn = 100\n").await;
+    h.advance(Duration::from_secs(1)).await;
+    assert_eq!(h.passes(), before + 1);
+    assert!(h.snap().last_pass.as_ref().unwrap().full);
+    assert_eq!(std::fs::read_to_string(h.dir.path().join(OWN)).unwrap(), ours);
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_event_in_the_middle_of_a_write_is_not_a_failure() {
     let dir = fake_host();
     let cfg = config(&dir);
