@@ -24,9 +24,11 @@ use crate::cgroup::{observe as cgroup_observe, plan as cgroup_plan};
 use crate::gobuild::GoBuildHost;
 use crate::gobuild::observe as gobuild_observe;
 use crate::gobuild::plan as gobuild_plan;
-use crate::host::{HostRoot, IoError, SYSCTL_CONF_DIRS};
+use crate::host::{HostRoot, IoError, MODPROBE_CONF_DIRS, SYSCTL_CONF_DIRS};
 use crate::limits::plan::LimitsHost;
 use crate::limits::{observe as limits_observe, plan as limits_plan};
+use crate::modules::observe as modules_observe;
+use crate::modules::plan::{self as modules_plan, ModulesHost};
 use crate::policy::Policy;
 use crate::services::{self, ServicesHost, observe as services_observe};
 use crate::sysctl::SysctlKey;
@@ -86,6 +88,7 @@ pub enum Area {
     Services,
     Cgroup,
     GoBuild,
+    Modules,
 }
 
 /// What an area read of the host: the input of its planner.
@@ -96,19 +99,22 @@ pub enum Observation {
     Services(ServicesHost),
     Cgroup(CgroupHost),
     GoBuild(GoBuildHost),
+    Modules(ModulesHost),
 }
 
 impl Area {
     /// Every area, in the order a pass visits them: kernel values first,
     /// then the files sessions read, then systemd (services before the
     /// slices they are moved into), and last the running binaries, which
-    /// nothing in a pass changes.
-    pub const ALL: [Area; 5] = [
+    /// nothing in a pass changes; the kernel's modules, whose file no other
+    /// area's step depends on, after them.
+    pub const ALL: [Area; 6] = [
         Area::Sysctl,
         Area::Limits,
         Area::Services,
         Area::Cgroup,
         Area::GoBuild,
+        Area::Modules,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -118,6 +124,7 @@ impl Area {
             Area::Services => "services",
             Area::Cgroup => "cgroup",
             Area::GoBuild => "go-build",
+            Area::Modules => "kernel-modules",
         }
     }
 
@@ -135,6 +142,9 @@ impl Area {
             }
             Area::Cgroup => policy.cgroup.controllers.is_some() || !policy.cgroup.slices.is_empty(),
             Area::GoBuild => !gobuild_plan::managed(policy).is_empty(),
+            // Always observed, like sysctls: holdfast's file may be left
+            // from an earlier enforced policy.
+            Area::Modules => true,
         }
     }
 
@@ -162,6 +172,10 @@ impl Area {
                 let (o, w) = gobuild_observe::observe(ctx.host, ctx.systemd, policy);
                 (Observation::GoBuild(o), w)
             }
+            Area::Modules => {
+                let (o, w) = modules_observe::observe(ctx.host, policy);
+                (Observation::Modules(o), w)
+            }
         }
     }
 }
@@ -174,6 +188,7 @@ impl Observation {
             Observation::Services(_) => Area::Services,
             Observation::Cgroup(_) => Area::Cgroup,
             Observation::GoBuild(_) => Area::GoBuild,
+            Observation::Modules(_) => Area::Modules,
         }
     }
 
@@ -186,6 +201,7 @@ impl Observation {
             Observation::Services(h) => services::plan(policy, h),
             Observation::Cgroup(h) => cgroup_plan::plan(policy, h),
             Observation::GoBuild(h) => gobuild_plan::plan(policy, h),
+            Observation::Modules(h) => modules_plan::plan(policy, h),
         }
     }
 
@@ -224,6 +240,7 @@ impl Observation {
                 let (conf, text) = &h.manager_conf;
                 (conf == path).then_some(text.as_deref())
             }
+            Observation::Modules(h) => h.own_file(path),
             Observation::Cgroup(_) | Observation::GoBuild(_) => None,
         }
     }
@@ -237,7 +254,7 @@ impl Observation {
         units: &BTreeSet<String>,
     ) -> Vec<IoError> {
         match self {
-            Observation::Sysctl(_) | Observation::Limits(_) => Vec::new(),
+            Observation::Sysctl(_) | Observation::Limits(_) | Observation::Modules(_) => Vec::new(),
             Observation::Services(h) => {
                 services_observe::observe_units(ctx.host, ctx.systemd, policy, units, h)
             }
@@ -392,6 +409,15 @@ impl Area {
                         host.path("etc/systemd/system.conf.d"),
                         Scope::Entries(CONF),
                     ));
+                }
+            }
+            // modprobe.d: a file that competes with holdfast's, or an edit of
+            // holdfast's. (A module that loads is seen by the rescan.)
+            Area::Modules => {
+                if !policy.kernel_modules.is_empty() {
+                    for dir in MODPROBE_CONF_DIRS {
+                        out.push(files(host.path(dir), Scope::Entries(CONF)));
+                    }
                 }
             }
             // A binary is replaced on disk by a deployment, which restarts

@@ -319,7 +319,15 @@ fn run(
         } else {
             planned[i].clone()
         };
-        persist(ctx.host, policy, h, &mut merged, focus, hold, &mut originals);
+        persist(
+            ctx.host,
+            policy,
+            h,
+            &mut merged,
+            focus,
+            hold,
+            &mut originals,
+        );
         done[i] = Some(merged);
     }
 
@@ -362,11 +370,7 @@ fn run(
     // this pass did not write or remove the file (writing or removing it
     // already removed them).
     for (_, item) in &by_area {
-        let (ItemKey::SysctlFile(path)
-        | ItemKey::SysctlOverride(path)
-        | ItemKey::LimitsFile(path)
-        | ItemKey::UnitFile { path, .. }) = &item.key
-        else {
+        let Some(path) = item.key.own_file() else {
             continue;
         };
         if matches!(record.outcomes.get(&item.key), Some(Outcome::Done)) {

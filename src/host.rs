@@ -76,6 +76,20 @@ pub const SYSCTL_CONF_DIRS: &[&str] = &[
     "lib/sysctl.d",
 ];
 
+/// holdfast's modprobe.d file. `00-` sorts it first: modprobe runs a
+/// module's first `install` line.
+pub const MODPROBE_OWN_FILE: &str = "etc/modprobe.d/00-holdfast.conf";
+
+/// The modprobe.d directories kmod reads, highest priority first (as
+/// [`SYSCTL_CONF_DIRS`]: a file masks files of its name in later ones).
+pub const MODPROBE_CONF_DIRS: &[&str] = &[
+    "etc/modprobe.d",
+    "run/modprobe.d",
+    "usr/local/lib/modprobe.d",
+    "usr/lib/modprobe.d",
+    "lib/modprobe.d",
+];
+
 impl HostRoot {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         HostRoot { root: root.into() }

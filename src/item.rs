@@ -10,6 +10,7 @@ use crate::cgroup::HOLDFAST_SUBTREE;
 use crate::cgroup::knob::KnobKind;
 use crate::gobuild::Expectation;
 use crate::limits::{Domain, LimitItem, LimitType};
+use crate::modules::ModuleName;
 use crate::policy::{Mode, Source};
 use crate::sysctl::{SysctlKey, SysctlValue};
 
@@ -42,12 +43,16 @@ pub enum Kind {
     /// How a service's running binary was built (`go_build`): checked,
     /// never acted on.
     GoBuild,
+    /// A kernel module the policy disables.
+    KernelModule,
+    /// holdfast's modprobe.d file.
+    ModprobeFile,
 }
 
 impl Kind {
     /// Every kind, for filters and metrics. A test fails to compile when a
     /// kind is added to the enum and not here.
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Sysctl,
         Kind::SysctlPersist,
         Kind::SysctlOverride,
@@ -59,6 +64,8 @@ impl Kind {
         Kind::CgroupLimit,
         Kind::CgroupController,
         Kind::GoBuild,
+        Kind::KernelModule,
+        Kind::ModprobeFile,
     ];
 
     pub fn parse(s: &str) -> Option<Kind> {
@@ -78,6 +85,8 @@ impl Kind {
             Kind::CgroupLimit => "cgroup",
             Kind::CgroupController => "cgroup-controller",
             Kind::GoBuild => "go-build",
+            Kind::KernelModule => "kernel-module",
+            Kind::ModprobeFile => "modprobe-file",
         }
     }
 }
@@ -169,6 +178,10 @@ pub enum ItemKey {
     Controller { name: String, at_root: bool },
     /// One `go_build` expectation of a service's running binary.
     GoBuild { unit: String, check: Expectation },
+    /// A kernel module the policy disables.
+    Module(ModuleName),
+    /// holdfast's modprobe.d file.
+    ModprobeFile(PathBuf),
 }
 
 impl ItemKey {
@@ -189,6 +202,33 @@ impl ItemKey {
             | ItemKey::OwnCgroupKnob { .. } => Kind::CgroupLimit,
             ItemKey::Controller { .. } => Kind::CgroupController,
             ItemKey::GoBuild { .. } => Kind::GoBuild,
+            ItemKey::Module(_) => Kind::KernelModule,
+            ItemKey::ModprobeFile(_) => Kind::ModprobeFile,
+        }
+    }
+
+    /// The path of one of holdfast's own files (replaced whole, through a
+    /// temp file beside it), when this key names one.
+    pub fn own_file(&self) -> Option<&std::path::Path> {
+        match self {
+            ItemKey::SysctlFile(path)
+            | ItemKey::SysctlOverride(path)
+            | ItemKey::LimitsFile(path)
+            | ItemKey::ModprobeFile(path)
+            | ItemKey::UnitFile { path, .. } => Some(path),
+            ItemKey::Sysctl(_)
+            | ItemKey::Limit { .. }
+            | ItemKey::LimitsLine { .. }
+            | ItemKey::Service { .. }
+            | ItemKey::DefaultLimitNofile
+            | ItemKey::Posture { .. }
+            | ItemKey::Slice { .. }
+            | ItemKey::SliceKnob { .. }
+            | ItemKey::OwnCgroup { .. }
+            | ItemKey::OwnCgroupKnob { .. }
+            | ItemKey::Controller { .. }
+            | ItemKey::GoBuild { .. }
+            | ItemKey::Module(_) => None,
         }
     }
 
@@ -221,6 +261,7 @@ impl fmt::Display for ItemKey {
             ItemKey::SysctlFile(p)
             | ItemKey::SysctlOverride(p)
             | ItemKey::LimitsFile(p)
+            | ItemKey::ModprobeFile(p)
             | ItemKey::UnitFile { path: p, .. } => {
                 write!(f, "{}", p.display())
             }
@@ -247,6 +288,7 @@ impl fmt::Display for ItemKey {
                 at_root: true,
             } => write!(f, "controller {name} in /"),
             ItemKey::GoBuild { unit, check } => write!(f, "{unit} go_build.{}", check.as_str()),
+            ItemKey::Module(name) => write!(f, "kernel module {name}"),
         }
     }
 }
@@ -571,6 +613,8 @@ mod tests {
             Kind::CgroupLimit => 8,
             Kind::CgroupController => 9,
             Kind::GoBuild => 10,
+            Kind::KernelModule => 11,
+            Kind::ModprobeFile => 12,
         }
     }
 

@@ -16,6 +16,7 @@ pub mod host;
 pub mod item;
 pub mod journal;
 pub mod limits;
+pub mod modules;
 pub mod policy;
 pub mod posture;
 pub mod report;

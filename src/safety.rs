@@ -126,7 +126,9 @@ impl OvercommitKey {
     }
 
     pub fn from_sysctl(key: &str) -> Option<OvercommitKey> {
-        OvercommitKey::ALL.into_iter().find(|k| k.as_sysctl() == key)
+        OvercommitKey::ALL
+            .into_iter()
+            .find(|k| k.as_sysctl() == key)
     }
 }
 

@@ -12,6 +12,7 @@ use std::time::SystemTime;
 use crate::cgroup::plan::slice_unit;
 use crate::item::ItemKey;
 use crate::limits::{Domain, LimitItem};
+use crate::modules::ModuleName;
 use crate::policy::{Mode, Policy};
 use crate::safety::OvercommitKey;
 use crate::sysctl::SysctlKey;
@@ -49,45 +50,64 @@ pub enum SettingId {
     OvercommitHeadroom,
     /// `sysctl_conflicts`.
     SysctlConflicts,
+    /// A kernel module the policy disables.
+    Module(ModuleName),
 }
 
 impl SettingId {
     /// Whether an item reports on (part of) this setting: a push that
     /// changes the setting resets exactly these items' backoff history.
     pub fn covers(&self, key: &ItemKey) -> bool {
-        match (self, key) {
-            (SettingId::Sysctl(k), ItemKey::Sysctl(i)) => k == i,
+        // One arm per setting (a new setting must say what it covers); each
+        // lists the item keys that report on it.
+        match self {
             // The persisted file holds every enforced key; a copy of a
             // vendor file comments out the lines of enforced keys.
-            (SettingId::Sysctl(_), ItemKey::SysctlFile(_) | ItemKey::SysctlOverride(_)) => true,
-            (SettingId::SysctlConflicts, ItemKey::SysctlOverride(_)) => true,
-            (
-                SettingId::Limit { domain, item },
+            SettingId::Sysctl(k) => match key {
+                ItemKey::Sysctl(i) => k == i,
+                ItemKey::SysctlFile(_) | ItemKey::SysctlOverride(_) => true,
+                _ => false,
+            },
+            SettingId::SysctlConflicts => matches!(key, ItemKey::SysctlOverride(_)),
+            SettingId::Limit { domain, item } => match key {
                 ItemKey::Limit {
                     domain: d, item: i, ..
-                },
-            ) => domain == d && item == i,
-            (SettingId::Limit { .. }, ItemKey::LimitsFile(_)) => true,
-            (
-                SettingId::Service(unit),
-                ItemKey::Service { .. }
-                | ItemKey::Posture { .. }
-                | ItemKey::UnitFile { .. }
-                | ItemKey::GoBuild { .. },
-            ) => key.unit() == Some(unit.as_str()),
-            (SettingId::ServiceDefaults, ItemKey::DefaultLimitNofile) => true,
-            (SettingId::ServiceDefaults, ItemKey::UnitFile { unit, .. }) => unit.is_none(),
-            (
-                SettingId::Slice(name),
-                ItemKey::Slice { .. } | ItemKey::SliceKnob { .. } | ItemKey::UnitFile { .. },
-            ) => key.unit() == Some(slice_unit(name).as_str()),
-            (SettingId::Slice(name), ItemKey::OwnCgroup { slice: Some(s) }) => s == name,
-            (SettingId::Slice(name), ItemKey::OwnCgroupKnob { slice, .. }) => slice == name,
-            (SettingId::Controllers, ItemKey::Controller { .. }) => true,
-            (SettingId::OvercommitHeadroom, ItemKey::Sysctl(k)) => {
-                OvercommitKey::from_sysctl(k.as_str()).is_some()
+                } => domain == d && item == i,
+                ItemKey::LimitsFile(_) => true,
+                _ => false,
+            },
+            SettingId::Service(unit) => {
+                matches!(
+                    key,
+                    ItemKey::Service { .. }
+                        | ItemKey::Posture { .. }
+                        | ItemKey::UnitFile { .. }
+                        | ItemKey::GoBuild { .. }
+                ) && key.unit() == Some(unit.as_str())
             }
-            _ => false,
+            SettingId::ServiceDefaults => match key {
+                ItemKey::DefaultLimitNofile => true,
+                ItemKey::UnitFile { unit, .. } => unit.is_none(),
+                _ => false,
+            },
+            SettingId::Slice(name) => match key {
+                ItemKey::Slice { .. } | ItemKey::SliceKnob { .. } | ItemKey::UnitFile { .. } => {
+                    key.unit() == Some(slice_unit(name).as_str())
+                }
+                ItemKey::OwnCgroup { slice: Some(s) } => s == name,
+                ItemKey::OwnCgroupKnob { slice, .. } => slice == name,
+                _ => false,
+            },
+            SettingId::Controllers => matches!(key, ItemKey::Controller { .. }),
+            SettingId::OvercommitHeadroom => key
+                .sysctl()
+                .is_some_and(|k| OvercommitKey::from_sysctl(k.as_str()).is_some()),
+            // holdfast's modprobe.d file lists every disabled module.
+            SettingId::Module(name) => match key {
+                ItemKey::Module(m) => m == name,
+                ItemKey::ModprobeFile(_) => true,
+                _ => false,
+            },
         }
     }
 }
@@ -103,6 +123,7 @@ impl fmt::Display for SettingId {
             SettingId::Controllers => f.write_str("cgroup controllers"),
             SettingId::OvercommitHeadroom => f.write_str("safety overcommit_headroom_percent"),
             SettingId::SysctlConflicts => f.write_str("sysctl_conflicts"),
+            SettingId::Module(name) => write!(f, "kernel module {name}"),
         }
     }
 }
@@ -190,6 +211,12 @@ fn settings(p: &Policy) -> BTreeMap<SettingId, String> {
     }
     if let Some(c) = &p.sysctl_conflicts {
         out.insert(SettingId::SysctlConflicts, fingerprint(c, p.default_mode()));
+    }
+    for (name, r) in &p.kernel_modules {
+        out.insert(
+            SettingId::Module(name.clone()),
+            fingerprint(r, p.default_mode()),
+        );
     }
     out
 }

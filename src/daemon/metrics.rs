@@ -248,7 +248,11 @@ pub fn metric_key(key: &ItemKey) -> String {
         )
     };
     match key {
-        ItemKey::SysctlFile(p) | ItemKey::SysctlOverride(p) | ItemKey::LimitsFile(p) => name(p),
+        ItemKey::SysctlFile(p)
+        | ItemKey::SysctlOverride(p)
+        | ItemKey::LimitsFile(p)
+        | ItemKey::ModprobeFile(p) => name(p),
+        ItemKey::Module(m) => m.to_string(),
         ItemKey::LimitsLine { file, line } => format!("{}:{line}", name(file)),
         ItemKey::UnitFile { unit: Some(u), .. } => u.clone(),
         ItemKey::UnitFile { unit: None, .. } => "system.conf".to_string(),

@@ -21,6 +21,7 @@ pub use error::{PolicyError, PolicyErrors};
 use crate::cgroup::{Bytes, Count, CpuMax};
 use crate::gobuild::GoVersion;
 use crate::limits::{Domain, LimitItem, LimitValue};
+use crate::modules::ModuleName;
 use crate::sysctl::{Expect, SysctlKey};
 
 /// The policy format version this build reads.
@@ -114,7 +115,17 @@ pub struct Policy {
     pub services: BTreeMap<String, ServiceRule>,
     pub service_defaults: ServiceDefaults,
     pub cgroup: CgroupPolicy,
+    /// Kernel modules kept out of the kernel (`kernel_modules`).
+    pub kernel_modules: BTreeMap<ModuleName, ModuleRule>,
     pub safety: Safety,
+}
+
+/// A module the policy disables (`NAME: disabled`). Its mode is the
+/// policy's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleRule {
+    pub name: ModuleName,
+    pub source: Source,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -330,6 +341,7 @@ impl Policy {
         // Policy-wide like `mode`: the last file that sets it wins.
         overlay_field(&mut self.sysctl_conflicts, later.sysctl_conflicts);
         self.sysctls.extend(later.sysctls);
+        self.kernel_modules.extend(later.kernel_modules);
         for rule in later.limits {
             match self
                 .limits

@@ -25,6 +25,8 @@ pub struct RawDoc {
     pub services: Option<Entries<RawService>>,
     pub service_defaults: Option<RawServiceDefaults>,
     pub cgroup: Option<RawCgroup>,
+    /// Kernel modules: `NAME: disabled`.
+    pub kernel_modules: Option<Entries<String>>,
     pub safety: Option<RawSafety>,
 }
 

@@ -14,12 +14,13 @@ use super::raw::{
 };
 use super::{
     CgroupPolicy, FORMAT_VERSION, GoBuild, GoMaxProcs, GoRuntime, LimitPair, LimitRule, Mode,
-    Policy, PolicyError, Posture, Safety, ServiceDefaults, ServiceRule, SliceRule, Source, Sourced,
-    SysctlConflicts, SysctlRule,
+    ModuleRule, Policy, PolicyError, Posture, Safety, ServiceDefaults, ServiceRule, SliceRule,
+    Source, Sourced, SysctlConflicts, SysctlRule,
 };
 use crate::cgroup::{Bytes, CONTROLLERS, Count, CpuMax};
 use crate::gobuild::{GoVersion, maxprocs};
 use crate::limits::{Domain, LimitItem, LimitValue};
+use crate::modules::ModuleName;
 use crate::sysctl::{Expect, KeyError, SysctlKey, SysctlValue};
 
 /// systemd's system-call sets (`systemd-analyze syscall-filter`).
@@ -265,6 +266,10 @@ impl Validator {
             })
             .unwrap_or_default();
         let cgroup = raw.cgroup.map(|c| self.cgroup(c)).unwrap_or_default();
+        let kernel_modules = raw
+            .kernel_modules
+            .map(|m| self.kernel_modules(m))
+            .unwrap_or_default();
         let safety = raw.safety.map(|s| self.safety(s)).unwrap_or_default();
         Policy {
             files: vec![self.file.to_string()],
@@ -277,8 +282,67 @@ impl Validator {
             services,
             service_defaults,
             cgroup,
+            kernel_modules,
             safety,
         }
+    }
+
+    fn kernel_modules(&mut self, entries: Entries<String>) -> BTreeMap<ModuleName, ModuleRule> {
+        let mut out = BTreeMap::new();
+        for (name, value) in entries.0 {
+            let parsed = match ModuleName::parse(&name.value) {
+                Ok(n) => Some(n),
+                Err(why) => {
+                    let e = self
+                        .error(&name, format!("kernel module name {:?} {why}", name.value))
+                        .with_hint(
+                            "write the module's name as modprobe takes it, e.g. usb-storage",
+                        );
+                    self.push(e);
+                    None
+                }
+            };
+            if value.value != "disabled" {
+                let e = self
+                    .error(
+                        &value,
+                        format!(
+                            "kernel module {}: unknown state {:?}",
+                            name.value, value.value
+                        ),
+                    )
+                    .with_hint("the one state is `disabled` (modprobe refuses the module); leave a module out to leave it alone");
+                self.push(e);
+                continue;
+            }
+            if let Some(parsed) = parsed {
+                let source = self.src(&name);
+                if let Some(earlier) = out
+                    .get(&parsed)
+                    .map(|r: &ModuleRule| r.name.written().to_string())
+                {
+                    let e = self
+                        .error(
+                            &name,
+                            format!(
+                                "kernel module {} is listed twice (as {earlier:?} too)",
+                                name.value
+                            ),
+                        )
+                        .with_hint("`-` and `_` are the same in module names");
+                    self.push(e);
+                    continue;
+                }
+                out.insert(
+                    parsed.clone(),
+                    ModuleRule {
+                        name: parsed,
+                        source,
+                    },
+                );
+            }
+        }
+        out
     }
 
     fn mode(&mut self, m: &Spanned<String>) -> Option<Mode> {

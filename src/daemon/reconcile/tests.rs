@@ -215,7 +215,10 @@ async fn holdfasts_own_write_of_its_sysctl_d_file_runs_no_pass_and_an_edit_of_it
     h.advance(Duration::from_secs(1)).await;
     assert_eq!(h.passes(), before + 1);
     assert!(h.snap().last_pass.as_ref().unwrap().full);
-    assert_eq!(std::fs::read_to_string(h.dir.path().join(OWN)).unwrap(), ours);
+    assert_eq!(
+        std::fs::read_to_string(h.dir.path().join(OWN)).unwrap(),
+        ours
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,0 +1,182 @@
+//! Judge each disabled module and plan holdfast's modprobe.d file. Pure: it
+//! works on what `observe` read.
+//!
+//! # Guarantees
+//! - A module is compliant only when modprobe would refuse it (its first
+//!   `install` line runs `false` or `true`) and it is blacklisted, and the
+//!   running kernel does not have it loaded.
+//! - A loaded module is reported (`restart-required`), never unloaded: the
+//!   configuration stops the next load, and holdfast does not take a module
+//!   out of a running kernel.
+//! - holdfast's file holds exactly the enforced modules; it is the only file
+//!   holdfast writes for this area. A competing file is reported.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::ModuleName;
+use super::conf::{self, Command, Line};
+use crate::item::{Conflict, Item, ItemKey, OwnFile, State, own_file_item};
+use crate::policy::{Mode, ModuleRule, Policy};
+
+/// A module the running kernel has loaded (a line of /proc/modules).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded {
+    /// How many references hold it (the third field).
+    pub refcount: u64,
+    /// The modules that use it, as /proc/modules lists them.
+    pub used_by: Vec<String>,
+}
+
+/// What was read from the host for the kernel modules of a pass.
+#[derive(Debug, Clone)]
+pub struct ModulesHost {
+    /// Every `install` and `blacklist` line of modprobe.d, in the order
+    /// modprobe reads them (holdfast's own file included: it is what
+    /// modprobe reads too).
+    pub lines: Vec<Line>,
+    /// holdfast's file and what it holds now.
+    pub own_path: PathBuf,
+    pub own: Option<String>,
+    /// The loaded modules, by kernel name; `Err` says why /proc/modules
+    /// could not be read.
+    pub loaded: Result<BTreeMap<String, Loaded>, String>,
+    /// The policy's modules that are built into the kernel (a directory in
+    /// /sys/module, no line in /proc/modules, no `initstate`).
+    pub builtin: Vec<String>,
+}
+
+impl ModulesHost {
+    /// holdfast's file as the pass left it, when `path` is that file (see
+    /// `area::Observation::own_file`).
+    pub fn own_file(&self, path: &std::path::Path) -> Option<Option<&str>> {
+        (self.own_path == path).then_some(self.own.as_deref())
+    }
+}
+
+/// The items: one per policy module, then holdfast's file.
+pub fn plan(policy: &Policy, host: &ModulesHost) -> Vec<Item> {
+    let mut items: Vec<Item> = policy
+        .kernel_modules
+        .values()
+        .map(|rule| judge(policy, rule, host))
+        .collect();
+    // The policy-wide mode is the modules' mode.
+    let mode = policy.mode_of(None);
+    let enforced: Vec<&ModuleName> = match mode {
+        Mode::Enforce => policy.kernel_modules.values().map(|r| &r.name).collect(),
+        Mode::Audit => Vec::new(),
+    };
+    if !enforced.is_empty() || host.own.is_some() {
+        items.push(file_item(host, &enforced, mode));
+    }
+    items
+}
+
+fn judge(policy: &Policy, rule: &ModuleRule, host: &ModulesHost) -> Item {
+    let mode = policy.mode_of(None);
+    let name = &rule.name;
+    let mut item = Item::new(ItemKey::Module(name.clone()), "disabled", mode);
+    item.source = Some(rule.source.clone());
+    let decided = conf::decide(&host.lines, name);
+    let refuses = decided.install_refuses();
+    if let Some(Line {
+        file,
+        line,
+        command: Command::Install { run, .. },
+    }) = decided.install
+        && !refuses
+        && *file != host.own_path
+    {
+        item.conflicts.push(Conflict {
+            file: file.clone(),
+            line: *line,
+            value: format!("install {} {run}", name.written()),
+            wins_at_boot: true,
+        });
+        item.detail.push(format!(
+            "{}:{line} makes `modprobe {name}` run `{run}`, and modprobe runs a module's first install line: that file sorts before holdfast's",
+            file.display(),
+        ));
+    }
+    let disabled = refuses && decided.blacklist.is_some();
+    if host.builtin.iter().any(|b| b == name.as_str()) {
+        item.state = State::Unsupported;
+        item.actual = "built into the kernel".into();
+        item.detail.push(
+            "built into the running kernel: modprobe.d cannot keep it out (a kernel built without it can)"
+                .into(),
+        );
+        return item;
+    }
+    let loaded = match &host.loaded {
+        Ok(loaded) => loaded.get(name.as_str()),
+        Err(why) => {
+            item.detail
+                .push(format!("cannot tell whether it is loaded: {why}"));
+            None
+        }
+    };
+    item.actual = match (disabled, loaded.is_some()) {
+        (true, false) => "disabled",
+        (true, true) => "disabled, but loaded",
+        (false, false) => "loadable",
+        (false, true) => "loaded",
+    }
+    .into();
+    if !disabled {
+        item.state = State::Drifted;
+        if !refuses {
+            item.detail.push(format!(
+                "`modprobe {name}` would load it: no `install {name} /bin/false` line decides it"
+            ));
+        }
+        if decided.blacklist.is_none() {
+            item.detail.push(format!(
+                "not blacklisted: a device that asks for it loads it (`blacklist {name}`)"
+            ));
+        }
+    }
+    if let Some(l) = loaded {
+        if disabled {
+            item.state = State::RestartRequired;
+        }
+        let users = if l.used_by.is_empty() {
+            format!("{} reference(s)", l.refcount)
+        } else {
+            format!("used by {}", l.used_by.join(", "))
+        };
+        item.detail.push(format!(
+            "loaded in the running kernel ({users}): the configuration stops the next load, not this one; it stays until it is unloaded (`modprobe -r {name}`, once unused) or the host reboots"
+        ));
+    }
+    item
+}
+
+fn file_item(host: &ModulesHost, enforced: &[&ModuleName], mode: Mode) -> Item {
+    let desired = (!enforced.is_empty()).then(|| conf::render(enforced));
+    let desired_label = if enforced.is_empty() {
+        "absent (no enforced modules)".to_string()
+    } else {
+        format!("{} modules disabled", enforced.len())
+    };
+    own_file_item(OwnFile {
+        key: ItemKey::ModprobeFile(host.own_path.clone()),
+        path: &host.own_path,
+        current: host.own.as_deref(),
+        desired,
+        mode,
+        desired_label,
+        actual_label: match &host.own {
+            None => "absent".into(),
+            Some(text) => format!(
+                "{} modules disabled",
+                conf::parse(&host.own_path, text)
+                    .iter()
+                    .filter(|l| matches!(l.command, Command::Install { .. }))
+                    .count()
+            ),
+        },
+        stale_note: "holdfast's file from an earlier enforced policy is still there; modprobe still refuses its modules",
+    })
+}

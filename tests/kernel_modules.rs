@@ -1,0 +1,135 @@
+//! The kernel modules area on a fake host root, through the CLI: modprobe.d
+//! read as modprobe reads it, holdfast's file written in enforce mode, a
+//! loaded module reported and never unloaded, a competing earlier install
+//! line named, and rollback removing holdfast's file.
+
+mod common;
+
+use common::{FakeHost, item, state};
+
+const OWN: &str = "etc/modprobe.d/00-holdfast.conf";
+
+const CIS: &str = "version: 1
+mode: enforce
+kernel_modules:
+  cramfs: disabled
+  usb-storage: disabled
+  hfs: disabled
+";
+
+fn host() -> FakeHost {
+    let h = FakeHost::new();
+    h.write("etc/modprobe.d/.keep", "");
+    // usb_storage is loaded (used by uas); the others are not.
+    h.write(
+        "proc/modules",
+        "usb_storage 81920 1 uas, Live 0x0000000000000000\nuas 32768 0 - Live 0x0000000000000000\n",
+    );
+    h
+}
+
+#[test]
+fn apply_writes_both_lines_per_module_reports_a_loaded_one_and_rollback_removes_the_file() {
+    let h = host();
+    let p = h.policy("p.yaml", CIS);
+    let p = p.to_str().unwrap();
+
+    let (code, before) = h.json(&["check", "--policy", p]);
+    assert_eq!(code, 2, "{before:#}");
+    assert_eq!(state(&before, "kernel module cramfs"), "drifted");
+    assert_eq!(item(&before, "kernel module cramfs")["actual"], "loadable");
+
+    let (code, after) = h.json(&["apply", "--policy", p]);
+    assert_eq!(code, 2, "a loaded module stays: {after:#}");
+    assert_eq!(state(&after, "kernel module cramfs"), "corrected");
+    assert_eq!(state(&after, "kernel module hfs"), "corrected");
+    let usb = item(&after, "kernel module usb-storage");
+    assert_eq!(usb["state"], "restart-required", "{usb:#}");
+    let detail = usb["detail"].to_string();
+    assert!(detail.contains("used by uas"), "{detail}");
+    let own = h.read(OWN);
+    assert!(own.starts_with("# Managed by holdfast"), "{own}");
+    for line in [
+        "install cramfs /bin/false",
+        "blacklist cramfs",
+        "install usb-storage /bin/false",
+        "blacklist usb-storage",
+        "install hfs /bin/false",
+        "blacklist hfs",
+    ] {
+        assert!(own.lines().any(|l| l == line), "{line} missing from {own}");
+    }
+    // Nothing unloaded: the kernel's list is as it was.
+    assert!(h.read("proc/modules").contains("usb_storage"));
+
+    // Once the module is gone (unloaded by hand, or a reboot), all compliant.
+    h.write("proc/modules", "");
+    let (code, again) = h.json(&["apply", "--policy", p]);
+    assert_eq!(code, 0, "{again:#}");
+    assert!(
+        again["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["action"].is_null())
+    );
+
+    h.holdfast(&["rollback"]).assert().success();
+    assert!(!h.path(OWN).exists(), "rollback removes holdfast's file");
+}
+
+#[test]
+fn an_earlier_files_install_line_beats_holdfasts_and_is_named() {
+    let h = host();
+    // Sorts before 00-holdfast.conf: modprobe runs its install line.
+    h.write(
+        "usr/lib/modprobe.d/00-aaa.conf",
+        "install cramfs /sbin/modprobe --ignore-install cramfs\n",
+    );
+    let p = h.policy(
+        "p.yaml",
+        "version: 1\nmode: enforce\nkernel_modules:\n  cramfs: disabled\n",
+    );
+    let (code, report) = h.json(&["apply", "--policy", p.to_str().unwrap()]);
+    assert_eq!(code, 2, "{report:#}");
+    let cramfs = item(&report, "kernel module cramfs");
+    assert_eq!(cramfs["state"], "drifted", "{cramfs:#}");
+    let detail = cramfs["detail"].to_string();
+    assert!(detail.contains("00-aaa.conf:1"), "{detail}");
+    assert!(
+        !cramfs["conflicts"].as_array().unwrap().is_empty(),
+        "{cramfs:#}"
+    );
+}
+
+#[test]
+fn audit_mode_reports_and_writes_nothing() {
+    let h = host();
+    let p = h.policy("p.yaml", &CIS.replace("mode: enforce", "mode: audit"));
+    let (code, report) = h.json(&["apply", "--policy", p.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert_eq!(state(&report, "kernel module hfs"), "drifted");
+    assert!(!h.path(OWN).exists());
+}
+
+#[test]
+fn a_bad_module_entry_is_refused_with_its_line() {
+    let h = host();
+    let p = h.policy(
+        "p.yaml",
+        "version: 1\nkernel_modules:\n  cramfs: enabled\n  \"a b\": disabled\n  usb_storage: disabled\n  usb-storage: disabled\n",
+    );
+    let out = h
+        .holdfast(&["validate", "--policy", p.to_str().unwrap()])
+        .output()
+        .expect("run holdfast validate");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("p.yaml:3:"), "{err}");
+    assert!(err.contains("unknown state \"enabled\""), "{err}");
+    assert!(err.contains("p.yaml:4:"), "{err}");
+    assert!(
+        err.contains("p.yaml:6:") && err.contains("listed twice"),
+        "{err}"
+    );
+}
