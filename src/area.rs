@@ -13,7 +13,7 @@
 //! 3. its item keys in `item::ItemKey` and its settings in
 //!    `daemon::diff::SettingId`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::path::PathBuf;
 
@@ -21,10 +21,14 @@ use crate::cgroup::HOLDFAST_SUBTREE;
 use crate::cgroup::knob::KnobKind;
 use crate::cgroup::plan::CgroupHost;
 use crate::cgroup::{observe as cgroup_observe, plan as cgroup_plan};
+use crate::exec::{Executed, Outcome, Run};
 use crate::gobuild::GoBuildHost;
 use crate::gobuild::observe as gobuild_observe;
 use crate::gobuild::plan as gobuild_plan;
 use crate::host::{HostRoot, IoError, MODPROBE_CONF_DIRS, SYSCTL_CONF_DIRS};
+use crate::item::{Action, Item, ItemKey};
+use crate::journal::Original;
+use crate::journal::store as journal_store;
 use crate::limits::plan::LimitsHost;
 use crate::limits::{observe as limits_observe, plan as limits_plan};
 use crate::modules::observe as modules_observe;
@@ -32,6 +36,7 @@ use crate::modules::plan::{self as modules_plan, ModulesHost};
 use crate::policy::Policy;
 use crate::services::{self, ServicesHost, observe as services_observe};
 use crate::sysctl::SysctlKey;
+use crate::sysctl::apply as sysctl_apply;
 use crate::sysctl::observe as sysctl_observe;
 use crate::sysctl::plan::{self as sysctl_plan, SysctlHost};
 use crate::systemd::dbus::DbusSystemd;
@@ -148,6 +153,31 @@ impl Area {
         }
     }
 
+    /// Whether this area's settings belong to systemd units: what systemd
+    /// announces about a unit, or a daemon-reload, is read again here.
+    pub fn has_units(self) -> bool {
+        match self {
+            Area::Services | Area::Cgroup => true,
+            // A Go binary is read when its service is found running; the
+            // rescan reads it again after a redeploy.
+            Area::Sysctl | Area::Limits | Area::GoBuild | Area::Modules => false,
+        }
+    }
+
+    /// Whether a pass with this focus reads, plans and acts on this area.
+    pub fn in_focus(self, focus: Focus<'_>) -> bool {
+        match focus {
+            Focus::All => true,
+            Focus::AllUnits | Focus::Units(_) => self.has_units(),
+            Focus::Keys(_) => match self {
+                Area::Sysctl => true,
+                Area::Limits | Area::Services | Area::Cgroup | Area::GoBuild | Area::Modules => {
+                    false
+                }
+            },
+        }
+    }
+
     /// Reads what this area's planner needs. Unreadable auxiliary files are
     /// warnings; they never stop the pass.
     pub fn observe(self, ctx: &Context<'_>, policy: &Policy) -> (Observation, Vec<IoError>) {
@@ -194,7 +224,7 @@ impl Observation {
 
     /// The area's plan over what was read. Pure. A key pass plans only its
     /// keys (see [`sysctl_plan::plan_keys`]).
-    pub fn plan(&self, policy: &Policy, focus: Focus<'_>) -> Vec<crate::item::Item> {
+    pub fn plan(&self, policy: &Policy, focus: Focus<'_>) -> Vec<Item> {
         match self {
             Observation::Sysctl(h) => sysctl_plan::plan_focused(policy, h, focus.keys()),
             Observation::Limits(h) => limits_plan::plan(policy, h),
@@ -220,11 +250,88 @@ impl Observation {
         match (self, focus) {
             (Observation::Sysctl(_), _) => Vec::new(),
             (obs, Focus::Units(units)) => obs.observe_units(ctx, policy, units),
-            (obs, Focus::All | Focus::Keys(_)) => {
+            (obs, Focus::All | Focus::AllUnits | Focus::Keys(_)) => {
                 let (fresh, warnings) = obs.area().observe(ctx, policy);
                 *obs = fresh;
                 warnings
             }
+        }
+    }
+
+    /// Reads again what a key pass names into this observation (see
+    /// [`sysctl_observe::observe_keys`]); returns the keys read, which the
+    /// pass plans and may write. Areas without keys read nothing.
+    pub fn observe_keys(
+        &mut self,
+        ctx: &Context<'_>,
+        policy: &Policy,
+        keys: &BTreeSet<SysctlKey>,
+    ) -> BTreeSet<SysctlKey> {
+        match self {
+            Observation::Sysctl(h) => sysctl_observe::observe_keys(ctx.host, policy, h, keys),
+            Observation::Limits(_)
+            | Observation::Services(_)
+            | Observation::Cgroup(_)
+            | Observation::GoBuild(_)
+            | Observation::Modules(_) => BTreeSet::new(),
+        }
+    }
+
+    /// The area's own executor, when it has one: it carries out every
+    /// action the area planned, before any other area's (kernel values
+    /// first: the sysctl area's converge loop, then its copies of vendor
+    /// files), and the engine's file and runtime stages leave its items
+    /// alone. `None`: the engine's stages carry out this area's actions.
+    pub fn execute_own(&mut self, run: &mut Run<'_, '_>, planned: &[Item]) -> Option<Executed> {
+        match self {
+            Observation::Sysctl(h) => Some(sysctl_apply::execute(run, planned, h)),
+            Observation::Limits(_)
+            | Observation::Services(_)
+            | Observation::Cgroup(_)
+            | Observation::GoBuild(_)
+            | Observation::Modules(_) => None,
+        }
+    }
+
+    /// The area's step after its items are merged: holdfast's sysctl.d
+    /// file is planned from the verified sysctl values and written (boot
+    /// gets what the kernel accepted). Other areas have none.
+    pub fn after_merge(
+        &mut self,
+        run: &mut Run<'_, '_>,
+        planned: &[Item],
+        merged: &mut Vec<Item>,
+        outcomes: &HashMap<ItemKey, Outcome>,
+        focus: Focus<'_>,
+    ) {
+        match self {
+            Observation::Sysctl(h) => {
+                sysctl_apply::after_merge(run, h, planned, merged, outcomes, focus.keys())
+            }
+            Observation::Limits(_)
+            | Observation::Services(_)
+            | Observation::Cgroup(_)
+            | Observation::GoBuild(_)
+            | Observation::Modules(_) => {}
+        }
+    }
+
+    /// An original the area has already read for a change it is about to
+    /// make (so the journal need not read it again): a slice setting's
+    /// value before `SetUnitProperties`.
+    pub fn known_original(&self, key: &ItemKey, action: &Action) -> Option<Original> {
+        match self {
+            Observation::Cgroup(h) => match (key, action) {
+                (ItemKey::SliceKnob { knob, .. }, Action::SetUnitProperties { unit, .. }) => {
+                    Some(journal_store::slice_knob_original(h, unit, *knob))
+                }
+                _ => None,
+            },
+            Observation::Sysctl(_)
+            | Observation::Limits(_)
+            | Observation::Services(_)
+            | Observation::GoBuild(_)
+            | Observation::Modules(_) => None,
         }
     }
 
@@ -272,12 +379,16 @@ impl Observation {
     }
 }
 
-/// What a pass is about: everything, or, in a unit pass, only the units an
-/// event named (what it reads again after acting), or, in a key pass, only
-/// the sysctl keys an event named (what it plans and writes).
+/// What a pass is about, and so what it reads, plans and reports:
+/// everything; every unit (systemd reloaded: the areas with units are read
+/// afresh, the others not at all); the units an event named (what is read
+/// again of them); or the sysctl keys an event named (what is read, planned
+/// and written). Items outside the focus are held and left out of the
+/// pass's result.
 #[derive(Debug, Clone, Copy)]
 pub enum Focus<'a> {
     All,
+    AllUnits,
     Units(&'a BTreeSet<String>),
     Keys(&'a BTreeSet<SysctlKey>),
 }
@@ -287,7 +398,18 @@ impl<'a> Focus<'a> {
     pub fn keys(self) -> Option<&'a BTreeSet<SysctlKey>> {
         match self {
             Focus::Keys(keys) => Some(keys),
-            Focus::All | Focus::Units(_) => None,
+            Focus::All | Focus::AllUnits | Focus::Units(_) => None,
+        }
+    }
+
+    /// Whether an item of an area in focus is itself in focus: of a named
+    /// unit, or of a named key (holdfast's sysctl.d file, which a key pass
+    /// updates, too).
+    pub fn concerns(self, item: &crate::item::Item) -> bool {
+        match self {
+            Focus::All | Focus::AllUnits => true,
+            Focus::Units(units) => item.key.unit().is_some_and(|u| units.contains(u)),
+            Focus::Keys(keys) => item.key.sysctl().is_none_or(|k| keys.contains(k)),
         }
     }
 }

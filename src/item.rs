@@ -89,7 +89,53 @@ impl Kind {
             Kind::ModprobeFile => "modprobe-file",
         }
     }
+
+    /// Whether the setting takes effect when the service's processes start
+    /// (a service's limit or posture field): stale on a running process
+    /// until it restarts, and what `--restart-services` restarts it for.
+    pub fn applies_at_start(self) -> bool {
+        match self {
+            Kind::ServiceLimit | Kind::ServicePosture => true,
+            Kind::Sysctl
+            | Kind::SysctlPersist
+            | Kind::SysctlOverride
+            | Kind::Limit
+            | Kind::LimitsFile
+            | Kind::UnitFile
+            | Kind::CgroupLimit
+            | Kind::CgroupController
+            | Kind::GoBuild
+            | Kind::KernelModule
+            | Kind::ModprobeFile => false,
+        }
+    }
+
+    /// Whether systemd reads this file only at a daemon-reload (a unit file
+    /// or drop-in holdfast owns): a pass that changed one reloads once.
+    pub fn needs_daemon_reload(self) -> bool {
+        match self {
+            Kind::UnitFile => true,
+            Kind::Sysctl
+            | Kind::SysctlPersist
+            | Kind::SysctlOverride
+            | Kind::Limit
+            | Kind::LimitsFile
+            | Kind::ServiceLimit
+            | Kind::ServicePosture
+            | Kind::CgroupLimit
+            | Kind::CgroupController
+            | Kind::GoBuild
+            | Kind::KernelModule
+            | Kind::ModprobeFile => false,
+        }
+    }
 }
+
+/// Which items must not be changed in a pass: the daemon holds items that
+/// are in backoff (contested, or failing) this way, and a focused pass the
+/// items outside its focus. Every executor honours it: a held item keeps
+/// its planned action, unexecuted, and its drifted state.
+pub type Hold<'a> = &'a dyn Fn(&Item) -> bool;
 
 /// A service setting that lives in holdfast's drop-in and applies on the
 /// service's next start.

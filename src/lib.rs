@@ -10,6 +10,7 @@ pub mod audit;
 pub mod cgroup;
 pub mod daemon;
 pub mod engine;
+pub mod exec;
 pub mod gobuild;
 pub mod harden;
 pub mod host;

@@ -65,6 +65,8 @@ const LAYERS: &[(&str, &[&str])] = &[
             "systemd::dbus",
             "sources",
             "journal::store",
+            "exec",
+            "sysctl::apply",
         ],
     ),
     ("area", &["area"]),

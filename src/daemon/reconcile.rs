@@ -25,7 +25,7 @@
 //! - inotify misses writes through another procfs instance and `net.*`
 //!   writes from another network namespace; the rescan corrects those.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -44,15 +44,11 @@ use super::state::{
 use super::view::{Event, ItemView};
 use super::watch::{self as watches, Arm, Concern, PolicySource, WatchEvent, WatchMap};
 use super::writers;
-use crate::area::{self, Observation};
+use crate::area::{self, Focus, Observation};
 use crate::engine;
 use crate::host::{self, HostRoot};
 use crate::item::{Item, ItemKey};
 use crate::policy::Policy;
-use crate::safety::{MemInfo, OvercommitKey};
-use crate::sysctl::SysctlKey;
-use crate::sysctl::observe::{self as sysctl_observe, Observed};
-use crate::sysctl::plan::{self as sysctl_plan, SysctlHost};
 use crate::systemd::{SystemdClient, UnitEvent};
 
 /// Announcements from systemd waiting for the loop; when full, the loop is
@@ -116,12 +112,10 @@ pub struct Reconciler {
     originals: OriginalsCache,
     sources: Vec<PolicySource>,
     keeper: PolicyKeeper,
-    /// What the last passes read of the sysctls, so that an event on one
-    /// key re-reads only that key.
-    cache: Option<SysctlHost>,
-    /// What the last passes read of the other areas, so that an
-    /// announcement about one unit re-reads only that unit.
-    observed: Vec<Observation>,
+    /// What the last passes read of every area, so that an event on one
+    /// key re-reads only that key and an announcement about one unit only
+    /// that unit. `None` until the first full pass, and after a new policy.
+    observed: Option<Vec<Observation>>,
     /// The units the policy in force manages: systemd's announcements about
     /// other units are dropped on the client's thread, and never wake the
     /// loop.
@@ -159,8 +153,7 @@ impl Reconciler {
             originals: OriginalsCache::default(),
             sources,
             keeper: PolicyKeeper::default(),
-            cache: None,
-            observed: Vec::new(),
+            observed: None,
             managed: Arc::new(Mutex::new(BTreeSet::new())),
             view: ItemView::new(cfg.trackers),
             warnings: Vec::new(),
@@ -326,11 +319,10 @@ impl Reconciler {
     /// other content, someone else's edit, calls for the pass.
     fn left_as_ours(&self, path: &std::path::Path) -> bool {
         let known = self
-            .cache
+            .observed
             .iter()
-            .filter_map(|h| h.own_file(path))
-            .chain(self.observed.iter().filter_map(|o| o.own_file(path)))
-            .next();
+            .flatten()
+            .find_map(|o| o.own_file(path));
         let Some(known) = known else {
             return false;
         };
@@ -347,16 +339,27 @@ impl Reconciler {
             self.reload_policy();
         }
         let policy = self.keeper.in_force();
-        let full = work.full || self.cache.is_none();
+        let full = work.full || self.observed.is_none();
         if let Some(policy) = &policy {
             if full {
-                self.full_pass(policy, now);
+                self.pass(policy, Focus::All, now);
+                *self.managed.lock().unwrap_or_else(PoisonError::into_inner) =
+                    area::managed_units(policy);
             } else {
-                if work.has_units() {
-                    self.unit_pass(policy, &work, now);
+                if work.all_units {
+                    self.pass(policy, Focus::AllUnits, now);
+                } else if work.has_units() {
+                    let named: BTreeSet<String> = work
+                        .units
+                        .intersection(&area::managed_units(policy))
+                        .cloned()
+                        .collect();
+                    if !named.is_empty() {
+                        self.pass(policy, Focus::Units(&named), now);
+                    }
                 }
                 if !work.keys.is_empty() {
-                    self.key_pass(policy, &work.keys, now);
+                    self.pass(policy, Focus::Keys(&work.keys), now);
                 }
             }
         }
@@ -409,148 +412,46 @@ impl Reconciler {
                         .chain(&change.changed)
                         .chain(&change.removed),
                 );
-                // The next pass is full and rebuilds the cache for the new
-                // keys.
-                self.cache = None;
+                // The next pass is full and reads every area for the new
+                // policy.
+                self.observed = None;
             }
         }
     }
 
-    /// Re-reads everything (every kind, through the engine), corrects what
-    /// may be corrected, and rebuilds the sysctl cache.
-    fn full_pass(&mut self, policy: &Policy, now: Instant) {
+    /// One pass of the engine over the observations kept from the last
+    /// passes: it reads again what `focus` concerns (everything, in a full
+    /// pass), corrects what may be corrected, and the view takes the
+    /// focus's items. Held: what the view backs off from.
+    fn pass(&mut self, policy: &Policy, focus: Focus<'_>, now: Instant) {
+        let full = matches!(focus, Focus::All);
         let view = &self.view;
         let hold = |item: &Item| view.is_held(item, now);
         let ctx = engine::Context {
             host: &self.cfg.host,
             systemd: self.cfg.systemd.as_deref(),
         };
-        let pass = engine::apply_in_holding(&ctx, policy, engine::ApplyOptions::default(), &hold);
-        self.warnings = pass.warnings;
-        self.absorb(pass.items, now, true, &HashMap::new());
-        self.cache = pass.sysctl;
-        self.observed = pass.observed;
-        *self.managed.lock().unwrap_or_else(PoisonError::into_inner) = area::managed_units(policy);
-    }
-
-    /// Re-reads only the units `work` names (every managed unit after a
-    /// daemon-reload) into the kept observations, and corrects them.
-    fn unit_pass(&mut self, policy: &Policy, work: &Work, now: Instant) {
-        let managed = area::managed_units(policy);
-        let named: BTreeSet<String> = work.units.intersection(&managed).cloned().collect();
-        let units = if work.all_units { None } else { Some(&named) };
-        if units.is_some_and(BTreeSet::is_empty) {
-            return;
-        }
-        let view = &self.view;
-        let hold = |item: &Item| view.is_held(item, now);
-        let ctx = engine::Context {
-            host: &self.cfg.host,
-            systemd: self.cfg.systemd.as_deref(),
-        };
-        let (items, warnings) =
-            engine::apply_units_observed(&ctx, policy, &mut self.observed, units, &hold);
-        for w in warnings {
-            if !self.warnings.contains(&w) {
-                self.warnings.push(w);
-            }
-        }
-        self.absorb(items, now, false, &HashMap::new());
-    }
-
-    /// Re-reads only `keys` (and what the overcommit gate needs with them),
-    /// corrects them, and updates the persisted file.
-    fn key_pass(&mut self, policy: &Policy, keys: &BTreeSet<SysctlKey>, now: Instant) {
-        let host = &self.cfg.host;
-        let Some(cache) = self.cache.as_mut() else {
-            return;
-        };
-        let wanted: HashSet<&str> = keys
-            .iter()
-            .filter(|k| policy.sysctls.contains_key(*k))
-            .map(SysctlKey::as_str)
-            .collect();
-        if wanted.is_empty() {
-            return;
-        }
-        let mut refresh: Vec<SysctlKey> = keys
-            .iter()
-            .filter(|k| wanted.contains(k.as_str()))
-            .cloned()
-            .collect();
-        let gate = sysctl_plan::needs_meminfo(policy)
-            && refresh
-                .iter()
-                .any(|k| OvercommitKey::from_sysctl(k.as_str()).is_some());
-        if gate {
-            for k in sysctl_plan::keys_to_read(policy) {
-                if OvercommitKey::from_sysctl(k.as_str()).is_some() && !refresh.contains(&k) {
-                    refresh.push(k);
+        let observed = self.observed.get_or_insert_with(Vec::new);
+        let pass = engine::pass(
+            &ctx,
+            policy,
+            observed,
+            focus,
+            engine::ApplyOptions::default(),
+            &hold,
+        );
+        if full {
+            self.warnings = pass.warnings;
+        } else {
+            for w in pass.warnings {
+                if !self.warnings.contains(&w) {
+                    self.warnings.push(w);
                 }
             }
-            cache.meminfo = host::read_optional(&host.meminfo())
-                .ok()
-                .flatten()
-                .as_deref()
-                .and_then(MemInfo::parse);
         }
-        let mut before: HashMap<ItemKey, String> = HashMap::new();
-        let mut torn: HashSet<String> = HashSet::new();
-        for k in &refresh {
-            let observed = sysctl_observe::read_key(host, k);
-            if let Observed::Value(v) = &observed {
-                if v.tokens().is_empty() {
-                    // A write in progress that truncated first (a regular
-                    // file, as in a fake root; procfs never reads empty).
-                    // Its end fires another event; acting on the empty
-                    // value would mark the key failed and drop it from the
-                    // persisted file. The cache keeps the last value.
-                    torn.insert(k.as_str().to_string());
-                    continue;
-                }
-                before.insert(ItemKey::Sysctl(k.clone()), v.canonical());
-            }
-            cache.values.insert(k.clone(), observed);
+        if full || !pass.items.is_empty() {
+            self.absorb(pass.items, now, full, &pass.found);
         }
-        let wanted: HashSet<&str> = wanted.into_iter().filter(|k| !torn.contains(*k)).collect();
-        if wanted.is_empty() {
-            return;
-        }
-        let view = &self.view;
-        let refreshed: HashSet<&str> = refresh
-            .iter()
-            .map(SysctlKey::as_str)
-            .filter(|k| !torn.contains(*k))
-            .collect();
-        // Only the keys re-read are planned (and the overcommit keys, which
-        // the gate judges together): those not re-read keep their cached
-        // state and are never written from it; nor are holdfast's copies of
-        // vendor files, which only a full pass (one reads the sysctl.d
-        // files) plans.
-        let hold = |item: &Item| {
-            item.key
-                .sysctl()
-                .is_some_and(|k| !refreshed.contains(k.as_str()))
-                || matches!(item.key, ItemKey::SysctlOverride(_))
-                || view.is_held(item, now)
-        };
-        // The engine keeps the cache true: it re-reads what it wrote and
-        // records the persisted file it wrote.
-        let focus: BTreeSet<SysctlKey> = refresh
-            .iter()
-            .filter(|k| refreshed.contains(k.as_str()))
-            .cloned()
-            .collect();
-        let items = engine::apply_sysctls_observed(host, policy, cache, &focus, &hold);
-        let fresh: Vec<Item> = items
-            .into_iter()
-            .filter(|i| match &i.key {
-                ItemKey::Sysctl(k) => wanted.contains(k.as_str()),
-                ItemKey::SysctlFile(_) => true,
-                _ => false,
-            })
-            .collect();
-        self.absorb(fresh, now, false, &before);
     }
 
     /// Takes a pass's items into the view, then logs and counts what

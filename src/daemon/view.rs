@@ -162,8 +162,8 @@ impl ItemView {
     /// Takes a pass's items into the view: updates each item's backoff
     /// history and puts the daemon's state (contested, failed while backing
     /// off, recently corrected) on it. A full pass replaces the view; a key
-    /// pass updates the items it re-read. `before` holds the values a key
-    /// pass read before correcting; `running` lists the host's process
+    /// pass updates the items it re-read. `before` holds what the pass found
+    /// corrected items to be before it acted; `running` lists the host's process
     /// names (asked only when a setting becomes contested).
     pub fn absorb(
         &mut self,
@@ -206,7 +206,10 @@ impl ItemView {
                         .get(&item.key)
                         .cloned()
                         .or_else(|| prev.map(|p| p.status.item.actual.clone()))
-                        .filter(|v| !v.is_empty()),
+                        // A value that was already the one now there (a
+                        // setting found again after systemd came back) is
+                        // no "from".
+                        .filter(|v| !v.is_empty() && *v != item.actual),
                     to: item.actual.clone(),
                 }),
                 State::Failed => events.push(Event::Failed { kind }),

@@ -7,6 +7,7 @@
 //! - writes parse numbers with base 0 (`050` is octal), so holdfast always
 //!   writes canonical decimal, and the full vector for multi-value keys.
 
+pub mod apply;
 pub mod conf;
 pub mod converge;
 pub mod observe;

@@ -1,7 +1,7 @@
 //! Reading and writing sysctls under the host root, and reading the sysctl.d
 //! configuration that boot will apply. This is the I/O side of `sysctl`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -14,7 +14,7 @@ use super::{SysctlKey, SysctlValue};
 use crate::host::{self, HostRoot, IoError, SYSCTL_CONF_DIRS, SYSCTL_PERSIST_FILE};
 use crate::item::OWN_UNIT_FILE_MARK;
 use crate::policy::Policy;
-use crate::safety::MemInfo;
+use crate::safety::{MemInfo, OvercommitKey};
 
 /// Reads everything the sysctl plan needs. Files that cannot be read are
 /// returned as warnings; they never stop the pass.
@@ -57,6 +57,54 @@ pub fn reread_conf(host: &HostRoot, observed: &mut SysctlHost) -> Vec<IoError> {
     observed.boot = BootLines::new(conf.boot);
     observed.vendor = conf.vendor;
     warnings
+}
+
+/// Reads again the policy's keys among `keys` into `observed` (a key pass:
+/// an event named them), with the overcommit keys and /proc/meminfo when
+/// the gate judges one of them. Returns the keys read: those the pass may
+/// plan and write. A key that reads empty is left out and keeps its last
+/// value: a write in progress that truncated first (a regular file, as in a
+/// fake root; procfs never reads empty), whose end fires another event.
+/// Acting on the empty value would mark the key failed and drop it from the
+/// persisted file.
+pub fn observe_keys(
+    host: &HostRoot,
+    policy: &Policy,
+    observed: &mut SysctlHost,
+    keys: &BTreeSet<SysctlKey>,
+) -> BTreeSet<SysctlKey> {
+    let mut refresh: BTreeSet<SysctlKey> = keys
+        .iter()
+        .filter(|k| policy.sysctls.contains_key(*k))
+        .cloned()
+        .collect();
+    let gate = plan::needs_meminfo(policy)
+        && refresh
+            .iter()
+            .any(|k| OvercommitKey::from_sysctl(k.as_str()).is_some());
+    if gate {
+        refresh.extend(
+            OvercommitKey::ALL
+                .iter()
+                .filter_map(|k| SysctlKey::parse(k.as_sysctl()).ok()),
+        );
+        observed.meminfo = host::read_optional(&host.meminfo())
+            .ok()
+            .flatten()
+            .as_deref()
+            .and_then(MemInfo::parse);
+    }
+    refresh.retain(|k| {
+        let now = read_key(host, k);
+        if let Observed::Value(v) = &now
+            && v.tokens().is_empty()
+        {
+            return false;
+        }
+        observed.values.insert(k.clone(), now);
+        true
+    });
+    refresh
 }
 
 pub fn read_key(host: &HostRoot, key: &SysctlKey) -> Observed {
