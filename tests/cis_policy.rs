@@ -1,7 +1,10 @@
-//! The shipped CIS policy (`policies/cis-sysctl-level1.yaml`): it validates,
-//! and its `net.*` keys converge on the real kernel — in one `apply` pass and
-//! at boot, when the persisted file alone is applied from any starting
-//! state — and pass OpenSCAP's CIS rules.
+//! The shipped CIS policy (`policies/cis-sysctl-level1.yaml`): it validates
+//! (its sysctls, the seven kernel modules and the core dump limit of the
+//! profile, each under its CIS recommendation), and its `net.*` keys converge
+//! on the real kernel — in one `apply` pass and at boot, when the persisted
+//! file alone is applied from any starting state — and pass OpenSCAP's CIS
+//! rules. The modules and the limit on a real host are the VM suite's
+//! (`tests/e2e/scenarios/60-modules.sh`).
 //!
 //! The real-kernel tests run in a fresh network namespace with a private
 //! mount namespace (`unshare --net --mount`): only `net.*` keys are written
@@ -18,6 +21,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use holdfast::limits::LimitValue;
 use holdfast::policy::{Mode, Policy};
 use holdfast::sysctl::Expect;
 
@@ -139,25 +143,74 @@ fn the_shipped_cis_policy_validates_in_audit_mode_with_a_cis_reference_per_key()
     );
     assert_eq!(keys["kernel.randomize_va_space"], 2);
     assert_eq!(keys["fs.suid_dumpable"], 0);
-    // Every key is under a comment naming its CIS recommendation.
+    // The seven modules of the profile's kernel_module_*_disabled rules,
+    // spelt as the scanners match the modprobe.d line (`usb-storage`).
+    let modules: Vec<&str> = policy.kernel_modules.keys().map(|m| m.written()).collect();
+    assert_eq!(
+        modules,
+        [
+            "cramfs",
+            "freevxfs",
+            "hfs",
+            "hfsplus",
+            "jffs2",
+            "udf",
+            "usb-storage"
+        ]
+    );
+    // Users' core dumps off (disable_users_coredumps): `* hard core 0`.
+    assert_eq!(policy.limits.len(), 1, "{:?}", policy.limits);
+    let core = &policy.limits[0];
+    assert_eq!(
+        (
+            core.domain.to_string(),
+            core.item.to_string(),
+            core.soft,
+            core.hard,
+            core.mode
+        ),
+        (
+            "*".to_string(),
+            "core".to_string(),
+            None,
+            Some(LimitValue::Value(0)),
+            None
+        )
+    );
+    // Every entry is under a comment naming its CIS recommendation, in its
+    // own section: `N.N.N` for a key and the limit, `N.N.N` or `N.N.N.N` for a
+    // module (CIS numbers the filesystems 1.1.1.x).
     let mut last_cis: Option<&str> = None;
-    let mut in_sysctl = false;
+    let mut section = "";
+    let mut entries = 0;
     for line in POLICY.lines() {
         let t = line.trim();
-        if line.starts_with("sysctl:") {
-            in_sysctl = true;
+        if !t.is_empty() && !line.starts_with([' ', '#']) {
+            section = t.split(':').next().unwrap();
+            last_cis = None;
         } else if t.starts_with("# CIS ") {
             last_cis = Some(t);
-        } else if in_sysctl && !t.is_empty() && !t.starts_with('#') {
-            let cis = last_cis.unwrap_or_else(|| panic!("no CIS comment above {t}"));
+        } else if !t.is_empty() && !t.starts_with('#') {
+            let parts = match section {
+                "sysctl" | "limits" => 3..=3,
+                "kernel_modules" => 3..=4,
+                other => panic!("{t}: an entry of {other}, which has no CIS comments"),
+            };
+            let cis = last_cis.unwrap_or_else(|| panic!("no CIS comment above {t} in {section}"));
             let number = cis["# CIS ".len()..].split(':').next().unwrap();
             assert!(
-                number.split('.').count() == 3
+                parts.contains(&number.split('.').count())
                     && number.split('.').all(|n| n.parse::<u32>().is_ok()),
-                "{cis}"
+                "{section}: {cis}"
             );
+            entries += 1;
         }
     }
+    assert_eq!(
+        entries,
+        25 + 7 + 1,
+        "every entry of the three sections was checked"
+    );
     // And the CLI accepts it as a user would give it.
     Command::new(env!("CARGO_BIN_EXE_holdfast"))
         .args([

@@ -31,7 +31,8 @@ grep -v '<xccdf-1.2:platform idref=' "$ssg/ssg-ubuntu2204-xccdf.xml" >"$content/
 for f in "$ssg"/ssg-ubuntu2204-*; do
     case $f in *-xccdf.xml) ;; *) ln -sf "$f" "$content/" ;; esac
 done
-keys=$(awk '/^sysctl:/ {on = 1; next} on && /^  [a-z]/ {sub(":", "", $1); print $1}' "$pol/50-cis.yaml")
+# The keys of the sysctl section (it ends at the next top-level key).
+keys=$(awk '/^sysctl:/ {on = 1; next} /^[^ #]/ {on = 0} on && /^  [a-z]/ {sub(":", "", $1); print $1}' "$pol/50-cis.yaml")
 rules=()
 for key in $keys; do rules+=(--rule "xccdf_org.ssgproject.content_rule_sysctl_${key//./_}"); done
 expect_eq "the policy has the benchmark's 25 keys" 25 "$(printf '%s\n' $keys | wc -l)"
