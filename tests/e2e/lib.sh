@@ -132,6 +132,19 @@ wait_until() {
     done
 }
 
+# ComplianceAsCode's Ubuntu 22.04 content, the closest to Debian, copied
+# into DIR without its platform checks (they would mark every rule
+# notapplicable on Debian); the other files of the content linked beside it.
+# Usage: ssg_ubuntu_content SSG_DIR DIR; evaluate DIR/ssg-ubuntu2204-xccdf.xml.
+ssg_ubuntu_content() {
+    local ssg=$1 dir=$2 f
+    mkdir -p "$dir"
+    grep -v '<xccdf-1.2:platform idref=' "$ssg/ssg-ubuntu2204-xccdf.xml" >"$dir/ssg-ubuntu2204-xccdf.xml"
+    for f in "$ssg"/ssg-ubuntu2204-*; do
+        case $f in *-xccdf.xml) ;; *) ln -sf "$f" "$dir/" ;; esac
+    done
+}
+
 # `systemd-analyze verify` of units as systemd loads them (with their
 # drop-ins): passes when it exits 0 and prints nothing.
 verify_units() {

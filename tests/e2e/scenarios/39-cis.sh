@@ -23,14 +23,9 @@ expect_exit "apply of the CIS policy, enforced" "0" holdfast apply --policy "$po
 expect_eq "kernel.randomize_va_space" 2 "$(cat /proc/sys/kernel/randomize_va_space)"
 expect_eq "fs.suid_dumpable" 0 "$(cat /proc/sys/fs/suid_dumpable)"
 
-# The Ubuntu 22.04 content, the closest to Debian, without its platform
-# checks (they would mark every rule notapplicable on Debian).
+# The Ubuntu 22.04 content, the closest to Debian (see ssg_ubuntu_content).
 content=$E2E_TMP/ssg
-mkdir -p "$content"
-grep -v '<xccdf-1.2:platform idref=' "$ssg/ssg-ubuntu2204-xccdf.xml" >"$content/ssg-ubuntu2204-xccdf.xml"
-for f in "$ssg"/ssg-ubuntu2204-*; do
-    case $f in *-xccdf.xml) ;; *) ln -sf "$f" "$content/" ;; esac
-done
+ssg_ubuntu_content "$ssg" "$content"
 # The keys of the sysctl section (it ends at the next top-level key).
 keys=$(awk '/^sysctl:/ {on = 1; next} /^[^ #]/ {on = 0} on && /^  [a-z]/ {sub(":", "", $1); print $1}' "$pol/50-cis.yaml")
 rules=()

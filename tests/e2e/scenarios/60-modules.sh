@@ -169,11 +169,7 @@ expect_eq "check: the rest of the policy (sysctls, core dump limit, files) is co
 # loaded module's rule fails until it is unloaded. Expect what the installed
 # content checks, and a pass for every rule once the module is unloaded.
 content=$E2E_TMP/ssg
-mkdir -p "$content"
-grep -v '<xccdf-1.2:platform idref=' "$ssg/ssg-ubuntu2204-xccdf.xml" >"$content/ssg-ubuntu2204-xccdf.xml"
-for f in "$ssg"/ssg-ubuntu2204-*; do
-    case $f in *-xccdf.xml) ;; *) ln -sf "$f" "$content/" ;; esac
-done
+ssg_ubuntu_content "$ssg" "$content"
 rule_ids=()
 for m in "${modules[@]}"; do rule_ids+=("kernel_module_${m}_disabled"); done
 rule_ids+=(disable_users_coredumps)
