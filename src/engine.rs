@@ -228,6 +228,12 @@ fn run(
     let mut record = Record::default();
     // Every change's original goes to the journal before the change.
     let mut originals = Recorder::new(ctx.host);
+    let mut step = Run {
+        host: ctx.host,
+        policy,
+        hold,
+        originals: &mut originals,
+    };
 
     // 1. The areas with an executor of their own carry out their actions
     //    (the sysctl area: its kernel values in an order that converges,
@@ -241,12 +247,6 @@ fn run(
         if !active[i] {
             continue;
         }
-        let mut step = Run {
-            host: ctx.host,
-            policy,
-            hold,
-            originals: &mut originals,
-        };
         let Some(executed) = obs.execute_own(&mut step, &planned[i]) else {
             continue;
         };
@@ -289,7 +289,7 @@ fn run(
             _ => None,
         })
         .unzip();
-    let journaled = journal_before(&mut originals, &files, |_, _| None);
+    let journaled = journal_before(step.originals, &files, |_, _| None);
     for (((item, action), journaled), area) in files.into_iter().zip(journaled).zip(areas) {
         let outcome = match journaled {
             Ok(()) => exec::file_action(ctx.host, action),
@@ -339,7 +339,7 @@ fn run(
         .filter_map(|&(area, i)| i.action.as_ref().map(|a| (area, (i, a))))
         .filter(|(_, (_, a))| is_runtime_action(a))
         .unzip();
-    let journaled = journal_before(&mut originals, &runtime, |key, action| {
+    let journaled = journal_before(step.originals, &runtime, |key, action| {
         observations
             .iter()
             .find_map(|o| o.known_original(key, action))
@@ -389,12 +389,6 @@ fn run(
         if !active[i] {
             continue;
         }
-        let mut step = Run {
-            host: ctx.host,
-            policy,
-            hold,
-            originals: &mut originals,
-        };
         items.extend(settle_area(
             ctx,
             &mut step,
