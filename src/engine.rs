@@ -25,8 +25,7 @@ use crate::area::Observation;
 use crate::exec::{self, Outcome, Run};
 use crate::host::{HostRoot, IoError};
 use crate::item::{Action, Item, ItemKey, State};
-use crate::journal as journal_model;
-use crate::journal::store::{Change, Recorder};
+use crate::journal::store::Recorder;
 use crate::policy::Policy;
 use crate::sysctl::SysctlKey;
 
@@ -289,7 +288,7 @@ fn run(
             _ => None,
         })
         .unzip();
-    let journaled = journal_before(step.originals, &files, |_, _| None);
+    let journaled = exec::journal_before(step.originals, &files, |_, _| None);
     for (((item, action), journaled), area) in files.into_iter().zip(journaled).zip(areas) {
         let outcome = match journaled {
             Ok(()) => exec::file_action(ctx.host, action),
@@ -339,7 +338,7 @@ fn run(
         .filter_map(|&(area, i)| i.action.as_ref().map(|a| (area, (i, a))))
         .filter(|(_, (_, a))| is_runtime_action(a))
         .unzip();
-    let journaled = journal_before(step.originals, &runtime, |key, action| {
+    let journaled = exec::journal_before(step.originals, &runtime, |key, action| {
         observations
             .iter()
             .find_map(|o| o.known_original(key, action))
@@ -429,28 +428,6 @@ fn settle_area(
     };
     obs.after_merge(step, planned, &mut merged, &record.outcomes, focus);
     merged
-}
-
-/// The journal hook of a stage: records the originals of the stage's
-/// changes (those not journaled yet) in one durable write, before any of
-/// them is made. `known` supplies an original the pass already read.
-fn journal_before(
-    originals: &mut Recorder<'_>,
-    changes: &[(&Item, &Action)],
-    known: impl Fn(&ItemKey, &Action) -> Option<journal_model::Original>,
-) -> Vec<Result<(), String>> {
-    if changes.is_empty() {
-        return Vec::new();
-    }
-    let changes: Vec<Change<'_>> = changes
-        .iter()
-        .map(|(item, action)| Change {
-            key: &item.key,
-            action,
-            known: known(&item.key, action),
-        })
-        .collect();
-    originals.before(&changes)
 }
 
 /// The units `--restart-services` restarts: those with an item that is

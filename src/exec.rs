@@ -7,8 +7,9 @@
 use std::collections::HashMap;
 
 use crate::host::{self, HostRoot, IoError};
-use crate::item::{Action, Hold, ItemKey};
-use crate::journal::store::Recorder;
+use crate::item::{Action, Hold, Item, ItemKey};
+use crate::journal::Original;
+use crate::journal::store::{Change, Recorder};
 use crate::policy::Policy;
 
 /// What every executor of a pass works with: the host, the policy, the
@@ -95,6 +96,28 @@ pub fn still_ours(action: &Action) -> Result<(), String> {
             Err(e) => Err(e.to_string()),
         },
     }
+}
+
+/// The journal hook of a stage: records the originals of the stage's
+/// changes (those not journaled yet) in one durable write, before any of
+/// them is made. `known` supplies an original the pass already read.
+pub fn journal_before(
+    originals: &mut Recorder<'_>,
+    changes: &[(&Item, &Action)],
+    known: impl Fn(&ItemKey, &Action) -> Option<Original>,
+) -> Vec<Result<(), String>> {
+    if changes.is_empty() {
+        return Vec::new();
+    }
+    let changes: Vec<Change<'_>> = changes
+        .iter()
+        .map(|(item, action)| Change {
+            key: &item.key,
+            action,
+            known: known(&item.key, action),
+        })
+        .collect();
+    originals.before(&changes)
 }
 
 /// cgroupfs errors, with what they mean for holdfast (design notes, §3).

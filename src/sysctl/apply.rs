@@ -211,23 +211,13 @@ fn write_copies(
         }
     }
     attempted |= !files.is_empty();
-    if !files.is_empty() {
-        let changes: Vec<Change<'_>> = files
-            .iter()
-            .map(|(item, action)| Change {
-                key: &item.key,
-                action,
-                known: None,
-            })
-            .collect();
-        let journaled = originals.before(&changes);
-        for ((item, action), journaled) in files.into_iter().zip(journaled) {
-            let outcome = match journaled {
-                Ok(()) => exec::file_action(host, action),
-                Err(why) => Outcome::Failed(why),
-            };
-            done.outcomes.insert(item.key.clone(), outcome);
-        }
+    let journaled = exec::journal_before(originals, &files, |_, _| None);
+    for ((item, action), journaled) in files.into_iter().zip(journaled) {
+        let outcome = match journaled {
+            Ok(()) => exec::file_action(host, action),
+            Err(why) => Outcome::Failed(why),
+        };
+        done.outcomes.insert(item.key.clone(), outcome);
     }
     done.acted |= attempted;
     attempted
