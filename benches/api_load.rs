@@ -12,6 +12,14 @@
 //!
 //! Run (root): cargo bench --bench api_load
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::pedantic,
+    reason = "a test fails by panicking, and pedantic is for the shipped code; Cargo.toml has both"
+)]
+
 mod support;
 
 use std::path::Path;

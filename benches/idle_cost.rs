@@ -11,6 +11,14 @@
 //! `HOLDFAST_BENCH_RESCAN=1h` passes `--rescan 1h` (no rescan in the
 //! window: what is left is every wake-up between rescans).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::pedantic,
+    reason = "a test fails by panicking, and pedantic is for the shipped code; Cargo.toml has both"
+)]
+
 mod support;
 
 use std::collections::BTreeMap;

@@ -17,6 +17,14 @@
 //!
 //! `cargo bench --bench journal_trials`; HOLDFAST_BENCH_TRIALS (default 200).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::pedantic,
+    reason = "a test fails by panicking, and pedantic is for the shipped code; Cargo.toml has both"
+)]
+
 mod support;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;

@@ -22,6 +22,14 @@
 //!
 //! Needs no root: everything is a regular file under a temp dir.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::pedantic,
+    reason = "a test fails by panicking, and pedantic is for the shipped code; Cargo.toml has both"
+)]
+
 mod support;
 
 use std::path::{Path, PathBuf};

@@ -8,6 +8,14 @@
 //! `cargo bench --bench writer_trials`; HOLDFAST_BENCH_TRIALS (default 200)
 //! concurrent pairs and HOLDFAST_BENCH_KILLS (default 500) kills.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::pedantic,
+    reason = "a test fails by panicking, and pedantic is for the shipped code; Cargo.toml has both"
+)]
+
 mod support;
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -306,7 +306,7 @@ impl Observation {
     ) {
         match self {
             Observation::Sysctl(h) => {
-                sysctl_apply::after_merge(run, h, planned, merged, outcomes, focus.keys())
+                sysctl_apply::after_merge(run, h, planned, merged, outcomes, focus.keys());
             }
             Observation::Limits(_)
             | Observation::Services(_)

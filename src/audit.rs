@@ -35,7 +35,7 @@ pub fn run(host: &HostRoot, client: &dyn SystemdClient) -> Result<Audit, Systemd
     let all_caps = caps::mask(
         &caps::CAPABILITIES
             .iter()
-            .map(|c| c.to_string())
+            .map(std::string::ToString::to_string)
             .collect::<Vec<_>>(),
     )
     .unwrap_or(0);

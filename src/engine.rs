@@ -277,46 +277,9 @@ fn run(
         .filter(|(_, i)| !hold(i))
         .collect();
 
-    // 2. Files.
-    let mut unit_files_changed = false;
-    let (areas, files): (Vec<Area>, Vec<(&Item, &Action)>) = by_area
-        .iter()
-        .filter_map(|&(area, i)| match &i.action {
-            Some(a @ (Action::WriteFile { .. } | Action::RemoveFile { .. })) => {
-                Some((area, (i, a)))
-            }
-            _ => None,
-        })
-        .unzip();
-    let journaled = exec::journal_before(step.originals, &files, |_, _| None);
-    for (((item, action), journaled), area) in files.into_iter().zip(journaled).zip(areas) {
-        let outcome = match journaled {
-            Ok(()) => exec::file_action(ctx.host, action),
-            Err(why) => Outcome::Failed(why),
-        };
-        record.acted.insert(area);
-        if item.kind().needs_daemon_reload() && outcome == Outcome::Done {
-            unit_files_changed = true;
-        }
-        record.outcomes.insert(item.key.clone(), outcome);
-    }
-
-    // Temp files a killed writer left beside holdfast's files go too where
-    // this pass did not write or remove the file (writing or removing it
-    // already removed them).
-    let own_files = planned
-        .iter()
-        .flatten()
-        .filter(|i| !hold(i))
-        .filter_map(|i| Some((i, i.key.own_file()?)));
-    for (item, path) in own_files {
-        if matches!(record.outcomes.get(&item.key), Some(Outcome::Done)) {
-            continue;
-        }
-        if let Err(e) = ctx.host.remove_stale_temps_of(path) {
-            warnings.push(e);
-        }
-    }
+    // 2. Files, then the temp files a killed writer left.
+    let unit_files_changed = write_files(ctx, &mut step, &by_area, &mut record);
+    sweep_temps(ctx, &planned, hold, &record, &mut warnings);
 
     // 3. One daemon-reload for the whole pass, only if a unit file changed.
     if unit_files_changed && let Some(client) = ctx.systemd {
@@ -333,30 +296,7 @@ fn run(
 
     // 4. Runtime actions: start slices, SetUnitProperties(runtime), or,
     //    without systemd, holdfast's own cgroups top-down.
-    let (areas, runtime): (Vec<Area>, Vec<(&Item, &Action)>) = by_area
-        .iter()
-        .filter_map(|&(area, i)| i.action.as_ref().map(|a| (area, (i, a))))
-        .filter(|(_, (_, a))| is_runtime_action(a))
-        .unzip();
-    let journaled = exec::journal_before(step.originals, &runtime, |key, action| {
-        observations
-            .iter()
-            .find_map(|o| o.known_original(key, action))
-    });
-    for (((item, action), journaled), area) in runtime.into_iter().zip(journaled).zip(areas) {
-        let result = match journaled {
-            Ok(()) => execute_runtime_action(ctx, action),
-            Err(why) => Some(Err(why)),
-        };
-        if let Some(result) = result {
-            record.acted.insert(area);
-            let outcome = match result {
-                Ok(()) => Outcome::Done,
-                Err(why) => Outcome::Failed(why),
-            };
-            record.outcomes.insert(item.key.clone(), outcome);
-        }
-    }
+    run_runtime_actions(ctx, &mut step, observations, &by_area, &mut record);
 
     // 5. Restarts, only on request: services whose processes run with old
     //    settings, or whose drop-in this pass rewrote.
@@ -399,6 +339,99 @@ fn run(
         ));
     }
     (items, record.found, warnings)
+}
+
+/// Stage 2: the file actions, each journalled first. Says whether a unit
+/// file changed (then systemd must reload).
+fn write_files(
+    ctx: &Context<'_>,
+    step: &mut Run<'_, '_>,
+    by_area: &[(Area, &Item)],
+    record: &mut Record,
+) -> bool {
+    let mut unit_files_changed = false;
+    let (areas, files): (Vec<Area>, Vec<(&Item, &Action)>) = by_area
+        .iter()
+        .filter_map(|&(area, i)| match &i.action {
+            Some(a @ (Action::WriteFile { .. } | Action::RemoveFile { .. })) => {
+                Some((area, (i, a)))
+            }
+            _ => None,
+        })
+        .unzip();
+    let journaled = exec::journal_before(step.originals, &files, |_, _| None);
+    for (((item, action), journaled), area) in files.into_iter().zip(journaled).zip(areas) {
+        let outcome = match journaled {
+            Ok(()) => exec::file_action(ctx.host, action),
+            Err(why) => Outcome::Failed(why),
+        };
+        record.acted.insert(area);
+        if item.kind().needs_daemon_reload() && outcome == Outcome::Done {
+            unit_files_changed = true;
+        }
+        record.outcomes.insert(item.key.clone(), outcome);
+    }
+    unit_files_changed
+}
+
+/// Temp files a killed writer left beside holdfast's files go too where
+/// this pass did not write or remove the file (writing or removing it
+/// already removed them).
+fn sweep_temps(
+    ctx: &Context<'_>,
+    planned: &[Vec<Item>],
+    hold: Hold<'_>,
+    record: &Record,
+    warnings: &mut Vec<IoError>,
+) {
+    let own_files = planned
+        .iter()
+        .flatten()
+        .filter(|i| !hold(i))
+        .filter_map(|i| Some((i, i.key.own_file()?)));
+    for (item, path) in own_files {
+        if matches!(record.outcomes.get(&item.key), Some(Outcome::Done)) {
+            continue;
+        }
+        if let Err(e) = ctx.host.remove_stale_temps_of(path) {
+            warnings.push(e);
+        }
+    }
+}
+
+/// Stage 4: what systemd or cgroupfs do at runtime, each journalled first
+/// (an area may know the original without reading it).
+fn run_runtime_actions(
+    ctx: &Context<'_>,
+    step: &mut Run<'_, '_>,
+    observations: &[Observation],
+    by_area: &[(Area, &Item)],
+    record: &mut Record,
+) {
+    let (areas, runtime): (Vec<Area>, Vec<(&Item, &Action)>) = by_area
+        .iter()
+        .filter_map(|&(area, i)| i.action.as_ref().map(|a| (area, (i, a))))
+        .filter(|(_, (_, a))| is_runtime_action(a))
+        .unzip();
+    let journaled = exec::journal_before(step.originals, &runtime, |key, action| {
+        observations
+            .iter()
+            .find_map(|o| o.known_original(key, action))
+    });
+    for (((item, action), journaled), area) in runtime.into_iter().zip(journaled).zip(areas) {
+        let result = match journaled {
+            Ok(()) => execute_runtime_action(ctx, action),
+            Err(why) => Some(Err(why)),
+        };
+        if let Some(result) = result {
+            record.acted.insert(area);
+            let outcome = match result {
+                Ok(()) => Outcome::Done,
+                Err(why) => Outcome::Failed(why),
+            };
+            record.outcomes.insert(item.key.clone(), outcome);
+        }
+    }
 }
 
 /// The end of an area's part of the pass: read again when the pass acted
@@ -479,7 +512,7 @@ fn merge(
     let prev: HashMap<&ItemKey, &Item> = before.iter().map(|i| (&i.key, i)).collect();
     let mut found = Vec::new();
     let mut out = after;
-    for item in out.iter_mut() {
+    for item in &mut out {
         for (a, note) in &record.area_notes {
             if *a == area {
                 item.detail.push(note.clone());

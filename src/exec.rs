@@ -130,9 +130,7 @@ pub fn explain_cgroup_error(e: &IoError) -> String {
         Some(2) => {
             "ENOENT: the controller is not enabled in the parent, or the file does not exist here: cannot manage this here"
         }
-        Some(1) | Some(13) => {
-            "permission denied (nsdelegate, or not root): cannot manage this here"
-        }
+        Some(1 | 13) => "permission denied (nsdelegate, or not root): cannot manage this here",
         Some(30) => "EROFS: cgroupfs is mounted read-only here: cannot manage this here",
         _ => "cgroupfs write failed",
     };

@@ -263,7 +263,7 @@ fn openat2_in(
     loop {
         match openat2(dir.as_fd(), rel, how) {
             // The kernel asks for a retry when a rename raced the lookup.
-            Err(Errno::EAGAIN) | Err(Errno::EINTR) => continue,
+            Err(Errno::EAGAIN | Errno::EINTR) => continue,
             // No openat2 here: a kernel before 5.6, or a seccomp filter that
             // does not know the call (systemd 252's @system-service answers
             // ENOSYS). Resolve the same way, one component at a time.
@@ -344,7 +344,7 @@ fn walk(
                 todo = next;
             }
             // Not a link (EINVAL) or not there (ENOENT): open it as it is.
-            Err(Errno::EINVAL) | Err(Errno::ENOENT) if is_last => {
+            Err(Errno::EINVAL | Errno::ENOENT) if is_last => {
                 return nix::fcntl::openat(
                     here,
                     name.as_os_str(),
@@ -743,7 +743,7 @@ impl HostRoot {
                     });
                     return Ok(WriterLock { _file: file });
                 }
-                Err(Errno::EWOULDBLOCK) | Err(Errno::EINTR) => {
+                Err(Errno::EWOULDBLOCK | Errno::EINTR) => {
                     let now = std::time::Instant::now();
                     if now >= deadline {
                         let holder = fs::read_to_string(&path)

@@ -288,7 +288,10 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
                     sources::read_with_candidates(dir, &candidates(files, as_name.as_deref())?)
                 }
             };
-            validate(read.context("cannot read the policy")?, cli.format)
+            Ok(validate(
+                &read.context("cannot read the policy")?,
+                cli.format,
+            ))
         }
         Command::Check => pass(cli, &host, "check", TextStyle::Check, &engine::plan),
         Command::Plan => pass(cli, &host, "plan", TextStyle::Plan, &engine::plan),
@@ -382,7 +385,7 @@ fn serve(cli: &Cli, host: HostRoot, args: &ServeArgs) -> anyhow::Result<u8> {
     let mut trackers = TrackerConfig::default();
     trackers.contest.after = args.contested_after;
     trackers.contest.window = args.contested_window;
-    daemon::serve(ServeOptions {
+    daemon::serve(&ServeOptions {
         host,
         policy_paths: cli.policy.clone(),
         listen,
@@ -499,7 +502,7 @@ fn pass(
                     &result,
                     &originals
                 )
-            )
+            );
         }
         Format::Text => print!("{}", report::to_text(&policy, &result, style)),
     }
@@ -560,7 +563,7 @@ fn generate(what: &Generate) -> anyhow::Result<u8> {
             .render(&mut out)
             .context("cannot write the man page")?,
         Generate::Completions { shell } => {
-            clap_complete::generate(*shell, &mut cmd, "holdfast", &mut out)
+            clap_complete::generate(*shell, &mut cmd, "holdfast", &mut out);
         }
     }
     Ok(EXIT_COMPLIANT)
@@ -623,7 +626,7 @@ fn candidates(files: &[PathBuf], as_name: Option<&str>) -> anyhow::Result<Vec<so
     }
 }
 
-fn validate(read: sources::PolicyFiles, format: Format) -> anyhow::Result<u8> {
+fn validate(read: &sources::PolicyFiles, format: Format) -> u8 {
     let names: Vec<String> = read.files.iter().map(|(n, _)| n.clone()).collect();
     let errors = match read.parse() {
         Ok(_) => Vec::new(),
@@ -631,7 +634,7 @@ fn validate(read: sources::PolicyFiles, format: Format) -> anyhow::Result<u8> {
     };
     match format {
         Format::Json | Format::Sarif => {
-            println!("{}", report::validation_json(names.clone(), &errors))
+            println!("{}", report::validation_json(names.clone(), &errors));
         }
         Format::Text if errors.is_empty() => println!("valid: {}", names.join(", ")),
         Format::Text => {
@@ -640,9 +643,9 @@ fn validate(read: sources::PolicyFiles, format: Format) -> anyhow::Result<u8> {
             }
         }
     }
-    Ok(if errors.is_empty() {
+    if errors.is_empty() {
         EXIT_COMPLIANT
     } else {
         EXIT_ERROR
-    })
+    }
 }

@@ -176,7 +176,7 @@ pub fn item_json(i: &Item, originals: &Journal) -> ItemJson {
         state: i.state.as_str(),
         mode: i.mode.as_str(),
         source: i.source.as_ref().map(SourceJson::from),
-        action: i.action.as_ref().map(|a| a.to_string()),
+        action: i.action.as_ref().map(std::string::ToString::to_string),
         detail: i.detail.clone(),
         conflicts: i.conflicts.iter().map(ConflictJson::from).collect(),
         original: originals.original_of(&i.key).map(OriginalJson::from),
@@ -433,15 +433,14 @@ pub fn to_text(policy: &Policy, pass: &Pass, style: TextStyle) -> String {
                 i.mode.as_str().to_string(),
                 i.source
                     .as_ref()
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|| "holdfast".into()),
+                    .map_or_else(|| "holdfast".into(), std::string::ToString::to_string),
             ];
             let mut notes = Vec::new();
             if style == TextStyle::Plan {
                 match (&i.action, i.state) {
                     (Some(a), _) => notes.push(format!("-> {a}")),
                     (None, State::Drifted) if i.mode == crate::policy::Mode::Audit => {
-                        notes.push("-> not changed (audit mode)".to_string())
+                        notes.push("-> not changed (audit mode)".to_string());
                     }
                     _ => {}
                 }
@@ -503,7 +502,10 @@ mod tests {
         let row = |cells: [&str; 3], notes: &[&str]| {
             (
                 cells.map(String::from),
-                notes.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+                notes
+                    .iter()
+                    .map(std::string::ToString::to_string)
+                    .collect::<Vec<_>>(),
             )
         };
         let rows = [

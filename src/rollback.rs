@@ -160,7 +160,7 @@ pub fn run(ctx: &Context<'_>, options: &RollbackOptions) -> Result<Report, Rollb
         ..Report::default()
     };
     // What cannot be done is said even in a dry run.
-    for r in items.iter_mut() {
+    for r in &mut items {
         match &r.restore {
             Restore::Manual(why) => r.step = Step::Left(why.clone()),
             Restore::Nothing if !options.dry_run => r.step = Step::Restored,
@@ -404,10 +404,10 @@ fn gate_overcommit(host: &HostRoot, items: &mut [Restored], headroom: u8) {
             Verdict::Refused(f) => {
                 r.step = Step::Refused(format!(
                     "overcommit gate: refused: strict overcommit with the original values would leave too little room ({f})"
-                ))
+                ));
             }
             Verdict::Unknown(why) => {
-                r.step = Step::Refused(format!("overcommit gate: refused: {why}"))
+                r.step = Step::Refused(format!("overcommit gate: refused: {why}"));
             }
             Verdict::NotApplicable | Verdict::Allowed(_) => {}
         }

@@ -139,6 +139,11 @@ pub fn read_with_candidates(
     }
     for c in candidates {
         let hidden = c.name.starts_with('.');
+        // Lowercase only, as documented: `A.YAML` is not a policy file.
+        #[expect(
+            clippy::case_sensitive_file_extension_comparisons,
+            reason = "lowercase only"
+        )]
         let yaml = c.name.ends_with(".yaml") || c.name.ends_with(".yml");
         if hidden || !yaml || c.name.contains('/') {
             return Err(LoadError::NotPolicyName(c.name.clone()));
@@ -207,7 +212,7 @@ struct Reader {
 
 impl Reader {
     /// Records `problem` with `path` as a refused source.
-    fn distrust(&mut self, path: &Path, what: &str, problem: String) {
+    fn distrust(&mut self, path: &Path, what: &str, problem: &str) {
         let (shown, _) = crate::policy::scan::file_name(&path.display().to_string());
         self.files.refused.push(
             PolicyError::new(
@@ -232,7 +237,7 @@ impl Reader {
         if let Ok(meta) = std::fs::metadata(dir)
             && let Some(problem) = untrusted(meta.uid(), meta.mode(), euid())
         {
-            self.distrust(dir, "the policy directory", problem);
+            self.distrust(dir, "the policy directory", &problem);
         }
     }
 
@@ -245,7 +250,7 @@ impl Reader {
             // really holds it: whoever can write either controls the file.
             let meta = file.metadata().map_err(|e| IoError::new("stat", path, e))?;
             if let Some(problem) = untrusted(meta.uid(), meta.mode(), euid()) {
-                self.distrust(path, "the policy file", problem);
+                self.distrust(path, "the policy file", &problem);
                 return Ok(());
             }
             let real = std::fs::canonicalize(path).map_err(|e| IoError::new("resolve", path, e))?;
@@ -257,7 +262,7 @@ impl Reader {
                 self.distrust(
                     path,
                     &format!("the directory {} holding the policy file", dir.display()),
-                    problem,
+                    &problem,
                 );
                 return Ok(());
             }

@@ -2,6 +2,14 @@
 //! check with evidence, the exit level, and a SARIF 2.1.0 log checked field
 //! by field against the specification's required structure.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::pedantic,
+    reason = "a test fails by panicking, and pedantic is for the shipped code; Cargo.toml has both"
+)]
+
 mod common;
 
 use common::FakeHost;

@@ -2,6 +2,14 @@
 //! like systemd) and, without systemd, in holdfast's own cgroupfs subtree;
 //! detection of hybrid hosts; the memory.max safety refusal.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::pedantic,
+    reason = "a test fails by panicking, and pedantic is for the shipped code; Cargo.toml has both"
+)]
+
 mod common;
 
 use common::FakeHost;

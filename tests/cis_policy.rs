@@ -15,6 +15,14 @@
 //! to the VM suite. They are `#[ignore]`d by default; CI runs them with
 //! `--include-ignored`, where a missing scanner or namespace fails them.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::pedantic,
+    reason = "a test fails by panicking, and pedantic is for the shipped code; Cargo.toml has both"
+)]
+
 mod common;
 
 use std::collections::BTreeMap;
@@ -145,7 +153,11 @@ fn the_shipped_cis_policy_validates_in_audit_mode_with_a_cis_reference_per_key()
     assert_eq!(keys["fs.suid_dumpable"], 0);
     // The seven modules of the profile's kernel_module_*_disabled rules,
     // spelt as the scanners match the modprobe.d line (`usb-storage`).
-    let modules: Vec<&str> = policy.kernel_modules.keys().map(|m| m.written()).collect();
+    let modules: Vec<&str> = policy
+        .kernel_modules
+        .keys()
+        .map(holdfast::modules::ModuleName::written)
+        .collect();
     assert_eq!(
         modules,
         [

@@ -1,6 +1,14 @@
 //! The command line itself: help, the man page and completions generated
 //! from the same definition, and argument errors.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::pedantic,
+    reason = "a test fails by panicking, and pedantic is for the shipped code; Cargo.toml has both"
+)]
+
 use assert_cmd::Command;
 
 fn holdfast(args: &[&str]) -> std::process::Output {

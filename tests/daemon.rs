@@ -3,6 +3,14 @@
 //! ephemeral loopback port (never :80), and the tests change files under the
 //! root as another writer would.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::pedantic,
+    reason = "a test fails by panicking, and pedantic is for the shipped code; Cargo.toml has both"
+)]
+
 mod common;
 
 use std::io::Read;

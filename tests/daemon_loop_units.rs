@@ -8,6 +8,14 @@
 //! systemd does on D-Bus: an announcement about a unit is a pass over that
 //! unit alone, and a burst of them during a daemon-reload is one pass.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::pedantic,
+    reason = "a test fails by panicking, and pedantic is for the shipped code; Cargo.toml has both"
+)]
+
 mod common;
 
 use std::sync::Arc;
@@ -27,7 +35,7 @@ use holdfast::limits::LimitValue;
 use holdfast::systemd::{SystemdClient, UnitEvent};
 use tokio::sync::{mpsc, watch};
 
-const POLICY: &str = r#"version: 1
+const POLICY: &str = r"version: 1
 mode: enforce
 services:
   myapp.service: {slice: go-app, limit_nofile: 65536}
@@ -35,7 +43,7 @@ cgroup:
   controllers: [memory, pids]
   slices:
     go-app: {memory.max: 100M, pids.max: 512}
-"#;
+";
 const DROP_IN: &str = "etc/systemd/system/myapp.service.d/90-holdfast.conf";
 const MEMORY_MAX: &str = "sys/fs/cgroup/go.slice/go-app.slice/memory.max";
 
@@ -140,8 +148,10 @@ impl Harness {
         snap.items
             .iter()
             .find(|i| i.item.key.to_string().ends_with(key_end))
-            .map(|i| ItemStatus::clone(i))
-            .unwrap_or_else(|| panic!("no item ending {key_end}: {:#?}", snap.items))
+            .map_or_else(
+                || panic!("no item ending {key_end}: {:#?}", snap.items),
+                |i| ItemStatus::clone(i),
+            )
     }
 }
 

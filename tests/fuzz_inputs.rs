@@ -3,6 +3,14 @@
 //! so a bug the fuzzer found stays fixed. The harnesses are the fuzz crate's
 //! own code (fuzz/src/lib.rs), built here without libFuzzer.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::pedantic,
+    reason = "a test fails by panicking, and pedantic is for the shipped code; Cargo.toml has both"
+)]
+
 #[path = "../fuzz/src/lib.rs"]
 mod harness;
 

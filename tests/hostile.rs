@@ -3,6 +3,14 @@
 //! oversized policies. Each test is the regression test of a defect found by
 //! trying to break holdfast.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::pedantic,
+    reason = "a test fails by panicking, and pedantic is for the shipped code; Cargo.toml has both"
+)]
+
 mod common;
 
 use std::time::Duration;

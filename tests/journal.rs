@@ -4,6 +4,14 @@
 //! (files and /proc/sys values), and that rollback does not run beside
 //! another writer.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::pedantic,
+    reason = "a test fails by panicking, and pedantic is for the shipped code; Cargo.toml has both"
+)]
+
 mod common;
 
 use std::collections::BTreeMap;

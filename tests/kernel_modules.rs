@@ -3,6 +3,14 @@
 //! loaded module reported and never unloaded, a competing earlier install
 //! line named, and rollback removing holdfast's file.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::pedantic,
+    reason = "a test fails by panicking, and pedantic is for the shipped code; Cargo.toml has both"
+)]
+
 mod common;
 
 use common::{FakeHost, item, state};

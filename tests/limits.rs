@@ -1,6 +1,14 @@
 //! Session limits (pam_limits) on a fake host root: the managed file,
 //! shadowing by a later file, the nr_open refusal, idempotence.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::pedantic,
+    reason = "a test fails by panicking, and pedantic is for the shipped code; Cargo.toml has both"
+)]
+
 mod common;
 
 use common::{FakeHost, item, state};

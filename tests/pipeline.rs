@@ -3,6 +3,14 @@
 //! when nothing was done; holdfast never replaces a unit file it did not
 //! write.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::pedantic,
+    reason = "a test fails by panicking, and pedantic is for the shipped code; Cargo.toml has both"
+)]
+
 mod common;
 
 use common::FakeHost;
@@ -14,7 +22,7 @@ use holdfast::item::State;
 use holdfast::policy::Policy;
 use holdfast::systemd::SystemdClient;
 
-const POLICY: &str = r#"version: 1
+const POLICY: &str = r"version: 1
 mode: enforce
 services:
   myapp.service: {slice: go-app, limit_nofile: 65536, no_new_privileges: true}
@@ -22,7 +30,7 @@ cgroup:
   controllers: [cpu, memory, pids]
   slices:
     go-app: {memory.max: 100M, pids.max: 512}
-"#;
+";
 
 fn policy() -> Policy {
     Policy::from_files([("p.yaml", POLICY)]).unwrap()

@@ -2,6 +2,14 @@
 //! directives, GOMAXPROCS from the slice's quota, and verification on the
 //! running processes' /proc/PID/status and environ.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::pedantic,
+    reason = "a test fails by panicking, and pedantic is for the shipped code; Cargo.toml has both"
+)]
+
 mod common;
 
 use common::FakeHost;

@@ -3,6 +3,14 @@
 //! /proc/PID/limits, explicit restarts, overrides by later drop-ins, and
 //! hosts without systemd.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::pedantic,
+    reason = "a test fails by panicking, and pedantic is for the shipped code; Cargo.toml has both"
+)]
+
 mod common;
 
 use common::FakeHost;

@@ -4,6 +4,14 @@
 //! changes, removed when no longer asked for, removed by rollback; files in
 //! /etc that are not holdfast's are never edited.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::pedantic,
+    reason = "a test fails by panicking, and pedantic is for the shipped code; Cargo.toml has both"
+)]
+
 mod common;
 
 use std::time::Duration;

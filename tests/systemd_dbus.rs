@@ -7,6 +7,14 @@
 //! announcements turned into `UnitEvent`s. The VM suite covers the real
 //! systemd.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::pedantic,
+    reason = "a test fails by panicking, and pedantic is for the shipped code; Cargo.toml has both"
+)]
+
 use std::collections::HashMap;
 use std::os::unix::net::UnixListener;
 use std::sync::{Arc, Mutex};

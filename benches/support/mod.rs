@@ -3,7 +3,10 @@
 //! a tmpfs over /etc/sysctl.d), a `holdfast serve` child, drift-to-correction
 //! measurement through inotify, and percentiles.
 
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each test crate uses its own share of these helpers"
+)]
 
 pub mod trials;
 use std::path::{Path, PathBuf};
@@ -40,8 +43,7 @@ pub fn enter_namespaces() -> bool {
             let ok = Command::new(args[0])
                 .args(&args[1..])
                 .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
+                .is_ok_and(|s| s.success());
             assert!(ok, "{args:?} failed");
         };
         run(&["mount", "-t", "tmpfs", "holdfast-bench", "/etc/sysctl.d"]);
@@ -51,8 +53,7 @@ pub fn enter_namespaces() -> bool {
     let can = Command::new("unshare")
         .args(["--net", "--mount", "true"])
         .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
+        .is_ok_and(|s| s.success());
     if !can {
         println!("skipped: needs root and unshare(2) (a private network namespace)");
         return false;
@@ -177,18 +178,15 @@ pub fn drift_to_correction_of(targets: &[(&Path, &str, &str)], spacing: Duration
         let deadline = started + Duration::from_secs(10);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(at) => {
-                    let now = std::fs::read_to_string(path).unwrap_or_default();
-                    if now.trim() == *want {
-                        samples.push(at.saturating_duration_since(started));
-                        break;
-                    }
-                }
-                Err(_) => {
-                    lost += 1;
+            if let Ok(at) = rx.recv_timeout(left) {
+                let now = std::fs::read_to_string(path).unwrap_or_default();
+                if now.trim() == *want {
+                    samples.push(at.saturating_duration_since(started));
                     break;
                 }
+            } else {
+                lost += 1;
+                break;
             }
         }
     }
@@ -225,4 +223,76 @@ pub fn summary(samples: &[Duration]) -> String {
         ms(percentile(&s, 99.0)),
         ms(s.last().copied().unwrap_or_default())
     )
+}
+
+const FLOOR: &str = "HOLDFAST_BENCH_FLOOR";
+
+/// The floor a corrector is measured against: the least a program can do to
+/// undo a write to one file it watches. One inotify watch (IN_MODIFY |
+/// IN_CLOSE_WRITE, as holdfast's), and on each event one read of the file
+/// and, when it is not `want`, one write of `want`: no policy, no plan, no
+/// journal, no report. A child process of this benchmark's own binary, so
+/// that it pays what the daemon pays for being a process of its own.
+pub struct Floor {
+    child: Child,
+}
+
+impl Drop for Floor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Floor {
+    /// Starts the floor corrector on `path` and returns once its watch is in
+    /// place.
+    pub fn start(path: &Path, want: &str) -> Floor {
+        use std::io::BufRead;
+        let mut child = Command::new(std::env::current_exe().expect("current exe"))
+            .env(FLOOR, format!("{}\n{want}", path.display()))
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the floor corrector");
+        let mut ready = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut ready)
+            .expect("the floor corrector's readiness");
+        assert_eq!(ready.trim(), "ready", "the floor corrector did not start");
+        Floor { child }
+    }
+}
+
+/// When this process was started as [`Floor`], runs the floor corrector and
+/// never returns. Call first in `main`, before [`enter_namespaces`] (the
+/// floor runs in the namespace of the benchmark that started it).
+pub fn run_floor_if_asked() {
+    let Some(arg) = std::env::var_os(FLOOR) else {
+        return;
+    };
+    let arg = arg.into_string().expect("utf-8 floor argument");
+    let (path, want) = arg.split_once('\n').expect("path and value");
+    let mut inotify = inotify::Inotify::init().expect("inotify");
+    inotify
+        .watches()
+        .add(
+            path,
+            inotify::WatchMask::CLOSE_WRITE | inotify::WatchMask::MODIFY,
+        )
+        .expect("watch");
+    println!("ready");
+    let want_line = format!("{want}\n");
+    let mut buffer = [0u8; 4096];
+    loop {
+        let events = inotify
+            .read_events_blocking(&mut buffer)
+            .expect("inotify read");
+        if events.count() == 0 {
+            continue;
+        }
+        let now = std::fs::read_to_string(path).unwrap_or_default();
+        if now.trim() != want {
+            let _ = std::fs::write(path, &want_line);
+        }
+    }
 }

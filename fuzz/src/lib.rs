@@ -99,7 +99,9 @@ pub fn policy(data: &[u8]) {
             for (a, e) in back.iter().zip(&entries) {
                 assert_eq!(a.key, e.key.to_string(), "{text}");
                 assert_eq!(
-                    a.value.as_ref().map(|v| v.canonical()),
+                    a.value
+                        .as_ref()
+                        .map(holdfast::sysctl::SysctlValue::canonical),
                     Some(e.value.canonical()),
                     "{text}"
                 );
@@ -148,7 +150,10 @@ pub fn sysctl_conf(data: &[u8]) {
         // systemd-sysctl takes everything before `=` as the key, spaces
         // inside included (it then fails to write it); never an empty one.
         assert!(!a.key.is_empty(), "line {}", a.line);
-        let _ = a.value.as_ref().map(|v| v.canonical());
+        let _ = a
+            .value
+            .as_ref()
+            .map(holdfast::sysctl::SysctlValue::canonical);
         if n >= 64 {
             continue;
         }

@@ -165,6 +165,11 @@ impl fmt::Display for Knob {
 
 /// Parses a systemd time span as `systemctl show` prints it (`100ms`,
 /// `1s`, `1min 40s`, `infinity`) into microseconds; `None` for infinity.
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "the total is a sum of non-negative parts, and `as` saturates at u64::MAX"
+)]
 pub fn parse_timespan_us(text: &str) -> Option<Option<u64>> {
     let t = text.trim();
     if t == "infinity" || t.is_empty() {

@@ -92,6 +92,7 @@ impl Bytes {
     }
 
     /// The value the kernel would store: rounded down to whole pages.
+    #[must_use]
     pub fn page_rounded(self) -> Bytes {
         match self {
             Bytes::Value(n) => Bytes::Value(n / PAGE_SIZE * PAGE_SIZE),

@@ -335,7 +335,10 @@ async fn host_guard(State(rule): State<HostRule>, req: Request, next: Next) -> R
             }
         },
     };
-    let authority = req.uri().authority().map(|a| a.as_str());
+    let authority = req
+        .uri()
+        .authority()
+        .map(axum::http::uri::Authority::as_str);
     match check_host(&rule, host, authority) {
         Ok(()) => next.run(req).await,
         Err(why) => text(StatusCode::MISDIRECTED_REQUEST, format!("{why}\n")),
@@ -412,7 +415,9 @@ struct Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         if let Some((ip, counts)) = &self.peer {
-            let mut counts = counts.lock().unwrap_or_else(|e| e.into_inner());
+            let mut counts = counts
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some(n) = counts.get_mut(ip) {
                 *n -= 1;
                 if *n == 0 {
@@ -438,7 +443,9 @@ impl Budget {
             .map_err(|_| "the listener's connection budget is used up")?;
         let peer = match (&self.per_peer, peer) {
             (Some((cap, counts)), Some(ip)) => {
-                let mut map = counts.lock().unwrap_or_else(|e| e.into_inner());
+                let mut map = counts
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 let n = map.entry(ip).or_insert(0);
                 if *n >= *cap {
                     return Err("this peer address has too many connections open");
@@ -674,7 +681,7 @@ mod tests {
     fn tcp_rule(local: &str, names: &[&str]) -> HostRule {
         HostRule::Tcp {
             local: local.parse().unwrap(),
-            names: Arc::new(names.iter().map(|n| n.to_string()).collect()),
+            names: Arc::new(names.iter().map(std::string::ToString::to_string).collect()),
         }
     }
 
@@ -753,7 +760,7 @@ mod tests {
                 owned_path: None,
             },
         ];
-        let (_publish, snapshots) = watch::channel(Arc::new(Snapshot::starting(
+        let (publish, snapshots) = watch::channel(Arc::new(Snapshot::starting(
             Arc::new(Vec::new()),
             Duration::from_secs(60),
         )));
@@ -765,8 +772,8 @@ mod tests {
         };
         let (stop, stop_rx) = watch::channel(false);
         tokio::spawn(async move {
-            let _keep = _publish;
-            serve(listeners, router(state), stop_rx, vec!["hf.test".into()]).await
+            let _keep = publish;
+            serve(listeners, router(state), stop_rx, vec!["hf.test".into()]).await;
         });
         Running {
             _dir: dir,
@@ -844,7 +851,12 @@ mod tests {
         // Fill the listener's whole budget from many loopback addresses.
         for i in 0..TCP_CONNECTIONS {
             let s = tokio::net::TcpSocket::new_v4().unwrap();
-            let ip = std::net::Ipv4Addr::new(127, 1, (i / 200) as u8, (i % 200 + 1) as u8);
+            let ip = std::net::Ipv4Addr::new(
+                127,
+                1,
+                u8::try_from(i / 200).unwrap(),
+                u8::try_from(i % 200 + 1).unwrap(),
+            );
             s.bind((ip, 0).into()).unwrap();
             idle.push(s.connect(api.tcp).await.unwrap());
         }

@@ -139,6 +139,7 @@ fn peer_uid(s: &UnixStream) -> std::io::Result<u32> {
         uid: 0,
         gid: 0,
     };
+    #[expect(clippy::cast_possible_truncation, reason = "a ucred is 12 bytes")]
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `cred`, a properly
     // sized and aligned ucred, on a descriptor `s` owns.
@@ -147,8 +148,8 @@ fn peer_uid(s: &UnixStream) -> std::io::Result<u32> {
             s.as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
+            (&raw mut cred).cast(),
+            &raw mut len,
         )
     };
     if rc != 0 {

@@ -126,8 +126,7 @@ impl Listener {
         match self {
             Listener::Tcp(l) => l
                 .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_else(|_| "tcp (unknown address)".into()),
+                .map_or_else(|_| "tcp (unknown address)".into(), |a| a.to_string()),
             Listener::Unix { listener, .. } => listener
                 .local_addr()
                 .ok()
@@ -144,7 +143,7 @@ impl Listener {
     }
 }
 
-fn err(op: &str, what: impl fmt::Display, e: io::Error) -> String {
+fn err(op: &str, what: impl fmt::Display, e: &io::Error) -> String {
     format!("{op} {what}: {e}")
 }
 
@@ -158,15 +157,15 @@ pub fn bind(addr: &ListenAddr) -> Result<Listener, String> {
                     // ports are bound by holdfast.socket.
                     format!(
                         "{}; the service may not open Internet sockets itself: add the address to holdfast.socket (ListenStream=)",
-                        err("bind", a, e)
+                        err("bind", a, &e)
                     )
                 } else {
-                    err("bind", a, e)
+                    err("bind", a, &e)
                 }
             })?;
             l.set_nonblocking(true)
-                .map_err(|e| err("configure", a, e))?;
-            let l = tokio::net::TcpListener::from_std(l).map_err(|e| err("register", a, e))?;
+                .map_err(|e| err("configure", a, &e))?;
+            let l = tokio::net::TcpListener::from_std(l).map_err(|e| err("register", a, &e))?;
             Ok(Listener::Tcp(l))
         }
         ListenAddr::Unix(path) => bind_unix(path),
@@ -182,7 +181,7 @@ fn bind_unix(path: &Path) -> Result<Listener, String> {
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(|e| err("create directory", dir.display(), e))?;
+            .map_err(|e| err("create directory", dir.display(), &e))?;
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
@@ -192,7 +191,7 @@ fn bind_unix(path: &Path) -> Result<Listener, String> {
                 ));
             }
             // A stale socket from a daemon that did not exit cleanly.
-            std::fs::remove_file(path).map_err(|e| err("remove stale socket", &shown, e))?;
+            std::fs::remove_file(path).map_err(|e| err("remove stale socket", &shown, &e))?;
         }
         Ok(_) => {
             return Err(format!(
@@ -200,14 +199,15 @@ fn bind_unix(path: &Path) -> Result<Listener, String> {
             ));
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(err("stat", &shown, e)),
+        Err(e) => return Err(err("stat", &shown, &e)),
     }
-    let l = std::os::unix::net::UnixListener::bind(path).map_err(|e| err("bind", &shown, e))?;
+    let l = std::os::unix::net::UnixListener::bind(path).map_err(|e| err("bind", &shown, &e))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| err("chmod 0600", &shown, e))?;
+        .map_err(|e| err("chmod 0600", &shown, &e))?;
     l.set_nonblocking(true)
-        .map_err(|e| err("configure", &shown, e))?;
-    let listener = tokio::net::UnixListener::from_std(l).map_err(|e| err("register", &shown, e))?;
+        .map_err(|e| err("configure", &shown, &e))?;
+    let listener =
+        tokio::net::UnixListener::from_std(l).map_err(|e| err("register", &shown, &e))?;
     Ok(Listener::Unix {
         listener,
         owned_path: Some(path.to_path_buf()),
@@ -293,10 +293,7 @@ pub fn take_activated(allow_remote: bool) -> (Vec<Passed>, Vec<ListenerStatus>) 
 fn adopt(fd: RawFd, allow_remote: bool) -> Result<Passed, String> {
     // SAFETY: `ManuallyDrop` never closes the descriptor; fstat only looks.
     let probe = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
-    let is_socket = probe
-        .metadata()
-        .map(|m| m.file_type().is_socket())
-        .unwrap_or(false);
+    let is_socket = probe.metadata().is_ok_and(|m| m.file_type().is_socket());
     if !is_socket {
         return Err(format!(
             "fd {fd} is not a socket, though LISTEN_FDS says it is; leaving it alone"
@@ -306,22 +303,19 @@ fn adopt(fd: RawFd, allow_remote: bool) -> Result<Passed, String> {
     // matched) and nothing else in it owns it; it is adopted exactly once,
     // and dropping the listener closes it.
     let tcp = unsafe { std::net::TcpListener::from_raw_fd(fd) };
-    match tcp.local_addr() {
-        Ok(addr) => {
-            ListenAddr::Tcp(addr)
-                .check_loopback(allow_remote)
-                .map_err(|e| e.to_string())?;
-            Ok(Passed::Tcp(tcp))
-        }
-        Err(_) => {
-            // Not an IP socket: a Unix one.
-            // SAFETY: the descriptor moves from the TcpListener wrapper,
-            // which gives up ownership, to the UnixListener.
-            let unix = unsafe { std::os::unix::net::UnixListener::from_raw_fd(tcp.into_raw_fd()) };
-            unix.local_addr()
-                .map_err(|e| err("inspect", format!("fd {fd}"), e))?;
-            Ok(Passed::Unix(unix))
-        }
+    if let Ok(addr) = tcp.local_addr() {
+        ListenAddr::Tcp(addr)
+            .check_loopback(allow_remote)
+            .map_err(|e| e.to_string())?;
+        Ok(Passed::Tcp(tcp))
+    } else {
+        // Not an IP socket: a Unix one.
+        // SAFETY: the descriptor moves from the TcpListener wrapper,
+        // which gives up ownership, to the UnixListener.
+        let unix = unsafe { std::os::unix::net::UnixListener::from_raw_fd(tcp.into_raw_fd()) };
+        unix.local_addr()
+            .map_err(|e| err("inspect", format!("fd {fd}"), &e))?;
+        Ok(Passed::Unix(unix))
     }
 }
 

@@ -200,10 +200,10 @@ impl Metrics {
         let mut out = String::new();
         match format {
             Format::OpenMetrics => {
-                prometheus_client::encoding::text::encode(&mut out, &self.registry)?
+                prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
             }
             Format::Prometheus => {
-                prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)?
+                prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)?;
             }
         }
         Ok(out)
@@ -228,10 +228,15 @@ fn gauge<V: prometheus_client::encoding::EncodeGaugeValue>(
     g.encode(m)
 }
 
+/// A count or a size as a gauge's i64, saturating (never wrapping to a
+/// negative figure).
+fn saturating<T: TryInto<i64>>(n: T) -> i64 {
+    n.try_into().unwrap_or(i64::MAX)
+}
+
 fn unix_seconds(t: SystemTime) -> f64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// The `key` label of a setting: the item's key, and for holdfast's own
@@ -261,6 +266,10 @@ pub fn metric_key(key: &ItemKey) -> String {
 }
 
 impl Collector for StateCollector {
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one family after another, in the order /metrics shows them"
+    )]
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         // Clone the Arc and release the channel's lock before encoding.
         let snap = Arc::clone(&self.snapshots.borrow());
@@ -319,7 +328,7 @@ impl Collector for StateCollector {
                 MetricType::Gauge,
             )?;
             for s in State::ALL {
-                ConstGauge::new(snap.count(s) as i64)
+                ConstGauge::new(saturating(snap.count(s)))
                     .encode(m.encode_family(&[("state", s.as_str())])?)?;
             }
         }
@@ -357,13 +366,13 @@ impl Collector for StateCollector {
             &mut encoder,
             "holdfast_watches",
             "Paths watched with inotify",
-            snap.watches.watched as i64,
+            saturating(snap.watches.watched),
         )?;
         gauge(
             &mut encoder,
             "holdfast_watch_errors",
             "Wanted paths holdfast could not watch (changes there are seen only at the rescan)",
-            snap.watches.errors.len() as i64,
+            saturating(snap.watches.errors.len()),
         )?;
         {
             let mut m = encoder.encode_descriptor(
@@ -408,13 +417,13 @@ fn encode_process(
             encoder,
             "process_resident_memory_bytes",
             "Resident memory size in bytes",
-            stat.resident_bytes as i64,
+            saturating(stat.resident_bytes),
         )?;
         gauge(
             encoder,
             "process_virtual_memory_bytes",
             "Virtual memory size in bytes",
-            stat.virtual_bytes as i64,
+            saturating(stat.virtual_bytes),
         )?;
     }
     if let Some(n) = figures.open_fds {
@@ -422,7 +431,7 @@ fn encode_process(
             encoder,
             "process_open_fds",
             "Number of open file descriptors",
-            n as i64,
+            saturating(n),
         )?;
     }
     if let Some(n) = figures.max_fds {
@@ -430,7 +439,7 @@ fn encode_process(
             encoder,
             "process_max_fds",
             "Maximum number of open file descriptors",
-            n as i64,
+            saturating(n),
         )?;
     }
     gauge(

@@ -82,7 +82,7 @@ const EVENT_QUEUE: usize = 1024;
 
 /// Runs the daemon until SIGTERM/SIGINT. Returns once the pass in flight
 /// has finished and the API has closed.
-pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
+pub fn serve(opts: &ServeOptions) -> Result<(), ServeError> {
     for addr in &opts.listen {
         addr.check_loopback(opts.allow_remote)?;
     }
@@ -114,7 +114,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     for s in &statuses {
         match &s.error {
             None => {
-                tracing::info!(address = %s.address, origin = s.origin.as_str(), "status API listening")
+                tracing::info!(address = %s.address, origin = s.origin.as_str(), "status API listening");
             }
             Some(e) => tracing::error!(
                 address = %s.address,
@@ -124,7 +124,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     }
     let owned_sockets: Vec<PathBuf> = listeners
         .iter()
-        .filter_map(|l| l.owned_path().map(|p| p.to_path_buf()))
+        .filter_map(|l| l.owned_path().map(std::path::Path::to_path_buf))
         .collect();
     let statuses = Arc::new(statuses);
     // The sockets are bound: from here on holdfast needs no more privilege

@@ -214,7 +214,7 @@ impl Reconciler {
             self.systemd.tick(now);
             let retries = self.view.due_retries(now);
             if let Some(work) = self.schedule.take(now, retries) {
-                self.execute(work, watcher);
+                self.execute(&work, watcher);
                 continue;
             }
             let mut deadline = self.schedule.next_deadline(self.view.next_retry(now));
@@ -332,7 +332,7 @@ impl Reconciler {
         }
     }
 
-    fn execute(&mut self, work: Work, watcher: &mut dyn Arm) {
+    fn execute(&mut self, work: &Work, watcher: &mut dyn Arm) {
         let started = std::time::Instant::now();
         let now = Instant::now();
         if work.reload {
@@ -391,7 +391,7 @@ impl Reconciler {
             } else {
                 work.units.len().to_string()
             },
-            duration_us = duration.as_micros() as u64,
+            duration_us = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX),
             "pass"
         );
         self.publish();
@@ -484,15 +484,16 @@ impl Reconciler {
                 to,
             } => {
                 self.metrics.correction(kind);
-                match from {
-                    Some(from) => tracing::info!(
+                if let Some(from) = from {
+                    tracing::info!(
                         kind = kind.as_str(),
                         key = %key,
                         from = %from,
                         to = %to,
                         "corrected"
-                    ),
-                    None => tracing::info!(kind = kind.as_str(), key = %key, to = %to, "corrected"),
+                    );
+                } else {
+                    tracing::info!(kind = kind.as_str(), key = %key, to = %to, "corrected");
                 }
             }
             Event::Failed { kind } => self.metrics.failure(kind),
@@ -517,7 +518,7 @@ impl Reconciler {
                 "contested setting corrected again"
             ),
             Event::Uncontested { kind, key } => {
-                tracing::info!(kind = kind.as_str(), key = %key, "no longer contested")
+                tracing::info!(kind = kind.as_str(), key = %key, "no longer contested");
             }
             Event::Failing {
                 kind,
@@ -534,7 +535,7 @@ impl Reconciler {
                 "failed"
             ),
             Event::Recovered { kind, key } => {
-                tracing::info!(kind = kind.as_str(), key = %key, "recovered")
+                tracing::info!(kind = kind.as_str(), key = %key, "recovered");
             }
         }
     }

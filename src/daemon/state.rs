@@ -39,6 +39,10 @@ pub struct Snapshot {
 pub struct OriginalsCache {
     /// The file as last read: inode, size and modification time (none when
     /// absent); `None` before the first read.
+    #[expect(
+        clippy::option_option,
+        reason = "not read yet, read and absent, read and present"
+    )]
     stamp: Option<Option<(u64, u64, i64, i64)>>,
     journal: Arc<Journal>,
     /// Why it could not be read, if it could not (the items then show no
@@ -223,7 +227,7 @@ pub fn rfc3339(t: SystemTime) -> String {
         .unwrap_or(Duration::ZERO);
     let secs = d.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, day) = civil_from_days(days as i64);
+    let (y, m, day) = civil_from_days(i64::try_from(days).unwrap_or(i64::MAX));
     format!(
         "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
         rem / 3600,
@@ -235,6 +239,11 @@ pub fn rfc3339(t: SystemTime) -> String {
 
 /// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian
 /// calendar (Howard Hinnant's `civil_from_days`).
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "the algorithm gives a day in 1..=31 and a month in 1..=12"
+)]
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);

@@ -185,7 +185,7 @@ impl Query {
                         other => {
                             return Err(format!("unknown format `{other}`; expected json or text"));
                         }
-                    })
+                    });
                 }
                 other => {
                     return Err(format!(
@@ -246,7 +246,7 @@ pub fn to_json(snap: &Snapshot, filter: &Filter) -> StatusJson {
                     None => r
                         .errors
                         .iter()
-                        .map(|e| e.to_string())
+                        .map(std::string::ToString::to_string)
                         .collect::<Vec<_>>()
                         .join("\n"),
                 },
@@ -318,7 +318,7 @@ pub fn to_json(snap: &Snapshot, filter: &Filter) -> StatusJson {
                     last_change: rfc3339(s.last_change),
                     corrections: s.corrections,
                     next_attempt: s.next_attempt.map(rfc3339),
-                    pending_action: i.action.as_ref().map(|a| a.to_string()),
+                    pending_action: i.action.as_ref().map(std::string::ToString::to_string),
                     detail: i.detail.clone(),
                     conflicts: i.conflicts.iter().map(ConflictJson::from).collect(),
                     original: snap.originals.original_of(&i.key).map(OriginalJson::from),
@@ -412,7 +412,7 @@ pub fn to_text(s: &StatusJson) -> String {
         .iter()
         .map(|i| {
             let row = [
-                cell(&i.key.to_string()),
+                cell(&i.key.clone()),
                 cell(&i.desired),
                 cell(i.actual.as_deref().unwrap_or("-")),
                 i.state.clone(),
@@ -424,8 +424,7 @@ pub fn to_text(s: &StatusJson) -> String {
                     .to_string(),
                 i.source
                     .as_ref()
-                    .map(|s| format!("{}:{}", s.file, s.line))
-                    .unwrap_or_else(|| "holdfast".into()),
+                    .map_or_else(|| "holdfast".into(), |s| format!("{}:{}", s.file, s.line)),
             ];
             let mut notes = i.detail.clone();
             notes.extend(i.pending_action.iter().map(|a| format!("pending: {a}")));
@@ -590,7 +589,7 @@ mod tests {
             "/etc/holdfast/policy.d/20-bad.yaml:3:24: unknown field `mni`"
         );
         assert_eq!(err.errors[0].line, 3);
-        assert_eq!(all.last_pass.as_ref().unwrap().duration_ms, 0.312);
+        assert!((all.last_pass.as_ref().unwrap().duration_ms - 0.312).abs() < 1e-9);
         assert_eq!(all.daemon.listeners[1].state, "failed");
 
         let q = Query::parse("state=drifted").unwrap();

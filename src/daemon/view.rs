@@ -216,81 +216,24 @@ impl ItemView {
                 _ => {}
             }
             let mut suspects = prev.map(|p| p.suspects.clone()).unwrap_or_default();
-            match transition {
-                Transition::Contested { corrections, hold } => {
-                    let names = names.get_or_insert_with(&mut *running);
-                    suspects = writers::likely_writers(&item.key, &item.conflicts, names);
-                    events.push(Event::Contested {
-                        kind,
-                        key: item.key.clone(),
-                        corrections,
-                        hold,
-                        suspects: suspects.clone(),
-                    });
-                }
-                Transition::StillContested { hold } => events.push(Event::StillContested {
-                    kind,
-                    key: item.key.clone(),
-                    hold,
-                }),
-                Transition::Uncontested => {
-                    suspects.clear();
-                    events.push(Event::Uncontested {
-                        kind,
-                        key: item.key.clone(),
-                    });
-                }
-                Transition::Failing { attempt, retry_in } => events.push(Event::Failing {
-                    kind,
-                    key: item.key.clone(),
-                    attempt,
-                    retry_in,
-                    detail: item.detail.join("; "),
-                }),
-                Transition::Recovered => events.push(Event::Recovered {
-                    kind,
-                    key: item.key.clone(),
-                }),
-                Transition::Nothing => {}
+            if let Transition::Contested { .. } = transition {
+                let names = names.get_or_insert_with(&mut *running);
+                suspects = writers::likely_writers(&item.key, &item.conflicts, names);
             }
+            if let Transition::Uncontested = transition {
+                suspects.clear();
+            }
+            events.extend(transition_event(transition, &item, &suspects));
 
             let next_attempt = hold_until.map(|h| wall + (h - now));
             if contested {
-                item.detail.push(format!(
-                    "contested: corrected {corrections} time(s) within {}; another writer keeps reverting it",
-                    human_duration(window)
-                ));
-                if suspects.is_empty() {
-                    item.detail.push(if item.key.sysctl().is_some() {
-                        "likely writer: not identified (no competing sysctl.d file, no known writer running)".into()
-                    } else {
-                        "likely writer: not identified (no competing file, no known writer running)".into()
-                    });
-                }
-                for s in &suspects {
-                    item.detail.push(format!("likely writer: {s}"));
-                }
+                contested_detail(&mut item, corrections, window, &suspects);
             }
-            let mut backoff_note = None;
-            if let Some(h) = hold_until {
-                let why = if contested {
-                    "backing off"
-                } else {
-                    "retrying with backoff"
-                };
-                if contested || failures > 0 {
-                    let note = format!(
-                        "{why}: next write in {}{}",
-                        human_duration(h - now),
-                        if failures > 0 {
-                            format!(" (failed {failures} time(s) in a row)")
-                        } else {
-                            String::new()
-                        }
-                    );
-                    item.detail.push(note.clone());
-                    backoff_note = Some(note);
-                }
+            let backoff_note = hold_until
+                .filter(|_| contested || failures > 0)
+                .map(|h| backoff_note(contested, h - now, failures));
+            if let Some(note) = &backoff_note {
+                item.detail.push(note.clone());
             }
             if shown == State::Failed && found == State::Drifted {
                 // Held after a failure: the reason is the last failure's
@@ -327,6 +270,12 @@ impl ItemView {
                 backoff_note,
             });
         }
+        self.store(updated, full);
+        events
+    }
+
+    /// A full pass's entries replace the view; a key pass's update theirs.
+    fn store(&mut self, updated: Vec<Entry>, full: bool) {
         if full {
             self.index = updated
                 .iter()
@@ -337,16 +286,75 @@ impl ItemView {
             self.entries = updated;
         } else {
             for e in updated {
-                match self.index.get(&e.status.item.key) {
-                    Some(&i) => self.entries[i] = e,
-                    None => {
-                        self.index
-                            .insert(e.status.item.key.clone(), self.entries.len());
-                        self.entries.push(e);
-                    }
+                if let Some(&i) = self.index.get(&e.status.item.key) {
+                    self.entries[i] = e;
+                } else {
+                    self.index
+                        .insert(e.status.item.key.clone(), self.entries.len());
+                    self.entries.push(e);
                 }
             }
         }
-        events
     }
+}
+
+/// The event a tracker's transition reports, if any.
+fn transition_event(transition: Transition, item: &Item, suspects: &[String]) -> Option<Event> {
+    let kind = item.kind();
+    let key = item.key.clone();
+    Some(match transition {
+        Transition::Contested { corrections, hold } => Event::Contested {
+            kind,
+            key,
+            corrections,
+            hold,
+            suspects: suspects.to_vec(),
+        },
+        Transition::StillContested { hold } => Event::StillContested { kind, key, hold },
+        Transition::Uncontested => Event::Uncontested { kind, key },
+        Transition::Failing { attempt, retry_in } => Event::Failing {
+            kind,
+            key,
+            attempt,
+            retry_in,
+            detail: item.detail.join("; "),
+        },
+        Transition::Recovered => Event::Recovered { kind, key },
+        Transition::Nothing => return None,
+    })
+}
+
+/// A contested item's detail: how often it was corrected, and by whom it
+/// likely was reverted.
+fn contested_detail(item: &mut Item, corrections: usize, window: Duration, suspects: &[String]) {
+    item.detail.push(format!(
+        "contested: corrected {corrections} time(s) within {}; another writer keeps reverting it",
+        human_duration(window)
+    ));
+    if suspects.is_empty() {
+        item.detail.push(if item.key.sysctl().is_some() {
+            "likely writer: not identified (no competing sysctl.d file, no known writer running)"
+                .into()
+        } else {
+            "likely writer: not identified (no competing file, no known writer running)".into()
+        });
+    }
+    for s in suspects {
+        item.detail.push(format!("likely writer: {s}"));
+    }
+}
+
+/// The note on an item held back: when it is written next, and why.
+fn backoff_note(contested: bool, wait: Duration, failures: u32) -> String {
+    let why = if contested {
+        "backing off"
+    } else {
+        "retrying with backoff"
+    };
+    let failed = if failures > 0 {
+        format!(" (failed {failures} time(s) in a row)")
+    } else {
+        String::new()
+    };
+    format!("{why}: next write in {}{failed}", human_duration(wait))
 }

@@ -324,7 +324,7 @@ impl InotifyWatcher {
                         match events.try_send(WatchEvent { paths, removed }) {
                             Ok(()) => {}
                             Err(mpsc::error::TrySendError::Full(_)) => {
-                                overflow.store(true, Ordering::SeqCst)
+                                overflow.store(true, Ordering::SeqCst);
                             }
                             Err(mpsc::error::TrySendError::Closed(_)) => return,
                         }

@@ -95,7 +95,7 @@ const ANY_SETTING_WRITERS: &[&str] = &["puppet", "chef-client", "salt-minion"];
 /// kubelet, ...) are named only for sysctls; for other settings only the
 /// agents that may write anything are.
 pub fn likely_writers(key: &ItemKey, conflicts: &[Conflict], running: &[String]) -> Vec<String> {
-    let sysctl = key.sysctl().map(|k| k.as_str());
+    let sysctl = key.sysctl().map(super::super::sysctl::SysctlKey::as_str);
     let mut out: Vec<String> = conflicts
         .iter()
         .map(|c| {

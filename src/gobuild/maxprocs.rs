@@ -144,15 +144,12 @@ pub fn runtime_pick(
 pub fn count_cpu_list(list: &str) -> Option<u32> {
     let mut n: u32 = 0;
     for range in list.trim().split(',').filter(|r| !r.is_empty()) {
-        let count = match range.split_once('-') {
-            Some((a, b)) => {
-                let (a, b): (u32, u32) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
-                b.checked_sub(a)?.checked_add(1)?
-            }
-            None => {
-                range.trim().parse::<u32>().ok()?;
-                1
-            }
+        let count = if let Some((a, b)) = range.split_once('-') {
+            let (a, b): (u32, u32) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+            b.checked_sub(a)?.checked_add(1)?
+        } else {
+            range.trim().parse::<u32>().ok()?;
+            1
         };
         n = n.checked_add(count)?;
     }
@@ -163,6 +160,10 @@ pub fn count_cpu_list(list: &str) -> Option<u32> {
 mod tests {
     use super::*;
 
+    #[expect(
+        clippy::unnecessary_wraps,
+        reason = "the tests build `Option`s of the path"
+    )]
     fn cpu(q: Option<u64>, p: u64) -> Option<CpuMax> {
         Some(CpuMax {
             quota_us: q,

@@ -383,10 +383,10 @@ struct Header {
     big_endian: bool,
     elf_type: u16,
     phoff: u64,
-    phentsize: u64,
+    phentsize: u16,
     phnum: u32,
     shoff: u64,
-    shentsize: u64,
+    shentsize: u16,
     shnum: u32,
     shstrndx: u32,
 }
@@ -407,17 +407,47 @@ struct Segment {
     filesz: u64,
 }
 
-fn uint(bytes: &[u8], at: usize, width: usize, big: bool) -> u64 {
-    // Callers have checked the length; out of range reads as 0.
-    let Some(b) = bytes.get(at..at + width) else {
-        return 0;
-    };
-    let mut v: u64 = 0;
-    for i in 0..width {
-        let byte = if big { b[i] } else { b[width - 1 - i] };
-        v = (v << 8) | u64::from(byte);
+/// The fixed-width unsigned fields of one ELF structure, in the file's byte
+/// order. Callers have checked the length; a field out of range reads as 0.
+struct Fields<'a> {
+    bytes: &'a [u8],
+    big_endian: bool,
+}
+
+impl Fields<'_> {
+    fn array<const N: usize>(&self, at: usize) -> [u8; N] {
+        self.bytes
+            .get(at..at + N)
+            .and_then(|b| <[u8; N]>::try_from(b).ok())
+            .unwrap_or([0; N])
     }
-    v
+
+    fn u16(&self, at: usize) -> u16 {
+        let a = self.array(at);
+        if self.big_endian {
+            u16::from_be_bytes(a)
+        } else {
+            u16::from_le_bytes(a)
+        }
+    }
+
+    fn u32(&self, at: usize) -> u32 {
+        let a = self.array(at);
+        if self.big_endian {
+            u32::from_be_bytes(a)
+        } else {
+            u32::from_le_bytes(a)
+        }
+    }
+
+    fn u64(&self, at: usize) -> u64 {
+        let a = self.array(at);
+        if self.big_endian {
+            u64::from_be_bytes(a)
+        } else {
+            u64::from_le_bytes(a)
+        }
+    }
 }
 
 /// Reads exactly `len` bytes at `offset`, or says what was truncated.
@@ -472,68 +502,74 @@ fn header<R: ReadAt + ?Sized>(r: &mut R) -> Result<Header, ParseError> {
     };
     let len = if is64 { 64 } else { 52 };
     let h = exact(r, "ELF header", 0, len)?;
-    let u = |at: usize, width: usize| uint(&h, at, width, big_endian);
+    let f = Fields {
+        bytes: &h,
+        big_endian,
+    };
     let header = if is64 {
         Header {
             is64,
             big_endian,
-            elf_type: u(16, 2) as u16,
-            phoff: u(32, 8),
-            shoff: u(40, 8),
-            phentsize: u(54, 2),
-            phnum: u(56, 2) as u32,
-            shentsize: u(58, 2),
-            shnum: u(60, 2) as u32,
-            shstrndx: u(62, 2) as u32,
+            elf_type: f.u16(16),
+            phoff: f.u64(32),
+            shoff: f.u64(40),
+            phentsize: f.u16(54),
+            phnum: f.u16(56).into(),
+            shentsize: f.u16(58),
+            shnum: f.u16(60).into(),
+            shstrndx: f.u16(62).into(),
         }
     } else {
         Header {
             is64,
             big_endian,
-            elf_type: u(16, 2) as u16,
-            phoff: u(28, 4),
-            shoff: u(32, 4),
-            phentsize: u(42, 2),
-            phnum: u(44, 2) as u32,
-            shentsize: u(46, 2),
-            shnum: u(48, 2) as u32,
-            shstrndx: u(50, 2) as u32,
+            elf_type: f.u16(16),
+            phoff: f.u32(28).into(),
+            shoff: f.u32(32).into(),
+            phentsize: f.u16(42),
+            phnum: f.u16(44).into(),
+            shentsize: f.u16(46),
+            shnum: f.u16(48).into(),
+            shstrndx: f.u16(50).into(),
         }
     };
     Ok(header)
 }
 
 fn section_entry_size(h: &Header) -> Result<u64, ParseError> {
-    let min = if h.is64 { 64 } else { 40 };
+    let min: u16 = if h.is64 { 64 } else { 40 };
     if h.shentsize < min {
         return Err(ParseError::Corrupt(format!(
             "section header entries of {} bytes (at least {min} expected)",
             h.shentsize
         )));
     }
-    Ok(min)
+    Ok(min.into())
 }
 
 /// One section header from its bytes (at least the entry's size).
 fn parse_section(b: &[u8], h: &Header) -> Section {
-    let u = |o: usize, w: usize| uint(b, o, w, h.big_endian);
+    let f = Fields {
+        bytes: b,
+        big_endian: h.big_endian,
+    };
     if h.is64 {
         Section {
-            name: u(0, 4) as u32,
-            kind: u(4, 4) as u32,
-            offset: u(24, 8),
-            size: u(32, 8),
-            link: u(40, 4) as u32,
-            info: u(44, 4) as u32,
+            name: f.u32(0),
+            kind: f.u32(4),
+            offset: f.u64(24),
+            size: f.u64(32),
+            link: f.u32(40),
+            info: f.u32(44),
         }
     } else {
         Section {
-            name: u(0, 4) as u32,
-            kind: u(4, 4) as u32,
-            offset: u(16, 4),
-            size: u(20, 4),
-            link: u(24, 4) as u32,
-            info: u(28, 4) as u32,
+            name: f.u32(0),
+            kind: f.u32(4),
+            offset: f.u32(16).into(),
+            size: f.u32(20).into(),
+            link: f.u32(24),
+            info: f.u32(28),
         }
     }
 }
@@ -553,25 +589,27 @@ fn segments<R: ReadAt + ?Sized>(
             h.phentsize
         )));
     }
-    let len = u64::from(count) * h.phentsize;
+    let len = u64::from(count) * u64::from(h.phentsize);
     let table = exact(r, "program header table", h.phoff, len)?;
     let mut out = Vec::new();
-    for i in 0..count as usize {
-        let base = i * h.phentsize as usize;
-        let u = |o: usize, w: usize| uint(&table, base + o, w, h.big_endian);
+    for entry in table.chunks_exact(usize::from(h.phentsize)) {
+        let f = Fields {
+            bytes: entry,
+            big_endian: h.big_endian,
+        };
         out.push(if h.is64 {
             Segment {
-                kind: u(0, 4) as u32,
-                flags: u(4, 4) as u32,
-                offset: u(8, 8),
-                filesz: u(32, 8),
+                kind: f.u32(0),
+                flags: f.u32(4),
+                offset: f.u64(8),
+                filesz: f.u64(32),
             }
         } else {
             Segment {
-                kind: u(0, 4) as u32,
-                offset: u(4, 4),
-                filesz: u(16, 4),
-                flags: u(24, 4) as u32,
+                kind: f.u32(0),
+                offset: f.u32(4).into(),
+                filesz: f.u32(16).into(),
+                flags: f.u32(24),
             }
         });
     }
@@ -634,8 +672,13 @@ pub fn parse<R: ReadAt + ?Sized>(r: &mut R) -> Result<Binary, ParseError> {
     let mut names = Vec::new();
     if shnum > 0 {
         section_entry_size(&h)?;
-        let table = exact(r, "section header table", h.shoff, shnum * h.shentsize)?;
-        for entry in table.chunks_exact(h.shentsize as usize) {
+        let table = exact(
+            r,
+            "section header table",
+            h.shoff,
+            shnum * u64::from(h.shentsize),
+        )?;
+        for entry in table.chunks_exact(usize::from(h.shentsize)) {
             sections.push(parse_section(entry, &h));
         }
         let strtab = sections.get(shstrndx as usize).ok_or_else(|| {

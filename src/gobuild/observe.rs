@@ -81,8 +81,7 @@ impl ReadAt for FileAt {
 pub fn read_exe(host: &HostRoot, pid: u32) -> (String, Result<Binary, String>) {
     let path = host.path(&format!("proc/{pid}/exe"));
     let exe = std::fs::read_link(&path)
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| path.display().to_string());
+        .map_or_else(|_| path.display().to_string(), |p| p.display().to_string());
     (exe, read_binary(&path))
 }
 

@@ -95,15 +95,12 @@ fn judge(item: &mut Item, want: Want, unit: &str, host: &GoBuildHost) {
         );
         return;
     }
-    let running = match host.units.get(unit) {
-        None => {
-            item.state = State::Unsupported;
-            if let Some(why) = &host.not_queried {
-                item.detail.push(format!("systemd not asked: {why}"));
-            }
-            return;
+    let Some(running) = host.units.get(unit) else {
+        item.state = State::Unsupported;
+        if let Some(why) = &host.not_queried {
+            item.detail.push(format!("systemd not asked: {why}"));
         }
-        Some(r) => r,
+        return;
     };
     let (pid, exe, binary) = match running {
         Running::Unknown(e) => {
@@ -212,7 +209,7 @@ fn verdict(want: Want, b: &Binary, summary: &str) -> Verdict {
             met(have == want, actual, fix)
         }
         Want::Flag(Expectation::Trimpath, want) => {
-            let Some(have) = build.and_then(|i| i.trimpath()) else {
+            let Some(have) = build.and_then(super::BuildInfo::trimpath) else {
                 return unknown(no_settings(summary, build.is_some()));
             };
             let actual = if have {
@@ -229,7 +226,7 @@ fn verdict(want: Want, b: &Binary, summary: &str) -> Verdict {
             met(have == want, actual, fix)
         }
         Want::Flag(Expectation::Cgo, want) => {
-            let Some(have) = build.and_then(|i| i.cgo()) else {
+            let Some(have) = build.and_then(super::BuildInfo::cgo) else {
                 return unknown(no_settings(summary, build.is_some()));
             };
             let actual = format!("CGO_ENABLED={}", u8::from(have));

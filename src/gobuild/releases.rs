@@ -102,8 +102,7 @@ pub fn stale_on(today: &str) -> bool {
 pub fn date_of(t: std::time::SystemTime) -> String {
     let secs = t
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+        .map_or(0, |d| d.as_secs());
     // Days since 1970-01-01 to a civil date (H. Hinnant's algorithm).
     let z = i64::try_from(secs / 86_400).unwrap_or(0) + 719_468;
     let era = z.div_euclid(146_097);

@@ -3,6 +3,8 @@
 //! file may have. Real binaries (Go builds of both kinds, a C binary) are
 //! parsed in tests/gobuild.rs.
 
+#![allow(clippy::pedantic, reason = "pedantic is for the shipped code")]
+
 use proptest::prelude::*;
 
 use super::*;

@@ -84,7 +84,7 @@ fn drop_capabilities() -> Result<Vec<String>, HardenError> {
     let kept: HashSet<Capability> = permitted.intersection(&keep).copied().collect();
     caps::set(None, CapSet::Effective, &kept).map_err(err)?;
     caps::set(None, CapSet::Permitted, &kept).map_err(err)?;
-    let mut names: Vec<String> = kept.iter().map(|c| c.to_string()).collect();
+    let mut names: Vec<String> = kept.iter().map(std::string::ToString::to_string).collect();
     names.sort();
     Ok(names)
 }

@@ -296,8 +296,8 @@ impl<'a> Recorder<'a> {
     }
 
     /// [`Recorder::before`] for one change.
-    pub fn before_one(&mut self, change: Change<'_>) -> Result<(), String> {
-        self.before(std::slice::from_ref(&change))
+    pub fn before_one(&mut self, change: &Change<'_>) -> Result<(), String> {
+        self.before(std::slice::from_ref(change))
             .pop()
             .unwrap_or(Ok(()))
     }

@@ -79,8 +79,7 @@ impl LimitItem {
         Self::ALL
             .iter()
             .find(|(_, i)| *i == self)
-            .map(|(n, _)| *n)
-            .unwrap_or("?")
+            .map_or("?", |(n, _)| *n)
     }
 
     /// Items whose values may be negative (nice levels, priorities).
@@ -144,7 +143,7 @@ impl Domain {
         if s.is_empty() {
             return Err("is empty".into());
         }
-        if s.chars().any(|c| c.is_whitespace()) {
+        if s.chars().any(char::is_whitespace) {
             return Err("contains white space".into());
         }
         if s.chars().any(char::is_control) {

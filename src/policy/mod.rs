@@ -269,8 +269,7 @@ impl Safety {
     pub fn overcommit_headroom_percent(&self) -> u8 {
         self.overcommit_headroom_percent
             .as_ref()
-            .map(|h| h.value)
-            .unwrap_or(DEFAULT_OVERCOMMIT_HEADROOM_PERCENT)
+            .map_or(DEFAULT_OVERCOMMIT_HEADROOM_PERCENT, |h| h.value)
     }
 }
 
@@ -311,7 +310,7 @@ impl Policy {
 
     /// The policy-wide mode.
     pub fn default_mode(&self) -> Mode {
-        self.mode.as_ref().map(|m| m.value).unwrap_or(Mode::Audit)
+        self.mode.as_ref().map_or(Mode::Audit, |m| m.value)
     }
 
     /// What to do about vendor sysctl.d files that conflict with the

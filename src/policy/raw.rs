@@ -180,7 +180,7 @@ impl<'de> Deserialize<'de> for Scalar {
 
 struct ScalarVisitor;
 
-impl<'de> Visitor<'de> for ScalarVisitor {
+impl Visitor<'_> for ScalarVisitor {
     type Value = Scalar;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a number or a string")

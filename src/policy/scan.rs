@@ -126,7 +126,7 @@ mod tests {
     fn errs(t: &str) -> Vec<String> {
         text(&Arc::from("p.yaml"), t)
             .iter()
-            .map(|e| e.to_string())
+            .map(std::string::ToString::to_string)
             .collect()
     }
 

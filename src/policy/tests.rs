@@ -2,6 +2,8 @@
 //! the expectations are insta snapshots (`INSTA_UPDATE=always cargo test` to
 //! regenerate, then review the diff).
 
+#![allow(clippy::pedantic, reason = "pedantic is for the shipped code")]
+
 use super::*;
 use crate::limits::{Domain, LimitItem, LimitValue};
 use crate::sysctl::{SysctlValue, Token};

@@ -244,7 +244,7 @@ impl Validator {
                 self.push(e);
             }
         }
-        let mode = self.opt_mode(&raw.mode);
+        let mode = self.opt_mode(raw.mode.as_ref());
         let sysctl_conflicts = raw
             .sysctl_conflicts
             .as_ref()
@@ -262,7 +262,7 @@ impl Validator {
                         source: self.src(v),
                     })
                 }),
-                mode: self.opt_mode(&d.mode),
+                mode: self.opt_mode(d.mode.as_ref()),
             })
             .unwrap_or_default();
         let cgroup = raw.cgroup.map(|c| self.cgroup(c)).unwrap_or_default();
@@ -270,11 +270,15 @@ impl Validator {
             .kernel_modules
             .map(|m| self.kernel_modules(m))
             .unwrap_or_default();
-        let safety = raw.safety.map(|s| self.safety(s)).unwrap_or_default();
+        let safety = raw
+            .safety
+            .as_ref()
+            .map(|s| self.safety(s))
+            .unwrap_or_default();
         Policy {
             files: vec![self.file.to_string()],
             // `Policy::from_files` records the digest of the file's text.
-            sha256: Default::default(),
+            sha256: BTreeMap::default(),
             mode,
             sysctl_conflicts,
             sysctls,
@@ -379,8 +383,8 @@ impl Validator {
         })
     }
 
-    fn opt_mode(&mut self, m: &Option<Spanned<String>>) -> Option<Sourced<Mode>> {
-        let m = m.as_ref()?;
+    fn opt_mode(&mut self, m: Option<&Spanned<String>>) -> Option<Sourced<Mode>> {
+        let m = m?;
         let value = self.mode(m)?;
         Some(Sourced {
             value,
@@ -420,7 +424,7 @@ impl Validator {
                     (self.exact(&key.value, &spanned), None)
                 }
                 RawSysctl::Table(t) => {
-                    let mode = self.opt_mode(&t.mode).map(|m| m.value);
+                    let mode = self.opt_mode(t.mode.as_ref()).map(|m| m.value);
                     let min = t
                         .min
                         .as_ref()
@@ -628,7 +632,7 @@ impl Validator {
                     .with_hint("setrlimit refuses a soft limit above the hard one");
                 self.push(e);
             }
-            let mode = self.opt_mode(&l.mode).map(|m| m.value);
+            let mode = self.opt_mode(l.mode.as_ref()).map(|m| m.value);
             let (Some(domain), Some(item)) = (domain, item) else {
                 continue;
             };
@@ -673,7 +677,7 @@ impl Validator {
             });
             let posture = self.posture(&s);
             let go_build = s.go_build.as_ref().map(|g| self.go_build(g));
-            let mode = self.opt_mode(&s.mode);
+            let mode = self.opt_mode(s.mode.as_ref());
             if unit_ok {
                 out.insert(
                     unit.value.clone(),
@@ -692,6 +696,10 @@ impl Validator {
         out
     }
 
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one check per posture field, in the order of the policy reference"
+    )]
     fn posture(&mut self, s: &RawService) -> Posture {
         let no_new_privileges = s.no_new_privileges.as_ref().and_then(|v| match v.value {
             Scalar::Bool(b) => Some(Sourced {
@@ -860,26 +868,25 @@ impl Validator {
                 Scalar::Str(s) => GoVersion::parse(s),
                 _ => None,
             };
-            match parsed {
-                Some(version) => Some(Sourced {
+            if let Some(version) = parsed {
+                Some(Sourced {
                     value: version,
                     source: self.src(v),
-                }),
-                None => {
-                    let hint = if matches!(v.value, Scalar::Float(_) | Scalar::Int(_)) {
-                        "quote it: YAML reads 1.20 as the number 1.2; write min_version: \"1.22\""
-                    } else {
-                        "a Go release as \"1.N\" or \"1.N.P\", e.g. \"1.22\""
-                    };
-                    let e = self
-                        .error(
-                            v,
-                            format!("go_build.min_version {} is not a Go release", v.value),
-                        )
-                        .with_hint(hint);
-                    self.push(e);
-                    None
-                }
+                })
+            } else {
+                let hint = if matches!(v.value, Scalar::Float(_) | Scalar::Int(_)) {
+                    "quote it: YAML reads 1.20 as the number 1.2; write min_version: \"1.22\""
+                } else {
+                    "a Go release as \"1.N\" or \"1.N.P\", e.g. \"1.22\""
+                };
+                let e = self
+                    .error(
+                        v,
+                        format!("go_build.min_version {} is not a Go release", v.value),
+                    )
+                    .with_hint(hint);
+                self.push(e);
+                None
             }
         });
         Sourced {
@@ -1024,7 +1031,7 @@ impl Validator {
         for (name, slice) in raw.slices.map(|s| s.0).unwrap_or_default() {
             let source = self.src(&name);
             let valid_name = self.slice_name(&name);
-            let rule = self.slice(valid_name.clone().unwrap_or_default(), slice.value, source);
+            let rule = self.slice(valid_name.clone().unwrap_or_default(), &slice.value, source);
             if let Some(n) = valid_name {
                 slices.insert(n, rule);
             }
@@ -1035,7 +1042,7 @@ impl Validator {
         }
     }
 
-    fn slice(&mut self, name: String, raw: RawSlice, source: Source) -> SliceRule {
+    fn slice(&mut self, name: String, raw: &RawSlice, source: Source) -> SliceRule {
         let bytes = |v: &Option<Spanned<Scalar>>, field: &str, me: &mut Self| {
             let v = v.as_ref()?;
             let parsed = match &v.value {
@@ -1101,7 +1108,7 @@ impl Validator {
                 source: self.src(v),
             })
         });
-        let mode = self.opt_mode(&raw.mode);
+        let mode = self.opt_mode(raw.mode.as_ref());
         SliceRule {
             name,
             memory_max,
@@ -1113,7 +1120,7 @@ impl Validator {
         }
     }
 
-    fn safety(&mut self, raw: RawSafety) -> Safety {
+    fn safety(&mut self, raw: &RawSafety) -> Safety {
         let overcommit_headroom_percent =
             raw.overcommit_headroom_percent
                 .as_ref()

@@ -91,8 +91,7 @@ pub fn decode(mask: u64) -> Vec<String> {
         .map(|b| {
             CAPABILITIES
                 .get(b as usize)
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| format!("cap_{b}"))
+                .map_or_else(|| format!("cap_{b}"), std::string::ToString::to_string)
         })
         .collect()
 }

@@ -294,7 +294,7 @@ mod tests {
         let all = caps::mask(
             &caps::CAPABILITIES
                 .iter()
-                .map(|s| s.to_string())
+                .map(std::string::ToString::to_string)
                 .collect::<Vec<_>>(),
         )
         .unwrap();

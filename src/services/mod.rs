@@ -281,6 +281,10 @@ fn plan_unit(policy: &Policy, rule: &ServiceRule, host: &ServicesHost) -> Vec<It
 type Evidence = Box<dyn Fn(&ProcLimits) -> Option<String>>;
 
 /// One item per posture field, each judged on every process of the unit.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one item per posture field, in the order of the policy reference"
+)]
 fn posture_items(
     policy: &Policy,
     rule: &ServiceRule,

@@ -57,6 +57,7 @@ pub fn execute(run: &mut Run<'_, '_>, planned: &[Item], observed: &mut SysctlHos
 ///
 /// A key pass (`keys`) updates only its keys' lines of the entries the last
 /// pass left (`SysctlHost::persist_plan`); a full pass plans every line.
+#[expect(clippy::implicit_hasher, reason = "the engine's one map type")]
 pub fn after_merge(
     run: &mut Run<'_, '_>,
     observed: &mut SysctlHost,
@@ -147,7 +148,7 @@ fn settle<'a>(
             if let Some(why) = refused.get(key) {
                 return Err(why.clone());
             }
-            originals.before_one(Change {
+            originals.before_one(&Change {
                 key: &ItemKey::Sysctl(key.clone()),
                 action: &Action::WriteSysctl {
                     key: key.clone(),
@@ -279,7 +280,7 @@ fn persist(
     if !hold(&item)
         && let Some(action) = item.action.take()
     {
-        let journaled = run.originals.before_one(Change {
+        let journaled = run.originals.before_one(&Change {
             key: &item.key,
             action: &action,
             known: None,
@@ -291,7 +292,7 @@ fn persist(
         match outcome {
             Outcome::Done => {
                 item.state = State::Corrected;
-                item.actual = item.desired.clone();
+                item.actual.clone_from(&item.desired);
                 obs.persisted = host::read_optional(&obs.persist_path).ok().flatten();
             }
             Outcome::Failed(why) => {

@@ -351,7 +351,7 @@ fn tokens(mut p: &[u8]) -> Vec<Token<'_>> {
 fn bracket(p: &[u8]) -> Option<(&[u8], &[u8])> {
     let skip = match p {
         [b'!' | b'^', b']', ..] => 2,
-        [b'!' | b'^', ..] | [b']', ..] => 1,
+        [b'!' | b'^' | b']', ..] => 1,
         _ => 0,
     };
     let close = skip + p.get(skip..)?.iter().position(|b| *b == b']')?;

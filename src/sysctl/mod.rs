@@ -247,9 +247,8 @@ fn parse_policy_token(field: &str) -> Result<Token, ValueError> {
         return Ok(Token::Word(field.to_string()));
     }
     if is_hex || (digits.len() > 1 && digits.starts_with('0')) {
-        let suggestion = parse_base0(field)
-            .map(|n| n.to_string())
-            .unwrap_or_else(|| "plain decimal".to_string());
+        let suggestion =
+            parse_base0(field).map_or_else(|| "plain decimal".to_string(), |n| n.to_string());
         return Err(ValueError::NotDecimal(field.to_string(), suggestion));
     }
     field
@@ -592,7 +591,7 @@ mod properties {
         #[test]
         fn canonical_form_round_trips(fields in prop::collection::vec(any::<i64>(), 1..6), tabs in any::<bool>()) {
             let sep = if tabs { "\t" } else { "   " };
-            let text: Vec<String> = fields.iter().map(|n| n.to_string()).collect();
+            let text: Vec<String> = fields.iter().map(std::string::ToString::to_string).collect();
             let kernel = SysctlValue::from_kernel(&format!("{}\n", text.join(sep)));
             let policy = SysctlValue::from_policy(&text.join(" ")).unwrap();
             prop_assert_eq!(&kernel, &policy);

@@ -126,17 +126,14 @@ pub fn render_copy(vendor: &str, text: &str, commented: &[Commented<'_>]) -> Str
     );
     for (idx, line) in text.lines().enumerate() {
         let number = u32::try_from(idx + 1).unwrap_or(u32::MAX);
-        match commented.iter().find(|c| c.line == number) {
-            Some(c) => {
-                out.push_str(&format!(
-                    "# holdfast: commented out, the policy wants {} = {} ({})\n#{line}\n",
-                    c.rule.key, c.rule.expect, c.rule.source
-                ));
-            }
-            None => {
-                out.push_str(line);
-                out.push('\n');
-            }
+        if let Some(c) = commented.iter().find(|c| c.line == number) {
+            out.push_str(&format!(
+                "# holdfast: commented out, the policy wants {} = {} ({})\n#{line}\n",
+                c.rule.key, c.rule.expect, c.rule.source
+            ));
+        } else {
+            out.push_str(line);
+            out.push('\n');
         }
     }
     out

@@ -361,7 +361,7 @@ fn connect_private(mut stream: UnixStream) -> Result<Connection, String> {
     );
     let conn = zbus::blocking::connection::Builder::authenticated_socket(split, guid.as_str())
         .map(|b| b.p2p().method_timeout(CALL_TIMEOUT))
-        .and_then(|b| b.build())
+        .and_then(zbus::blocking::connection::Builder::build)
         .map_err(|e| describe(&e))?;
     warm_up(&conn)?;
     Ok(conn)

@@ -138,7 +138,7 @@ impl UnitInfo {
                 "MainPID" => {
                     info.main_pid = number(&value)
                         .filter(|p| *p > 0)
-                        .and_then(|p| u32::try_from(p).ok())
+                        .and_then(|p| u32::try_from(p).ok());
                 }
                 "ControlGroup" => info.control_group = string(value),
                 "LimitNOFILE" => info.limit_nofile_hard = number(&value).map(rlimit),
@@ -163,7 +163,7 @@ impl UnitInfo {
                         } else {
                             Count::Value(n)
                         }
-                    })
+                    });
                 }
                 "FragmentPath" => info.fragment_path = string(value),
                 "Slice" => info.slice = string(value),

@@ -10,7 +10,10 @@
 //! `Reloading(false)`; a start, a restart or runtime properties as the
 //! unit's change; tests announce others' changes with `emit`.
 
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each test crate uses its own share of these helpers"
+)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,10 @@
 //! Tests write a host, run holdfast against it with `--root`, and read the
 //! files back.
 
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "each test crate uses its own share of these helpers"
+)]
 
 pub mod fake_systemd;
 
@@ -132,8 +135,7 @@ pub fn can_unshare() -> bool {
     std::process::Command::new("unshare")
         .args(["--net", "--mount", "true"])
         .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+        .is_ok_and(|s| s.success())
 }
 
 /// The item whose key reads `key` in reports, or a panic listing them all.

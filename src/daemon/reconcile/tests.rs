@@ -129,8 +129,7 @@ impl Harness {
             .items
             .iter()
             .find(|i| i.item.key.to_string() == key)
-            .map(|i| ItemStatus::clone(i))
-            .unwrap_or_else(|| panic!("no item {key}"))
+            .map_or_else(|| panic!("no item {key}"), |i| ItemStatus::clone(i))
     }
 
     fn passes(&self) -> u64 {
