@@ -141,3 +141,58 @@ fn a_bad_module_entry_is_refused_with_its_line() {
         "{err}"
     );
 }
+
+/// The running kernel's module index decides what it has: a module in
+/// modules.builtin is unsupported even without a /sys/module directory (a
+/// built-in module without parameters has none), and one in neither
+/// modules.dep nor modules.builtin is "not in this kernel" — still drifted
+/// until the configuration refuses it, compliant once it does.
+#[test]
+fn the_kernel_module_index_tells_built_in_and_missing_modules() {
+    let h = host();
+    h.write("proc/sys/kernel/osrelease", "6.1.0-test-amd64\n");
+    h.write(
+        "lib/modules/6.1.0-test-amd64/modules.dep",
+        "kernel/fs/hfs/hfs.ko.xz: kernel/drivers/cdrom/cdrom.ko.xz\n\
+         kernel/drivers/usb/storage/usb-storage.ko.xz: kernel/drivers/scsi/sd_mod.ko.xz\n",
+    );
+    h.write(
+        "lib/modules/6.1.0-test-amd64/modules.builtin",
+        "kernel/fs/udf/udf.ko\n",
+    );
+    let p = h.policy(
+        "p.yaml",
+        "version: 1
+mode: enforce
+kernel_modules:
+  cramfs: disabled
+  hfs: disabled
+  udf: disabled
+",
+    );
+    let p = p.to_str().unwrap();
+
+    let (code, before) = h.json(&["check", "--policy", p]);
+    assert_eq!(code, 2, "{before:#}");
+    let cramfs = item(&before, "kernel module cramfs");
+    assert_eq!(cramfs["state"], "drifted", "{cramfs:#}");
+    assert_eq!(cramfs["actual"], "not in this kernel");
+    assert!(
+        cramfs["detail"]
+            .to_string()
+            .contains("kernel 6.1.0-test-amd64 has no such module"),
+        "{cramfs:#}"
+    );
+    assert_eq!(item(&before, "kernel module hfs")["actual"], "loadable");
+    let udf = item(&before, "kernel module udf");
+    assert_eq!(udf["state"], "unsupported", "{udf:#}");
+    assert_eq!(udf["actual"], "built into the kernel");
+
+    let (_, after) = h.json(&["apply", "--policy", p]);
+    let cramfs = item(&after, "kernel module cramfs");
+    assert_eq!(cramfs["state"], "corrected", "{cramfs:#}");
+    assert_eq!(cramfs["actual"], "disabled (not in this kernel)");
+    let (_, again) = h.json(&["check", "--policy", p]);
+    assert_eq!(state(&again, "kernel module cramfs"), "compliant");
+    assert_eq!(state(&again, "kernel module hfs"), "compliant");
+}

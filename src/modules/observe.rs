@@ -2,11 +2,11 @@
 //! The I/O side of `modules`; it never writes (holdfast's file is written by
 //! the engine like every file it owns).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 
 use super::conf;
-use super::plan::{Loaded, ModulesHost};
+use super::plan::{KernelIndex, Loaded, ModulesHost};
 use crate::host::{self, HostRoot, IoError, MODPROBE_CONF_DIRS, MODPROBE_OWN_FILE};
 use crate::policy::Policy;
 
@@ -35,10 +35,19 @@ pub fn observe(host: &HostRoot, policy: &Policy) -> (ModulesHost, Vec<IoError>) 
         Ok(text) => Ok(parse_proc_modules(&text)),
         Err(e) => Err(e.to_string()),
     };
+    let kernel = read_kernel_index(host);
+    // Built in: listed in modules.builtin, or (a kernel without that file)
+    // a /sys/module directory with no `initstate` and no /proc/modules line.
+    // A built-in module without parameters has no /sys/module directory.
     let builtin = policy
         .kernel_modules
         .keys()
         .filter(|name| {
+            if let Ok(k) = &kernel
+                && k.builtin.contains(name.as_str())
+            {
+                return true;
+            }
             let in_proc = loaded.as_ref().is_ok_and(|l| l.contains_key(name.as_str()));
             let sys = host.path(&format!("sys/module/{}", name.as_str()));
             !in_proc && sys.is_dir() && !exists(&sys.join("initstate"))
@@ -52,9 +61,58 @@ pub fn observe(host: &HostRoot, policy: &Policy) -> (ModulesHost, Vec<IoError>) 
             own,
             loaded,
             builtin,
+            kernel,
         },
         warnings,
     )
+}
+
+/// The running kernel's module index: its release (kernel.osrelease), and
+/// the names in `modules.dep` and `modules.builtin` of its module
+/// directory (/lib/modules/RELEASE, or /usr/lib/modules/RELEASE where /lib
+/// is not merged into /usr). `Err` says why it could not be read: then no
+/// module is said to be missing from the kernel.
+fn read_kernel_index(host: &HostRoot) -> Result<KernelIndex, String> {
+    let release_file = host.path("proc/sys/kernel/osrelease");
+    let release = host::read_to_string(&release_file)
+        .map_err(|e| e.to_string())?
+        .trim()
+        .to_string();
+    let dirs = [
+        host.path(&format!("lib/modules/{release}")),
+        host.path(&format!("usr/lib/modules/{release}")),
+    ];
+    let Some(dir) = dirs.iter().find(|d| d.join("modules.dep").is_file()) else {
+        return Err(format!(
+            "no modules.dep for kernel {release} in /lib/modules or /usr/lib/modules"
+        ));
+    };
+    let dep = host::read_to_string(&dir.join("modules.dep")).map_err(|e| e.to_string())?;
+    // A kernel may list no built-in modules (no modules.builtin at all).
+    let builtin = host::read_optional(&dir.join("modules.builtin"))
+        .map_err(|e| e.to_string())?
+        .map(|text| module_names(&text))
+        .unwrap_or_default();
+    Ok(KernelIndex {
+        release,
+        modules: module_names(&dep),
+        builtin,
+    })
+}
+
+/// The module names of a `modules.dep` or `modules.builtin` text: the file
+/// name of each line's first path, less `.ko` and any compression suffix,
+/// with `-` as `_` (`kernel/drivers/usb/storage/usb-storage.ko.xz: ...` is
+/// `usb_storage`).
+pub fn module_names(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter_map(|line| {
+            let path = line.split(':').next()?.trim();
+            let file = path.rsplit('/').next()?;
+            let (name, _) = file.split_once(".ko")?;
+            (!name.is_empty()).then(|| name.replace('-', "_"))
+        })
+        .collect()
 }
 
 fn exists(path: &std::path::Path) -> bool {
@@ -100,5 +158,18 @@ mod tests {
         assert_eq!(got["usb_storage"].used_by, ["uas"]);
         assert_eq!(got["cramfs"].refcount, 0);
         assert!(got["cramfs"].used_by.is_empty());
+    }
+
+    #[test]
+    fn module_index_lines_give_kernel_names() {
+        let got = module_names(
+            "kernel/fs/hfs/hfs.ko.xz: kernel/drivers/cdrom/cdrom.ko.xz\n\
+             kernel/drivers/usb/storage/usb-storage.ko: kernel/drivers/scsi/sd_mod.ko\n\
+             kernel/fs/ext4/ext4.ko\n\
+             \n\
+             not a module\n",
+        );
+        let want: Vec<&str> = vec!["ext4", "hfs", "usb_storage"];
+        assert_eq!(got.iter().map(String::as_str).collect::<Vec<_>>(), want);
     }
 }

@@ -11,7 +11,7 @@
 //! - holdfast's file holds exactly the enforced modules; it is the only file
 //!   holdfast writes for this area. A competing file is reported.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use super::ModuleName;
@@ -41,9 +41,36 @@ pub struct ModulesHost {
     /// The loaded modules, by kernel name; `Err` says why /proc/modules
     /// could not be read.
     pub loaded: Result<BTreeMap<String, Loaded>, String>,
-    /// The policy's modules that are built into the kernel (a directory in
-    /// /sys/module, no line in /proc/modules, no `initstate`).
+    /// The policy's modules that are built into the kernel (listed in
+    /// modules.builtin, or a directory in /sys/module with no line in
+    /// /proc/modules and no `initstate`).
     pub builtin: Vec<String>,
+    /// The running kernel's module index; `Err` says why it could not be
+    /// read (then no module is said to be missing from the kernel).
+    pub kernel: Result<KernelIndex, String>,
+}
+
+/// What the running kernel has of modules, from its module directory.
+#[derive(Debug, Clone, Default)]
+pub struct KernelIndex {
+    /// `kernel.osrelease`: the directory's name under /lib/modules.
+    pub release: String,
+    /// The loadable modules (modules.dep), by kernel name.
+    pub modules: BTreeSet<String>,
+    /// The built-in modules (modules.builtin), by kernel name.
+    pub builtin: BTreeSet<String>,
+}
+
+impl ModulesHost {
+    /// Whether the running kernel has no such module at all: neither a file
+    /// modprobe could load nor a part of the kernel, and not loaded. False
+    /// when the module index could not be read.
+    fn missing(&self, name: &str) -> bool {
+        let loaded = self.loaded.as_ref().is_ok_and(|l| l.contains_key(name));
+        self.kernel
+            .as_ref()
+            .is_ok_and(|k| !loaded && !k.modules.contains(name) && !k.builtin.contains(name))
+    }
 }
 
 impl ModulesHost {
@@ -117,13 +144,22 @@ fn judge(policy: &Policy, rule: &ModuleRule, host: &ModulesHost) -> Item {
             None
         }
     };
-    item.actual = match (disabled, loaded.is_some()) {
-        (true, false) => "disabled",
-        (true, true) => "disabled, but loaded",
-        (false, false) => "loadable",
-        (false, true) => "loaded",
+    let missing = host.missing(name.as_str());
+    item.actual = match (disabled, loaded.is_some(), missing) {
+        (true, false, false) => "disabled",
+        (true, false, true) => "disabled (not in this kernel)",
+        (true, true, _) => "disabled, but loaded",
+        (false, false, false) => "loadable",
+        (false, false, true) => "not in this kernel",
+        (false, true, _) => "loaded",
     }
     .into();
+    if missing && let Ok(k) = &host.kernel {
+        item.detail.push(format!(
+            "kernel {} has no such module (not in its modules.dep or modules.builtin): nothing can load it now, but another kernel may have it",
+            k.release
+        ));
+    }
     if !disabled {
         item.state = State::Drifted;
         if !refuses {

@@ -116,6 +116,25 @@ done
 after_pass=$(pass_field number)
 note "forks system-wide per SIGHUP pass (20 services + 1 slice, converged): ${per_pass[*]}"
 note "last_pass.duration_ms of those passes: ${durations[*]}"
+# The floor of a full pass over units: one batched D-Bus client reading the
+# same 21 units' properties, `systemctl show` of them all in one process
+# (all properties of every interface, as holdfast's GetAll per interface),
+# five times, timed with bash's clock (the fork and exec included).
+units=("$slice.slice")
+for i in $(seq 1 $n_services); do units+=("$(svc "$i")"); done
+shows=()
+for round in 1 2 3 4 5; do
+    t0=${EPOCHREALTIME/./}
+    systemctl show "${units[@]}" >/dev/null
+    t1=${EPOCHREALTIME/./}
+    shows+=($((t1 - t0)))
+done
+median() { printf '%s\n' "$@" | sort -n | sed -n "$(( ($# + 1) / 2 ))p"; }
+# shellcheck disable=SC2046 # one number per line, split on purpose
+pass_us=$(median $(for d in "${durations[@]}"; do awk -v d="$d" 'BEGIN {printf "%d\n", d * 1000}'; done))
+show_us=$(median "${shows[@]}")
+note "one batched systemctl show of the ${#units[@]} units, us: ${shows[*]}"
+note "full pass vs the batched show (medians): pass ${pass_us} us, show ${show_us} us, ratio $(awk -v p="$pass_us" -v s="$show_us" 'BEGIN {printf "%.2f", p / s}') (goal <= 1.10)"
 expect_eq "five SIGHUP passes ran" $((before_pass + 5)) "$after_pass"
 expect_eq "the last one was full" full "$(pass_field scope)"
 min_forks=${per_pass[0]}
