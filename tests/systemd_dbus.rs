@@ -258,6 +258,18 @@ fn the_dbus_client_speaks_systemds_interface() {
     assert_eq!(info.tasks_max, Some(Count::Value(512)));
     assert_eq!(info.drop_in_paths.len(), 1);
 
+    // Several units at once (every GetAll sent before any reply is read):
+    // each unit's answer is the one `unit` gives, in the order asked, and a
+    // unit the manager does not know fails alone.
+    let many = client.units(&["go-app.slice", "nothing-here.service", "go-app.slice"]);
+    assert_eq!(many.len(), 3);
+    assert_eq!(many[0].as_ref().unwrap(), &info);
+    let missing = many[1].as_ref().unwrap_err().to_string();
+    let alone = client.unit("nothing-here.service").unwrap_err().to_string();
+    assert_eq!(missing, alone);
+    assert!(missing.contains("nothing-here.service"), "{missing}");
+    assert_eq!(many[2].as_ref().unwrap(), &info);
+
     client
         .set_properties_runtime(
             "go-app.slice",

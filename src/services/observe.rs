@@ -9,7 +9,7 @@ use super::{
 use crate::host::{self, HostRoot, IoError};
 use crate::policy::Policy;
 use crate::posture::{ProcStatus, parse_environ};
-use crate::systemd::{self, SystemdClient, UnitInfo};
+use crate::systemd::{self, SystemdClient, SystemdError, UnitInfo};
 
 pub fn observe(
     host: &HostRoot,
@@ -36,9 +36,11 @@ pub fn observe(
         out.not_queried = Some(systemd::foreign_root_note(host));
     }
     out.units = BTreeMap::new();
-    for rule in managed_units(policy) {
-        read_unit(host, client, &rule.unit, &mut out, &mut warnings);
-    }
+    let units: Vec<&str> = managed_units(policy)
+        .iter()
+        .map(|r| r.unit.as_str())
+        .collect();
+    read_units(host, client, &units, &mut out, &mut warnings);
     if let Some(client) = client
         && policy.service_defaults.limit_nofile.is_some()
     {
@@ -62,29 +64,34 @@ pub fn observe_units(
     if !out.systemd {
         return warnings;
     }
-    for rule in managed_units(policy) {
-        if units.contains(&rule.unit) {
-            read_unit(host, client, &rule.unit, out, &mut warnings);
-        }
-    }
+    let managed: Vec<&str> = managed_units(policy)
+        .iter()
+        .map(|r| r.unit.as_str())
+        .filter(|u| units.contains(*u))
+        .collect();
+    read_units(host, client, &managed, out, &mut warnings);
     warnings
 }
 
-/// One managed unit: holdfast's drop-in, and what systemd and the unit's
-/// processes say.
-fn read_unit(
+/// Managed units: holdfast's drop-ins, and what systemd (asked for all of
+/// them at once) and the units' processes say.
+fn read_units(
     host: &HostRoot,
     client: Option<&dyn SystemdClient>,
-    unit: &str,
+    units: &[&str],
     out: &mut ServicesHost,
     warnings: &mut Vec<IoError>,
 ) {
-    let path = host.path(&format!("etc/systemd/system/{unit}.d/{DROP_IN_NAME}"));
-    let current = host::read_optional_or_warn(&path, warnings);
-    out.drop_ins.insert(unit.to_string(), (path, current));
+    for unit in units {
+        let path = host.path(&format!("etc/systemd/system/{unit}.d/{DROP_IN_NAME}"));
+        let current = host::read_optional_or_warn(&path, warnings);
+        out.drop_ins.insert((*unit).to_string(), (path, current));
+    }
     if let Some(client) = client {
-        out.units
-            .insert(unit.to_string(), observe_unit(host, client, unit));
+        for (unit, info) in units.iter().zip(client.units(units)) {
+            out.units
+                .insert((*unit).to_string(), observe_unit(host, info));
+        }
     }
 }
 
@@ -110,8 +117,8 @@ pub fn online_cpus(host: &HostRoot) -> u32 {
     count.max(1)
 }
 
-fn observe_unit(host: &HostRoot, client: &dyn SystemdClient, unit: &str) -> UnitObservation {
-    match client.unit(unit) {
+fn observe_unit(host: &HostRoot, info: Result<UnitInfo, SystemdError>) -> UnitObservation {
+    match info {
         Ok(info) => {
             let processes = unit_pids(host, &info)
                 .into_iter()

@@ -355,6 +355,12 @@ pub type EventSink = Box<dyn Fn(UnitEvent) -> bool + Send + Sync>;
 /// thread owns one.
 pub trait SystemdClient: Send + Sync {
     fn unit(&self, unit: &str) -> Result<UnitInfo, SystemdError>;
+
+    /// [`SystemdClient::unit`] for several units, in their order. A client
+    /// may ask for them all at once instead of one after another.
+    fn units(&self, units: &[&str]) -> Vec<Result<UnitInfo, SystemdError>> {
+        units.iter().map(|u| self.unit(u)).collect()
+    }
     /// The manager's `DefaultLimitNOFILESoft` and `DefaultLimitNOFILE`.
     fn default_limit_nofile(&self) -> Result<Option<(LimitValue, LimitValue)>, SystemdError>;
     /// Reloads the manager's configuration; returns when the reload is done.
