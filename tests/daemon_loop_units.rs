@@ -55,6 +55,7 @@ impl Arm for NoWatches {
             watched: specs.len(),
             missing: 0,
             errors: Vec::new(),
+            policy_unwatched: false,
         }
     }
 }

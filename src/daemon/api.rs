@@ -650,6 +650,7 @@ mod tests {
     fn a_daemon_that_watches_nothing_it_wants_is_not_healthy() {
         use crate::daemon::state::WatchStatus;
         let none = WatchStatus {
+            policy_unwatched: false,
             watched: 0,
             missing: 0,
             errors: vec!["watch /proc/sys/net/core/somaxconn: Operation not permitted".into()],

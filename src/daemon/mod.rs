@@ -227,7 +227,9 @@ fn run_loop(
         forward_signals(control).map_err(|e| format!("install signal handlers: {e}"))?;
         let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
         let overflow = Arc::new(AtomicBool::new(false));
-        let mut watcher: Box<dyn Arm> = match InotifyWatcher::start(events, Arc::clone(&overflow)) {
+        let limit_file = cfg.host.path("proc/sys/fs/inotify/max_user_watches");
+        let started = InotifyWatcher::start(events, Arc::clone(&overflow), limit_file);
+        let mut watcher: Box<dyn Arm> = match started {
             Ok(w) => Box::new(w),
             Err(e) => {
                 tracing::error!(

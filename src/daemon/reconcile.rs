@@ -335,7 +335,10 @@ impl Reconciler {
     fn execute(&mut self, work: &Work, watcher: &mut dyn Arm) {
         let started = std::time::Instant::now();
         let now = Instant::now();
-        if work.reload {
+        // A policy source without a watch: no event says it changed, so
+        // the rescan reads it again.
+        let unwatched = work.trigger == Trigger::Rescan && self.watches.policy_unwatched;
+        if work.reload || unwatched {
             self.reload_policy();
         }
         let policy = self.keeper.in_force();
@@ -552,6 +555,7 @@ impl Reconciler {
             watched: report.watched,
             missing: report.missing,
             errors: report.errors,
+            policy_unwatched: report.policy_unwatched,
         };
         self.watch_map = WatchMap::new(specs);
     }

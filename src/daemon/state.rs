@@ -218,6 +218,8 @@ pub struct WatchStatus {
     pub watched: usize,
     pub missing: usize,
     pub errors: Vec<String>,
+    /// A policy source has no watch: the rescan reads the policy again.
+    pub policy_unwatched: bool,
 }
 
 /// RFC 3339 in UTC with milliseconds: `2025-05-01T12:34:56.789Z`.

@@ -221,6 +221,10 @@ pub struct ArmReport {
     /// Wanted paths that do not exist (armed when they appear, at a rescan).
     pub missing: usize,
     pub errors: Vec<String>,
+    /// Whether a policy source has no watch (an error, or no inotify at
+    /// all): then the rescan must read the policy again, since no event
+    /// will say it changed.
+    pub policy_unwatched: bool,
 }
 
 /// Keeps the set of watches in line with a list of specs.
@@ -259,15 +263,21 @@ pub struct InotifyWatcher {
     /// Paths removed since the last arming: inotify dropped their watches
     /// (and a new file there may reuse the inode number).
     gone: Arc<Mutex<Vec<PathBuf>>>,
+    /// `fs.inotify.max_user_watches` under the host root, read to explain
+    /// ENOSPC.
+    limit_file: PathBuf,
 }
 
 /// One read(2) of inotify's events buffer: 64 events with short names.
 const EVENT_BUFFER: usize = 4096;
 
 impl InotifyWatcher {
+    /// `limit_file` is `fs.inotify.max_user_watches` under the host root,
+    /// read to explain a watch the kernel refuses for want of watches.
     pub fn start(
         events: mpsc::Sender<WatchEvent>,
         overflow: Arc<AtomicBool>,
+        limit_file: PathBuf,
     ) -> std::io::Result<InotifyWatcher> {
         let mut inotify = Inotify::init()?;
         let watches = inotify.watches();
@@ -336,6 +346,7 @@ impl InotifyWatcher {
             armed: HashMap::new(),
             targets,
             gone,
+            limit_file,
         })
     }
 
@@ -361,14 +372,23 @@ impl Arm for InotifyWatcher {
                 lock(&self.targets).remove(&wd.get_watch_descriptor_id());
             }
         }
-        let mut wanted: HashSet<PathBuf> = HashSet::new();
+        // In the specs' order, which puts the policy's sources first: when
+        // the kernel runs out of watches, what goes without is the tail.
+        let mut wanted: Vec<(PathBuf, bool)> = Vec::new();
+        let mut seen: HashSet<PathBuf> = HashSet::new();
         for spec in specs {
             match watch_target(spec) {
                 Some(target) => {
                     if target != spec.path {
                         report.missing += 1;
                     }
-                    wanted.insert(target);
+                    let policy = spec.concern == Concern::Policy;
+                    if seen.insert(target.clone()) {
+                        wanted.push((target, policy));
+                    } else if policy && let Some(w) = wanted.iter_mut().find(|(p, _)| *p == target)
+                    {
+                        w.1 = true;
+                    }
                 }
                 None => report.missing += 1,
             }
@@ -376,13 +396,14 @@ impl Arm for InotifyWatcher {
         let stale: Vec<PathBuf> = self
             .armed
             .keys()
-            .filter(|p| !wanted.contains(*p))
+            .filter(|p| !seen.contains(*p))
             .cloned()
             .collect();
         for path in stale {
             self.unwatch(&path);
         }
-        for path in wanted {
+        let mut limit_explained = false;
+        for (path, policy) in wanted {
             let Ok(meta) = std::fs::metadata(&path) else {
                 report.missing += 1;
                 continue;
@@ -400,10 +421,59 @@ impl Arm for InotifyWatcher {
                     self.armed.insert(path, (id, wd));
                     report.watched += 1;
                 }
-                Err(e) => report.errors.push(format!("watch {}: {e}", path.display())),
+                Err(e) => {
+                    report.policy_unwatched |= policy;
+                    let refusal = if e.raw_os_error() == Some(libc::ENOSPC) {
+                        Refusal::NoWatchLeft(read_limit(&self.limit_file))
+                    } else {
+                        Refusal::Other
+                    };
+                    report
+                        .errors
+                        .push(watch_error(&path, &e, refusal, &mut limit_explained));
+                }
             }
         }
         report
+    }
+}
+
+/// Why the kernel refused a watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// ENOSPC: no watch left under `fs.inotify.max_user_watches` (the limit,
+    /// when it could be read).
+    NoWatchLeft(Option<u64>),
+    Other,
+}
+
+/// The kernel's watch limit, when it can be read.
+fn read_limit(file: &Path) -> Option<u64> {
+    std::fs::read_to_string(file).ok()?.trim().parse().ok()
+}
+
+/// A watch the kernel refused, said so that the operator knows what to do.
+/// ENOSPC is inotify's "no watch left" (`fs.inotify.max_user_watches`,
+/// counted over every program of the same user), not a full disk: the first
+/// such error names the limit and how to raise it, the others point to it.
+fn watch_error(path: &Path, e: &std::io::Error, refusal: Refusal, explained: &mut bool) -> String {
+    let path = path.display();
+    match refusal {
+        Refusal::Other => format!("watch {path}: {e}; changes there are seen only by the rescan"),
+        Refusal::NoWatchLeft(_) if *explained => format!(
+            "watch {path}: no inotify watch left (see the first such error); changes there are seen only by the rescan"
+        ),
+        Refusal::NoWatchLeft(limit) => {
+            *explained = true;
+            let now =
+                limit.map_or_else(|| "its limit".to_string(), |n| format!("its limit of {n}"));
+            let raise = limit.map_or(524_288, |n| (n * 2).max(524_288));
+            format!(
+                "watch {path}: no inotify watch left: this user's programs hold {now} (fs.inotify.max_user_watches); \
+                 raise it, e.g. `sysctl -w fs.inotify.max_user_watches={raise}` and the same line in a file of /etc/sysctl.d; \
+                 until then changes there are seen only by the rescan"
+            )
+        }
     }
 }
 
@@ -420,6 +490,7 @@ impl Arm for NoWatcher {
                 "inotify is not available: {} paths are checked only by the periodic rescan",
                 specs.len()
             )],
+            policy_unwatched: true,
         }
     }
 }
@@ -427,6 +498,62 @@ impl Arm for NoWatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_watch_refused_for_want_of_watches_names_the_limit_once() {
+        let enospc = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let mut explained = false;
+        let first = watch_error(
+            Path::new("/etc/holdfast/policy.d"),
+            &enospc,
+            Refusal::NoWatchLeft(Some(8192)),
+            &mut explained,
+        );
+        assert!(first.contains("no inotify watch left"), "{first}");
+        assert!(
+            first.contains("its limit of 8192 (fs.inotify.max_user_watches)"),
+            "{first}"
+        );
+        assert!(
+            first.contains("sysctl -w fs.inotify.max_user_watches=524288"),
+            "{first}"
+        );
+        assert!(!first.contains("No space left on device"), "{first}");
+        let next = watch_error(
+            Path::new("/proc/sys/net/core/somaxconn"),
+            &enospc,
+            Refusal::NoWatchLeft(Some(8192)),
+            &mut explained,
+        );
+        assert!(
+            next.contains("/proc/sys/net/core/somaxconn: no inotify watch left (see the first"),
+            "{next}"
+        );
+        // A large limit is doubled; an unreadable one is not invented.
+        let mut fresh = false;
+        let big = watch_error(
+            Path::new("/x"),
+            &enospc,
+            Refusal::NoWatchLeft(Some(1_000_000)),
+            &mut fresh,
+        );
+        assert!(big.contains("max_user_watches=2000000"), "{big}");
+        let mut fresh = false;
+        let unknown = watch_error(
+            Path::new("/x"),
+            &enospc,
+            Refusal::NoWatchLeft(None),
+            &mut fresh,
+        );
+        assert!(unknown.contains("hold its limit (fs.inotify"), "{unknown}");
+        let other = watch_error(
+            Path::new("/x"),
+            &std::io::Error::from_raw_os_error(libc::EACCES),
+            Refusal::Other,
+            &mut fresh,
+        );
+        assert!(other.starts_with("watch /x: Permission denied"), "{other}");
+    }
     use crate::sysctl::SysctlKey;
 
     fn policy(text: &str) -> Policy {
@@ -595,7 +722,8 @@ mod tests {
         std::fs::write(&file, "128\n").unwrap();
         let (tx, mut rx) = mpsc::channel(16);
         let overflow = Arc::new(AtomicBool::new(false));
-        let mut w = InotifyWatcher::start(tx, overflow).unwrap();
+        let mut w =
+            InotifyWatcher::start(tx, overflow, dir.path().join("max_user_watches")).unwrap();
         let specs = vec![
             WatchSpec {
                 path: file.clone(),

@@ -52,6 +52,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 const JOB_DEADLINE: Duration = Duration::from_secs(20);
 /// How long a restarted service's new process may take to exec.
 const EXEC_DEADLINE: Duration = Duration::from_secs(10);
+/// How many `GetAll` calls a pass has in flight at once.
+const GETALL_WINDOW: usize = 8;
 /// Signals queued for the event thread before zbus makes the socket wait.
 const SIGNAL_QUEUE: usize = 1024;
 
@@ -169,10 +171,13 @@ impl DbusSystemd {
             .collect())
     }
 
-    /// `GetAll` of each `(unit, interface)` at once: every call is sent
-    /// before any reply is awaited, so that systemd answers them back to
-    /// back instead of waiting on a round trip each (one batched client, as
-    /// `systemctl show UNIT...` is, without its wait between units).
+    /// `GetAll` of each `(unit, interface)`, [`GETALL_WINDOW`] calls at a
+    /// time: each call of a window is sent before any reply is awaited, so
+    /// systemd answers them back to back instead of waiting on a round trip
+    /// each (one batched client, as `systemctl show UNIT...` is, without its
+    /// wait between units). Each reply is turned into the properties kept as
+    /// soon as it arrives; the window bounds how many raw replies (a
+    /// service's is some 10 KiB) are held at once.
     fn get_all_many(
         &self,
         requests: &[(&str, &str)],
@@ -191,43 +196,51 @@ impl DbusSystemd {
             }
         };
         let conn = conn.inner();
-        let paths: Vec<String> = requests.iter().map(|(u, _)| unit_object_path(u)).collect();
-        let bodies: Vec<(&str,)> = requests
-            .iter()
-            .map(|&(_, interface)| (interface,))
-            .collect();
-        let calls = paths.iter().zip(&bodies).map(|(path, body)| {
-            conn.call_method(
-                Some(DESTINATION),
-                path.as_str(),
-                Some(PROPERTIES),
-                "GetAll",
-                body,
-            )
-        });
-        let replies = join_all(calls.collect());
+        let mut out = Vec::with_capacity(requests.len());
         let mut broken = false;
-        let out = requests
-            .iter()
-            .zip(replies)
-            .map(|(&(unit, interface), reply)| {
-                let reply = reply.map_err(|e| {
-                    broken |= !matches!(e, zbus::Error::MethodError(..) | zbus::Error::FDO(_));
-                    SystemdError::new(request(unit, interface), describe(&e))
-                })?;
-                let props: HashMap<String, OwnedValue> =
-                    reply.body().deserialize().map_err(|e| {
+        for window in requests.chunks(GETALL_WINDOW) {
+            let calls = window.iter().map(|&(unit, interface)| async move {
+                let path = unit_object_path(unit);
+                let reply = conn
+                    .call_method(
+                        Some(DESTINATION),
+                        path.as_str(),
+                        Some(PROPERTIES),
+                        "GetAll",
+                        &(interface,),
+                    )
+                    .await;
+                let reply = match reply {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let broken =
+                            !matches!(e, zbus::Error::MethodError(..) | zbus::Error::FDO(_));
+                        let e = SystemdError::new(request(unit, interface), describe(&e));
+                        return (Err(e), broken);
+                    }
+                };
+                let props = reply
+                    .body()
+                    .deserialize::<HashMap<String, OwnedValue>>()
+                    .map(|props| {
+                        props
+                            .into_iter()
+                            .filter_map(|(k, v)| prop_value(&v).map(|v| (k, v)))
+                            .collect()
+                    })
+                    .map_err(|e| {
                         SystemdError::new(
                             request(unit, interface),
                             format!("unexpected reply: {e}"),
                         )
-                    })?;
-                Ok(props
-                    .into_iter()
-                    .filter_map(|(k, v)| prop_value(&v).map(|v| (k, v)))
-                    .collect())
-            })
-            .collect();
+                    });
+                (props, false)
+            });
+            for (result, lost) in join_all(calls.collect()) {
+                broken |= lost;
+                out.push(result);
+            }
+        }
         if broken {
             self.drop_connection();
         }
@@ -824,36 +837,66 @@ impl SystemdClient for DbusSystemd {
 /// connection breaks it tries again (1 s, doubling to a minute) and, once
 /// connected, reports that announcements may have been missed.
 fn listen_forever(route: &Route, sink: &EventSink) {
-    let mut pause = Duration::from_secs(1);
+    let mut pause = None;
     let mut lost = false;
     loop {
         match listen(route, sink, lost) {
             Ok(()) => return,
             Err(e) => {
+                let wait = next_pause(pause, e.subscribed);
                 tracing::warn!(
-                    "systemd's signals: {e}; trying again in {} s (the rescan covers meanwhile)",
-                    pause.as_secs()
+                    "systemd's signals: {}; trying again in {} s (the rescan covers meanwhile)",
+                    e.why,
+                    wait.as_secs()
                 );
+                pause = Some(wait);
                 lost = true;
             }
         }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_secs(60));
+        if let Some(wait) = pause {
+            std::thread::sleep(wait);
+        }
     }
 }
 
+/// The first pause before connecting again, and the longest.
+const LISTEN_PAUSE_FIRST: Duration = Duration::from_secs(1);
+const LISTEN_PAUSE_MAX: Duration = Duration::from_secs(60);
+
+/// How long to wait before connecting again: 1 s after a connection that
+/// worked (subscribed, signals flowing: each outage starts afresh), else
+/// twice the last pause, up to 60 s (systemd or the bus stays away).
+fn next_pause(last: Option<Duration>, subscribed: bool) -> Duration {
+    match last {
+        Some(last) if !subscribed => (last * 2).min(LISTEN_PAUSE_MAX),
+        _ => LISTEN_PAUSE_FIRST,
+    }
+}
+
+/// Why the signals stopped, and whether that connection had worked.
+struct ListenError {
+    why: String,
+    subscribed: bool,
+}
+
 /// One connection's worth of signals. `Ok` when the sink wants no more.
-fn listen(route: &Route, sink: &EventSink, lost: bool) -> Result<(), String> {
-    let conn = connect(route)?;
+fn listen(route: &Route, sink: &EventSink, lost: bool) -> Result<(), ListenError> {
+    let not_yet = |why: String| ListenError {
+        why,
+        subscribed: false,
+    };
+    let conn = connect(route).map_err(not_yet)?;
     let mut rule = MatchRule::builder().msg_type(MessageType::Signal);
     rule = rule
         .path_namespace(MANAGER_PATH)
-        .map_err(|e| describe(&e))?;
+        .map_err(|e| not_yet(describe(&e)))?;
     if conn.is_bus() {
-        rule = rule.sender(DESTINATION).map_err(|e| describe(&e))?;
+        rule = rule
+            .sender(DESTINATION)
+            .map_err(|e| not_yet(describe(&e)))?;
     }
     let signals = MessageIterator::for_match_rule(rule.build(), &conn, Some(SIGNAL_QUEUE))
-        .map_err(|e| describe(&e))?;
+        .map_err(|e| not_yet(describe(&e)))?;
     // Without Subscribe() the manager sends no unit signals on the bus; on
     // the private socket it sends them anyway, and the call is harmless.
     conn.call_method(
@@ -863,19 +906,23 @@ fn listen(route: &Route, sink: &EventSink, lost: bool) -> Result<(), String> {
         "Subscribe",
         &(),
     )
-    .map_err(|e| format!("Subscribe: {}", describe(&e)))?;
+    .map_err(|e| not_yet(format!("Subscribe: {}", describe(&e))))?;
     if lost && !sink(UnitEvent::Lost) {
         return Ok(());
     }
+    let gone = |why: String| ListenError {
+        why,
+        subscribed: true,
+    };
     for msg in signals {
-        let msg = msg.map_err(|e| describe(&e))?;
+        let msg = msg.map_err(|e| gone(describe(&e)))?;
         if let Some(event) = unit_event(&msg)
             && !sink(event)
         {
             return Ok(());
         }
     }
-    Err("the connection to systemd closed".into())
+    Err(gone("the connection to systemd closed".into()))
 }
 
 /// What a signal from systemd says about units, if anything.
@@ -904,6 +951,29 @@ fn unit_event(msg: &Message) -> Option<UnitEvent> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_reconnect_pause_doubles_while_systemd_stays_away_and_starts_again_after_a_working_connection()
+     {
+        let s = Duration::from_secs;
+        // Five outages, each a connection that worked and then closed: 1 s
+        // before each reconnect, never 16 s by the fifth.
+        let mut pause = None;
+        for _ in 0..5 {
+            pause = Some(next_pause(pause, true));
+            assert_eq!(pause, Some(s(1)));
+        }
+        // One long outage: connecting fails again and again.
+        let waits: Vec<Duration> = (0..8)
+            .scan(None, |p, _| {
+                *p = Some(next_pause(*p, false));
+                *p
+            })
+            .collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60].map(s));
+        // Back after a long outage: the next one starts at 1 s again.
+        assert_eq!(next_pause(Some(s(60)), true), s(1));
+    }
 
     #[test]
     fn property_values_keep_what_holdfast_reads() {

@@ -15,9 +15,11 @@ use crate::item::State;
 const BASE: &str = "etc/holdfast/policy.d/10-base.yaml";
 const SOMAXCONN: &str = "proc/sys/net/core/somaxconn";
 
-/// Records how often the loop armed its watches, and with what.
+/// Records how often the loop armed its watches, and with what; says the
+/// policy's sources are unwatched when its flag is set (as when inotify
+/// ran out of watches).
 #[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<Vec<Vec<WatchSpec>>>>);
+struct Recorder(Arc<Mutex<Vec<Vec<WatchSpec>>>>, Arc<AtomicBool>);
 
 impl Arm for Recorder {
     fn arm(&mut self, specs: &[WatchSpec]) -> ArmReport {
@@ -29,6 +31,7 @@ impl Arm for Recorder {
             watched: specs.len(),
             missing: 0,
             errors: Vec::new(),
+            policy_unwatched: self.1.load(std::sync::atomic::Ordering::SeqCst),
         }
     }
 }
@@ -91,6 +94,10 @@ async fn settle() {
 
 impl Harness {
     async fn start(dir: tempfile::TempDir, cfg: LoopConfig) -> Harness {
+        Harness::start_with(dir, cfg, Recorder::default()).await
+    }
+
+    async fn start_with(dir: tempfile::TempDir, cfg: LoopConfig, arms: Recorder) -> Harness {
         let (publish, snaps) = watch::channel(Arc::new(Snapshot::starting(
             Arc::new(Vec::new()),
             cfg.rescan,
@@ -99,7 +106,6 @@ impl Harness {
         let reconciler = Reconciler::new(cfg, Arc::new(Vec::new()), metrics, publish);
         let (events, events_rx) = mpsc::channel(64);
         let (control, control_rx) = mpsc::unbounded_channel();
-        let arms = Recorder::default();
         let mut watcher = arms.clone();
         let overflow = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&overflow);
@@ -390,6 +396,33 @@ async fn the_rescan_rereads_everything_and_applies_keys_that_appear_later() {
     // Periodic: the next one 60 s later.
     h.advance(Duration::from_secs(60)).await;
     assert_eq!(h.passes(), passes + 2);
+}
+
+/// A push no event announces (the policy directory could not be watched:
+/// inotify ran out of watches) is applied by the next rescan; with its
+/// watch in place, the rescan does not read the policy.
+#[tokio::test(start_paused = true)]
+async fn the_rescan_reads_the_policy_again_when_its_directory_has_no_watch() {
+    for unwatched in [true, false] {
+        let dir = fake_host();
+        let cfg = config(&dir);
+        let arms = Recorder::default();
+        arms.1.store(unwatched, std::sync::atomic::Ordering::SeqCst);
+        let h = Harness::start_with(dir, cfg, arms).await;
+        assert_eq!(h.read(SOMAXCONN), "4096");
+        write(
+            h.dir.path(),
+            BASE,
+            "version: 1\nmode: enforce\nsysctl:\n  net.core.somaxconn: 2048\n",
+        );
+        h.advance(Duration::from_secs(60)).await;
+        assert_eq!(
+            h.snap().last_pass.as_ref().unwrap().trigger,
+            Trigger::Rescan
+        );
+        let want = if unwatched { "2048" } else { "4096" };
+        assert_eq!(h.read(SOMAXCONN), want, "policy unwatched: {unwatched}");
+    }
 }
 
 #[tokio::test(start_paused = true)]
