@@ -48,6 +48,11 @@ use crate::systemd::{self, SystemdClient};
 pub struct Context<'a> {
     pub host: &'a HostRoot,
     pub systemd: Option<&'a dyn SystemdClient>,
+    /// Called between the steps of a pass (each area read, each stage,
+    /// each restart). The daemon pings systemd's watchdog from it: a long
+    /// pass that makes progress is not a stuck loop, while one step that
+    /// hangs still is.
+    pub heartbeat: Option<&'a dyn Fn()>,
 }
 
 /// The CLI's client for the running systemd: one connection for the
@@ -62,6 +67,14 @@ impl<'a> Context<'a> {
         Context {
             host,
             systemd: production_client(host),
+            heartbeat: None,
+        }
+    }
+
+    /// A step of the pass is done (see [`Context::heartbeat`]).
+    pub fn beat(&self) {
+        if let Some(beat) = self.heartbeat {
+            beat();
         }
     }
 }

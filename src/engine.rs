@@ -123,6 +123,7 @@ pub fn pass(
                 }
                 let (fresh, w) = area.observe(ctx, policy);
                 warnings.extend(w);
+                ctx.beat();
                 match observed.iter_mut().find(|o| o.area() == area) {
                     Some(slot) => *slot = fresh,
                     None => observed.push(fresh),
@@ -175,6 +176,7 @@ fn observe_all(ctx: &Context<'_>, policy: &Policy) -> (Vec<Observation>, Vec<IoE
             let (o, w) = area.observe(ctx, policy);
             warnings.extend(w);
             observations.push(o);
+            ctx.beat();
         }
     }
     (observations, warnings)
@@ -263,6 +265,7 @@ fn run(
             &mut record,
             &mut warnings,
         ));
+        ctx.beat();
     }
 
     // Every planned item the engine's stages carry out, with the area that
@@ -280,6 +283,7 @@ fn run(
     // 2. Files, then the temp files a killed writer left.
     let unit_files_changed = write_files(ctx, &mut step, &by_area, &mut record);
     sweep_temps(ctx, &planned, hold, &record, &mut warnings);
+    ctx.beat();
 
     // 3. One daemon-reload for the whole pass, only if a unit file changed.
     if unit_files_changed && let Some(client) = ctx.systemd {
@@ -296,7 +300,9 @@ fn run(
 
     // 4. Runtime actions: start slices, SetUnitProperties(runtime), or,
     //    without systemd, holdfast's own cgroups top-down.
+    ctx.beat();
     run_runtime_actions(ctx, &mut step, observations, &by_area, &mut record);
+    ctx.beat();
 
     // 5. Restarts, only on request: services whose processes run with old
     //    settings, or whose drop-in this pass rewrote.
@@ -304,6 +310,7 @@ fn run(
         && let Some(client) = ctx.systemd
     {
         for unit in units_to_restart(&planned, &record, hold) {
+            ctx.beat();
             match client.restart(&unit) {
                 Ok(()) => {
                     record
@@ -337,6 +344,7 @@ fn run(
             &mut record,
             &mut warnings,
         ));
+        ctx.beat();
     }
     (items, record.found, warnings)
 }

@@ -265,6 +265,7 @@ fn on_a_hybrid_host_cgroup_settings_are_unsupported_with_the_reason() {
     let ctx = Context {
         host: &root,
         systemd: None,
+        heartbeat: None,
     };
     let pass = engine::apply_in(&ctx, &policy(POLICY), ApplyOptions::default());
     for key in ["go-app.slice memory.max", "controller io"] {
@@ -290,6 +291,7 @@ fn the_real_hybrid_machine_reports_cgroup_items_unsupported_and_still_checks_sys
         &Context {
             host: &root,
             systemd: None,
+            heartbeat: None,
         },
         &policy(text),
     );
@@ -309,6 +311,7 @@ fn without_systemd_holdfast_owns_a_subtree_and_enables_controllers_top_down() {
     let ctx = Context {
         host: &root,
         systemd: None,
+        heartbeat: None,
     };
     let p = policy(
         "version: 1\nmode: enforce\ncgroup:\n  controllers: [cpu, memory]\n  slices:\n    batch: {memory.high: 50M, memory.max: 64M, pids.max: 100}\n",

@@ -262,6 +262,7 @@ fn check_passes_the_hardened_build_and_reports_each_expectation_of_the_default_o
     let ctx = Context {
         host: &host,
         systemd: Some(&fake),
+        heartbeat: None,
     };
     let pass = engine::plan_in(&ctx, &policy);
     let go: Vec<_> = pass

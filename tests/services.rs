@@ -164,6 +164,7 @@ fn without_systemd_the_report_says_so_and_no_unit_file_is_written() {
     let ctx = Context {
         host: &root,
         systemd: None,
+        heartbeat: None,
     };
     let p = policy(
         "version: 1\nmode: enforce\nservices:\n  myapp.service: {limit_nofile: 65536}\nservice_defaults:\n  limit_nofile: \"65536:524288\"\n",
@@ -213,4 +214,46 @@ fn a_fake_root_with_systemd_files_never_reaches_the_running_systemd() {
         svc.detail.iter().any(|d| d.contains("systemd not asked")),
         "{svc:#?}"
     );
+}
+
+/// The pass beats its heartbeat between its steps (the daemon pings
+/// systemd's watchdog there), so a long pass — a reload, then restarts of
+/// slow services — shows progress between systemd's answers, never only at
+/// its end.
+#[test]
+fn a_pass_beats_its_heartbeat_between_systemd_requests() {
+    let h = systemd_host();
+    let fake = FakeSystemd::new(&h);
+    let root = HostRoot::new(h.root());
+    let beat = || fake.calls.borrow_mut().push("beat".into());
+    let ctx = Context {
+        heartbeat: Some(&beat),
+        ..fake.context(&root)
+    };
+    let p = policy(ENFORCE);
+    engine::apply_in(
+        &ctx,
+        &p,
+        ApplyOptions {
+            restart_services: true,
+        },
+    );
+    let calls = fake.calls.borrow().clone();
+    let at = |what: &str| {
+        calls
+            .iter()
+            .position(|c| c.starts_with(what))
+            .unwrap_or_else(|| panic!("no {what} in {calls:?}"))
+    };
+    let (reload, restart) = (at("reload"), at("restart myapp.service"));
+    assert!(reload < restart, "{calls:?}");
+    assert!(
+        calls[reload..restart].iter().any(|c| c == "beat"),
+        "a beat between the reload and the restart: {calls:?}"
+    );
+    assert!(
+        calls[restart..].iter().any(|c| c == "beat"),
+        "a beat after the restart: {calls:?}"
+    );
+    assert!(calls[..reload].iter().any(|c| c == "beat"), "{calls:?}");
 }

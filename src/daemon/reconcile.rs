@@ -430,9 +430,15 @@ impl Reconciler {
         let full = matches!(focus, Focus::All);
         let view = &self.view;
         let hold = |item: &Item| view.is_held(item, now);
+        // The watchdog is pinged between the steps of the pass too: a pass
+        // longer than half WATCHDOG_USEC (a big push, a slow systemd) is
+        // not a stuck loop.
+        let notifier = std::cell::RefCell::new(&mut self.systemd);
+        let beat = || notifier.borrow_mut().tick(Instant::now());
         let ctx = engine::Context {
             host: &self.cfg.host,
             systemd: self.cfg.systemd.as_deref(),
+            heartbeat: Some(&beat),
         };
         let observed = self.observed.get_or_insert_with(Vec::new);
         let pass = engine::pass(

@@ -14,6 +14,25 @@ use crate::policy::Policy;
 /// they never stop the pass.
 pub fn observe(host: &HostRoot, policy: &Policy) -> (ModulesHost, Vec<IoError>) {
     let mut warnings = Vec::new();
+    let own_path = host.path(MODPROBE_OWN_FILE);
+    let own = host::read_optional_or_warn(&own_path, &mut warnings);
+    if policy.kernel_modules.is_empty() {
+        // Only holdfast's file matters (one left by an earlier policy).
+        let host = ModulesHost {
+            lines: Vec::new(),
+            own_path,
+            own,
+            loaded: Ok(BTreeMap::new()),
+            builtin: Vec::new(),
+            kernel: Err("no module in the policy".into()),
+        };
+        return (host, warnings);
+    }
+    let wanted: BTreeSet<&str> = policy
+        .kernel_modules
+        .keys()
+        .map(super::ModuleName::as_str)
+        .collect();
     let mut candidates = Vec::new();
     for (idx, dir) in MODPROBE_CONF_DIRS.iter().enumerate() {
         match host::list_files(&host.path(dir), ".conf") {
@@ -28,14 +47,12 @@ pub fn observe(host: &HostRoot, policy: &Policy) -> (ModulesHost, Vec<IoError>) 
             Err(e) => warnings.push(e),
         }
     }
-    let own_path = host.path(MODPROBE_OWN_FILE);
-    let own = host::read_optional_or_warn(&own_path, &mut warnings);
     let modules_file = host.path("proc/modules");
     let loaded = match host::read_to_string(&modules_file) {
-        Ok(text) => Ok(parse_proc_modules(&text)),
+        Ok(text) => Ok(parse_proc_modules(&text, |name| wanted.contains(name))),
         Err(e) => Err(e.to_string()),
     };
-    let kernel = read_kernel_index(host);
+    let kernel = read_kernel_index(host, |name| wanted.contains(name));
     // Built in: listed in modules.builtin, or (a kernel without that file)
     // a /sys/module directory with no `initstate` and no /proc/modules line.
     // A built-in module without parameters has no /sys/module directory.
@@ -68,11 +85,15 @@ pub fn observe(host: &HostRoot, policy: &Policy) -> (ModulesHost, Vec<IoError>) 
 }
 
 /// The running kernel's module index: its release (kernel.osrelease), and
-/// the names in `modules.dep` and `modules.builtin` of its module
-/// directory (/lib/modules/RELEASE, or /usr/lib/modules/RELEASE where /lib
-/// is not merged into /usr). `Err` says why it could not be read: then no
+/// which `wanted` names `modules.dep` and `modules.builtin` of its module
+/// directory list (/lib/modules/RELEASE, or /usr/lib/modules/RELEASE where
+/// /lib is not merged into /usr). Only those are kept: a distribution's
+/// kernel lists thousands. `Err` says why it could not be read: then no
 /// module is said to be missing from the kernel.
-fn read_kernel_index(host: &HostRoot) -> Result<KernelIndex, String> {
+fn read_kernel_index(
+    host: &HostRoot,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<KernelIndex, String> {
     let release_file = host.path("proc/sys/kernel/osrelease");
     let release = host::read_to_string(&release_file)
         .map_err(|e| e.to_string())?
@@ -91,11 +112,11 @@ fn read_kernel_index(host: &HostRoot) -> Result<KernelIndex, String> {
     // A kernel may list no built-in modules (no modules.builtin at all).
     let builtin = host::read_optional(&dir.join("modules.builtin"))
         .map_err(|e| e.to_string())?
-        .map(|text| module_names(&text))
+        .map(|text| module_names(&text, &wanted))
         .unwrap_or_default();
     Ok(KernelIndex {
         release,
-        modules: module_names(&dep),
+        modules: module_names(&dep, &wanted),
         builtin,
     })
 }
@@ -103,14 +124,15 @@ fn read_kernel_index(host: &HostRoot) -> Result<KernelIndex, String> {
 /// The module names of a `modules.dep` or `modules.builtin` text: the file
 /// name of each line's first path, less `.ko` and any compression suffix,
 /// with `-` as `_` (`kernel/drivers/usb/storage/usb-storage.ko.xz: ...` is
-/// `usb_storage`).
-pub fn module_names(text: &str) -> BTreeSet<String> {
+/// `usb_storage`); only the names `wanted` keeps.
+pub fn module_names(text: &str, wanted: impl Fn(&str) -> bool) -> BTreeSet<String> {
     text.lines()
         .filter_map(|line| {
             let path = line.split(':').next()?.trim();
             let file = path.rsplit('/').next()?;
             let (name, _) = file.split_once(".ko")?;
-            (!name.is_empty()).then(|| name.replace('-', "_"))
+            let name = name.replace('-', "_");
+            (!name.is_empty() && wanted(&name)).then_some(name)
         })
         .collect()
 }
@@ -123,12 +145,12 @@ fn exists(path: &std::path::Path) -> bool {
 }
 
 /// `NAME SIZE REFCOUNT USED_BY STATE ADDRESS` per line; `USED_BY` is `-` or
-/// a comma-separated list ending in `,`.
-pub fn parse_proc_modules(text: &str) -> BTreeMap<String, Loaded> {
+/// a comma-separated list ending in `,`. Only the modules `wanted` keeps.
+pub fn parse_proc_modules(text: &str, wanted: impl Fn(&str) -> bool) -> BTreeMap<String, Loaded> {
     text.lines()
         .filter_map(|line| {
             let mut f = line.split_whitespace();
-            let name = f.next()?;
+            let name = f.next().filter(|n| wanted(n))?;
             let _size = f.next()?;
             let refcount = f.next()?.parse().ok()?;
             let used_by = f
@@ -152,7 +174,9 @@ mod tests {
         let got = parse_proc_modules(
             "usb_storage 81920 1 uas, Live 0x0000000000000000\n\
              cramfs 45056 0 - Live 0x0000000000000000\n\
+             ext4 1 0 - Live 0x0000000000000000\n\
              garbage\n",
+            |name| name != "ext4",
         );
         assert_eq!(got.len(), 2);
         assert_eq!(got["usb_storage"].used_by, ["uas"]);
@@ -166,8 +190,10 @@ mod tests {
             "kernel/fs/hfs/hfs.ko.xz: kernel/drivers/cdrom/cdrom.ko.xz\n\
              kernel/drivers/usb/storage/usb-storage.ko: kernel/drivers/scsi/sd_mod.ko\n\
              kernel/fs/ext4/ext4.ko\n\
+             kernel/fs/udf/udf.ko\n\
              \n\
              not a module\n",
+            |name| name != "udf",
         );
         let want: Vec<&str> = vec!["ext4", "hfs", "usb_storage"];
         assert_eq!(got.iter().map(String::as_str).collect::<Vec<_>>(), want);

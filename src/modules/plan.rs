@@ -55,9 +55,10 @@ pub struct ModulesHost {
 pub struct KernelIndex {
     /// `kernel.osrelease`: the directory's name under /lib/modules.
     pub release: String,
-    /// The loadable modules (modules.dep), by kernel name.
+    /// The policy's modules that are loadable (in modules.dep), by kernel
+    /// name.
     pub modules: BTreeSet<String>,
-    /// The built-in modules (modules.builtin), by kernel name.
+    /// The policy's modules that are built in (in modules.builtin).
     pub builtin: BTreeSet<String>,
 }
 

@@ -156,6 +156,7 @@ impl FakeSystemd {
         holdfast::engine::Context {
             host: root,
             systemd: Some(self),
+            heartbeat: None,
         }
     }
 
