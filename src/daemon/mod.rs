@@ -24,6 +24,7 @@ pub mod schedule;
 pub mod sdnotify;
 pub mod state;
 pub mod status;
+pub mod uevent;
 pub mod view;
 pub mod watch;
 pub mod writers;
@@ -156,6 +157,7 @@ pub fn serve(opts: &ServeOptions) -> Result<(), ServeError> {
     cfg.debounce = opts.debounce;
     cfg.trackers = opts.trackers;
     cfg.watchdog = sd_notify::watchdog_enabled();
+    cfg.uevents = opts.host.root() == std::path::Path::new("/");
     let loop_thread = {
         let (metrics, alive, statuses) = (
             Arc::clone(&metrics),

@@ -41,6 +41,7 @@ use super::sdnotify::Notifier;
 use super::state::{
     ListenerStatus, OriginalsCache, PassInfo, Snapshot, WatchStatus, human_duration,
 };
+use super::uevent::{self, UEvent};
 use super::view::{Event, ItemView};
 use super::watch::{self as watches, Arm, Concern, PolicySource, WatchEvent, WatchMap};
 use super::writers;
@@ -54,9 +55,12 @@ use crate::systemd::{SystemdClient, UnitEvent};
 /// Announcements from systemd waiting for the loop; when full, the loop is
 /// told to do a full pass instead.
 const UNIT_EVENT_QUEUE: usize = 1024;
+/// Module uevents queued for the loop (a burst of loads at once; beyond
+/// it, the pass they cause reads every module anyway).
+const MODULE_EVENT_QUEUE: usize = 64;
 
 /// The next announcement, for `select!` (the branch is off without one).
-async fn recv_unit(rx: &mut Option<mpsc::Receiver<UnitEvent>>) -> Option<UnitEvent> {
+async fn recv_from<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
@@ -79,6 +83,9 @@ pub struct LoopConfig {
     pub trackers: TrackerConfig,
     /// systemd's watchdog interval (`WATCHDOG_USEC`), when set.
     pub watchdog: Option<Duration>,
+    /// Listen to the kernel's uevents for module loads (the root is the
+    /// running kernel's host).
+    pub uevents: bool,
 }
 
 impl LoopConfig {
@@ -92,6 +99,7 @@ impl LoopConfig {
             debounce_max: Duration::from_secs(2),
             trackers: TrackerConfig::default(),
             watchdog: None,
+            uevents: false,
         }
     }
 }
@@ -182,6 +190,8 @@ impl Reconciler {
         let mut events_open = true;
         let (mut units, units_lost) = self.subscribe();
         let mut units_open = units.is_some();
+        let mut modules = self.listen_modules();
+        let mut modules_open = modules.is_some();
         loop {
             // Control first: a shutdown waits only for the pass in flight.
             loop {
@@ -205,6 +215,13 @@ impl Reconciler {
                     Ok(e) => self.note_unit_event(e, Instant::now()),
                     Err(mpsc::error::TryRecvError::Empty) => break,
                     Err(mpsc::error::TryRecvError::Disconnected) => units_open = false,
+                }
+            }
+            while modules_open && let Some(rx) = modules.as_mut() {
+                match rx.try_recv() {
+                    Ok(e) => self.note_module_event(&e),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => modules_open = false,
                 }
             }
             if overflow.swap(false, Ordering::SeqCst) || units_lost.swap(false, Ordering::SeqCst) {
@@ -231,9 +248,13 @@ impl Reconciler {
                     Some(e) => self.note_event(&e, Instant::now()),
                     None => events_open = false,
                 },
-                u = recv_unit(&mut units), if units_open => match u {
+                u = recv_from(&mut units), if units_open => match u {
                     Some(u) => self.note_unit_event(u, Instant::now()),
                     None => units_open = false,
+                },
+                m = recv_from(&mut modules), if modules_open => match m {
+                    Some(m) => self.note_module_event(&m),
+                    None => modules_open = false,
                 },
                 () = tokio::time::sleep_until(deadline) => {}
             }
@@ -277,6 +298,46 @@ impl Reconciler {
                 );
                 (None, lost)
             }
+        }
+    }
+
+    /// Listens to the kernel's module uevents, when the root is the running
+    /// kernel's host. A full queue counts as a lost event.
+    fn listen_modules(&self) -> Option<mpsc::Receiver<UEvent>> {
+        if !self.cfg.uevents {
+            return None;
+        }
+        let (tx, rx) = mpsc::channel(MODULE_EVENT_QUEUE);
+        let sink = Box::new(move |event: UEvent| match tx.try_send(event) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                // The loop has a full queue to read: it passes anyway.
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+        match uevent::listen(sink) {
+            Ok(()) => Some(rx),
+            Err(e) => {
+                tracing::warn!("{e}; module loads are found by the rescan");
+                None
+            }
+        }
+    }
+
+    /// A module the policy disables loaded or unloaded (or events were
+    /// lost): the modules' state is read again, in a full pass (a module
+    /// loads rarely; the pass reads /proc/modules afresh).
+    fn note_module_event(&mut self, event: &UEvent) {
+        let concerns = match event {
+            UEvent::Lost => true,
+            UEvent::Module { name, .. } => self
+                .keeper
+                .in_force()
+                .is_some_and(|p| p.kernel_modules.keys().any(|m| m.as_str() == name.as_str())),
+        };
+        if concerns {
+            self.schedule.files_changed();
         }
     }
 

@@ -108,33 +108,55 @@ fn read_kernel_index(
             "no modules.dep for kernel {release} in /lib/modules or /usr/lib/modules"
         ));
     };
-    let dep = host::read_to_string(&dir.join("modules.dep")).map_err(|e| e.to_string())?;
-    // A kernel may list no built-in modules (no modules.builtin at all).
-    let builtin = host::read_optional(&dir.join("modules.builtin"))
+    let modules = names_in(&dir.join("modules.dep"), &wanted)
         .map_err(|e| e.to_string())?
-        .map(|text| module_names(&text, &wanted))
+        .unwrap_or_default();
+    // A kernel may list no built-in modules (no modules.builtin at all).
+    let builtin = names_in(&dir.join("modules.builtin"), &wanted)
+        .map_err(|e| e.to_string())?
         .unwrap_or_default();
     Ok(KernelIndex {
         release,
-        modules: module_names(&dep, &wanted),
+        modules,
         builtin,
     })
 }
 
-/// The module names of a `modules.dep` or `modules.builtin` text: the file
-/// name of each line's first path, less `.ko` and any compression suffix,
-/// with `-` as `_` (`kernel/drivers/usb/storage/usb-storage.ko.xz: ...` is
-/// `usb_storage`); only the names `wanted` keeps.
-pub fn module_names(text: &str, wanted: impl Fn(&str) -> bool) -> BTreeSet<String> {
-    text.lines()
-        .filter_map(|line| {
-            let path = line.split(':').next()?.trim();
-            let file = path.rsplit('/').next()?;
-            let (name, _) = file.split_once(".ko")?;
-            let name = name.replace('-', "_");
-            (!name.is_empty() && wanted(&name)).then_some(name)
-        })
-        .collect()
+/// The `wanted` module names a `modules.dep` or `modules.builtin` lists,
+/// read line by line (a distribution's modules.dep is some 400 KiB, which a
+/// daemon should not hold, even briefly); `None` when the file is absent.
+fn names_in(
+    path: &std::path::Path,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<Option<BTreeSet<String>>, IoError> {
+    use std::io::BufRead;
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(IoError::new("open", path, e)),
+    };
+    let mut reader = io::BufReader::with_capacity(16 * 1024, file);
+    let mut names = BTreeSet::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) => return Ok(Some(names)),
+            Ok(_) => names.extend(module_name(&line).filter(|n| wanted(n))),
+            Err(e) => return Err(IoError::new("read", path, e)),
+        }
+    }
+}
+
+/// The module name of a line of `modules.dep` or `modules.builtin`: the
+/// file name of its first path, less `.ko` and any compression suffix, with
+/// `-` as `_` (`kernel/drivers/usb/storage/usb-storage.ko.xz: ...` is
+/// `usb_storage`).
+pub fn module_name(line: &str) -> Option<String> {
+    let path = line.split(':').next()?.trim();
+    let file = path.rsplit('/').next()?;
+    let (name, _) = file.split_once(".ko")?;
+    (!name.is_empty()).then(|| name.replace('-', "_"))
 }
 
 fn exists(path: &std::path::Path) -> bool {
@@ -186,16 +208,23 @@ mod tests {
 
     #[test]
     fn module_index_lines_give_kernel_names() {
-        let got = module_names(
-            "kernel/fs/hfs/hfs.ko.xz: kernel/drivers/cdrom/cdrom.ko.xz\n\
-             kernel/drivers/usb/storage/usb-storage.ko: kernel/drivers/scsi/sd_mod.ko\n\
-             kernel/fs/ext4/ext4.ko\n\
-             kernel/fs/udf/udf.ko\n\
-             \n\
-             not a module\n",
-            |name| name != "udf",
-        );
-        let want: Vec<&str> = vec!["ext4", "hfs", "usb_storage"];
-        assert_eq!(got.iter().map(String::as_str).collect::<Vec<_>>(), want);
+        let lines = [
+            "kernel/fs/hfs/hfs.ko.xz: kernel/drivers/cdrom/cdrom.ko.xz\n",
+            "kernel/drivers/usb/storage/usb-storage.ko: kernel/drivers/scsi/sd_mod.ko",
+            "kernel/fs/ext4/ext4.ko\n",
+            "\n",
+            "not a module\n",
+            "kernel/fs/.ko\n",
+        ];
+        let got: Vec<Option<String>> = lines.iter().map(|l| module_name(l)).collect();
+        let want = [
+            Some("hfs"),
+            Some("usb_storage"),
+            Some("ext4"),
+            None,
+            None,
+            None,
+        ];
+        assert_eq!(got, want.map(|w| w.map(str::to_string)));
     }
 }
