@@ -52,8 +52,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 const JOB_DEADLINE: Duration = Duration::from_secs(20);
 /// How long a restarted service's new process may take to exec.
 const EXEC_DEADLINE: Duration = Duration::from_secs(10);
-/// How many `GetAll` calls a pass has in flight at once.
-const GETALL_WINDOW: usize = 8;
+/// How many units' properties a pass asks for at once (two `GetAll` calls
+/// each).
+const UNIT_WINDOW: usize = 4;
 /// Signals queued for the event thread before zbus makes the socket wait.
 const SIGNAL_QUEUE: usize = 1024;
 
@@ -171,77 +172,41 @@ impl DbusSystemd {
             .collect())
     }
 
-    /// `GetAll` of each `(unit, interface)`, [`GETALL_WINDOW`] calls at a
-    /// time: each call of a window is sent before any reply is awaited, so
-    /// systemd answers them back to back instead of waiting on a round trip
-    /// each (one batched client, as `systemctl show UNIT...` is, without its
-    /// wait between units). Each reply is turned into the properties kept as
-    /// soon as it arrives; the window bounds how many raw replies (a
-    /// service's is some 10 KiB) are held at once.
-    fn get_all_many(
-        &self,
-        requests: &[(&str, &str)],
-    ) -> Vec<Result<Vec<(String, PropValue)>, SystemdError>> {
-        let request = |unit: &str, interface: &str| {
-            let short = interface.rsplit('.').next().unwrap_or(interface);
-            format!("GetAll {short} {unit}")
-        };
+    /// [`SystemdClient::unit`] of each unit, [`UNIT_WINDOW`] units at a
+    /// time: every `GetAll` of a window is sent before any reply is
+    /// awaited, so systemd answers them back to back instead of waiting on
+    /// a round trip each (one batched client, as `systemctl show UNIT...`
+    /// is, without its wait between units). A unit's replies become its
+    /// `UnitInfo` as soon as both are in: a service's properties are some
+    /// 250 values, which a pass should not hold for every unit at once.
+    fn units_windowed(&self, units: &[&str]) -> Vec<Result<UnitInfo, SystemdError>> {
         let conn = match self.connection("GetAll") {
             Ok(c) => c,
-            Err(e) => {
-                return requests
-                    .iter()
-                    .map(|(u, i)| Err(SystemdError::new(request(u, i), e.to_string())))
-                    .collect();
-            }
+            Err(e) => return units.iter().map(|_| Err(e.clone())).collect(),
         };
         let conn = conn.inner();
-        let mut out = Vec::with_capacity(requests.len());
-        let mut broken = false;
-        for window in requests.chunks(GETALL_WINDOW) {
-            let calls = window.iter().map(|&(unit, interface)| async move {
-                let path = unit_object_path(unit);
-                let reply = conn
-                    .call_method(
-                        Some(DESTINATION),
-                        path.as_str(),
-                        Some(PROPERTIES),
-                        "GetAll",
-                        &(interface,),
-                    )
-                    .await;
-                let reply = match reply {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let broken =
-                            !matches!(e, zbus::Error::MethodError(..) | zbus::Error::FDO(_));
-                        let e = SystemdError::new(request(unit, interface), describe(&e));
-                        return (Err(e), broken);
-                    }
-                };
-                let props = reply
-                    .body()
-                    .deserialize::<HashMap<String, OwnedValue>>()
-                    .map(|props| {
-                        props
-                            .into_iter()
-                            .filter_map(|(k, v)| prop_value(&v).map(|v| (k, v)))
-                            .collect()
-                    })
-                    .map_err(|e| {
-                        SystemdError::new(
-                            request(unit, interface),
-                            format!("unexpected reply: {e}"),
-                        )
-                    });
-                (props, false)
+        let broken = std::cell::Cell::new(false);
+        let mut out = Vec::with_capacity(units.len());
+        for window in units.chunks(UNIT_WINDOW) {
+            let infos = window.iter().map(|&unit| {
+                let broken = &broken;
+                async move {
+                    let more = async {
+                        match type_interface(unit) {
+                            Some(interface) => {
+                                Some(get_all_async(conn, unit, interface, broken).await)
+                            }
+                            None => None,
+                        }
+                    };
+                    let props = get_all_async(conn, unit, UNIT, broken);
+                    let (props, more) = futures_lite::future::zip(props, more).await;
+                    unit_info(props?, more)
+                }
             });
-            for (result, lost) in join_all(calls.collect()) {
-                broken |= lost;
-                out.push(result);
-            }
+            out.extend(join_all(infos.collect()));
         }
-        if broken {
+        if broken.get() {
             self.drop_connection();
         }
         out
@@ -665,6 +630,42 @@ fn describe(e: &zbus::Error) -> String {
     }
 }
 
+/// One `GetAll` on `conn`, the properties kept as they arrive; `broken` is
+/// set when the connection itself failed (not systemd's answer).
+async fn get_all_async(
+    conn: &zbus::Connection,
+    unit: &str,
+    interface: &str,
+    broken: &std::cell::Cell<bool>,
+) -> Result<Vec<(String, PropValue)>, SystemdError> {
+    let short = interface.rsplit('.').next().unwrap_or(interface);
+    let request = || format!("GetAll {short} {unit}");
+    let path = unit_object_path(unit);
+    let reply = conn
+        .call_method(
+            Some(DESTINATION),
+            path.as_str(),
+            Some(PROPERTIES),
+            "GetAll",
+            &(interface,),
+        )
+        .await
+        .map_err(|e| {
+            if !matches!(e, zbus::Error::MethodError(..) | zbus::Error::FDO(_)) {
+                broken.set(true);
+            }
+            SystemdError::new(request(), describe(&e))
+        })?;
+    let props: HashMap<String, OwnedValue> = reply
+        .body()
+        .deserialize()
+        .map_err(|e| SystemdError::new(request(), format!("unexpected reply: {e}")))?;
+    Ok(props
+        .into_iter()
+        .filter_map(|(k, v)| prop_value(&v).map(|v| (k, v)))
+        .collect())
+}
+
 /// A unit's view from its `Unit` properties and, for a type with an
 /// interface of its own, that interface's.
 fn unit_info(
@@ -739,28 +740,7 @@ impl SystemdClient for DbusSystemd {
     }
 
     fn units(&self, units: &[&str]) -> Vec<Result<UnitInfo, SystemdError>> {
-        let mut requests = Vec::with_capacity(units.len() * 2);
-        for unit in units {
-            requests.push((*unit, UNIT));
-            if let Some(interface) = type_interface(unit) {
-                requests.push((*unit, interface));
-            }
-        }
-        let mut replies = self.get_all_many(&requests).into_iter();
-        units
-            .iter()
-            .map(|unit| {
-                let props = replies.next().unwrap_or_else(|| {
-                    Err(SystemdError::new(format!("GetAll Unit {unit}"), "no reply"))
-                });
-                let more = type_interface(unit).map(|_| {
-                    replies.next().unwrap_or_else(|| {
-                        Err(SystemdError::new(format!("GetAll {unit}"), "no reply"))
-                    })
-                });
-                unit_info(props?, more)
-            })
-            .collect()
+        self.units_windowed(units)
     }
 
     fn default_limit_nofile(&self) -> Result<Option<(LimitValue, LimitValue)>, SystemdError> {
