@@ -302,7 +302,8 @@ impl Reconciler {
     }
 
     /// Listens to the kernel's module uevents, when the root is the running
-    /// kernel's host. A full queue counts as a lost event.
+    /// kernel's host. An event that finds the queue full is dropped: the
+    /// queued ones cause a full pass, which reads every module.
     fn listen_modules(&self) -> Option<mpsc::Receiver<UEvent>> {
         if !self.cfg.uevents {
             return None;
@@ -310,10 +311,7 @@ impl Reconciler {
         let (tx, rx) = mpsc::channel(MODULE_EVENT_QUEUE);
         let sink = Box::new(move |event: UEvent| match tx.try_send(event) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                // The loop has a full queue to read: it passes anyway.
-                true
-            }
+            Err(mpsc::error::TrySendError::Full(_)) => true,
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         });
         match uevent::listen(sink) {
