@@ -183,8 +183,18 @@ impl ItemView {
             let prev = self.index.get(&item.key).map(|&i| &self.entries[i]);
             let found = item.state;
             let kind = item.kind();
+            // The value found: read just now by a key pass, else the last
+            // one known. A "correction" to the value that was already there
+            // (a setting found again after systemd came back) is no `from`,
+            // and no one reverted it: it does not count toward contested.
+            let from = before
+                .get(&item.key)
+                .cloned()
+                .or_else(|| prev.map(|p| p.status.item.actual.clone()));
+            let unchanged = from.as_deref() == Some(item.actual.as_str());
             let tracker = self.trackers.entry(item.key.clone()).or_default();
             let transition = match found {
+                State::Corrected if unchanged => tracker.compliant(now, &cfg),
                 State::Corrected => tracker.corrected(now, &cfg),
                 State::Failed => tracker.failed(now, &cfg),
                 State::Compliant => tracker.compliant(now, &cfg),
@@ -200,16 +210,7 @@ impl ItemView {
                 State::Corrected => events.push(Event::Corrected {
                     kind,
                     key: item.key.clone(),
-                    // The value found: read just now by a key pass, else
-                    // the last one known.
-                    from: before
-                        .get(&item.key)
-                        .cloned()
-                        .or_else(|| prev.map(|p| p.status.item.actual.clone()))
-                        // A value that was already the one now there (a
-                        // setting found again after systemd came back) is
-                        // no "from".
-                        .filter(|v| !v.is_empty() && *v != item.actual),
+                    from: from.filter(|v| !v.is_empty() && !unchanged),
                     to: item.actual.clone(),
                 }),
                 State::Failed => events.push(Event::Failed { kind }),
@@ -357,4 +358,69 @@ fn backoff_note(contested: bool, wait: Duration, failures: u32) -> String {
         String::new()
     };
     format!("{why}: next write in {}{failed}", human_duration(wait))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::schedule::{Backoff, ContestRule};
+    use crate::sysctl::SysctlKey;
+
+    fn corrected(from: &str, to: &str) -> (Item, HashMap<ItemKey, String>) {
+        let key = ItemKey::Sysctl(SysctlKey::parse("vm.max_map_count").unwrap());
+        let mut item = Item::new(key.clone(), to, Mode::Enforce);
+        item.actual = to.into();
+        item.state = State::Corrected;
+        (item, HashMap::from([(key, from.to_string())]))
+    }
+
+    /// Corrections count toward contested only when the value found was
+    /// not the one now there: three corrections of a reverted value make
+    /// the setting contested, three "corrections" to the value that was
+    /// already there (after a reconnect) do not, and log no `from`.
+    #[test]
+    fn a_correction_to_the_value_already_there_is_not_a_contest() {
+        let cfg = TrackerConfig {
+            contest: ContestRule {
+                after: 3,
+                window: Duration::from_secs(60),
+                backoff: Backoff {
+                    base: Duration::from_secs(10),
+                    max: Duration::from_secs(80),
+                },
+            },
+            ..TrackerConfig::default()
+        };
+        for (from, contested) in [("65530", true), ("262144", false)] {
+            let mut view = ItemView::new(cfg);
+            let start = Instant::now();
+            let mut events = Vec::new();
+            for i in 0..3 {
+                let (item, before) = corrected(from, "262144");
+                let at = (start + Duration::from_secs(i), SystemTime::now());
+                events.extend(view.absorb(vec![item], at, false, &before, &mut Vec::new));
+            }
+            let shown = view.statuses().next().unwrap();
+            let is_contested = events.iter().any(|e| matches!(e, Event::Contested { .. }));
+            assert_eq!(is_contested, contested, "from {from}: {events:?}");
+            assert_eq!(
+                shown.item.state == State::Contested,
+                contested,
+                "from {from}"
+            );
+            let froms: Vec<_> = events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Corrected { from, .. } => Some(from.clone()),
+                    _ => None,
+                })
+                .collect();
+            let want = if contested {
+                Some(from.to_string())
+            } else {
+                None
+            };
+            assert_eq!(froms, vec![want; 3]);
+        }
+    }
 }
