@@ -21,7 +21,7 @@
 
 pub mod store;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -159,6 +159,9 @@ pub enum ParseError {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Journal {
     entries: BTreeMap<Target, Entry>,
+    /// Each item's first target (in target order), so that a report of N
+    /// items finds their originals in N lookups, not N scans.
+    by_item: HashMap<String, Target>,
 }
 
 impl Journal {
@@ -188,19 +191,40 @@ impl Journal {
         if self.entries.contains_key(&entry.target) {
             return false;
         }
+        match self.by_item.get_mut(&entry.item) {
+            Some(first) if *first <= entry.target => {}
+            Some(first) => first.clone_from(&entry.target),
+            None => {
+                self.by_item
+                    .insert(entry.item.clone(), entry.target.clone());
+            }
+        }
         self.entries.insert(entry.target.clone(), entry);
         true
     }
 
     /// Takes an entry out (it was rolled back).
     pub fn remove(&mut self, target: &Target) -> Option<Entry> {
-        self.entries.remove(target)
+        let removed = self.entries.remove(target)?;
+        if self.by_item.get(&removed.item) == Some(target) {
+            // The item's next target, if it has another (rare: rollback).
+            match self.entries.values().find(|e| e.item == removed.item) {
+                Some(next) => {
+                    self.by_item
+                        .insert(removed.item.clone(), next.target.clone());
+                }
+                None => {
+                    self.by_item.remove(&removed.item);
+                }
+            }
+        }
+        Some(removed)
     }
 
-    /// The original recorded for an item, by its key.
+    /// The original recorded for an item, by its key (its first target's,
+    /// when it has several).
     pub fn original_of(&self, key: &ItemKey) -> Option<&Entry> {
-        let shown = key.to_string();
-        self.entries.values().find(|e| e.item == shown)
+        self.entries.get(self.by_item.get(&key.to_string())?)
     }
 
     /// The entries a rollback selects: all with no selector, else those any

@@ -301,3 +301,45 @@ fn each_original_has_its_way_back() {
         Restore::Nothing
     );
 }
+
+#[test]
+fn an_items_original_is_found_by_its_key_through_every_change() {
+    let key = ItemKey::Sysctl(SysctlKey::parse("net.ipv4.ip_forward").unwrap());
+    let mut j = Journal::default();
+    assert!(j.original_of(&key).is_none());
+    j.record(sysctl_entry("vm.swappiness", "60"));
+    j.record(sysctl_entry("net.ipv4.ip_forward", "1"));
+    assert_eq!(
+        j.original_of(&key).unwrap().original,
+        Original::Value("1".into())
+    );
+    // A second target for the same item (a file entry named as the item):
+    // the first target in target order stays the one shown, whichever was
+    // recorded first.
+    let mut second = file_entry("etc/x.conf", Original::Absent);
+    second.item = key.to_string();
+    j.record(second.clone());
+    assert_eq!(
+        j.original_of(&key).unwrap().target,
+        Target::Sysctl(SysctlKey::parse("net.ipv4.ip_forward").unwrap())
+    );
+    let mut other_order = Journal::default();
+    other_order.record(second.clone());
+    other_order.record(sysctl_entry("net.ipv4.ip_forward", "1"));
+    assert_eq!(other_order.original_of(&key), j.original_of(&key));
+    // Rolled back one by one: the other target, then nothing.
+    j.remove(&Target::Sysctl(
+        SysctlKey::parse("net.ipv4.ip_forward").unwrap(),
+    ));
+    assert_eq!(j.original_of(&key).unwrap().target, second.target);
+    j.remove(&second.target);
+    assert!(j.original_of(&key).is_none());
+    // And after a round trip through the file.
+    j.record(sysctl_entry("net.ipv4.ip_forward", "1"));
+    let again = Journal::parse(&j.render()).unwrap();
+    assert_eq!(again, j);
+    assert_eq!(
+        again.original_of(&key).unwrap().original,
+        Original::Value("1".into())
+    );
+}
