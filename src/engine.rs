@@ -641,6 +641,7 @@ fn execute_runtime_action(ctx: &Context<'_>, action: &Action) -> Option<Result<(
             .host
             .write_kernel_file(path, value)
             .map_err(|e| exec::explain_cgroup_error(&e)),
+        Action::UnloadModule { name } => ctx.host.unload_module(name),
         Action::WriteSysctl { .. } | Action::WriteFile { .. } | Action::RemoveFile { .. } => {
             return None;
         }

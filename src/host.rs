@@ -536,6 +536,26 @@ impl HostRoot {
             .map_err(|e| IoError::new("write", path, e))
     }
 
+    /// Takes an unused module out of the running kernel: delete_module(2)
+    /// with `O_NONBLOCK`, so that a module in use is refused at once rather
+    /// than waited for. Only for the root `/`: under any other root the
+    /// running kernel is not the root's, and nothing is asked of it. A
+    /// module already gone is done.
+    pub fn unload_module(&self, name: &str) -> Result<(), String> {
+        if self.root() != Path::new("/") {
+            return Err(format!(
+                "not unloaded: the host root is {}, not this machine's kernel",
+                self.root().display()
+            ));
+        }
+        let c_name = std::ffi::CString::new(name)
+            .map_err(|_| format!("module name {name:?} has a NUL byte"))?;
+        match nix::kmod::delete_module(&c_name, nix::kmod::DeleteModuleFlags::O_NONBLOCK) {
+            Ok(()) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+            Err(e) => Err(explain_unload_error(name, e)),
+        }
+    }
+
     /// Creates a directory in a kernel file system (a cgroup) under the root;
     /// an existing directory is fine. Resolved like
     /// [`HostRoot::write_kernel_file`]: no symbolic link anywhere.
@@ -922,6 +942,20 @@ fn list_matching(dir: &Path, suffix: &str, masks: bool) -> Result<Vec<PathBuf>, 
     }
     out.sort();
     Ok(out)
+}
+
+/// A refused delete_module(2), with what it means here.
+fn explain_unload_error(name: &str, e: nix::errno::Errno) -> String {
+    let why = match e {
+        nix::errno::Errno::EWOULDBLOCK | nix::errno::Errno::EBUSY => {
+            "it is in use (a reference was taken since it was read): it is tried again once nothing uses it"
+        }
+        nix::errno::Errno::EPERM => {
+            "operation not permitted (EPERM): unloading needs CAP_SYS_MODULE and delete_module(2) allowed (holdfast.service keeps both; a unit with ProtectKernelModules=yes has neither), or module unloading is disabled (kernel.modules_disabled)"
+        }
+        _ => "the kernel refused to unload it",
+    };
+    format!("rmmod {name}: {why}: {e}")
 }
 
 #[cfg(test)]

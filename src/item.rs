@@ -449,6 +449,12 @@ pub enum Action {
         path: PathBuf,
         value: String,
     },
+    /// Take an unused module out of the running kernel (delete_module(2),
+    /// without waiting: a module in use is left). Not journalled: what
+    /// needs the module loads it again.
+    UnloadModule {
+        name: String,
+    },
 }
 
 impl fmt::Display for Action {
@@ -473,6 +479,7 @@ impl fmt::Display for Action {
             Action::WriteCgroupFile { path, value } => {
                 write!(f, "echo {value} > {}", path.display())
             }
+            Action::UnloadModule { name } => write!(f, "rmmod {name}"),
         }
     }
 }

@@ -473,6 +473,7 @@ fn metrics_text(addr: &ListenAddr) -> String {
 }
 
 #[test]
+#[ignore = "needs promtool (Debian's prometheus package): cargo test -- --include-ignored"]
 fn metrics_grow_with_drift_not_with_the_policy() {
     // 500 audit-mode sysctls, all in line.
     let h = FakeHost::new();
@@ -549,6 +550,7 @@ fn gunzip(body: &[u8]) -> String {
 }
 
 #[test]
+#[ignore = "needs promtool (Debian's prometheus package): cargo test -- --include-ignored"]
 fn metrics_and_status_are_gzipped_when_the_client_accepts_it() {
     let h = host();
     let d = start(&h, &["--listen", "127.0.0.1:0"]);

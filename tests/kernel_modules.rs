@@ -196,3 +196,142 @@ kernel_modules:
     assert_eq!(state(&again, "kernel module cramfs"), "compliant");
     assert_eq!(state(&again, "kernel module hfs"), "compliant");
 }
+
+/// `unload: true` plans `rmmod NAME` for a loaded module nothing uses, and
+/// leaves one in use reported with its users. Under a fake root the running
+/// kernel is not the root's: the unload fails, saying so, and the kernel's
+/// list is untouched.
+#[test]
+fn unload_true_plans_an_unload_of_an_unused_module_only() {
+    let h = host();
+    h.write(
+        "proc/modules",
+        "usb_storage 81920 1 uas, Live 0x0000000000000000\n\
+         uas 32768 0 - Live 0x0000000000000000\n\
+         hfs 65536 0 - Live 0x0000000000000000\n",
+    );
+    let p = h.policy(
+        "p.yaml",
+        "version: 1
+mode: enforce
+kernel_modules:
+  hfs: {state: disabled, unload: true}
+  usb-storage: {unload: true}
+",
+    );
+    let p = p.to_str().unwrap();
+
+    let (code, plan) = h.json(&["check", "--policy", p]);
+    assert_eq!(code, 2, "{plan:#}");
+    let hfs = item(&plan, "kernel module hfs");
+    assert_eq!(hfs["state"], "drifted", "{hfs:#}");
+    assert_eq!(hfs["desired"], "disabled, not loaded");
+    assert_eq!(hfs["action"], "rmmod hfs", "{hfs:#}");
+    let usb = item(&plan, "kernel module usb-storage");
+    assert!(
+        usb["action"].is_null(),
+        "in use: no unload planned: {usb:#}"
+    );
+    let detail = usb["detail"].to_string();
+    assert!(
+        detail.contains("holdfast unloads it once nothing uses it (used by uas now)"),
+        "{detail}"
+    );
+
+    let (code, after) = h.json(&["apply", "--policy", p]);
+    assert_eq!(code, 2, "{after:#}");
+    let hfs = item(&after, "kernel module hfs");
+    assert_eq!(hfs["state"], "failed", "{hfs:#}");
+    assert!(
+        hfs["detail"]
+            .to_string()
+            .contains("not this machine's kernel"),
+        "{hfs:#}"
+    );
+    assert!(h.read("proc/modules").contains("hfs "), "nothing unloaded");
+    // The configuration is written all the same.
+    assert!(h.read(OWN).lines().any(|l| l == "install hfs /bin/false"));
+
+    // Gone (unloaded elsewhere): compliant, nothing planned.
+    h.write("proc/modules", "");
+    let (code, again) = h.json(&["check", "--policy", p]);
+    assert_eq!(code, 0, "{again:#}");
+}
+
+/// A module's own mode: audited modules are reported and left out of
+/// holdfast's file, in a policy that enforces the others; a later file's
+/// entry replaces the earlier one whole.
+#[test]
+fn a_modules_own_mode_keeps_it_out_of_holdfasts_file() {
+    let h = host();
+    let dir = h.path("policy.d");
+    h.write("policy.d/50-cis.yaml", CIS);
+    h.write(
+        "policy.d/90-exempt.yaml",
+        "version: 1\nkernel_modules:\n  hfs: {mode: audit}\n",
+    );
+    let dir = dir.to_str().unwrap();
+    let (code, report) = h.json(&["apply", "--policy", dir]);
+    assert_eq!(code, 2, "{report:#}");
+    let hfs = item(&report, "kernel module hfs");
+    assert_eq!(hfs["state"], "drifted", "{hfs:#}");
+    assert_eq!(hfs["mode"], "audit", "{hfs:#}");
+    assert!(
+        hfs["source"].to_string().contains("90-exempt.yaml"),
+        "{hfs:#}"
+    );
+    assert_eq!(state(&report, "kernel module cramfs"), "corrected");
+    let own = h.read(OWN);
+    assert!(
+        own.lines().any(|l| l == "install cramfs /bin/false"),
+        "{own}"
+    );
+    assert!(
+        !own.contains("hfs"),
+        "an audited module is not written: {own}"
+    );
+
+    // Every module audited: the file left from before is removed, in the
+    // policy's enforce mode.
+    h.write(
+        "policy.d/90-exempt.yaml",
+        "version: 1\nkernel_modules:\n  hfs: {mode: audit}\n  cramfs: {mode: audit}\n  usb-storage: {mode: audit}\n",
+    );
+    let (_, report) = h.json(&["apply", "--policy", dir]);
+    let own_key = h.path(OWN).display().to_string();
+    assert_eq!(state(&report, &own_key), "corrected", "{report:#}");
+    assert!(!h.path(OWN).exists());
+}
+
+#[test]
+fn a_bad_module_table_is_refused_with_its_line() {
+    let h = host();
+    let validate = |text: &str| {
+        let p = h.policy("p.yaml", text);
+        let out = h
+            .holdfast(&["validate", "--policy", p.to_str().unwrap()])
+            .output()
+            .expect("run holdfast validate");
+        assert!(!out.status.success(), "{text}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = validate(
+        "version: 1\nkernel_modules:\n  hfs: {unload: 1}\n  udf: {state: enabled}\n  jffs2: {mode: loud}\n",
+    );
+    for (line, what) in [
+        (3, "unload must be true or false, not 1"),
+        (4, "unknown state \"enabled\""),
+        (5, "unknown mode \"loud\""),
+    ] {
+        assert!(
+            err.lines()
+                .any(|l| l.contains(&format!("p.yaml:{line}:")) && l.contains(what)),
+            "{what} at line {line}: {err}"
+        );
+    }
+    let err = validate("version: 1\nkernel_modules:\n  cramfs: {unlod: true}\n");
+    assert!(
+        err.contains("p.yaml:3:") && err.contains("unknown field `unlod`"),
+        "{err}"
+    );
+}

@@ -215,7 +215,7 @@ fn settings(p: &Policy) -> BTreeMap<SettingId, String> {
     for (name, r) in &p.kernel_modules {
         out.insert(
             SettingId::Module(name.clone()),
-            fingerprint(r, p.default_mode()),
+            fingerprint(r, p.mode_of(r.mode)),
         );
     }
     out

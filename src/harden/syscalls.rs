@@ -98,6 +98,9 @@ macro_rules! paste_sys {
     (dup2) => {
         libc::SYS_dup2
     };
+    (delete_module) => {
+        libc::SYS_delete_module
+    };
     (dup3) => {
         libc::SYS_dup3
     };
@@ -352,6 +355,9 @@ syscalls! {
     // not know it) the same resolution walks the path with openat and
     // readlinkat.
     openat2, readlinkat, mkdirat, renameat, renameat2, unlinkat, fchmod, fchown,
+    // A policy module with `unload: true` (host::HostRoot::unload_module).
+    // Loading stays refused: init_module and finit_module are not listed.
+    delete_module,
     // The abort path: a panic aborts (release profile), and abort() raises
     // SIGABRT with tgkill (after rt_sigprocmask, getpid, gettid, which are
     // above); without it the process died of SIGSEGV instead. getcwd for

@@ -285,7 +285,9 @@ impl Journal {
 
 /// The host object a write touches, from the item it is written for and
 /// the action; `root` is the host root, which paths are taken relative to.
-/// `None` for a path outside the root (no write goes there either).
+/// `None` for a path outside the root (no write goes there either), and for
+/// an unloaded module, which rollback does not load again (whatever needs
+/// it does: modprobe, a device, a mount).
 pub fn target_of(key: &ItemKey, action: &Action, root: &Path) -> Option<Target> {
     let rel = |p: &Path| p.strip_prefix(root).ok().map(Path::to_path_buf);
     Some(match action {
@@ -303,6 +305,7 @@ pub fn target_of(key: &ItemKey, action: &Action, root: &Path) -> Option<Target> 
         Action::StartUnit { unit } => Target::UnitActive { unit: unit.clone() },
         Action::CreateCgroup { path } => Target::CgroupDir(rel(path)?),
         Action::WriteCgroupFile { path, .. } => Target::CgroupFile(rel(path)?),
+        Action::UnloadModule { .. } => return None,
         Action::EnableController {
             subtree_control,
             controller,

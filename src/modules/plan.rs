@@ -5,9 +5,10 @@
 //! - A module is compliant only when modprobe would refuse it (its first
 //!   `install` line runs `false` or `true`) and it is blacklisted, and the
 //!   running kernel does not have it loaded.
-//! - A loaded module is reported (`restart-required`), never unloaded: the
-//!   configuration stops the next load, and holdfast does not take a module
-//!   out of a running kernel.
+//! - A loaded module is reported (`restart-required`): the configuration
+//!   stops the next load, not this one. It is unloaded only when its rule
+//!   says `unload: true`, its mode is enforce and nothing uses it (no
+//!   reference, no module that depends on it); one in use stays reported.
 //! - holdfast's file holds exactly the enforced modules; it is the only file
 //!   holdfast writes for this area. A competing file is reported.
 
@@ -16,7 +17,7 @@ use std::path::PathBuf;
 
 use super::ModuleName;
 use super::conf::{self, Command, Line};
-use crate::item::{Conflict, Item, ItemKey, OwnFile, State, own_file_item};
+use crate::item::{Action, Conflict, Item, ItemKey, OwnFile, State, own_file_item};
 use crate::policy::{Mode, ModuleRule, Policy};
 
 /// A module the running kernel has loaded (a line of /proc/modules).
@@ -89,22 +90,36 @@ pub fn plan(policy: &Policy, host: &ModulesHost) -> Vec<Item> {
         .values()
         .map(|rule| judge(policy, rule, host))
         .collect();
-    // The policy-wide mode is the modules' mode.
-    let mode = policy.mode_of(None);
-    let enforced: Vec<&ModuleName> = match mode {
-        Mode::Enforce => policy.kernel_modules.values().map(|r| &r.name).collect(),
-        Mode::Audit => Vec::new(),
+    let enforced: Vec<&ModuleName> = policy
+        .kernel_modules
+        .values()
+        .filter(|r| policy.mode_of(r.mode) == Mode::Enforce)
+        .map(|r| &r.name)
+        .collect();
+    // The file is holdfast's to write while any module is enforced; with
+    // none, a file left from an earlier policy is removed in the policy's
+    // mode. A policy with modules always has the file's item, so that the
+    // pass that removes it still reports it (read again, it is absent).
+    let file_mode = if enforced.is_empty() {
+        policy.mode_of(None)
+    } else {
+        Mode::Enforce
     };
-    if !enforced.is_empty() || host.own.is_some() {
-        items.push(file_item(host, &enforced, mode));
+    if !policy.kernel_modules.is_empty() || host.own.is_some() {
+        items.push(file_item(host, &enforced, file_mode));
     }
     items
 }
 
 fn judge(policy: &Policy, rule: &ModuleRule, host: &ModulesHost) -> Item {
-    let mode = policy.mode_of(None);
+    let mode = policy.mode_of(rule.mode);
     let name = &rule.name;
-    let mut item = Item::new(ItemKey::Module(name.clone()), "disabled", mode);
+    let desired = if rule.unload {
+        "disabled, not loaded"
+    } else {
+        "disabled"
+    };
+    let mut item = Item::new(ItemKey::Module(name.clone()), desired, mode);
     item.source = Some(rule.source.clone());
     let decided = conf::decide(&host.lines, name);
     let refuses = decided.install_refuses();
@@ -175,19 +190,45 @@ fn judge(policy: &Policy, rule: &ModuleRule, host: &ModulesHost) -> Item {
         }
     }
     if let Some(l) = loaded {
-        if disabled {
-            item.state = State::RestartRequired;
-        }
-        let users = if l.used_by.is_empty() {
-            format!("{} reference(s)", l.refcount)
-        } else {
-            format!("used by {}", l.used_by.join(", "))
-        };
-        item.detail.push(format!(
-            "loaded in the running kernel ({users}): the configuration stops the next load, not this one; it stays until it is unloaded (`modprobe -r {name}`, once unused) or the host reboots"
-        ));
+        judge_loaded(&mut item, rule, l, disabled);
     }
     item
+}
+
+/// A policy module the running kernel has loaded: unloaded when the rule
+/// asks and nothing uses it, reported otherwise.
+fn judge_loaded(item: &mut Item, rule: &ModuleRule, l: &Loaded, disabled: bool) {
+    let name = &rule.name;
+    let in_use = l.refcount > 0 || !l.used_by.is_empty();
+    let users = if l.used_by.is_empty() {
+        format!("{} reference(s)", l.refcount)
+    } else {
+        format!("used by {}", l.used_by.join(", "))
+    };
+    if rule.unload && item.mode == Mode::Enforce && !in_use {
+        item.state = State::Drifted;
+        item.action = Some(Action::UnloadModule {
+            name: name.as_str().to_string(),
+        });
+        item.detail.push(
+            "loaded in the running kernel and unused: `unload: true` takes it out (delete_module, as rmmod does)"
+                .into(),
+        );
+        return;
+    }
+    if disabled {
+        item.state = State::RestartRequired;
+    }
+    item.detail.push(format!(
+        "loaded in the running kernel ({users}): the configuration stops the next load, not this one; it stays until it is unloaded (`modprobe -r {name}`, once unused) or the host reboots"
+    ));
+    if rule.unload {
+        item.detail.push(if item.mode == Mode::Enforce {
+            format!("`unload: true`: holdfast unloads it once nothing uses it ({users} now)")
+        } else {
+            "`unload: true` acts in enforce mode only; this module is audited".to_string()
+        });
+    }
 }
 
 fn file_item(host: &ModulesHost, enforced: &[&ModuleName], mode: Mode) -> Item {

@@ -120,11 +120,17 @@ pub struct Policy {
     pub safety: Safety,
 }
 
-/// A module the policy disables (`NAME: disabled`). Its mode is the
-/// policy's.
+/// A module the policy disables (`NAME: disabled`, or `NAME: {state:
+/// disabled, unload: true, mode: audit}`). A later file's entry for the
+/// module replaces the earlier one whole, as a sysctl's does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModuleRule {
     pub name: ModuleName,
+    /// Take the module out of the running kernel when it is loaded and
+    /// nothing uses it (enforce mode only).
+    pub unload: bool,
+    /// The module's own mode; the policy's when `None`.
+    pub mode: Option<Mode>,
     pub source: Source,
 }
 

@@ -25,8 +25,9 @@ pub struct RawDoc {
     pub services: Option<Entries<RawService>>,
     pub service_defaults: Option<RawServiceDefaults>,
     pub cgroup: Option<RawCgroup>,
-    /// Kernel modules: `NAME: disabled`.
-    pub kernel_modules: Option<Entries<String>>,
+    /// Kernel modules: `NAME: disabled`, or a table with state, unload and
+    /// mode.
+    pub kernel_modules: Option<Entries<RawModule>>,
     pub safety: Option<RawSafety>,
 }
 
@@ -63,6 +64,21 @@ pub struct RawSysctlTable {
     pub value: Option<Spanned<Scalar>>,
     pub min: Option<Spanned<Scalar>>,
     pub max: Option<Spanned<Scalar>>,
+    pub mode: Option<Spanned<String>>,
+}
+
+/// A kernel module entry: its state alone (`cramfs: disabled`), or a table.
+#[derive(Debug)]
+pub enum RawModule {
+    State(String),
+    Table(Box<RawModuleTable>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModuleTable {
+    pub state: Option<Spanned<String>>,
+    pub unload: Option<Spanned<Scalar>>,
     pub mode: Option<Spanned<String>>,
 }
 
@@ -242,6 +258,26 @@ impl<'de> Deserialize<'de> for RawSysctl {
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawSysctl, A::Error> {
                 RawSysctlTable::deserialize(de::value::MapAccessDeserializer::new(map))
                     .map(|t| RawSysctl::Table(Box::new(t)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawModule {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawModule;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a state (`disabled`) or a mapping with state, unload, mode")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawModule, E> {
+                Ok(RawModule::State(v.to_string()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawModule, A::Error> {
+                RawModuleTable::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(|t| RawModule::Table(Box::new(t)))
             }
         }
         d.deserialize_any(V)

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use serde_saphyr::{Location, MessageFormatter, Spanned};
 
 use super::raw::{
-    Entries, RawCgroup, RawDoc, RawGoBuild, RawLimit, RawSafety, RawService, RawSlice, RawSysctl,
-    Scalar,
+    Entries, RawCgroup, RawDoc, RawGoBuild, RawLimit, RawModule, RawSafety, RawService, RawSlice,
+    RawSysctl, Scalar,
 };
 use super::{
     CgroupPolicy, FORMAT_VERSION, GoBuild, GoMaxProcs, GoRuntime, LimitPair, LimitRule, Mode,
@@ -291,7 +291,7 @@ impl Validator {
         }
     }
 
-    fn kernel_modules(&mut self, entries: Entries<String>) -> BTreeMap<ModuleName, ModuleRule> {
+    fn kernel_modules(&mut self, entries: Entries<RawModule>) -> BTreeMap<ModuleName, ModuleRule> {
         let mut out = BTreeMap::new();
         for (name, value) in entries.0 {
             let parsed = match ModuleName::parse(&name.value) {
@@ -306,19 +306,9 @@ impl Validator {
                     None
                 }
             };
-            if value.value != "disabled" {
-                let e = self
-                    .error(
-                        &value,
-                        format!(
-                            "kernel module {}: unknown state {:?}",
-                            name.value, value.value
-                        ),
-                    )
-                    .with_hint("the one state is `disabled` (modprobe refuses the module); leave a module out to leave it alone");
-                self.push(e);
+            let Some(fields) = self.module_fields(&name.value, &value) else {
                 continue;
-            }
+            };
             if let Some(parsed) = parsed {
                 let source = self.src(&name);
                 if let Some(earlier) = out
@@ -337,16 +327,68 @@ impl Validator {
                     self.push(e);
                     continue;
                 }
+                let (unload, mode) = fields;
                 out.insert(
                     parsed.clone(),
                     ModuleRule {
                         name: parsed,
+                        unload,
+                        mode,
                         source,
                     },
                 );
             }
         }
         out
+    }
+
+    /// A module entry's `unload` and `mode`; `None` when a field is wrong
+    /// (the errors are pushed).
+    fn module_fields(
+        &mut self,
+        name: &str,
+        value: &Spanned<RawModule>,
+    ) -> Option<(bool, Option<Mode>)> {
+        let (state, unload, mode) = match &value.value {
+            RawModule::State(state) => (Some((state.as_str(), self.src(value))), None, None),
+            RawModule::Table(t) => (
+                t.state.as_ref().map(|s| (s.value.as_str(), self.src(s))),
+                t.unload.as_ref(),
+                t.mode.as_ref(),
+            ),
+        };
+        let mut ok = true;
+        if let Some((state, at)) = state
+            && state != "disabled"
+        {
+            let e = PolicyError::new(at, format!("kernel module {name}: unknown state {state:?}"))
+                .with_hint("the one state is `disabled` (modprobe refuses the module); leave a module out to leave it alone");
+            self.push(e);
+            ok = false;
+        }
+        let unload = match unload.map(|u| &u.value) {
+            None => false,
+            Some(Scalar::Bool(b)) => *b,
+            Some(other) => {
+                if let Some(u) = unload {
+                    let e = self
+                        .error(u, format!("kernel module {name}: unload must be true or false, not {other}"))
+                        .with_hint("`unload: true` takes the module out of the running kernel once nothing uses it");
+                    self.push(e);
+                }
+                ok = false;
+                false
+            }
+        };
+        let mode = match mode {
+            None => None,
+            Some(m) => {
+                let mode = self.mode(m);
+                ok &= mode.is_some();
+                mode
+            }
+        };
+        ok.then_some((unload, mode))
     }
 
     fn mode(&mut self, m: &Spanned<String>) -> Option<Mode> {

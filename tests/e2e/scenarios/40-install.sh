@@ -133,6 +133,44 @@ fi
 check "active after restart" wait_until 20 systemctl is-active --quiet holdfast.service
 sysctl -qw net.core.somaxconn=512
 check "converged after restart" wait_until 10 sh -c '[ "$(cat /proc/sys/net/core/somaxconn)" = 8192 ]'
+
+# Kernel modules under the shipped unit. Its modprobe.d file is the
+# daemon's to write (ReadWritePaths). `unload: true` is refused by the unit
+# (ProtectKernelModules=yes), which the item says; with README's drop-in the
+# daemon unloads the module (a module this kernel has, loaded for the test).
+mod=
+for m in freevxfs hfsplus udf; do
+    if ! grep -q "^$m " /proc/modules && modprobe "$m" 2>/dev/null; then
+        mod=$m
+        break
+    fi
+done
+if [ -n "$mod" ]; then
+    module_item() { status_json | jq -r --arg k "kernel module $mod" '.items[] | select(.key == $k) | "\(.state): \(.detail | join(" | "))"'; }
+    module_state_is() { module_item | grep -q "^$1: "; }
+    printf 'version: 1\nkernel_modules:\n  %s: {unload: true}\n' "$mod" >/etc/holdfast/policy.d/60-modules.yaml
+    check "the daemon writes its modprobe.d file" wait_until 20 grep -qx "install $mod /bin/false" /etc/modprobe.d/00-holdfast.conf
+    check "under the shipped unit, unloading $mod fails" wait_until 20 module_state_is failed
+    expect_match "the item says why: EPERM, ProtectKernelModules=yes" '^failed: .*EPERM.*ProtectKernelModules=yes' "$(module_item)"
+    check "$mod is still loaded" grep -q "^$mod " /proc/modules
+    mkdir -p /etc/systemd/system/holdfast.service.d
+    printf '[Service]\nProtectKernelModules=no\nCapabilityBoundingSet=CAP_SYS_MODULE\nSystemCallFilter=delete_module\n' \
+        >/etc/systemd/system/holdfast.service.d/50-unload.conf
+    systemctl daemon-reload
+    note "systemd-analyze security with the unload drop-in: $(systemd-analyze security holdfast.service 2>/dev/null | tail -n 1)"
+    check "systemctl restart holdfast (with the drop-in)" systemctl restart holdfast.service
+    check "with the drop-in, the daemon unloads $mod" wait_until 20 sh -c "! grep -q '^$mod ' /proc/modules"
+    check "and reports it compliant" wait_until 10 module_state_is compliant
+    [ "$last_status" -eq 0 ] || note "item: $(module_item)"
+    rm -f /etc/holdfast/policy.d/60-modules.yaml /etc/systemd/system/holdfast.service.d/50-unload.conf
+    rmdir /etc/systemd/system/holdfast.service.d 2>/dev/null || true
+    systemctl daemon-reload
+    check "systemctl restart holdfast (drop-in removed)" systemctl restart holdfast.service
+    check "without kernel_modules, the daemon removes its modprobe.d file" wait_until 20 test ! -e /etc/modprobe.d/00-holdfast.conf
+    modprobe -r "$mod" 2>/dev/null || true
+else
+    note "skip: none of freevxfs, hfsplus, udf loads in this kernel; the kernel modules checks under the unit are skipped"
+fi
 expect_exit "holdfast status: compliant" "0" $hf status
 
 check "apt-get remove holdfast" env DEBIAN_FRONTEND=noninteractive apt-get remove -y holdfast

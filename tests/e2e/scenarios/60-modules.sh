@@ -3,9 +3,9 @@
 # kernel_modules area): one of its seven modules loaded before apply; the
 # policy, enforced, writes /etc/modprobe.d/00-holdfast.conf with an
 # `install NAME /bin/false` and a `blacklist NAME` line for each, and modprobe
-# refuses them from then on; the module that was loaded stays loaded (holdfast
-# never unloads one) and `check` reports it restart-required until it is
-# unloaded; OpenSCAP's kernel_module_*_disabled rules of cis_level1_server
+# refuses them from then on; the module that was loaded stays loaded and
+# `check` reports it restart-required, until a later policy file says
+# `unload: true` and `apply` unloads it; OpenSCAP's kernel_module_*_disabled rules of cis_level1_server
 # pass, and so do the profile's sysctl and core dump rules (39-cis checks the
 # sysctls in detail); `holdfast serve` sees a module load and unload by the
 # kernel's uevents; `holdfast rollback` removes the file.
@@ -204,9 +204,23 @@ for r in "${rule_ids[@]}"; do
 done
 note "OpenSCAP $profile: $(printf '%s\n' "$results" | awk '$2 == "pass"' | wc -l) passed of ${#rule_ids[@]} rules"
 
-# Unloaded by hand: compliant, and its rule passes with any content.
+# Unloaded by holdfast, once the policy asks (`unload: true` in a later
+# file): apply takes it out of the kernel (only it: what it needs stays
+# loaded), then all is compliant, and its rule passes with any content.
 if [ -n "$loaded" ]; then
-    check "modprobe -r $loaded" modprobe -r "$loaded"
+    printf 'version: 1\nkernel_modules:\n  %s: {state: disabled, unload: true}\n' "$loaded" >"$pol/95-unload.yaml"
+    capture sh -c "holdfast check --policy '$pol' --format json >'$E2E_TMP/unload-plan.json'"
+    expect_eq "check: holdfast plans rmmod $loaded" "rmmod $loaded" \
+        "$(jq -r --arg k "kernel module $loaded" '.items[] | select(.key == $k) | .action' "$E2E_TMP/unload-plan.json")"
+    needed=$(awk -v m="$loaded" 'index($4 ",", m ",") {printf "%s ", $1}' /proc/modules)
+    capture sh -c "holdfast apply --policy '$pol' --format json >'$E2E_TMP/unload.json'"
+    expect_eq "apply with unload: true (exit 0)" 0 "$last_status"
+    expect_eq "apply: kernel module $loaded corrected" corrected \
+        "$(jq -r --arg k "kernel module $loaded" '.items[] | select(.key == $k) | .state' "$E2E_TMP/unload.json")"
+    check "holdfast unloaded $loaded" sh -c "! grep -q '^$loaded ' /proc/modules"
+    for d in $needed; do
+        check "$d, which $loaded needed, stays loaded (rmmod, not modprobe -r)" grep -q "^$d " /proc/modules
+    done
     expect_exit "check: compliant once $loaded is unloaded" "0" holdfast check --policy "$pol"
     oscap_eval "kernel_module_${loaded}_disabled"
     expect_eq "OpenSCAP: kernel_module_${loaded}_disabled once $loaded is unloaded" pass \
