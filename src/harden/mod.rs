@@ -10,14 +10,17 @@ use std::collections::{BTreeMap, HashSet};
 
 use caps::{CapSet, Capability};
 
-/// The capabilities `serve` keeps (the unit's bounding set says why):
-/// net.* sysctls, kernel.* sysctls, vm.mmap_min_addr, /proc/PID/environ of
-/// other users' services.
+/// The capabilities `serve` keeps when it has them (the unit's bounding
+/// set says why): net.* sysctls, kernel.* sysctls, vm.mmap_min_addr,
+/// /proc/PID/environ of other users' services, and unloading a module
+/// with `unload: true` (which the shipped unit does not grant; README's
+/// drop-in does, and the allow-list has delete_module only, no loading).
 pub const KEEP: &[Capability] = &[
     Capability::CAP_NET_ADMIN,
     Capability::CAP_SYS_ADMIN,
     Capability::CAP_SYS_RAWIO,
     Capability::CAP_SYS_PTRACE,
+    Capability::CAP_SYS_MODULE,
 ];
 
 #[derive(Debug, thiserror::Error)]
