@@ -171,6 +171,20 @@ if [ -n "$mod" ]; then
 else
     note "skip: none of freevxfs, hfsplus, udf loads in this kernel; the kernel modules checks under the unit are skipped"
 fi
+
+# Reinstalling the package restarts the daemon, and leaves the socket
+# unit and the service both active: never "Socket service holdfast.service
+# already active, refusing" from systemd (the maintainer scripts' restart of
+# the two units raced, once in four reinstalls).
+since=$(date +%s)
+for i in 1 2 3 4 5 6; do
+    check "apt-get install --reinstall ($i of 6)" env DEBIAN_FRONTEND=noninteractive apt-get install -y --reinstall "$deb"
+    check "after reinstall $i: the service is active" wait_until 20 systemctl is-active --quiet holdfast.service
+    check "after reinstall $i: the socket is active" systemctl is-active --quiet holdfast.socket
+done
+refusals=$(journalctl --no-pager --since "@$since" -u holdfast.socket -u holdfast.service | grep -c 'already active, refusing' || true)
+expect_eq "no socket start refused across 6 reinstalls" 0 "$refusals"
+check "status answers after the reinstalls" wait_until 20 status_json
 expect_exit "holdfast status: compliant" "0" $hf status
 
 check "apt-get remove holdfast" env DEBIAN_FRONTEND=noninteractive apt-get remove -y holdfast
