@@ -58,56 +58,48 @@ impl SettingId {
     /// Whether an item reports on (part of) this setting: a push that
     /// changes the setting resets exactly these items' backoff history.
     pub fn covers(&self, key: &ItemKey) -> bool {
-        // One arm per setting (a new setting must say what it covers); each
-        // lists the item keys that report on it.
-        match self {
-            // The persisted file holds every enforced key; a copy of a
-            // vendor file comments out the lines of enforced keys.
-            SettingId::Sysctl(k) => match key {
-                ItemKey::Sysctl(i) => k == i,
-                ItemKey::SysctlFile(_) | ItemKey::SysctlOverride(_) => true,
-                _ => false,
-            },
-            SettingId::SysctlConflicts => matches!(key, ItemKey::SysctlOverride(_)),
-            SettingId::Limit { domain, item } => match key {
-                ItemKey::Limit {
-                    domain: d, item: i, ..
-                } => domain == d && item == i,
-                ItemKey::LimitsFile(_) => true,
-                _ => false,
-            },
-            SettingId::Service(unit) => {
-                matches!(
-                    key,
-                    ItemKey::Service { .. }
-                        | ItemKey::Posture { .. }
-                        | ItemKey::UnitFile { .. }
-                        | ItemKey::GoBuild { .. }
-                ) && key.unit() == Some(unit.as_str())
+        // One arm per item key, with no fallback: a new key (a new area's)
+        // does not compile until it says which settings it reports on.
+        let slice_of =
+            |unit: &str| matches!(self, SettingId::Slice(name) if slice_unit(name) == unit);
+        match key {
+            ItemKey::Sysctl(k) => {
+                matches!(self, SettingId::Sysctl(s) if s == k)
+                    || (matches!(self, SettingId::OvercommitHeadroom)
+                        && OvercommitKey::from_sysctl(k.as_str()).is_some())
             }
-            SettingId::ServiceDefaults => match key {
-                ItemKey::DefaultLimitNofile => true,
-                ItemKey::UnitFile { unit, .. } => unit.is_none(),
-                _ => false,
-            },
-            SettingId::Slice(name) => match key {
-                ItemKey::Slice { .. } | ItemKey::SliceKnob { .. } | ItemKey::UnitFile { .. } => {
-                    key.unit() == Some(slice_unit(name).as_str())
-                }
-                ItemKey::OwnCgroup { slice: Some(s) } => s == name,
-                ItemKey::OwnCgroupKnob { slice, .. } => slice == name,
-                _ => false,
-            },
-            SettingId::Controllers => matches!(key, ItemKey::Controller { .. }),
-            SettingId::OvercommitHeadroom => key
-                .sysctl()
-                .is_some_and(|k| OvercommitKey::from_sysctl(k.as_str()).is_some()),
+            // The persisted file holds every enforced key; a copy of a
+            // vendor file comments out the lines of enforced keys, as
+            // `sysctl_conflicts` says.
+            ItemKey::SysctlFile(_) => matches!(self, SettingId::Sysctl(_)),
+            ItemKey::SysctlOverride(_) => {
+                matches!(self, SettingId::Sysctl(_) | SettingId::SysctlConflicts)
+            }
+            ItemKey::Limit {
+                domain: d, item: i, ..
+            } => matches!(self, SettingId::Limit { domain, item } if domain == d && item == i),
+            ItemKey::LimitsFile(_) => matches!(self, SettingId::Limit { .. }),
+            // A line pam_limits skips, in any file: no setting asks for it.
+            ItemKey::LimitsLine { .. } => false,
+            ItemKey::Service { unit, .. }
+            | ItemKey::Posture { unit, .. }
+            | ItemKey::GoBuild { unit, .. } => matches!(self, SettingId::Service(u) if u == unit),
+            ItemKey::DefaultLimitNofile | ItemKey::UnitFile { unit: None, .. } => {
+                matches!(self, SettingId::ServiceDefaults)
+            }
+            ItemKey::UnitFile {
+                unit: Some(unit), ..
+            } => matches!(self, SettingId::Service(u) if u == unit) || slice_of(unit),
+            ItemKey::Slice { unit } | ItemKey::SliceKnob { unit, .. } => slice_of(unit),
+            ItemKey::OwnCgroup { slice: Some(s) } | ItemKey::OwnCgroupKnob { slice: s, .. } => {
+                matches!(self, SettingId::Slice(name) if name == s)
+            }
+            // holdfast's own subtree itself: no one slice's.
+            ItemKey::OwnCgroup { slice: None } => false,
+            ItemKey::Controller { .. } => matches!(self, SettingId::Controllers),
+            ItemKey::Module(m) => matches!(self, SettingId::Module(n) if n == m),
             // holdfast's modprobe.d file lists every disabled module.
-            SettingId::Module(name) => match key {
-                ItemKey::Module(m) => m == name,
-                ItemKey::ModprobeFile(_) => true,
-                _ => false,
-            },
+            ItemKey::ModprobeFile(_) => matches!(self, SettingId::Module(_)),
         }
     }
 }
@@ -296,6 +288,20 @@ mod tests {
         };
         assert!(slice.covers(&knob) && slice.covers(&file));
         assert!(!SettingId::Slice("go".into()).covers(&knob));
+    }
+
+    #[test]
+    fn a_module_covers_its_item_and_holdfasts_modprobe_file() {
+        let name = |n: &str| ModuleName::parse(n).unwrap();
+        let hfs = SettingId::Module(name("hfs"));
+        let file = ItemKey::ModprobeFile("/etc/modprobe.d/00-holdfast.conf".into());
+        assert!(hfs.covers(&ItemKey::Module(name("hfs"))) && hfs.covers(&file));
+        assert!(!hfs.covers(&ItemKey::Module(name("udf"))));
+        assert!(!SettingId::SysctlConflicts.covers(&file));
+        let persisted = ItemKey::SysctlFile("/etc/sysctl.d/99-zz-holdfast.conf".into());
+        let copy = ItemKey::SysctlOverride("/etc/sysctl.d/50-vendor.conf".into());
+        assert!(SettingId::SysctlConflicts.covers(&copy));
+        assert!(!SettingId::SysctlConflicts.covers(&persisted));
     }
 
     #[test]
