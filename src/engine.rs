@@ -364,7 +364,16 @@ fn write_files(
             Some(a @ (Action::WriteFile { .. } | Action::RemoveFile { .. })) => {
                 Some((area, (i, a)))
             }
-            _ => None,
+            Some(
+                Action::WriteSysctl { .. }
+                | Action::SetUnitProperties { .. }
+                | Action::StartUnit { .. }
+                | Action::CreateCgroup { .. }
+                | Action::EnableController { .. }
+                | Action::WriteCgroupFile { .. }
+                | Action::UnloadModule { .. },
+            )
+            | None => None,
         })
         .unzip();
     let journaled = exec::journal_before(step.originals, &files, |_, _| None);
@@ -605,10 +614,15 @@ fn merge(
 
 /// Whether stage 4 carries this action out (systemd or cgroupfs).
 fn is_runtime_action(action: &Action) -> bool {
-    !matches!(
-        action,
-        Action::WriteSysctl { .. } | Action::WriteFile { .. } | Action::RemoveFile { .. }
-    )
+    match action {
+        Action::WriteSysctl { .. } | Action::WriteFile { .. } | Action::RemoveFile { .. } => false,
+        Action::SetUnitProperties { .. }
+        | Action::StartUnit { .. }
+        | Action::CreateCgroup { .. }
+        | Action::EnableController { .. }
+        | Action::WriteCgroupFile { .. }
+        | Action::UnloadModule { .. } => true,
+    }
 }
 
 /// Carries out one runtime action (systemd or cgroupfs); `None` when the

@@ -287,7 +287,18 @@ impl ItemKey {
             | ItemKey::Slice { unit }
             | ItemKey::SliceKnob { unit, .. } => Some(unit),
             ItemKey::UnitFile { unit, .. } => unit.as_deref(),
-            _ => None,
+            ItemKey::Sysctl(_)
+            | ItemKey::SysctlFile(_)
+            | ItemKey::SysctlOverride(_)
+            | ItemKey::Limit { .. }
+            | ItemKey::LimitsFile(_)
+            | ItemKey::LimitsLine { .. }
+            | ItemKey::DefaultLimitNofile
+            | ItemKey::OwnCgroup { .. }
+            | ItemKey::OwnCgroupKnob { .. }
+            | ItemKey::Controller { .. }
+            | ItemKey::Module(_)
+            | ItemKey::ModprobeFile(_) => None,
         }
     }
 

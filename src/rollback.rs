@@ -190,7 +190,15 @@ pub fn run(ctx: &Context<'_>, options: &RollbackOptions) -> Result<Report, Rollb
                 let abs = host.root().join(path);
                 host.remove_file(&abs).map_err(|e| e.to_string())
             }
-            _ => continue,
+            // Restored before (sysctls) or after (runtime state) the files.
+            Restore::WriteSysctl { .. }
+            | Restore::SetProperties { .. }
+            | Restore::WriteKernelFile { .. }
+            | Restore::RemoveCgroup(_)
+            | Restore::DisableController { .. }
+            | Restore::StopUnit(_)
+            | Restore::Nothing
+            | Restore::Manual(_) => continue,
         };
         r.step = match result {
             Ok(()) => {
@@ -463,7 +471,12 @@ fn restore_runtime(ctx: &Context<'_>, items: &mut [Restored]) {
         Restore::DisableController {
             subtree_control, ..
         } => (2, usize::MAX - subtree_control.components().count()),
-        _ => (3, 0),
+        Restore::WriteSysctl { .. }
+        | Restore::WriteFile { .. }
+        | Restore::RemoveFile(_)
+        | Restore::StopUnit(_)
+        | Restore::Nothing
+        | Restore::Manual(_) => (3, 0),
     };
     let mut order: Vec<usize> = (0..items.len())
         .filter(|&i| items[i].step == Step::WouldRestore)
@@ -492,7 +505,14 @@ fn restore_runtime(ctx: &Context<'_>, items: &mut [Restored]) {
                 .host
                 .write_kernel_file(&abs(subtree_control), &format!("-{controller}"))
                 .map_err(|e| e.to_string()),
-            _ => continue,
+            // Sysctls and files were restored before; units are stopped
+            // after.
+            Restore::WriteSysctl { .. }
+            | Restore::WriteFile { .. }
+            | Restore::RemoveFile(_)
+            | Restore::StopUnit(_)
+            | Restore::Nothing
+            | Restore::Manual(_) => continue,
         };
         items[i].step = match result {
             Ok(()) => Step::Restored,
