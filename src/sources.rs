@@ -199,6 +199,21 @@ pub fn untrusted(owner: u32, mode: u32, me: u32) -> Option<String> {
     Some(format!("writable by {who} (mode {:04o})", mode & 0o7777))
 }
 
+/// Why the directory that holds a policy file given by path may not be
+/// trusted, if it may not: as [`untrusted`], except that a sticky
+/// directory (`/tmp`, mode 1777) owned by root (or the caller) is trusted
+/// with others' write permission, since no one but a file's owner may then
+/// rename, replace or remove it (what the kernel's `protected_regular`
+/// builds on). The file itself is judged on its own. A policy *directory*
+/// never is trusted that way: anyone could add a file to it. Pure.
+pub fn untrusted_holder(owner: u32, mode: u32, me: u32) -> Option<String> {
+    let sticky = mode & 0o1000 != 0;
+    if sticky && (owner == 0 || owner == me) {
+        return None;
+    }
+    untrusted(owner, mode, me)
+}
+
 const TRUST_HINT: &str = "policy sources (files, their directories, a link's target) must be owned by root and writable only by it: chown root: PATH; chmod go-w PATH";
 
 #[derive(Default)]
@@ -257,7 +272,7 @@ impl Reader {
             if let Some(dir) = real.parent()
                 && !self.judged_dirs.iter().any(|d| d == dir)
                 && let Ok(meta) = std::fs::metadata(dir)
-                && let Some(problem) = untrusted(meta.uid(), meta.mode(), euid())
+                && let Some(problem) = untrusted_holder(meta.uid(), meta.mode(), euid())
             {
                 self.distrust(
                     path,
@@ -444,6 +459,27 @@ mod tests {
         assert_eq!(
             untrusted(0, 0o041777, 0).as_deref(),
             Some("writable by its group and others (mode 1777)")
+        );
+    }
+
+    /// `/tmp` may hold a policy file given by path (root's file there can be
+    /// replaced by no one else), but is no policy directory, and a sticky
+    /// directory owned by someone else is not trusted either.
+    #[test]
+    fn a_sticky_root_directory_may_hold_a_policy_file() {
+        assert_eq!(untrusted_holder(0, 0o041777, 0), None);
+        assert_eq!(untrusted_holder(1000, 0o041777, 1000), None);
+        assert_eq!(
+            untrusted_holder(1000, 0o041777, 0).as_deref(),
+            Some("owned by uid 1000, not by root")
+        );
+        assert_eq!(
+            untrusted_holder(0, 0o040777, 0).as_deref(),
+            Some("writable by its group and others (mode 0777)")
+        );
+        assert!(
+            untrusted(0, 0o041777, 0).is_some(),
+            "not as a policy directory"
         );
     }
 }

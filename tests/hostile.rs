@@ -229,6 +229,41 @@ fn chmod(path: &std::path::Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
+/// A policy file given by path in a sticky, world-writable directory owned
+/// by its caller (`/tmp`): the file is read, since no one else may replace
+/// or remove it there; the directory itself as a policy directory is
+/// refused, since anyone may add a file to it; and a world-writable
+/// directory without the sticky bit still is refused as the file's holder.
+#[test]
+fn a_policy_file_in_a_sticky_directory_is_read_but_the_directory_is_no_policy_directory() {
+    let h = FakeHost::new();
+    h.write("tmp/p.yaml", LIMITS_POLICY);
+    chmod(&h.path("tmp"), 0o1777);
+    let file = h.path("tmp/p.yaml");
+    let (code, stdout, stderr) = run(&h, &["apply", "--policy", file.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(h.path(LIMITS_FILE).exists(), "{stdout}");
+
+    let dir = h.path("tmp");
+    let (code, _, stderr) = run(&h, &["check", "--policy", dir.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "the policy directory is not trusted: writable by its group and others (mode 1777)"
+        ),
+        "{stderr}"
+    );
+
+    chmod(&h.path("tmp"), 0o777);
+    let (code, _, stderr) = run(&h, &["check", "--policy", file.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("holding the policy file is not trusted"),
+        "{stderr}"
+    );
+    chmod(&h.path("tmp"), 0o755);
+}
+
 #[test]
 fn policy_sources_anyone_else_can_write_are_refused() {
     const DIR: &str = "etc/holdfast/policy.d";
