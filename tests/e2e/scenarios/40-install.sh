@@ -27,6 +27,10 @@ dump_daemon() {
 }
 json_field() { jq -r "$1" 2>/dev/null; }
 
+# Whether the host had these before the package: purge must leave nothing
+# of its own behind (piuparts' check).
+had_conf_d=$([ -d /etc/systemd/system.conf.d ] && echo yes || echo no)
+had_pkg_d=$([ -d /etc/systemd/system/e2e-pkg.service.d ] && echo yes || echo no)
 # Earlier scenarios left their own files: start from a host holdfast never touched.
 rm -f /etc/security/limits.d/90-holdfast.conf /etc/sysctl.d/99-zz-holdfast.conf
 before_oc=$(cat /proc/sys/vm/overcommit_memory)
@@ -192,3 +196,15 @@ check "the unit is gone" sh -c '! systemctl is-active --quiet holdfast.service'
 check "the host still works (systemd running)" sh -c 'systemctl is-system-running | grep -Eq "running|degraded"'
 check "a service still starts" systemctl restart e2e-pkg.service
 note "somaxconn before the install: $before_somaxconn; after removal: $(cat /proc/sys/net/core/somaxconn)"
+
+# Purge: holdfast's files go, and so do the directories made for them that
+# nothing else uses.
+check "apt-get purge holdfast" env DEBIAN_FRONTEND=noninteractive apt-get purge -y holdfast
+check "purge removed /etc/holdfast" test ! -e /etc/holdfast
+check "purge removed the drop-in" test ! -e /etc/systemd/system/e2e-pkg.service.d/90-holdfast.conf
+if [ "$had_pkg_d" = no ]; then
+    check "purge removed the drop-in directory it left empty" test ! -e /etc/systemd/system/e2e-pkg.service.d
+fi
+if [ "$had_conf_d" = no ]; then
+    check "purge removed /etc/systemd/system.conf.d, which postinst made" test ! -e /etc/systemd/system.conf.d
+fi
