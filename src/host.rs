@@ -962,6 +962,20 @@ fn explain_unload_error(name: &str, e: nix::errno::Errno) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_sysctl_key_is_its_path_under_proc_sys_with_slashes_read_as_dots() {
+        let host = HostRoot::new(Path::new("/fake"));
+        let path = |k: &str| host.sysctl_path(&SysctlKey::parse(k).unwrap());
+        assert_eq!(
+            path("net.ipv4.conf.eth0/100.rp_filter"),
+            PathBuf::from("/fake/proc/sys/net/ipv4/conf/eth0.100/rp_filter")
+        );
+        assert_eq!(
+            path("kernel.dmesg_restrict"),
+            PathBuf::from("/fake/proc/sys/kernel/dmesg_restrict")
+        );
+    }
+
     /// A kernel file is read whole, across chunks, with the errors
     /// `fs::read_to_string` gives.
     #[test]
