@@ -95,7 +95,7 @@ pub fn production_client_arc(host: &HostRoot) -> Option<std::sync::Arc<dyn Syste
 /// Whether the running systemd is this host root's: the root is `/` and
 /// systemd is PID 1 there.
 fn serves_this_host(host: &HostRoot) -> bool {
-    host.root() == std::path::Path::new("/") && systemd::is_pid1(host)
+    host.is_this_machine() && systemd::is_pid1(host)
 }
 
 /// A domain of settings.

@@ -361,19 +361,8 @@ fn write_files(
     let (areas, files): (Vec<Area>, Vec<(&Item, &Action)>) = by_area
         .iter()
         .filter_map(|&(area, i)| match &i.action {
-            Some(a @ (Action::WriteFile { .. } | Action::RemoveFile { .. })) => {
-                Some((area, (i, a)))
-            }
-            Some(
-                Action::WriteSysctl { .. }
-                | Action::SetUnitProperties { .. }
-                | Action::StartUnit { .. }
-                | Action::CreateCgroup { .. }
-                | Action::EnableController { .. }
-                | Action::WriteCgroupFile { .. }
-                | Action::UnloadModule { .. },
-            )
-            | None => None,
+            Some(a) if stage_of(a) == Stage::Files => Some((area, (i, a))),
+            Some(_) | None => None,
         })
         .unzip();
     let journaled = exec::journal_before(step.originals, &files, |_, _| None);
@@ -612,17 +601,34 @@ fn merge(
     out
 }
 
-/// Whether stage 4 carries this action out (systemd or cgroupfs).
-fn is_runtime_action(action: &Action) -> bool {
+/// Which of the engine's stages carries an action out. One exhaustive
+/// match: a new action must say where it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// The sysctl area's own executor (its converge loop).
+    Sysctls,
+    /// The file stage: holdfast's own files, journalled, atomically.
+    Files,
+    /// Stage 4: systemd, cgroupfs and the kernel's modules.
+    Runtime,
+}
+
+fn stage_of(action: &Action) -> Stage {
     match action {
-        Action::WriteSysctl { .. } | Action::WriteFile { .. } | Action::RemoveFile { .. } => false,
+        Action::WriteSysctl { .. } => Stage::Sysctls,
+        Action::WriteFile { .. } | Action::RemoveFile { .. } => Stage::Files,
         Action::SetUnitProperties { .. }
         | Action::StartUnit { .. }
         | Action::CreateCgroup { .. }
         | Action::EnableController { .. }
         | Action::WriteCgroupFile { .. }
-        | Action::UnloadModule { .. } => true,
+        | Action::UnloadModule { .. } => Stage::Runtime,
     }
+}
+
+/// Whether stage 4 carries this action out (systemd, cgroupfs, modules).
+fn is_runtime_action(action: &Action) -> bool {
+    stage_of(action) == Stage::Runtime
 }
 
 /// Carries out one runtime action (systemd or cgroupfs); `None` when the

@@ -99,6 +99,14 @@ impl HostRoot {
         &self.root
     }
 
+    /// Whether the root is `/`: this machine itself, whose running kernel
+    /// and systemd are the root's (any other root is a fake or a foreign
+    /// tree, and nothing is asked of this machine's kernel or systemd for
+    /// it).
+    pub fn is_this_machine(&self) -> bool {
+        self.root() == Path::new("/")
+    }
+
     /// A path under the root. `rel` is relative (no leading slash).
     pub fn path(&self, rel: &str) -> PathBuf {
         self.root.join(rel.trim_start_matches('/'))
@@ -542,7 +550,7 @@ impl HostRoot {
     /// running kernel is not the root's, and nothing is asked of it. A
     /// module already gone is done.
     pub fn unload_module(&self, name: &str) -> Result<(), String> {
-        if self.root() != Path::new("/") {
+        if !self.is_this_machine() {
             return Err(format!(
                 "not unloaded: the host root is {}, not this machine's kernel",
                 self.root().display()

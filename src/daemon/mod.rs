@@ -157,7 +157,7 @@ pub fn serve(opts: &ServeOptions) -> Result<(), ServeError> {
     cfg.debounce = opts.debounce;
     cfg.trackers = opts.trackers;
     cfg.watchdog = sd_notify::watchdog_enabled();
-    cfg.uevents = opts.host.root() == std::path::Path::new("/");
+    cfg.uevents = opts.host.is_this_machine();
     let loop_thread = {
         let (metrics, alive, statuses) = (
             Arc::clone(&metrics),

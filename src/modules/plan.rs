@@ -200,11 +200,6 @@ fn judge(policy: &Policy, rule: &ModuleRule, host: &ModulesHost) -> Item {
 fn judge_loaded(item: &mut Item, rule: &ModuleRule, l: &Loaded, disabled: bool) {
     let name = &rule.name;
     let in_use = l.refcount > 0 || !l.used_by.is_empty();
-    let users = if l.used_by.is_empty() {
-        format!("{} reference(s)", l.refcount)
-    } else {
-        format!("used by {}", l.used_by.join(", "))
-    };
     if rule.unload && item.mode == Mode::Enforce && !in_use {
         item.state = State::Drifted;
         item.action = Some(Action::UnloadModule {
@@ -219,6 +214,11 @@ fn judge_loaded(item: &mut Item, rule: &ModuleRule, l: &Loaded, disabled: bool) 
     if disabled {
         item.state = State::RestartRequired;
     }
+    let users = if l.used_by.is_empty() {
+        format!("{} reference(s)", l.refcount)
+    } else {
+        format!("used by {}", l.used_by.join(", "))
+    };
     item.detail.push(format!(
         "loaded in the running kernel ({users}): the configuration stops the next load, not this one; it stays until it is unloaded (`modprobe -r {name}`, once unused) or the host reboots"
     ));

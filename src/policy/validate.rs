@@ -225,6 +225,30 @@ impl Validator {
         self.errors.push(e);
     }
 
+    /// A `true`/`false` field; anything else is an error naming `what`
+    /// (with `hint`, when given).
+    fn flag(
+        &mut self,
+        v: &Spanned<Scalar>,
+        what: &str,
+        hint: Option<&str>,
+    ) -> Option<Sourced<bool>> {
+        match v.value {
+            Scalar::Bool(b) => Some(Sourced {
+                value: b,
+                source: self.src(v),
+            }),
+            ref other => {
+                let mut e = self.error(v, format!("{what} must be true or false, not {other}"));
+                if let Some(hint) = hint {
+                    e = e.with_hint(hint);
+                }
+                self.push(e);
+                None
+            }
+        }
+    }
+
     fn doc(&mut self, raw: RawDoc) -> Policy {
         match &raw.version.value {
             Scalar::Int(n) if *n == i128::from(FORMAT_VERSION) => {}
@@ -366,18 +390,16 @@ impl Validator {
             self.push(e);
             ok = false;
         }
-        let unload = match unload.map(|u| &u.value) {
+        let unload = match unload {
             None => false,
-            Some(Scalar::Bool(b)) => *b,
-            Some(other) => {
-                if let Some(u) = unload {
-                    let e = self
-                        .error(u, format!("kernel module {name}: unload must be true or false, not {other}"))
-                        .with_hint("`unload: true` takes the module out of the running kernel once nothing uses it");
-                    self.push(e);
-                }
-                ok = false;
-                false
+            Some(u) => {
+                let flag = self.flag(
+                    u,
+                    &format!("kernel module {name}: unload"),
+                    Some("`unload: true` takes the module out of the running kernel once nothing uses it"),
+                );
+                ok &= flag.is_some();
+                flag.is_some_and(|f| f.value)
             }
         };
         let mode = match mode {
@@ -743,20 +765,10 @@ impl Validator {
         reason = "one check per posture field, in the order of the policy reference"
     )]
     fn posture(&mut self, s: &RawService) -> Posture {
-        let no_new_privileges = s.no_new_privileges.as_ref().and_then(|v| match v.value {
-            Scalar::Bool(b) => Some(Sourced {
-                value: b,
-                source: self.src(v),
-            }),
-            ref other => {
-                let e = self.error(
-                    v,
-                    format!("no_new_privileges must be true or false, not {other}"),
-                );
-                self.push(e);
-                None
-            }
-        });
+        let no_new_privileges = s
+            .no_new_privileges
+            .as_ref()
+            .and_then(|v| self.flag(v, "no_new_privileges", None));
         let seccomp = s.seccomp.as_ref().map(|list| {
             for (i, entry) in list.value.iter().enumerate() {
                 let name = entry.value.strip_prefix('~').filter(|_| i == 0).unwrap_or(&entry.value);
@@ -885,21 +897,7 @@ impl Validator {
     fn go_build(&mut self, g: &Spanned<RawGoBuild>) -> Sourced<GoBuild> {
         let raw = &g.value;
         let flag = |v: &Option<Spanned<Scalar>>, name: &str, me: &mut Self| {
-            let v = v.as_ref()?;
-            match v.value {
-                Scalar::Bool(b) => Some(Sourced {
-                    value: b,
-                    source: me.src(v),
-                }),
-                ref other => {
-                    let e = me.error(
-                        v,
-                        format!("go_build.{name} must be true or false, not {other}"),
-                    );
-                    me.push(e);
-                    None
-                }
-            }
+            me.flag(v.as_ref()?, &format!("go_build.{name}"), None)
         };
         let pie = flag(&raw.pie, "pie", self);
         let stripped = flag(&raw.stripped, "stripped", self);

@@ -22,7 +22,7 @@
 
 use std::collections::HashMap;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -101,7 +101,7 @@ impl DbusSystemd {
     pub fn new(host: &HostRoot) -> DbusSystemd {
         DbusSystemd {
             route: Route {
-                bus_first: host.root() == Path::new("/"),
+                bus_first: host.is_this_machine(),
                 private_socket: host.path("run/systemd/private"),
             },
             conn: Mutex::new(None),
