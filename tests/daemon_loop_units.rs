@@ -44,6 +44,19 @@ cgroup:
   slices:
     go-app: {memory.max: 100M, pids.max: 512}
 ";
+/// [`POLICY`] and one sysctl.
+const POLICY_AND_SYSCTL: &str = r"version: 1
+mode: enforce
+sysctl:
+  net.core.somaxconn: 4096
+services:
+  myapp.service: {slice: go-app, limit_nofile: 65536}
+cgroup:
+  controllers: [memory, pids]
+  slices:
+    go-app: {memory.max: 100M, pids.max: 512}
+";
+const SOMAXCONN: &str = "proc/sys/net/core/somaxconn";
 const DROP_IN: &str = "etc/systemd/system/myapp.service.d/90-holdfast.conf";
 const MEMORY_MAX: &str = "sys/fs/cgroup/go.slice/go-app.slice/memory.max";
 
@@ -65,19 +78,35 @@ struct Harness {
     systemd: Arc<FakeSystemd>,
     snaps: watch::Receiver<Arc<Snapshot>>,
     control: mpsc::UnboundedSender<Control>,
-    _events: mpsc::Sender<holdfast::daemon::watch::WatchEvent>,
+    events: mpsc::Sender<holdfast::daemon::watch::WatchEvent>,
 }
 
-async fn settle() {
-    for _ in 0..50 {
-        tokio::task::yield_now().await;
+/// Lets the loop run until it waits again: the clock is paused, so
+/// yielding never moves time, and a pass over units, which runs on the
+/// blocking pool (tokio does not move a paused clock while it runs), is
+/// waited for until it is back.
+async fn settle(snaps: &watch::Receiver<Arc<Snapshot>>) {
+    let mut snaps = snaps.clone();
+    loop {
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        if snaps.borrow_and_update().unit_pass_since.is_none() {
+            return;
+        }
+        snaps.changed().await.expect("the loop runs");
     }
 }
 
 impl Harness {
     async fn start() -> Harness {
+        Harness::start_with(POLICY).await
+    }
+
+    async fn start_with(policy: &str) -> Harness {
         let host = FakeHost::new();
-        host.write("etc/holdfast/policy.d/10-units.yaml", POLICY);
+        host.write("etc/holdfast/policy.d/10-units.yaml", policy);
+        host.write(SOMAXCONN, "128\n");
         let systemd = Arc::new(FakeSystemd::new(&host));
         let mut cfg = LoopConfig::new(HostRoot::new(host.root()), Vec::new());
         cfg.systemd = Some(Arc::clone(&systemd) as Arc<dyn SystemdClient>);
@@ -115,25 +144,29 @@ impl Harness {
                 )
                 .await;
         });
-        settle().await;
+        settle(&snaps).await;
         Harness {
             host,
             systemd,
             snaps,
             control,
-            _events: events,
+            events,
         }
     }
 
     /// A full pass now, as SIGHUP asks for one.
     async fn pass(&self) {
         self.control.send(Control::Reload).unwrap();
-        settle().await;
+        self.settle().await;
+    }
+
+    async fn settle(&self) {
+        settle(&self.snaps).await;
     }
 
     async fn advance(&self, by: Duration) {
         tokio::time::advance(by).await;
-        settle().await;
+        self.settle().await;
     }
 
     fn last_pass(&self) -> PassInfo {
@@ -239,7 +272,7 @@ async fn a_unit_announcement_is_a_pass_over_that_unit_not_a_full_pass() {
     h.systemd
         .set_runtime("go-app.slice", &["MemoryMax=314572800".into()]);
     h.systemd.emit(UnitEvent::Changed("go-app.slice".into()));
-    settle().await;
+    h.settle().await;
     assert_eq!(h.host.read(MEMORY_MAX).trim(), "104857600");
     assert_eq!(
         h.item("go-app.slice memory.max").item.state,
@@ -263,7 +296,7 @@ async fn a_unit_announcement_is_a_pass_over_that_unit_not_a_full_pass() {
     // An announcement about a unit the policy does not manage wakes nothing.
     let quiet = h.last_pass().number;
     h.systemd.emit(UnitEvent::Changed("cron.service".into()));
-    settle().await;
+    h.settle().await;
     assert_eq!(h.last_pass().number, quiet);
 }
 
@@ -289,7 +322,7 @@ async fn a_service_restarted_by_someone_else_is_verified_on_its_new_process() {
     );
     h.systemd.queries.borrow_mut().clear();
     h.systemd.emit(UnitEvent::Changed("myapp.service".into()));
-    settle().await;
+    h.settle().await;
     let pass = h.last_pass();
     assert!(!pass.full && pass.trigger == Trigger::Systemd, "{pass:?}");
     assert_eq!(h.systemd.queries_of("myapp.service"), 1);
@@ -310,7 +343,7 @@ async fn a_burst_of_announcements_during_a_daemon_reload_is_one_pass() {
     h.systemd.queries.borrow_mut().clear();
 
     h.systemd.emit(UnitEvent::Reloading(true));
-    settle().await;
+    h.settle().await;
     for _ in 0..10 {
         for unit in ["myapp.service", "go-app.slice"] {
             h.systemd.emit(UnitEvent::Changed(unit.into()));
@@ -322,7 +355,7 @@ async fn a_burst_of_announcements_during_a_daemon_reload_is_one_pass() {
     assert!(h.systemd.queries.borrow().is_empty());
 
     h.systemd.emit(UnitEvent::Reloading(false));
-    settle().await;
+    h.settle().await;
     let pass = h.last_pass();
     assert_eq!(pass.number, before + 1, "one pass for the whole reload");
     assert!(!pass.full, "a pass over the units, not everything");
@@ -332,4 +365,53 @@ async fn a_burst_of_announcements_during_a_daemon_reload_is_one_pass() {
     assert_eq!(h.systemd.queries_of("go-app.slice"), 1);
     h.advance(Duration::from_secs(30)).await;
     assert_eq!(h.last_pass().number, before + 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sysctl_is_corrected_while_a_pass_over_units_waits_on_systemd() {
+    let h = Harness::start_with(POLICY_AND_SYSCTL).await;
+    assert_eq!(h.host.read(SOMAXCONN).trim(), "4096");
+    let before = h.last_pass().number;
+    h.systemd.queries.borrow_mut().clear();
+
+    // systemd stops answering (a daemon-reload in progress), and a unit
+    // announcement sends a pass over that unit to wait on it.
+    h.systemd.stall();
+    h.systemd.emit(UnitEvent::Changed("myapp.service".into()));
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        h.snaps.borrow().unit_pass_since.is_some(),
+        "the unit pass waits"
+    );
+
+    // Someone writes the sysctl meanwhile: corrected at once, by a key pass.
+    h.host.write(SOMAXCONN, "128\n");
+    h.events
+        .send(holdfast::daemon::watch::WatchEvent {
+            paths: vec![h.host.path(SOMAXCONN)],
+            removed: false,
+        })
+        .await
+        .unwrap();
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(h.host.read(SOMAXCONN).trim(), "4096");
+    let pass = h.last_pass();
+    assert_eq!(pass.number, before + 1);
+    assert!(pass.keys && !pass.units && !pass.full, "{pass:?}");
+    assert_eq!(h.item("net.core.somaxconn").item.state, State::Corrected);
+    assert!(h.snaps.borrow().unit_pass_since.is_some(), "still waiting");
+
+    // systemd answers: the unit pass ends, and the status no longer waits.
+    h.systemd.answer();
+    h.settle().await;
+    let pass = h.last_pass();
+    assert_eq!(pass.number, before + 2);
+    assert!(pass.units && !pass.full, "{pass:?}");
+    assert_eq!(pass.trigger, Trigger::Systemd);
+    assert!(h.snaps.borrow().unit_pass_since.is_none());
+    assert_eq!(h.systemd.queries_of("myapp.service"), 1);
 }

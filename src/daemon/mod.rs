@@ -224,7 +224,7 @@ fn run_loop(
         .enable_all()
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))?;
-    runtime.block_on(async move {
+    let ended = runtime.block_on(async move {
         let (control, control_rx) = mpsc::unbounded_channel();
         forward_signals(control).map_err(|e| format!("install signal handlers: {e}"))?;
         let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
@@ -244,8 +244,17 @@ fn run_loop(
             .run(events_rx, control_rx, watcher.as_mut(), overflow)
             .await;
         Ok(())
-    })
+    });
+    // A pass over units still out (systemd slow to answer) gets a moment to
+    // end; past it, the process exits under it. Every write it makes is
+    // journalled first and atomic, and the next start's full pass reads
+    // everything again, as after a SIGKILL.
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    ended
 }
+
+/// How long a stop waits for a pass over units still in flight.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// SIGHUP reloads; SIGTERM and SIGINT stop after the pass in flight.
 fn forward_signals(control: mpsc::UnboundedSender<Control>) -> std::io::Result<()> {

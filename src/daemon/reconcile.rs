@@ -18,6 +18,10 @@
 //!   everything and re-arm the watches.
 //! - The loop never waits on an HTTP client: it publishes an immutable
 //!   snapshot (`watch::Sender::send_replace`) and increments counters.
+//! - The loop never waits on systemd for a sysctl: a pass over units (the
+//!   calls that wait while systemd reloads) runs on the blocking pool with
+//!   the unit areas' observations, and key events are served meanwhile; a
+//!   full pass, which reads every area, waits until it is back.
 //! - Shutdown waits only for the pass in flight: control messages are
 //!   looked at before any new work.
 //!
@@ -25,13 +29,14 @@
 //! - inotify misses writes through another procfs instance and `net.*`
 //!   writes from another network namespace; the rescan corrects those.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::keeper::{PolicyKeeper, Reload};
@@ -49,7 +54,7 @@ use crate::area::{self, Focus, Observation};
 use crate::engine;
 use crate::host::{self, HostRoot};
 use crate::item::{Item, ItemKey};
-use crate::policy::Policy;
+use crate::policy::{Mode, Policy};
 use crate::systemd::{SystemdClient, UnitEvent};
 
 /// Announcements from systemd waiting for the loop; when full, the loop is
@@ -58,6 +63,30 @@ const UNIT_EVENT_QUEUE: usize = 1024;
 /// Module uevents queued for the loop (a burst of loads at once; beyond
 /// it, the pass they cause reads every module anyway).
 const MODULE_EVENT_QUEUE: usize = 64;
+
+/// The pass over units in flight, when it ends (the branch is off without
+/// one).
+async fn unit_pass_end(
+    lane: &mut Option<JoinHandle<UnitPassDone>>,
+) -> Result<UnitPassDone, tokio::task::JoinError> {
+    match lane {
+        Some(handle) => handle.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What a pass over units on the blocking pool gives back: the unit areas'
+/// observations it took with it, and the pass.
+pub struct UnitPassDone {
+    observed: Vec<Observation>,
+    pass: engine::Pass,
+}
+
+/// The pass over units in flight.
+struct UnitLane {
+    trigger: Trigger,
+    started: std::time::Instant,
+}
 
 /// The next announcement, for `select!` (the branch is off without one).
 async fn recv_from<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
@@ -140,6 +169,11 @@ pub struct Reconciler {
     metrics: Arc<Metrics>,
     publish: watch::Sender<Arc<Snapshot>>,
     systemd: Notifier,
+    /// A pass over units running on the blocking pool (its observations are
+    /// out of `observed` until it ends).
+    lane: Option<UnitLane>,
+    /// When it started, for the snapshots.
+    lane_since: Option<SystemTime>,
 }
 
 impl Reconciler {
@@ -175,6 +209,8 @@ impl Reconciler {
             metrics,
             publish,
             systemd,
+            lane: None,
+            lane_since: None,
             cfg,
         }
     }
@@ -192,6 +228,7 @@ impl Reconciler {
         let mut units_open = units.is_some();
         let mut modules = self.listen_modules();
         let mut modules_open = modules.is_some();
+        let mut lane: Option<JoinHandle<UnitPassDone>> = None;
         loop {
             // Control first: a shutdown waits only for the pass in flight.
             loop {
@@ -230,8 +267,17 @@ impl Reconciler {
             let now = Instant::now();
             self.systemd.tick(now);
             let retries = self.view.due_retries(now);
-            if let Some(work) = self.schedule.take(now, retries) {
-                self.execute(&work, watcher);
+            // While a pass over units is out, only keys are served: a full
+            // pass and more unit work wait for its observations.
+            let work = if lane.is_some() {
+                self.schedule.take_keys(retries.keys)
+            } else {
+                self.schedule.take(now, retries)
+            };
+            if let Some(work) = work {
+                if let Some(dispatched) = self.execute(&work, watcher) {
+                    lane = Some(dispatched);
+                }
                 continue;
             }
             let mut deadline = self.schedule.next_deadline(self.view.next_retry(now));
@@ -256,6 +302,10 @@ impl Reconciler {
                     Some(m) => self.note_module_event(&m),
                     None => modules_open = false,
                 },
+                done = unit_pass_end(&mut lane) => {
+                    lane = None;
+                    self.finish_units(done, watcher);
+                }
                 () = tokio::time::sleep_until(deadline) => {}
             }
         }
@@ -349,7 +399,14 @@ impl Reconciler {
     }
 
     fn stop(&mut self) {
-        tracing::info!("stopping");
+        if let Some(lane) = &self.lane {
+            tracing::info!(
+                waited_ms = u64::try_from(lane.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "stopping; a pass over units is still waiting on systemd and is left to end"
+            );
+        } else {
+            tracing::info!("stopping");
+        }
         self.systemd.stopping();
     }
 
@@ -391,7 +448,9 @@ impl Reconciler {
         }
     }
 
-    fn execute(&mut self, work: &Work, watcher: &mut dyn Arm) {
+    /// Runs `work`: a full pass and a key pass here, a pass over units on
+    /// the blocking pool (returned, for the loop to wait on).
+    fn execute(&mut self, work: &Work, watcher: &mut dyn Arm) -> Option<JoinHandle<UnitPassDone>> {
         let started = std::time::Instant::now();
         let now = Instant::now();
         // A policy source without a watch: no event says it changed, so
@@ -402,14 +461,18 @@ impl Reconciler {
         }
         let policy = self.keeper.in_force();
         let full = work.full || self.observed.is_none();
+        let mut dispatched = None;
         if let Some(policy) = &policy {
             if full {
                 self.pass(policy, Focus::All, now);
                 *self.managed.lock().unwrap_or_else(PoisonError::into_inner) =
                     area::managed_units(policy);
             } else {
+                if !work.keys.is_empty() {
+                    self.pass(policy, Focus::Keys(&work.keys), now);
+                }
                 if work.all_units {
-                    self.pass(policy, Focus::AllUnits, now);
+                    dispatched = Some(self.dispatch_units(policy, None, work.trigger, now));
                 } else if work.has_units() {
                     let named: BTreeSet<String> = work
                         .units
@@ -417,42 +480,138 @@ impl Reconciler {
                         .cloned()
                         .collect();
                     if !named.is_empty() {
-                        self.pass(policy, Focus::Units(&named), now);
+                        dispatched =
+                            Some(self.dispatch_units(policy, Some(named), work.trigger, now));
                     }
-                }
-                if !work.keys.is_empty() {
-                    self.pass(policy, Focus::Keys(&work.keys), now);
                 }
             }
         }
-        // A unit pass re-arms too (a few stats): a unit's runtime-override
-        // directory that appeared, or a drop-in directory replaced, gets
-        // its watch at once, not at the next full pass.
-        if full || work.has_units() {
+        if full {
             self.rearm(watcher, policy.as_deref());
         }
-        let duration = started.elapsed();
+        let keys = !full && !work.keys.is_empty();
+        if full || keys || dispatched.is_none() {
+            self.finish_pass(work.trigger, started.elapsed(), full, false, keys);
+        } else {
+            // The snapshots say a pass over units is waiting.
+            self.publish_snapshot();
+        }
+        dispatched
+    }
+
+    /// Sends a pass over `units` (every managed unit: `None`) to the
+    /// blocking pool with the unit areas' observations: systemd may take
+    /// seconds to answer (it answers nothing while it reloads), and the
+    /// loop serves key events meanwhile. What is held is decided now, from
+    /// the view.
+    fn dispatch_units(
+        &mut self,
+        policy: &Arc<Policy>,
+        units: Option<BTreeSet<String>>,
+        trigger: Trigger,
+        now: Instant,
+    ) -> JoinHandle<UnitPassDone> {
+        let observed = self.observed.get_or_insert_with(Vec::new);
+        let (mut taken, kept): (Vec<Observation>, Vec<Observation>) = std::mem::take(observed)
+            .into_iter()
+            .partition(|o| o.area().has_units());
+        *observed = kept;
+        let held: HashSet<ItemKey> = self.view.held_keys(now);
+        let host = self.cfg.host.clone();
+        let systemd = self.cfg.systemd.clone();
+        let policy = Arc::clone(policy);
+        self.lane = Some(UnitLane {
+            trigger,
+            started: std::time::Instant::now(),
+        });
+        self.lane_since = Some(SystemTime::now());
+        tokio::task::spawn_blocking(move || {
+            let ctx = engine::Context {
+                host: &host,
+                systemd: systemd.as_deref(),
+                heartbeat: None,
+            };
+            let focus = match &units {
+                Some(units) => Focus::Units(units),
+                None => Focus::AllUnits,
+            };
+            let hold = |item: &Item| item.mode == Mode::Enforce && held.contains(&item.key);
+            let pass = engine::pass(
+                &ctx,
+                &policy,
+                &mut taken,
+                focus,
+                engine::ApplyOptions::default(),
+                &hold,
+            );
+            UnitPassDone {
+                observed: taken,
+                pass,
+            }
+        })
+    }
+
+    /// A pass over units came back: its observations return, its items go
+    /// into the view, and the watches are armed again (a unit's
+    /// runtime-override directory that appeared, or a drop-in directory
+    /// replaced, gets its watch at once, not at the next full pass).
+    fn finish_units(
+        &mut self,
+        done: Result<UnitPassDone, tokio::task::JoinError>,
+        watcher: &mut dyn Arm,
+    ) {
+        let Some(lane) = self.lane.take() else {
+            return;
+        };
+        self.lane_since = None;
+        let now = Instant::now();
+        match done {
+            Ok(UnitPassDone { observed, pass }) => {
+                let kept = self.observed.get_or_insert_with(Vec::new);
+                kept.extend(observed);
+                // The order of a pass is the order of `Area::ALL`.
+                kept.sort_by_key(Observation::area);
+                self.take_pass(pass, now, false);
+            }
+            Err(e) => {
+                // The unit areas' observations are lost with the pass: a
+                // full pass reads them again.
+                tracing::error!("the pass over units ended without a result: {e}");
+                self.observed = None;
+                self.schedule.files_changed();
+            }
+        }
+        let policy = self.keeper.in_force();
+        self.rearm(watcher, policy.as_deref());
+        self.finish_pass(lane.trigger, lane.started.elapsed(), false, true, false);
+    }
+
+    /// Counts, logs and publishes a pass that ended.
+    fn finish_pass(
+        &mut self,
+        trigger: Trigger,
+        duration: Duration,
+        full: bool,
+        units: bool,
+        keys: bool,
+    ) {
         self.pass_number += 1;
         self.last_pass = Some(PassInfo {
             number: self.pass_number,
             at: SystemTime::now(),
             at_monotonic: std::time::Instant::now(),
             duration,
-            trigger: work.trigger,
+            trigger,
             full,
-            units: !full && work.has_units(),
-            keys: !full && !work.keys.is_empty(),
+            units,
+            keys,
         });
-        self.metrics.pass(work.trigger, duration);
+        self.metrics.pass(trigger, duration);
         tracing::debug!(
-            trigger = work.trigger.as_str(),
+            trigger = trigger.as_str(),
             full,
-            keys = work.keys.len(),
-            units = if work.all_units {
-                "all".to_string()
-            } else {
-                work.units.len().to_string()
-            },
+            units,
+            keys,
             duration_us = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX),
             "pass"
         );
@@ -508,6 +667,11 @@ impl Reconciler {
             engine::ApplyOptions::default(),
             &hold,
         );
+        self.take_pass(pass, now, full);
+    }
+
+    /// A pass's warnings and items into the view.
+    fn take_pass(&mut self, pass: engine::Pass, now: Instant, full: bool) {
         if full {
             self.warnings = pass.warnings;
         } else {
@@ -625,7 +789,14 @@ impl Reconciler {
         self.watch_map = WatchMap::new(specs);
     }
 
+    /// Publishes the snapshot and tells systemd the summary (after a pass).
     fn publish(&mut self) {
+        let line = self.publish_snapshot();
+        self.systemd.after_pass(&line);
+    }
+
+    /// Publishes the snapshot; returns its summary line.
+    fn publish_snapshot(&mut self) -> String {
         let (originals, journal_warning) = self.originals.current(&self.cfg.host);
         let snap = Snapshot {
             version: env!("CARGO_PKG_VERSION"),
@@ -644,10 +815,11 @@ impl Reconciler {
             watches: self.watches.clone(),
             rescan_interval: self.cfg.rescan,
             originals,
+            unit_pass_since: self.lane_since,
         };
         let line = snap.summary_line();
         self.publish.send_replace(Arc::new(snap));
-        self.systemd.after_pass(&line);
+        line
     }
 }
 

@@ -485,6 +485,26 @@ impl Schedule {
         at
     }
 
+    /// Only the sysctl keys due (events and `retries`), if any, for a pass
+    /// while a pass over units is out; everything else stays pending.
+    pub fn take_keys(&mut self, retries: BTreeSet<SysctlKey>) -> Option<Work> {
+        let trigger = if self.keys.is_empty() {
+            Trigger::Retry
+        } else {
+            Trigger::Event
+        };
+        let mut keys = std::mem::take(&mut self.keys);
+        keys.extend(retries);
+        (!keys.is_empty()).then(|| Work {
+            reload: false,
+            full: false,
+            keys,
+            units: BTreeSet::new(),
+            all_units: false,
+            trigger,
+        })
+    }
+
     /// The work due at `now`, if any; it is removed from the schedule.
     pub fn take(&mut self, now: Instant, retries: Retries) -> Option<Work> {
         if self.reloading_since.is_some() && !self.reload_pending(now) {

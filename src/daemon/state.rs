@@ -30,6 +30,9 @@ pub struct Snapshot {
     pub rescan_interval: Duration,
     /// The originals journal as of the last pass: each item's original.
     pub originals: Arc<Journal>,
+    /// Since when a pass over units has been waiting on systemd, when one
+    /// is out (sysctl events are served meanwhile).
+    pub unit_pass_since: Option<SystemTime>,
 }
 
 /// The originals journal for the snapshots, read again only when its file
@@ -82,6 +85,7 @@ impl Snapshot {
             watches: WatchStatus::default(),
             rescan_interval,
             originals: Arc::default(),
+            unit_pass_since: None,
         }
     }
 

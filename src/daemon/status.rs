@@ -79,6 +79,11 @@ pub struct DaemonJson {
     pub rescan_interval_s: u64,
     pub watches: WatchesJson,
     pub listeners: Vec<ListenerJson>,
+    /// Since when a pass over units has been waiting on systemd, when one
+    /// is out (a daemon-reload in progress, say); sysctls are corrected
+    /// meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit_pass_since: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -277,6 +282,7 @@ pub fn to_json(snap: &Snapshot, filter: &Filter) -> StatusJson {
             pid: snap.pid,
             started_at: rfc3339(snap.started_at),
             rescan_interval_s: snap.rescan_interval.as_secs(),
+            unit_pass_since: snap.unit_pass_since.map(rfc3339),
             watches: WatchesJson {
                 watched: snap.watches.watched,
                 missing: snap.watches.missing,
@@ -329,28 +335,11 @@ pub fn to_json(snap: &Snapshot, filter: &Filter) -> StatusJson {
     }
 }
 
-/// The plain-text view: a header about the daemon and the policy, one row
-/// per item with its notes below it, and a verdict.
-pub fn to_text(s: &StatusJson) -> String {
-    let mut out = String::new();
+/// The text view's lines about the daemon: listeners, policy, passes,
+/// watches.
+fn daemon_lines(s: &StatusJson, out: &mut String) {
     let d = &s.daemon;
     let p = &s.policy;
-    // A rejected push comes first: config management that pushed it, and
-    // whoever reads the output, must not miss it.
-    if let Some(e) = &p.last_error {
-        out.push_str(&format!(
-            "policy push REJECTED at {}; {}:\n",
-            e.at,
-            if p.in_force {
-                "the previous policy stays in force"
-            } else {
-                "nothing is enforced"
-            }
-        ));
-        for line in e.message.lines() {
-            out.push_str(&format!("  {line}\n"));
-        }
-    }
     out.push_str(&format!(
         "holdfast {} (pid {}), up since {}\n",
         d.version, d.pid, d.started_at
@@ -399,9 +388,38 @@ pub fn to_text(s: &StatusJson) -> String {
     } else {
         out.push_str("last pass: none yet\n");
     }
+    if let Some(since) = &d.unit_pass_since {
+        out.push_str(&format!(
+            "a pass over units is waiting on systemd since {since}\n"
+        ));
+    }
     for e in &d.watches.errors {
         out.push_str(&format!("watch: {e}\n"));
     }
+}
+
+/// The plain-text view: a header about the daemon and the policy, one row
+/// per item with its notes below it, and a verdict.
+pub fn to_text(s: &StatusJson) -> String {
+    let mut out = String::new();
+    let p = &s.policy;
+    // A rejected push comes first: config management that pushed it, and
+    // whoever reads the output, must not miss it.
+    if let Some(e) = &p.last_error {
+        out.push_str(&format!(
+            "policy push REJECTED at {}; {}:\n",
+            e.at,
+            if p.in_force {
+                "the previous policy stays in force"
+            } else {
+                "nothing is enforced"
+            }
+        ));
+        for line in e.message.lines() {
+            out.push_str(&format!("  {line}\n"));
+        }
+    }
+    daemon_lines(s, &mut out);
     out.push('\n');
 
     let header = [

@@ -4,7 +4,7 @@
 //! the loop logs them, counts them in the metrics and tells systemd. No
 //! I/O, no logging, no clock of its own.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -109,6 +109,17 @@ impl ItemView {
                 .trackers
                 .get(&item.key)
                 .is_some_and(|t| !t.may_write(now))
+    }
+
+    /// The settings in backoff at `now`, for a pass that runs away from the
+    /// view (the unit lane): [`ItemView::is_held`] is then
+    /// `item.mode == Enforce && held.contains(&item.key)`.
+    pub fn held_keys(&self, now: Instant) -> HashSet<ItemKey> {
+        self.trackers
+            .iter()
+            .filter(|(_, t)| !t.may_write(now))
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 
     /// A setting that a push added, changed or removed starts with a clean

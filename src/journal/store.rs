@@ -62,11 +62,32 @@ pub fn load(host: &HostRoot) -> Result<Journal, LoadError> {
 
 /// Replaces the journal (removes it once empty: nothing is left to undo).
 pub fn save(host: &HostRoot, journal: &Journal) -> Result<(), IoError> {
+    let mut generation = lock_generation();
+    save_locked(host, journal, &mut generation)
+}
+
+/// [`save`] with the process's journal lock held: every replace made by
+/// this process is a new generation.
+fn save_locked(host: &HostRoot, journal: &Journal, generation: &mut u64) -> Result<(), IoError> {
+    *generation += 1;
     let path = host.journal_file();
     if journal.is_empty() {
         return host.remove_file(&path);
     }
     host.write_atomic(&path, &journal.render(), JOURNAL_MODE)
+}
+
+/// How many times this process replaced the journal, behind the lock that
+/// serializes its read-modify-replace cycles: the daemon's lanes (a key
+/// pass while a unit pass waits on systemd) each record originals, and
+/// neither may replace the journal with a copy that lacks the other's.
+/// Other processes are kept out by the writer lock.
+static GENERATION: std::sync::Mutex<u64> = std::sync::Mutex::new(0);
+
+fn lock_generation() -> std::sync::MutexGuard<'static, u64> {
+    GENERATION
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A sysctl's original, from what the pass read before writing.
@@ -153,6 +174,14 @@ pub struct Change<'a> {
 /// time (`None`: no file). Every replace is a new inode.
 type Stamp = Option<(u64, u64, i64, i64)>;
 
+/// A copy of the journal is current when the file is the one it was read
+/// from (or written as) and this process has not replaced it since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Version {
+    stamp: Stamp,
+    generation: u64,
+}
+
 fn stamp_of(path: &Path) -> Stamp {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path)
@@ -166,24 +195,28 @@ fn stamp_of(path: &Path) -> Stamp {
 /// learn that its key already has one.
 struct Kept {
     path: PathBuf,
-    stamp: Stamp,
+    version: Version,
     journal: Journal,
 }
 
 static KEPT: std::sync::Mutex<Option<Kept>> = std::sync::Mutex::new(None);
 
 /// The journal, from what the last pass kept when its file has not changed
-/// since, else read.
-fn take_or_load(host: &HostRoot) -> Result<Journal, LoadError> {
+/// since, else read; with the version it is. The caller holds the
+/// journal lock (`generation`).
+fn take_or_load(host: &HostRoot, generation: u64) -> Result<(Journal, Version), LoadError> {
     let path = host.journal_file();
-    let stamp = stamp_of(&path);
+    let version = Version {
+        stamp: stamp_of(&path),
+        generation,
+    };
     let kept = KEPT
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .take();
     match kept {
-        Some(k) if k.path == path && k.stamp == stamp => Ok(k.journal),
-        _ => load(host),
+        Some(k) if k.path == path && k.version == version => Ok((k.journal, version)),
+        _ => Ok((load(host)?, version)),
     }
 }
 
@@ -192,26 +225,25 @@ fn take_or_load(host: &HostRoot) -> Result<Journal, LoadError> {
 /// for the next pass when it is as the file has it.
 pub struct Recorder<'a> {
     host: &'a HostRoot,
-    journal: Option<Journal>,
+    /// The journal as of the version it was read or written as.
+    journal: Option<(Journal, Version)>,
     /// A replace failed: what the file holds is not known.
     unsure: bool,
 }
 
 impl Drop for Recorder<'_> {
     fn drop(&mut self) {
-        let Some(journal) = self.journal.take() else {
+        let Some((journal, version)) = self.journal.take() else {
             return;
         };
         if self.unsure {
             return;
         }
-        let path = self.host.journal_file();
-        let stamp = stamp_of(&path);
         *KEPT
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Kept {
-            path,
-            stamp,
+            path: self.host.journal_file(),
+            version,
             journal,
         });
     }
@@ -226,15 +258,24 @@ impl<'a> Recorder<'a> {
         }
     }
 
-    fn loaded(&mut self) -> Result<&mut Journal, String> {
+    /// The journal as the file has it now: the copy held, unless someone
+    /// replaced the file since (another pass of this process), then read
+    /// again. The caller holds the journal lock (`generation`).
+    fn loaded(&mut self, generation: u64) -> Result<&mut Journal, String> {
+        let stamp = stamp_of(&self.host.journal_file());
+        let current = Version { stamp, generation };
+        if self.journal.as_ref().is_some_and(|(_, v)| *v != current) {
+            self.journal = None;
+        }
         if self.journal.is_none() {
-            let j = take_or_load(self.host)
+            let j = take_or_load(self.host, generation)
                 .map_err(|e| format!("not changed: the originals journal cannot be read ({e})"))?;
             self.journal = Some(j);
         }
         // Set just above when it was not.
         self.journal
             .as_mut()
+            .map(|(j, _)| j)
             .ok_or_else(|| "the originals journal is not loaded".to_string())
     }
 
@@ -245,7 +286,8 @@ impl<'a> Recorder<'a> {
     pub fn before(&mut self, changes: &[Change<'_>]) -> Vec<Result<(), String>> {
         let root = self.host.root().to_path_buf();
         let host = self.host;
-        let journal = match self.loaded() {
+        let mut generation = lock_generation();
+        let journal = match self.loaded(*generation) {
             Ok(j) => j,
             Err(why) => return changes.iter().map(|_| Err(why.clone())).collect(),
         };
@@ -284,11 +326,20 @@ impl<'a> Recorder<'a> {
         if added.is_empty() {
             return results;
         }
-        if let Err(e) = save(host, journal) {
+        let saved = save_locked(host, journal, &mut generation);
+        if let Some((_, version)) = &mut self.journal {
+            *version = Version {
+                stamp: stamp_of(&host.journal_file()),
+                generation: *generation,
+            };
+        }
+        if let Err(e) = saved {
             let why = format!("not changed: the originals journal cannot be written ({e})");
-            for (target, i) in added {
-                journal.remove(&target);
-                results[i] = Err(why.clone());
+            if let Some((journal, _)) = &mut self.journal {
+                for (target, i) in added {
+                    journal.remove(&target);
+                    results[i] = Err(why.clone());
+                }
             }
             self.unsure = true;
         }
@@ -325,5 +376,71 @@ fn read_original(host: &HostRoot, target: &Target) -> Result<Original, IoError> 
             "{} was not read before the change",
             knob.file()
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sysctl::{SysctlKey, SysctlValue};
+
+    fn change(key: &SysctlKey) -> (ItemKey, Action) {
+        (
+            ItemKey::Sysctl(key.clone()),
+            Action::WriteSysctl {
+                key: key.clone(),
+                value: SysctlValue::from_int(1),
+            },
+        )
+    }
+
+    #[test]
+    fn two_recorders_of_one_process_keep_each_others_originals() {
+        // The daemon's key lane and unit lane each hold a recorder, and each
+        // read the journal before the other replaced it.
+        let dir = tempfile::tempdir().unwrap();
+        let host = HostRoot::new(dir.path());
+        let keys: Vec<SysctlKey> = [
+            "net.ipv4.ip_forward",
+            "kernel.kptr_restrict",
+            "vm.swappiness",
+        ]
+        .iter()
+        .map(|k| SysctlKey::parse(k).unwrap())
+        .collect();
+        let changes: Vec<(ItemKey, Action)> = keys.iter().map(change).collect();
+        let record = |r: &mut Recorder<'_>, i: usize, original: &str| {
+            r.before_one(&Change {
+                key: &changes[i].0,
+                action: &changes[i].1,
+                known: Some(Original::Value(original.to_string())),
+            })
+        };
+        let mut first = Recorder::new(&host);
+        let mut second = Recorder::new(&host);
+        assert_eq!(record(&mut first, 1, "0"), Ok(()));
+        assert_eq!(record(&mut second, 2, "60"), Ok(()));
+        // `first` holds a copy without the second's entry: it must not
+        // replace the journal with it.
+        assert_eq!(record(&mut first, 0, "0"), Ok(()));
+        assert_eq!(record(&mut second, 0, "1"), Ok(()), "already journalled");
+        drop((first, second));
+        let journal = load(&host).unwrap();
+        assert_eq!(journal.len(), 3, "{journal:?}");
+        assert_eq!(
+            journal
+                .get(&Target::Sysctl(keys[0].clone()))
+                .unwrap()
+                .original,
+            Original::Value("0".into()),
+            "the first original recorded stays"
+        );
+        assert_eq!(
+            journal
+                .get(&Target::Sysctl(keys[2].clone()))
+                .unwrap()
+                .original,
+            Original::Value("60".into())
+        );
     }
 }

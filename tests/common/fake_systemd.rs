@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use holdfast::cgroup::knob::cpu_max_from_systemd;
 use holdfast::cgroup::{Bytes, Count, CpuMax};
@@ -74,6 +74,9 @@ pub struct FakeSystemd {
     runtime: RefCell<BTreeMap<String, Vec<String>>>,
     /// Who listens to announcements.
     sinks: RefCell<Vec<EventSink>>,
+    /// Closed: every request for a unit's properties waits until it opens,
+    /// as systemd answers nothing while it reloads.
+    gate: (Mutex<bool>, Condvar),
 }
 
 pub fn proc_limits(soft: i64, hard: i64) -> String {
@@ -131,6 +134,30 @@ impl FakeSystemd {
             round_trips: RefCell::new(0),
             runtime: RefCell::new(BTreeMap::new()),
             sinks: RefCell::new(Vec::new()),
+            gate: (Mutex::new(true), Condvar::new()),
+        }
+    }
+
+    /// From now on, requests for a unit's properties wait until
+    /// [`FakeSystemd::answer`] (systemd busy reloading).
+    pub fn stall(&self) {
+        *self.gate.0.lock().unwrap_or_else(PoisonError::into_inner) = false;
+    }
+
+    /// Answers the requests that wait, and those that come.
+    pub fn answer(&self) {
+        *self.gate.0.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.gate.1.notify_all();
+    }
+
+    fn wait_for_gate(&self) {
+        let mut open = self.gate.0.lock().unwrap_or_else(PoisonError::into_inner);
+        while !*open {
+            open = self
+                .gate
+                .1
+                .wait(open)
+                .unwrap_or_else(PoisonError::into_inner);
         }
     }
 
@@ -264,6 +291,7 @@ impl FakeSystemd {
 
 impl SystemdClient for FakeSystemd {
     fn unit(&self, unit: &str) -> Result<UnitInfo, SystemdError> {
+        self.wait_for_gate();
         self.round_trip();
         self.queries.borrow_mut().push(unit.to_string());
         Ok(self.units.borrow().get(unit).cloned().unwrap_or(UnitInfo {
