@@ -25,17 +25,14 @@ use holdfast::report::{self, TextStyle};
 use holdfast::rollback::RollbackOptions;
 use holdfast::sources::{self, LoadError};
 
-/// Exit codes, as terraform's `-detailed-exitcode`: config management can act
-/// on them.
-const EXIT_COMPLIANT: u8 = 0;
-const EXIT_ERROR: u8 = 1;
-const EXIT_DRIFT: u8 = 2;
-/// `holdfast status`: the newest policy push is rejected (whatever the
-/// host's state under the previous policy).
-const EXIT_REJECTED: u8 = 3;
+use holdfast::report::{EXIT_COMPLIANT, EXIT_DRIFT, EXIT_ERROR, EXIT_REJECTED};
 
 /// How long `holdfast status` waits for the daemon.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long `holdfast apply` or `rollback` waits for a running daemon's
+/// answer: its turn, then the pass (restarts included).
+const ASK_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 #[derive(Parser, Debug)]
 #[command(
@@ -299,6 +296,10 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
             restart_services,
             lock_wait,
         } => {
+            let flags = [("restart_services", *restart_services)];
+            if let Some(code) = through_daemon(cli, &host, "apply", &flags, &[])? {
+                return Ok(code);
+            }
             let options = ApplyOptions {
                 restart_services: *restart_services,
             };
@@ -317,17 +318,26 @@ fn run(cli: &Cli) -> anyhow::Result<u8> {
             dry_run,
             restart_services,
             lock_wait,
-        } => rollback(
-            cli,
-            &host,
-            RollbackOptions {
-                dry_run: *dry_run,
-                restart_services: *restart_services,
-                selectors: selectors.iter().map(|s| Selector::parse(s)).collect(),
-                overcommit_headroom_percent: DEFAULT_OVERCOMMIT_HEADROOM_PERCENT,
-            },
-            *lock_wait,
-        ),
+        } => {
+            let flags = [
+                ("dry_run", *dry_run),
+                ("restart_services", *restart_services),
+            ];
+            if let Some(code) = through_daemon(cli, &host, "rollback", &flags, selectors)? {
+                return Ok(code);
+            }
+            rollback(
+                cli,
+                &host,
+                RollbackOptions {
+                    dry_run: *dry_run,
+                    restart_services: *restart_services,
+                    selectors: selectors.iter().map(|s| Selector::parse(s)).collect(),
+                    overcommit_headroom_percent: DEFAULT_OVERCOMMIT_HEADROOM_PERCENT,
+                },
+                *lock_wait,
+            )
+        }
         Command::Serve(args) => serve(cli, host, args),
         Command::Status { connect, state } => status(&host, connect.as_deref(), state, cli.format),
     }
@@ -467,6 +477,72 @@ fn status(
     } else {
         EXIT_DRIFT
     })
+}
+
+/// When a daemon serves this root's Unix socket, `apply` and `rollback` ask
+/// it to run the pass (it holds the writer lock for its whole life) and
+/// print its answer: the same report and exit code as in-process. `None`:
+/// no daemon listens there; the command runs here.
+fn through_daemon(
+    cli: &Cli,
+    host: &HostRoot,
+    command: &str,
+    flags: &[(&str, bool)],
+    selectors: &[String],
+) -> anyhow::Result<Option<u8>> {
+    let path = host.path(listen::DEFAULT_SOCKET);
+    match std::os::unix::net::UnixStream::connect(&path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => anyhow::bail!(
+            "holdfast {command}: a holdfast daemon may run on this host, and only root may ask it \
+             to write ({}: {e}); nothing was changed. Run it as root (sudo holdfast {command})",
+            path.display()
+        ),
+        // Nothing listens there: no daemon, or one without its Unix socket.
+        Err(_) => return Ok(None),
+    }
+    if !cli.policy.is_empty() {
+        anyhow::bail!(
+            "a holdfast daemon runs on this host ({}) and enforces the policy it reads itself: \
+             push the policy to its directory and run `holdfast {command}` without --policy \
+             (the daemon then applies it), or stop the daemon (systemctl stop holdfast) first",
+            path.display()
+        );
+    }
+    let format = match cli.format {
+        Format::Text => "text",
+        Format::Json | Format::Sarif => "json",
+    };
+    let mut target = format!("/v1/{command}?format={format}");
+    for (name, on) in flags {
+        if *on {
+            target.push_str(&format!("&{name}=1"));
+        }
+    }
+    for s in selectors {
+        target.push_str("&select=");
+        target.extend(form_urlencoded::byte_serialize(s.as_bytes()));
+    }
+    let addr = ListenAddr::Unix(path);
+    let response = client::post(&addr, &target, ASK_TIMEOUT)?;
+    let body = String::from_utf8_lossy(&response.body);
+    if response.status != 200 {
+        eprint!("{}", holdfast::host::escape_control(&body));
+        return Ok(Some(EXIT_ERROR));
+    }
+    let exit = response
+        .header("x-holdfast-exit")
+        .and_then(|v| v.parse::<u8>().ok())
+        .with_context(|| format!("{addr}: the daemon's answer has no exit code"))?;
+    let split = response
+        .header("x-holdfast-stdout-bytes")
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| body.is_char_boundary(n))
+        .unwrap_or(body.len());
+    let (stdout, stderr) = body.split_at(split);
+    print!("{stdout}");
+    eprint!("{stderr}");
+    Ok(Some(exit))
 }
 
 fn pass(

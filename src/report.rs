@@ -10,6 +10,15 @@ use crate::journal::{Entry, Journal, Original};
 use crate::policy::{Policy, PolicyError, Source};
 use crate::rollback::{Report as RollbackReport, Step, UnitStep};
 
+/// Exit codes, as terraform's `-detailed-exitcode`: config management can
+/// act on them. The same with or without a daemon.
+pub const EXIT_COMPLIANT: u8 = 0;
+pub const EXIT_ERROR: u8 = 1;
+pub const EXIT_DRIFT: u8 = 2;
+/// `holdfast status`: the newest policy push is rejected (whatever the
+/// host's state under the previous policy).
+pub const EXIT_REJECTED: u8 = 3;
+
 /// The JSON report schema version; bump on incompatible changes.
 pub const SCHEMA_VERSION: u32 = 1;
 

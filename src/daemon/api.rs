@@ -1,10 +1,14 @@
-//! The read-only status API (axum over hyper): `GET /status`,
-//! `GET /healthz`, `GET /metrics`.
+//! The status API (axum over hyper): `GET /status`, `GET /healthz`,
+//! `GET /metrics`; and, on the Unix socket only, for root only (the peer's
+//! `SO_PEERCRED`), `POST /v1/apply` and `POST /v1/rollback`, which
+//! `holdfast apply` and `holdfast rollback` send when a daemon runs.
 //!
 //! # Guarantees
 //! - Handlers read the latest snapshot (an `Arc` clone) and never block the
 //!   reconcile loop, which runs on its own thread.
-//! - Hardened like a production server: only GET and HEAD (405 otherwise);
+//! - Over TCP the API is read-only: the write routes do not exist there.
+//! - Hardened like a production server: only GET and HEAD (405 otherwise,
+//!   but for the write routes on the Unix socket);
 //!   request headers bounded (8 KiB) and read within 10 s, which is also the
 //!   idle limit of a kept-alive connection; request bodies above 1 KiB are
 //!   refused (413); a response write that stalls 10 s closes the
@@ -33,18 +37,20 @@ use axum::http::header::{ACCEPT, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tower_http::compression::CompressionLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
+use super::ask::{self, Answer, Asked, ReportFormat};
 use super::listen::Listener;
 use super::metrics::{self, Metrics};
+use super::reconcile::Control;
 use super::state::Snapshot;
 use super::status::{self, Query};
 
@@ -71,7 +77,21 @@ pub struct ApiState {
     pub alive: Arc<AtomicBool>,
     /// `/healthz` fails when the last pass is older than this.
     pub stale_after: Duration,
+    /// The loop, for root's requests over the Unix socket.
+    pub control: Option<mpsc::UnboundedSender<Control>>,
 }
+
+/// Who is on the other end of a connection: its IP address (TCP) or its
+/// uid (a Unix socket, from `SO_PEERCRED`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Peer {
+    pub ip: Option<std::net::IpAddr>,
+    pub uid: Option<u32>,
+}
+
+/// How long a client's request may wait for the loop (its turn, then the
+/// pass: restarts included).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 impl ApiState {
     fn snapshot(&self) -> Arc<Snapshot> {
@@ -120,6 +140,171 @@ async fn only_get_and_head(req: Request, next: Next) -> Response {
         "the holdfast API is read-only: GET and HEAD only\n",
     )
         .into_response()
+}
+
+/// The write routes, served on the Unix socket only: each is a request to
+/// the loop, answered with the report the CLI prints and its exit code
+/// (`x-holdfast-exit`). Only root may ask (`SO_PEERCRED`); anyone else gets
+/// 403 and nothing changes.
+pub fn write_router(state: ApiState) -> Router {
+    Router::new()
+        .route("/v1/apply", post(apply))
+        .route("/v1/rollback", post(rollback))
+        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// The query of a write request: `format=text|json`, flags as `NAME=1`,
+/// `select=` repeated.
+struct WriteQuery {
+    format: ReportFormat,
+    restart_services: bool,
+    dry_run: bool,
+    selectors: Vec<String>,
+}
+
+impl WriteQuery {
+    fn parse(query: Option<&str>) -> Result<WriteQuery, String> {
+        let mut q = WriteQuery {
+            format: ReportFormat::Text,
+            restart_services: false,
+            dry_run: false,
+            selectors: Vec::new(),
+        };
+        let flag = |v: &str| match v {
+            "1" | "true" => Ok(true),
+            "0" | "false" => Ok(false),
+            _ => Err(format!("`{v}` is not a flag value (1 or 0)")),
+        };
+        for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match &*k {
+                "format" => {
+                    q.format = ReportFormat::parse(&v)
+                        .ok_or_else(|| format!("format `{v}`: text or json"))?;
+                }
+                "restart_services" => q.restart_services = flag(&v)?,
+                "dry_run" => q.dry_run = flag(&v)?,
+                "select" => q.selectors.push(v.into_owned()),
+                other => return Err(format!("unknown parameter `{other}`")),
+            }
+        }
+        Ok(q)
+    }
+}
+
+async fn apply(
+    State(st): State<ApiState>,
+    axum::Extension(peer): axum::Extension<Peer>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let q = match WriteQuery::parse(query.as_deref()) {
+        Ok(q) => q,
+        Err(why) => return text(StatusCode::BAD_REQUEST, format!("{why}\n")),
+    };
+    if !q.selectors.is_empty() || q.dry_run {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "apply takes restart_services and format only\n".into(),
+        );
+    }
+    let request = ask::Request::Apply {
+        restart_services: q.restart_services,
+    };
+    ask_loop(&st, peer, request, q.format).await
+}
+
+async fn rollback(
+    State(st): State<ApiState>,
+    axum::Extension(peer): axum::Extension<Peer>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let q = match WriteQuery::parse(query.as_deref()) {
+        Ok(q) => q,
+        Err(why) => return text(StatusCode::BAD_REQUEST, format!("{why}\n")),
+    };
+    let request = ask::Request::Rollback(crate::rollback::RollbackOptions {
+        dry_run: q.dry_run,
+        restart_services: q.restart_services,
+        selectors: q
+            .selectors
+            .iter()
+            .map(|s| crate::journal::Selector::parse(s))
+            .collect(),
+        overcommit_headroom_percent: crate::policy::DEFAULT_OVERCOMMIT_HEADROOM_PERCENT,
+    });
+    ask_loop(&st, peer, request, q.format).await
+}
+
+/// Hands `request` to the loop and waits for its answer.
+async fn ask_loop(
+    st: &ApiState,
+    peer: Peer,
+    request: ask::Request,
+    format: ReportFormat,
+) -> Response {
+    if peer.uid != Some(0) {
+        let who = peer.uid.map_or_else(
+            || "a peer of unknown uid".to_string(),
+            |u| format!("uid {u}"),
+        );
+        return text(
+            StatusCode::FORBIDDEN,
+            format!(
+                "holdfast {}: only root may ask the daemon to write (you are {who}); nothing was changed\n",
+                request.command()
+            ),
+        );
+    }
+    let Some(control) = &st.control else {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this daemon takes no requests\n".into(),
+        );
+    };
+    let (reply, answer) = oneshot::channel();
+    let asked = Asked {
+        request,
+        format,
+        reply,
+    };
+    if control.send(Control::Ask(asked)).is_err() {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the reconcile loop has stopped; nothing was changed\n".into(),
+        );
+    }
+    match tokio::time::timeout(REQUEST_TIMEOUT, answer).await {
+        Ok(Ok(answer)) => answered(&answer),
+        Ok(Err(_)) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the daemon stopped before it answered\n".into(),
+        ),
+        Err(_) => text(
+            StatusCode::GATEWAY_TIMEOUT,
+            "no answer from the loop in time; the request may still run\n".into(),
+        ),
+    }
+}
+
+/// The answer as a response: the body is what the CLI prints on stdout,
+/// then what it prints on stderr (`x-holdfast-stdout-bytes` says where the
+/// first ends); `x-holdfast-exit` is its exit code.
+fn answered(answer: &Answer) -> Response {
+    let mut body = answer.stdout.clone();
+    body.push_str(&answer.stderr);
+    let mut res = (
+        StatusCode::OK,
+        [(CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response();
+    let headers = res.headers_mut();
+    headers.insert("x-holdfast-exit", HeaderValue::from(u16::from(answer.exit)));
+    headers.insert(
+        "x-holdfast-stdout-bytes",
+        HeaderValue::from(answer.stdout.len()),
+    );
+    res
 }
 
 async fn not_found() -> Response {
@@ -346,11 +531,13 @@ async fn host_guard(State(rule): State<HostRule>, req: Request, next: Next) -> R
 }
 
 /// Serves every listener until `shutdown` turns true (or its sender goes),
-/// then gives open connections [`SHUTDOWN_GRACE`] to finish. `api_hosts`
+/// then gives open connections [`SHUTDOWN_GRACE`] to finish. `writes` are
+/// the routes served on Unix sockets only ([`write_router`]). `api_hosts`
 /// are the extra names a `Host` header may carry (`--api-host`).
 pub async fn serve(
     listeners: Vec<Listener>,
     router: Router,
+    writes: Router,
     shutdown: watch::Receiver<bool>,
     api_hosts: Vec<String>,
 ) {
@@ -380,8 +567,9 @@ pub async fn serve(
                 let rule = HostRule::Unix {
                     names: Arc::clone(&names),
                 };
-                let router = router
+                let router = writes
                     .clone()
+                    .merge(router.clone())
                     .layer(middleware::from_fn_with_state(rule, host_guard));
                 let budget = Budget::new(UNIX_CONNECTIONS, None);
                 loops.spawn(accept_loop(listener, router, shutdown, budget))
@@ -471,25 +659,31 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 /// A listener of either family.
 trait Accept: Send + 'static {
     type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-    /// The next connection and its peer's IP address (none on a Unix socket).
-    fn accept_one(
-        &self,
-    ) -> impl Future<Output = io::Result<(Self::Stream, Option<std::net::IpAddr>)>> + Send;
+    /// The next connection and who is on its other end.
+    fn accept_one(&self) -> impl Future<Output = io::Result<(Self::Stream, Peer)>> + Send;
 }
 
 impl Accept for tokio::net::TcpListener {
     type Stream = tokio::net::TcpStream;
-    async fn accept_one(&self) -> io::Result<(Self::Stream, Option<std::net::IpAddr>)> {
-        self.accept()
-            .await
-            .map(|(s, a)| (s, Some(a.ip().to_canonical())))
+    async fn accept_one(&self) -> io::Result<(Self::Stream, Peer)> {
+        self.accept().await.map(|(s, a)| {
+            let peer = Peer {
+                ip: Some(a.ip().to_canonical()),
+                uid: None,
+            };
+            (s, peer)
+        })
     }
 }
 
 impl Accept for tokio::net::UnixListener {
     type Stream = tokio::net::UnixStream;
-    async fn accept_one(&self) -> io::Result<(Self::Stream, Option<std::net::IpAddr>)> {
-        self.accept().await.map(|(s, _)| (s, None))
+    async fn accept_one(&self) -> io::Result<(Self::Stream, Peer)> {
+        let (s, _) = self.accept().await?;
+        // The kernel's record of the client (`SO_PEERCRED`); unknown when
+        // it cannot be read, which the write routes refuse.
+        let uid = s.peer_cred().ok().map(|c| c.uid());
+        Ok((s, Peer { ip: None, uid }))
     }
 }
 
@@ -522,7 +716,7 @@ async fn accept_loop<L: Accept>(
         };
         // Over budget: close at once, so the backlog keeps moving and other
         // clients (and other listeners) are not kept waiting.
-        let slot = match budget.take(peer) {
+        let slot = match budget.take(peer.ip) {
             Ok(slot) => slot,
             Err(why) => {
                 if refused_logged.elapsed() >= Duration::from_secs(10) {
@@ -537,6 +731,7 @@ async fn accept_loop<L: Accept>(
             (router.clone(), Arc::clone(&builder), shutdown.clone());
         tokio::spawn(async move {
             let io = TokioIo::new(WriteDeadline::new(stream, WRITE_TIMEOUT));
+            let router = router.layer(axum::Extension(peer));
             let conn = builder.serve_connection(io, TowerToHyperService::new(router));
             let mut conn = std::pin::pin!(conn);
             tokio::select! {
@@ -747,6 +942,8 @@ mod tests {
         tcp: std::net::SocketAddr,
         unix: std::path::PathBuf,
         _stop: watch::Sender<bool>,
+        /// What reached the loop.
+        control: mpsc::UnboundedReceiver<Control>,
     }
 
     async fn start() -> Running {
@@ -765,23 +962,123 @@ mod tests {
             Arc::new(Vec::new()),
             Duration::from_secs(60),
         )));
+        let (control, control_rx) = mpsc::unbounded_channel();
         let state = ApiState {
             metrics: Arc::new(Metrics::new(snapshots.clone())),
             snapshots,
             alive: Arc::new(AtomicBool::new(true)),
             stale_after: Duration::from_secs(60),
+            control: Some(control),
         };
         let (stop, stop_rx) = watch::channel(false);
         tokio::spawn(async move {
             let _keep = publish;
-            serve(listeners, router(state), stop_rx, vec!["hf.test".into()]).await;
+            let (read, writes) = (router(state.clone()), write_router(state));
+            serve(listeners, read, writes, stop_rx, vec!["hf.test".into()]).await;
         });
         Running {
             _dir: dir,
             tcp: tcp_addr,
             unix,
             _stop: stop,
+            control: control_rx,
         }
+    }
+
+    /// Sends `request` and reads to the end: the whole response.
+    async fn exchange_all<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, request: &str) -> String {
+        use tokio::io::AsyncReadExt;
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_write_from_anyone_but_root_is_refused_and_reaches_nothing() {
+        let (publish, snapshots) = watch::channel(Arc::new(Snapshot::starting(
+            Arc::new(Vec::new()),
+            Duration::from_secs(60),
+        )));
+        let (control, mut control_rx) = mpsc::unbounded_channel();
+        let state = ApiState {
+            metrics: Arc::new(Metrics::new(snapshots.clone())),
+            snapshots,
+            alive: Arc::new(AtomicBool::new(true)),
+            stale_after: Duration::from_secs(60),
+            control: Some(control),
+        };
+        for uid in [Some(1000), None] {
+            let peer = Peer { ip: None, uid };
+            let request = ask::Request::Apply {
+                restart_services: true,
+            };
+            let res = ask_loop(&state, peer, request, ReportFormat::Text).await;
+            assert_eq!(res.status(), StatusCode::FORBIDDEN);
+        }
+        assert!(control_rx.try_recv().is_err(), "nothing reached the loop");
+        drop(publish);
+    }
+
+    #[tokio::test]
+    async fn writes_are_for_root_on_the_unix_socket_and_do_not_exist_over_tcp() {
+        let mut api = start().await;
+        let post = |target: &str| {
+            format!(
+                "POST {target} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+        };
+        // Over TCP the API is read-only.
+        let tcp = tokio::net::TcpStream::connect(api.tcp).await.unwrap();
+        assert_eq!(exchange(tcp, &post("/v1/apply")).await, Some(405));
+
+        let unix = || tokio::net::UnixStream::connect(&api.unix);
+        let me = nix::unistd::geteuid().as_raw();
+        if me != 0 {
+            // Not root: refused, and nothing reaches the loop.
+            let answer = exchange_all(unix().await.unwrap(), &post("/v1/apply")).await;
+            assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+            assert!(answer.contains("only root may ask"), "{answer}");
+            assert!(api.control.try_recv().is_err());
+            return;
+        }
+        // Root: the request reaches the loop, whose answer is the response.
+        let client = tokio::spawn({
+            let s = unix().await.unwrap();
+            let request = post("/v1/rollback?format=json&dry_run=1&select=sysctl");
+            async move { exchange_all(s, &request).await }
+        });
+        let Some(Control::Ask(asked)) = api.control.recv().await else {
+            panic!("no request reached the loop");
+        };
+        assert_eq!(asked.format, ReportFormat::Json);
+        let ask::Request::Rollback(options) = &asked.request else {
+            panic!("{:?}", asked.request);
+        };
+        assert!(options.dry_run && !options.restart_services);
+        assert_eq!(
+            options.selectors,
+            [crate::journal::Selector::parse("sysctl")]
+        );
+        asked
+            .reply
+            .send(Answer {
+                exit: 2,
+                stdout: "the report\n".into(),
+                stderr: "a warning\n".into(),
+            })
+            .unwrap();
+        let answer = client.await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains("x-holdfast-exit: 2"), "{answer}");
+        assert!(answer.contains("x-holdfast-stdout-bytes: 11"), "{answer}");
+        assert!(answer.ends_with("the report\na warning\n"), "{answer}");
+        // A malformed request is refused before the loop hears of it.
+        let bad = exchange(unix().await.unwrap(), &post("/v1/apply?dry_run=1")).await;
+        assert_eq!(bad, Some(400));
+        let bad = exchange(unix().await.unwrap(), &post("/v1/apply?force=1")).await;
+        assert_eq!(bad, Some(400));
+        assert!(api.control.try_recv().is_err());
     }
 
     /// Sends `request` and reads to the end; the status code, or `None` when

@@ -76,13 +76,23 @@ pub fn get(
     timeout: Duration,
 ) -> Result<Response, ClientError> {
     let me = nix::unistd::geteuid().as_raw();
-    get_from(addr, target, accept, timeout, &|uid| {
+    request_from(addr, "GET", target, accept, timeout, &|uid| {
         trusted_server(uid, me)
     })
 }
 
-fn get_from(
+/// `POST target` (no body) to the daemon at `addr`, bounded like [`get`]:
+/// `holdfast apply` and `rollback` while a daemon runs.
+pub fn post(addr: &ListenAddr, target: &str, timeout: Duration) -> Result<Response, ClientError> {
+    let me = nix::unistd::geteuid().as_raw();
+    request_from(addr, "POST", target, "text/plain", timeout, &|uid| {
+        trusted_server(uid, me)
+    })
+}
+
+fn request_from(
     addr: &ListenAddr,
+    method: &str,
     target: &str,
     accept: &str,
     timeout: Duration,
@@ -90,8 +100,13 @@ fn get_from(
 ) -> Result<Response, ClientError> {
     let deadline = Instant::now() + timeout;
     let address = addr.to_string();
+    let length = if method == "POST" {
+        "Content-Length: 0\r\n"
+    } else {
+        ""
+    };
     let request = format!(
-        "GET {target} HTTP/1.1\r\nHost: localhost\r\nAccept: {accept}\r\nUser-Agent: holdfast/{}\r\nConnection: close\r\n\r\n",
+        "{method} {target} HTTP/1.1\r\nHost: localhost\r\nAccept: {accept}\r\nUser-Agent: holdfast/{}\r\n{length}Connection: close\r\n\r\n",
         env!("CARGO_PKG_VERSION")
     );
     let connect = |source| ClientError::Connect {
@@ -401,8 +416,9 @@ mod tests {
         let me = nix::unistd::geteuid().as_raw();
         // The fake server runs as this test's uid; a client that trusts only
         // another uid must refuse it, naming the uid it saw.
-        let err = get_from(
+        let err = request_from(
             &addr,
+            "GET",
             "/status",
             "application/json",
             Duration::from_secs(5),

@@ -13,6 +13,7 @@
 //! delay only other clients, within the server's limits (see [`api`]).
 
 pub mod api;
+pub mod ask;
 pub mod client;
 pub mod diff;
 pub mod keeper;
@@ -150,6 +151,8 @@ pub fn serve(opts: &ServeOptions) -> Result<(), ServeError> {
         },
     ));
     let (stop_tx, stop_rx) = channel::channel(false);
+    // The loop's control channel: signals, and root's requests from the API.
+    let (control, control_rx) = mpsc::unbounded_channel();
     let alive = Arc::new(AtomicBool::new(true));
 
     let mut cfg = LoopConfig::new(opts.host.clone(), opts.policy_paths.clone());
@@ -159,10 +162,11 @@ pub fn serve(opts: &ServeOptions) -> Result<(), ServeError> {
     cfg.watchdog = sd_notify::watchdog_enabled();
     cfg.uevents = opts.host.is_this_machine();
     let loop_thread = {
-        let (metrics, alive, statuses) = (
+        let (metrics, alive, statuses, signals) = (
             Arc::clone(&metrics),
             Arc::clone(&alive),
             Arc::clone(&statuses),
+            control.clone(),
         );
         std::thread::Builder::new()
             .name("holdfast-loop".into())
@@ -171,7 +175,7 @@ pub fn serve(opts: &ServeOptions) -> Result<(), ServeError> {
                     stop: stop_tx,
                     alive,
                 };
-                run_loop(cfg, statuses, metrics, publish)
+                run_loop(cfg, statuses, metrics, publish, signals, control_rx)
             })
             .map_err(|e| ServeError::Start(format!("spawn the loop thread: {e}")))?
     };
@@ -182,10 +186,12 @@ pub fn serve(opts: &ServeOptions) -> Result<(), ServeError> {
         alive,
         // Two missed rescans, plus room for a slow pass.
         stale_after: opts.rescan * 2 + Duration::from_secs(10),
+        control: Some(control),
     };
     api_runtime.block_on(api::serve(
         listeners,
-        api::router(state),
+        api::router(state.clone()),
+        api::write_router(state),
         stop_rx,
         opts.api_hosts.clone(),
     ));
@@ -219,13 +225,14 @@ fn run_loop(
     listeners: Arc<Vec<state::ListenerStatus>>,
     metrics: Arc<Metrics>,
     publish: channel::Sender<Arc<Snapshot>>,
+    control: mpsc::UnboundedSender<Control>,
+    control_rx: mpsc::UnboundedReceiver<Control>,
 ) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))?;
     let ended = runtime.block_on(async move {
-        let (control, control_rx) = mpsc::unbounded_channel();
         forward_signals(control).map_err(|e| format!("install signal handlers: {e}"))?;
         let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
         let overflow = Arc::new(AtomicBool::new(false));
@@ -268,7 +275,7 @@ fn forward_signals(control: mpsc::UnboundedSender<Control>) -> std::io::Result<(
                 _ = int.recv() => Control::Shutdown,
                 _ = hup.recv() => Control::Reload,
             };
-            if msg == Control::Reload {
+            if matches!(msg, Control::Reload) {
                 tracing::info!("SIGHUP: reloading the policy");
             }
             if control.send(msg).is_err() {

@@ -39,6 +39,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::ask::{self, Answer, Asked, Pause, Request};
 use super::keeper::{PolicyKeeper, Reload};
 use super::metrics::Metrics;
 use super::schedule::{Debouncer, Schedule, TrackerConfig, Trigger, Work};
@@ -133,13 +134,16 @@ impl LoopConfig {
     }
 }
 
-/// Messages to the loop (from the signal handlers, or tests).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Messages to the loop (from the signal handlers, the API, or tests).
+#[derive(Debug)]
 pub enum Control {
     /// SIGHUP: reload the policy and pass now.
     Reload,
     /// SIGTERM/SIGINT: finish the pass in flight and stop.
     Shutdown,
+    /// A root client's `apply` or `rollback` (the Unix socket): run as the
+    /// next pass, once no pass over units is out.
+    Ask(Asked),
 }
 
 /// The loop's state.
@@ -174,6 +178,11 @@ pub struct Reconciler {
     lane: Option<UnitLane>,
     /// When it started, for the snapshots.
     lane_since: Option<SystemTime>,
+    /// Clients' requests waiting for their turn.
+    asked: std::collections::VecDeque<Asked>,
+    /// What a rollback through the daemon paused, until the policy changes
+    /// or an apply asks for enforcement again.
+    pause: Option<Pause>,
 }
 
 impl Reconciler {
@@ -211,6 +220,8 @@ impl Reconciler {
             systemd,
             lane: None,
             lane_since: None,
+            asked: std::collections::VecDeque::new(),
+            pause: None,
             cfg,
         }
     }
@@ -234,6 +245,7 @@ impl Reconciler {
             loop {
                 match control.try_recv() {
                     Ok(Control::Reload) => self.schedule.reload_now(),
+                    Ok(Control::Ask(asked)) => self.asked.push_back(asked),
                     Ok(Control::Shutdown) | Err(mpsc::error::TryRecvError::Disconnected) => {
                         return self.stop();
                     }
@@ -266,6 +278,13 @@ impl Reconciler {
             }
             let now = Instant::now();
             self.systemd.tick(now);
+            // A client's request is the next pass, once the unit lane is in.
+            if lane.is_none()
+                && let Some(asked) = self.asked.pop_front()
+            {
+                self.answer(asked, watcher);
+                continue;
+            }
             let retries = self.view.due_retries(now);
             // While a pass over units is out, only keys are served: a full
             // pass and more unit work wait for its observations.
@@ -288,6 +307,7 @@ impl Reconciler {
                 biased;
                 c = control.recv() => match c {
                     Some(Control::Reload) => self.schedule.reload_now(),
+                    Some(Control::Ask(asked)) => self.asked.push_back(asked),
                     Some(Control::Shutdown) | None => return self.stop(),
                 },
                 e = events.recv(), if events_open => match e {
@@ -517,6 +537,7 @@ impl Reconciler {
             .partition(|o| o.area().has_units());
         *observed = kept;
         let held: HashSet<ItemKey> = self.view.held_keys(now);
+        let pause = self.pause.clone();
         let host = self.cfg.host.clone();
         let systemd = self.cfg.systemd.clone();
         let policy = Arc::clone(policy);
@@ -535,7 +556,10 @@ impl Reconciler {
                 Some(units) => Focus::Units(units),
                 None => Focus::AllUnits,
             };
-            let hold = |item: &Item| item.mode == Mode::Enforce && held.contains(&item.key);
+            let hold = |item: &Item| {
+                (item.mode == Mode::Enforce && held.contains(&item.key))
+                    || pause.as_ref().is_some_and(|p| p.holds(item))
+            };
             let pass = engine::pass(
                 &ctx,
                 &policy,
@@ -618,6 +642,107 @@ impl Reconciler {
         self.publish();
     }
 
+    /// Runs a client's request as a pass of its own and answers it (a
+    /// client that went away misses the answer; the pass is done anyway).
+    fn answer(&mut self, asked: Asked, watcher: &mut dyn Arm) {
+        let started = std::time::Instant::now();
+        tracing::info!(
+            command = asked.request.command(),
+            "a client asked over the Unix socket"
+        );
+        let answer = match asked.request {
+            Request::Apply { restart_services } => {
+                self.apply_now(restart_services, asked.format, watcher)
+            }
+            Request::Rollback(options) => self.rollback_now(options, asked.format),
+        };
+        self.finish_pass(Trigger::Request, started.elapsed(), true, false, false);
+        let _ = asked.reply.send(answer);
+    }
+
+    /// `holdfast apply` through the daemon: the policy read again (what was
+    /// pushed is what is applied), then a full pass that ignores the
+    /// backoff and ends a pause.
+    fn apply_now(
+        &mut self,
+        restart_services: bool,
+        format: ask::ReportFormat,
+        watcher: &mut dyn Arm,
+    ) -> Answer {
+        self.reload_policy();
+        let state = self.keeper.state().clone();
+        if let Some(rejected) = &state.rejected {
+            let mut lines: Vec<String> = rejected.errors.iter().map(ToString::to_string).collect();
+            lines.extend(rejected.message.clone());
+            return Answer::error(&format!(
+                "{}\nholdfast: the newest policy push is rejected; nothing was applied (the daemon keeps {})",
+                lines.join("\n"),
+                if state.in_force.is_some() {
+                    "the last good policy in force"
+                } else {
+                    "no policy in force"
+                }
+            ));
+        }
+        let Some(policy) = self.keeper.in_force() else {
+            return Answer::error(
+                "holdfast: the daemon has no policy in force; nothing was applied",
+            );
+        };
+        if self.pause.take().is_some() {
+            tracing::info!("apply asked: enforcement paused by a rollback resumes");
+        }
+        let options = engine::ApplyOptions { restart_services };
+        let pass = self.pass_with(&policy, Focus::All, Instant::now(), options, false);
+        *self.managed.lock().unwrap_or_else(PoisonError::into_inner) = area::managed_units(&policy);
+        self.rearm(watcher, Some(&policy));
+        let Some(pass) = pass else {
+            return Answer::error("holdfast: the pass gave no report");
+        };
+        let originals = crate::journal::store::load(&self.cfg.host).unwrap_or_default();
+        ask::apply_answer(format, &self.root_display(), &policy, &pass, &originals)
+    }
+
+    /// `holdfast rollback` through the daemon; unless a dry run, what it
+    /// rolled back is paused, and a full pass shows the host as it now is.
+    fn rollback_now(
+        &mut self,
+        mut options: crate::rollback::RollbackOptions,
+        format: ask::ReportFormat,
+    ) -> Answer {
+        if let Some(policy) = self.keeper.in_force() {
+            options.overcommit_headroom_percent = policy.safety.overcommit_headroom_percent();
+        }
+        let ctx = engine::Context {
+            host: &self.cfg.host,
+            systemd: self.cfg.systemd.as_deref(),
+            heartbeat: None,
+        };
+        let report = match crate::rollback::run(&ctx, &options) {
+            Ok(r) => r,
+            Err(e) => return Answer::error(&format!("holdfast: {e}")),
+        };
+        if !options.dry_run {
+            let pause = Pause {
+                since: SystemTime::now(),
+                selectors: options.selectors.clone(),
+            };
+            tracing::warn!(
+                scope = %if pause.selectors.is_empty() { "everything".to_string() } else { pause.scope().join(",") },
+                "rolled back through the daemon: enforcement paused until the policy changes or `holdfast apply`"
+            );
+            self.pause = Some(pause);
+            // The host changed under every area: read it all again.
+            self.observed = None;
+            self.schedule.files_changed();
+        }
+        ask::rollback_answer(format, &self.root_display(), &report)
+    }
+
+    fn root_display(&self) -> String {
+        self.cfg.host.root().display().to_string()
+    }
+
     /// Reads and validates the policy sources (the keeper); a new policy
     /// resets the backoff history of the settings it changed and the cache.
     fn reload_policy(&mut self) {
@@ -626,6 +751,9 @@ impl Reconciler {
             Reload::Unchanged => self.metrics.reload(true),
             Reload::Loaded(change) => {
                 self.metrics.reload(true);
+                if self.pause.take().is_some() {
+                    tracing::info!("a new policy: enforcement paused by a rollback resumes");
+                }
                 self.view.forget(
                     change
                         .added
@@ -645,9 +773,27 @@ impl Reconciler {
     /// pass), corrects what may be corrected, and the view takes the
     /// focus's items. Held: what the view backs off from.
     fn pass(&mut self, policy: &Policy, focus: Focus<'_>, now: Instant) {
+        self.pass_with(policy, focus, now, engine::ApplyOptions::default(), true);
+    }
+
+    /// [`Reconciler::pass`] with `options`; `backoff: false` (a client's
+    /// explicit apply) acts on items in backoff too. Returns the pass's
+    /// items as the engine gave them, for a client's report, when the
+    /// backoff is ignored.
+    fn pass_with(
+        &mut self,
+        policy: &Policy,
+        focus: Focus<'_>,
+        now: Instant,
+        options: engine::ApplyOptions,
+        backoff: bool,
+    ) -> Option<engine::Pass> {
         let full = matches!(focus, Focus::All);
         let view = &self.view;
-        let hold = |item: &Item| view.is_held(item, now);
+        let pause = self.pause.as_ref();
+        let hold = |item: &Item| {
+            (backoff && view.is_held(item, now)) || pause.is_some_and(|p| p.holds(item))
+        };
         // The watchdog is pinged between the steps of the pass too: a pass
         // longer than half WATCHDOG_USEC (a big push, a slow systemd) is
         // not a stuck loop.
@@ -659,15 +805,10 @@ impl Reconciler {
             heartbeat: Some(&beat),
         };
         let observed = self.observed.get_or_insert_with(Vec::new);
-        let pass = engine::pass(
-            &ctx,
-            policy,
-            observed,
-            focus,
-            engine::ApplyOptions::default(),
-            &hold,
-        );
+        let pass = engine::pass(&ctx, policy, observed, focus, options, &hold);
+        let kept = (!backoff).then(|| pass.clone());
         self.take_pass(pass, now, full);
+        kept
     }
 
     /// A pass's warnings and items into the view.
@@ -816,6 +957,7 @@ impl Reconciler {
             rescan_interval: self.cfg.rescan,
             originals,
             unit_pass_since: self.lane_since,
+            paused: self.pause.as_ref().map(|p| (p.since, p.scope())),
         };
         let line = snap.summary_line();
         self.publish.send_replace(Arc::new(snap));

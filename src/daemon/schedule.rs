@@ -40,10 +40,12 @@ pub enum Trigger {
     Retry,
     /// systemd announced a change to a managed unit, or a reload (D-Bus).
     Systemd,
+    /// A root client asked over the Unix socket (`holdfast apply`).
+    Request,
 }
 
 impl Trigger {
-    pub const ALL: [Trigger; 7] = [
+    pub const ALL: [Trigger; 8] = [
         Trigger::Start,
         Trigger::Event,
         Trigger::Policy,
@@ -51,6 +53,7 @@ impl Trigger {
         Trigger::Rescan,
         Trigger::Retry,
         Trigger::Systemd,
+        Trigger::Request,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -62,6 +65,7 @@ impl Trigger {
             Trigger::Rescan => "rescan",
             Trigger::Retry => "retry",
             Trigger::Systemd => "systemd",
+            Trigger::Request => "request",
         }
     }
 }

@@ -33,6 +33,9 @@ pub struct Snapshot {
     /// Since when a pass over units has been waiting on systemd, when one
     /// is out (sysctl events are served meanwhile).
     pub unit_pass_since: Option<SystemTime>,
+    /// Since when enforcement has been paused by a rollback through the
+    /// daemon, and what it covers (no selectors: everything).
+    pub paused: Option<(SystemTime, Vec<String>)>,
 }
 
 /// The originals journal for the snapshots, read again only when its file
@@ -86,6 +89,7 @@ impl Snapshot {
             rescan_interval,
             originals: Arc::default(),
             unit_pass_since: None,
+            paused: None,
         }
     }
 

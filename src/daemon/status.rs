@@ -25,6 +25,18 @@ pub struct StatusJson {
     pub daemon: DaemonJson,
     pub items: Vec<StatusItemJson>,
     pub warnings: Vec<String>,
+    /// Set while a rollback through the daemon pauses enforcement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<PausedJson>,
+}
+
+/// Enforcement a rollback through the daemon paused: the settings `scope`
+/// names (empty: every setting) are read and reported, never written,
+/// until the policy changes or `holdfast apply` asks for enforcement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PausedJson {
+    pub since: String,
+    pub scope: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -332,6 +344,10 @@ pub fn to_json(snap: &Snapshot, filter: &Filter) -> StatusJson {
             })
             .collect(),
         warnings: snap.warnings.clone(),
+        paused: snap.paused.as_ref().map(|(since, scope)| PausedJson {
+            since: rfc3339(*since),
+            scope: scope.clone(),
+        }),
     }
 }
 
@@ -387,6 +403,17 @@ fn daemon_lines(s: &StatusJson, out: &mut String) {
         ));
     } else {
         out.push_str("last pass: none yet\n");
+    }
+    if let Some(p) = &s.paused {
+        out.push_str(&format!(
+            "enforcement PAUSED since {} by a rollback ({}): reported, not corrected, until the policy changes or `holdfast apply`\n",
+            p.since,
+            if p.scope.is_empty() {
+                "everything".to_string()
+            } else {
+                p.scope.join(", ")
+            }
+        ));
     }
     if let Some(since) = &d.unit_pass_since {
         out.push_str(&format!(

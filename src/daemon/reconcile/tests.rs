@@ -7,6 +7,7 @@
 use std::sync::Mutex;
 
 use super::*;
+use crate::daemon::ask::{self, Answer, Asked, Request};
 use crate::daemon::schedule::{Backoff, ContestRule, Trigger};
 use crate::daemon::state::ItemStatus;
 use crate::daemon::watch::{ArmReport, WatchSpec};
@@ -166,6 +167,118 @@ impl Harness {
         tokio::time::advance(d).await;
         settle().await;
     }
+
+    /// What a root client's `apply` or `rollback` gets back.
+    async fn ask(&self, request: Request, format: ask::ReportFormat) -> Answer {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.control
+            .send(Control::Ask(Asked {
+                request,
+                format,
+                reply,
+            }))
+            .unwrap();
+        settle().await;
+        answer.await.unwrap()
+    }
+}
+
+fn rollback_all() -> Request {
+    Request::Rollback(crate::rollback::RollbackOptions {
+        dry_run: false,
+        restart_services: false,
+        selectors: Vec::new(),
+        overcommit_headroom_percent: 5,
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_clients_rollback_pauses_enforcement_until_an_apply_or_a_new_policy() {
+    let dir = fake_host();
+    let cfg = config(&dir);
+    let h = Harness::start(dir, cfg).await;
+    assert_eq!(h.read(SOMAXCONN), "4096");
+
+    let answer = h.ask(rollback_all(), ask::ReportFormat::Text).await;
+    assert_eq!(answer.exit, 0, "{answer:?}");
+    assert!(answer.stdout.contains("restored"), "{}", answer.stdout);
+    assert_eq!(h.read(SOMAXCONN), "128", "rolled back");
+    settle().await;
+    let paused = h.snap().paused.clone();
+    assert!(paused.is_some_and(|(_, scope)| scope.is_empty()));
+    // The daemon reports the drift and leaves it: an event, the rescan.
+    h.change(SOMAXCONN, "100\n").await;
+    h.advance(Duration::from_secs(61)).await;
+    assert_eq!(h.read(SOMAXCONN), "100");
+    let item = h.item("net.core.somaxconn");
+    assert_eq!(item.item.state, State::Drifted, "{item:?}");
+
+    // An explicit apply resumes enforcement and answers with its report.
+    let answer = h
+        .ask(
+            Request::Apply {
+                restart_services: false,
+            },
+            ask::ReportFormat::Json,
+        )
+        .await;
+    assert_eq!(answer.exit, 0, "{answer:?}");
+    let report: serde_json::Value = serde_json::from_str(&answer.stdout).unwrap();
+    assert_eq!(report["command"], "apply");
+    assert_eq!(report["compliant"], true);
+    assert_eq!(h.read(SOMAXCONN), "4096");
+    let snap = h.snap();
+    assert!(snap.paused.is_none());
+    assert_eq!(snap.last_pass.as_ref().unwrap().trigger, Trigger::Request);
+    h.change(SOMAXCONN, "100\n").await;
+    assert_eq!(h.read(SOMAXCONN), "4096", "enforced again, by event");
+
+    // Paused again; a new policy resumes it.
+    assert_eq!(h.ask(rollback_all(), ask::ReportFormat::Text).await.exit, 0);
+    // What the host had before holdfast changed it again: the value
+    // written while enforcement was paused.
+    assert_eq!(h.read(SOMAXCONN), "100");
+    h.change(
+        BASE,
+        "version: 1\nmode: enforce\nsysctl:\n  net.core.somaxconn: 2048\n",
+    )
+    .await;
+    h.advance(Duration::from_secs(3)).await;
+    assert_eq!(h.read(SOMAXCONN), "2048");
+    assert!(h.snap().paused.is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_apply_asked_while_the_newest_push_is_rejected_changes_nothing() {
+    let dir = fake_host();
+    let cfg = config(&dir);
+    let h = Harness::start(dir, cfg).await;
+    h.change(
+        BASE,
+        "version: 1\nmode: enforce\nsysctl:\n  net.core.somaxconn: {value: 1, mni: 2}\n",
+    )
+    .await;
+    write(h.dir.path(), SOMAXCONN, "100\n");
+    let answer = h
+        .ask(
+            Request::Apply {
+                restart_services: true,
+            },
+            ask::ReportFormat::Text,
+        )
+        .await;
+    assert_eq!(answer.exit, 1, "{answer:?}");
+    assert!(
+        answer.stderr.contains("10-base.yaml:4"),
+        "{}",
+        answer.stderr
+    );
+    assert!(
+        answer.stderr.contains("nothing was applied"),
+        "{}",
+        answer.stderr
+    );
+    assert_eq!(h.read(SOMAXCONN), "100");
 }
 
 #[tokio::test(start_paused = true)]
