@@ -60,6 +60,10 @@ pub const LIMITS_MANAGED_FILE: &str = "etc/security/limits.d/90-holdfast.conf";
 /// changed it), relative to the root: systemd's `StateDirectory=holdfast`.
 pub const JOURNAL_FILE: &str = "var/lib/holdfast/originals.json";
 
+/// What a rollback through the daemon paused, kept across restarts of the
+/// daemon (for the same policy).
+pub const PAUSE_FILE: &str = "var/lib/holdfast/paused.json";
+
 /// The daemon's own process, for its `process_*` metrics. The one absolute
 /// `/proc` path: it describes holdfast itself, not the host it manages, so
 /// it is never taken under the host root.
@@ -147,6 +151,10 @@ impl HostRoot {
 
     pub fn journal_file(&self) -> PathBuf {
         self.path(JOURNAL_FILE)
+    }
+
+    pub fn pause_file(&self) -> PathBuf {
+        self.path(PAUSE_FILE)
     }
 
     pub fn policy_dir(&self) -> PathBuf {

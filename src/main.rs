@@ -72,14 +72,20 @@ enum Command {
     /// Show what `apply` would change, with safety verdicts. Never writes.
     Plan,
     /// Run one reconcile pass: correct drift of settings in enforce mode,
-    /// persist enforced sysctls, verify by reading back.
+    /// persist enforced sysctls, verify by reading back. When `holdfast
+    /// serve` runs on this root, it runs the pass (with the policy it reads)
+    /// and this prints its report.
+    #[command(
+        after_help = "With a daemon running (its socket under the root, /run/holdfast/holdfast.sock), apply asks it: the daemon reads its policy again, runs one full pass that ignores its backoff, ends a pause a rollback left, and answers with this report and exit code. Only root may ask; --policy is refused then (push the policy to the daemon's directory instead)."
+    )]
     Apply {
         /// Also restart services whose running processes still have old
         /// limits (never done without this flag).
         #[arg(long)]
         restart_services: bool,
-        /// How long to wait for another holdfast writing to this host (a
-        /// running daemon, another apply) before giving up with exit 1 (at most 1h).
+        /// How long to wait for another holdfast writing to this host
+        /// (another apply; a daemon without its Unix socket) before giving
+        /// up with exit 1 (at most 1h).
         #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = lock_wait_arg)]
         lock_wait: Duration,
     },
@@ -92,7 +98,7 @@ enum Command {
     /// 2 when something is left (or, with --dry-run, when there is
     /// something to roll back), 1 on error.
     #[command(
-        after_help = "Stop the daemon first: `holdfast serve` holds the writer lock for its whole life and would enforce the policy again. Switch the policy to audit mode (so a restarted daemon only reports), stop the daemon, run rollback, start the daemon again."
+        after_help = "With a daemon running (its socket under the root, /run/holdfast/holdfast.sock), rollback asks it: the daemon rolls back, then reports what it rolled back as drift and leaves it alone (across its restarts too) until the policy changes or `holdfast apply` asks for enforcement again. Only root may ask."
     )]
     Rollback {
         /// What to roll back: item kinds (sysctl, limits-file, unit-file,

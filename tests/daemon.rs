@@ -60,7 +60,15 @@ fn start(h: &FakeHost, extra: &[&str]) -> Daemon {
 }
 
 fn start_with(h: &FakeHost, extra: &[&str], setup: impl FnOnce(&mut Command)) -> Daemon {
-    let socket = h.path("hf.sock");
+    start_listening(h, h.path("hf.sock"), extra, setup)
+}
+
+fn start_listening(
+    h: &FakeHost,
+    socket: PathBuf,
+    extra: &[&str],
+    setup: impl FnOnce(&mut Command),
+) -> Daemon {
     let mut cmd = holdfast(h, &["serve", "--listen", socket.to_str().unwrap()]);
     cmd.args(extra)
         .env("HOLDFAST_LOG", "info")
@@ -871,4 +879,78 @@ fn a_push_of_a_world_writable_policy_file_is_rejected_and_the_last_good_stays() 
         "nothing applied"
     );
     assert_eq!(item(&s, "net.core.somaxconn")["desired"], "4096");
+}
+
+#[test]
+fn apply_and_rollback_ask_the_running_daemon_and_its_rollback_stays_rolled_back() {
+    const KEY: &str = "proc/sys/net/core/somaxconn";
+    let h = host();
+    // The daemon on the root's own socket, where the CLI looks for it.
+    let socket = h.path("run/holdfast/holdfast.sock");
+    let d = start_listening(&h, socket, &["--rescan", "1h"], |_| {});
+    assert_eq!(h.read(KEY).trim(), "4096");
+
+    // apply while the daemon holds the writer lock: the daemon runs it.
+    let out = holdfast(&h, &["--format", "json", "apply"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["command"], "apply");
+    assert_eq!(report["compliant"], true);
+    let s = status(&d);
+    assert_eq!(s["last_pass"]["trigger"], "request", "{s:#}");
+
+    // A policy of its own next to a daemon's is refused, naming the daemon.
+    let policy = h.path(BASE);
+    let out = holdfast(&h, &["apply", "--policy", policy.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("a holdfast daemon runs"), "{stderr}");
+
+    // rollback through the daemon: the host is back, and stays so.
+    let out = holdfast(&h, &["rollback"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("restored"), "{stdout}");
+    assert_eq!(h.read(KEY).trim(), "128");
+    wait_for(&d, "the pause", |s| {
+        s["paused"]["scope"] == serde_json::json!([])
+    });
+    h.sysctl("net.core.somaxconn", "100");
+    wait_for(&d, "the drift reported", |s| {
+        item(s, "net.core.somaxconn")["actual"] == "100"
+    });
+    assert_eq!(h.read(KEY).trim(), "100", "not corrected while paused");
+    let out = holdfast(&h, &["status"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("enforcement PAUSED"), "{text}");
+
+    // An apply asks for enforcement again.
+    let out = holdfast(&h, &["apply"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(h.read(KEY).trim(), "4096");
+    assert!(status(&d)["paused"].is_null());
+
+    // Anyone but root is refused, and nothing changes.
+    if nix::unistd::geteuid().is_root() {
+        use std::os::unix::process::CommandExt;
+        h.sysctl("net.core.somaxconn", "100");
+        wait_for(&d, "the correction", |s| {
+            item(s, "net.core.somaxconn")["actual"] == "4096"
+        });
+        let before = status(&d)["last_pass"]["number"].clone();
+        let out = holdfast(&h, &["apply"])
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("only root may ask"), "{stderr}");
+        assert_eq!(status(&d)["last_pass"]["number"], before);
+    }
 }

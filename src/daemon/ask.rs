@@ -9,7 +9,8 @@
 //! there until the policy changes or an explicit `holdfast apply` asks for
 //! enforcement again.
 
-use std::time::SystemTime;
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::oneshot;
 
@@ -112,6 +113,41 @@ impl Pause {
                 }))
     }
 
+    /// The pause as its file keeps it: with the SHA-256 of each policy file
+    /// in force, so that a restarted daemon keeps it for the same policy
+    /// only.
+    pub fn render(&self, policy: &Policy) -> String {
+        let file = PauseFile {
+            since_unix: self
+                .since
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            scope: self.scope(),
+            policy_sha256: policy.sha256.clone(),
+        };
+        serde_json::to_string_pretty(&file).unwrap_or_default() + "\n"
+    }
+
+    /// The pause a file kept, when it was made under `policy` (the same
+    /// files with the same content); `None` for another policy or a file
+    /// that does not parse.
+    pub fn parse(text: &str, policy: &Policy) -> Option<Pause> {
+        let file: PauseFile = serde_json::from_str(text).ok()?;
+        (file.policy_sha256 == policy.sha256).then(|| Pause {
+            since: SystemTime::UNIX_EPOCH + Duration::from_secs(file.since_unix),
+            selectors: file.scope.iter().map(|s| Selector::parse(s)).collect(),
+        })
+    }
+
+    /// What it covers, for the log: `everything`, or the selectors.
+    pub fn describe(&self) -> String {
+        if self.selectors.is_empty() {
+            "everything".to_string()
+        } else {
+            self.scope().join(",")
+        }
+    }
+
     /// The selectors as given (none: everything).
     pub fn scope(&self) -> Vec<String> {
         self.selectors
@@ -122,6 +158,14 @@ impl Pause {
             })
             .collect()
     }
+}
+
+/// The shape of the pause file.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PauseFile {
+    since_unix: u64,
+    scope: Vec<String>,
+    policy_sha256: BTreeMap<String, String>,
 }
 
 /// The answer to an apply: the report of the pass, as `holdfast apply`
@@ -206,5 +250,20 @@ mod tests {
         };
         assert!(kind.holds(&item("kernel.kptr_restrict", Mode::Enforce)));
         assert_eq!(kind.scope(), ["sysctl"]);
+    }
+
+    #[test]
+    fn a_kept_pause_holds_for_the_same_policy_only() {
+        let policy = |text: &str| Policy::from_files([("/p/10.yaml", text)]).unwrap();
+        let first = policy("version: 1\nsysctl:\n  vm.swappiness: 10\n");
+        let pause = Pause {
+            since: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+            selectors: vec![Selector::parse("sysctl"), Selector::parse("vm.swappiness")],
+        };
+        let kept = pause.render(&first);
+        assert_eq!(Pause::parse(&kept, &first), Some(pause));
+        let second = policy("version: 1\nsysctl:\n  vm.swappiness: 20\n");
+        assert_eq!(Pause::parse(&kept, &second), None, "another policy");
+        assert_eq!(Pause::parse("{", &first), None);
     }
 }

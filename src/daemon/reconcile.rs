@@ -689,8 +689,9 @@ impl Reconciler {
                 "holdfast: the daemon has no policy in force; nothing was applied",
             );
         };
-        if self.pause.take().is_some() {
+        if self.pause.is_some() {
             tracing::info!("apply asked: enforcement paused by a rollback resumes");
+            self.set_pause(None);
         }
         let options = engine::ApplyOptions { restart_services };
         let pass = self.pass_with(&policy, Focus::All, Instant::now(), options, false);
@@ -728,15 +729,53 @@ impl Reconciler {
                 selectors: options.selectors.clone(),
             };
             tracing::warn!(
-                scope = %if pause.selectors.is_empty() { "everything".to_string() } else { pause.scope().join(",") },
+                scope = %pause.describe(),
                 "rolled back through the daemon: enforcement paused until the policy changes or `holdfast apply`"
             );
-            self.pause = Some(pause);
+            self.set_pause(Some(pause));
             // The host changed under every area: read it all again.
             self.observed = None;
             self.schedule.files_changed();
         }
         ask::rollback_answer(format, &self.root_display(), &report)
+    }
+
+    /// Sets (or ends) the pause, and keeps it in its file so that a
+    /// restarted daemon keeps it too (an upgrade must not undo a rollback).
+    fn set_pause(&mut self, pause: Option<Pause>) {
+        let path = self.cfg.host.pause_file();
+        let kept = match (&pause, self.keeper.in_force()) {
+            (Some(p), Some(policy)) => self.cfg.host.write_atomic(&path, &p.render(&policy), 0o600),
+            _ => match self.cfg.host.remove_file(&path) {
+                Err(e) if e.source.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            },
+        };
+        if let Err(e) = kept {
+            tracing::warn!("{e}; a restarted daemon will not know of the pause");
+        }
+        self.pause = pause;
+    }
+
+    /// The pause its file kept, when it was made under the policy in force;
+    /// a file for another policy goes.
+    fn kept_pause(&mut self) -> Option<Pause> {
+        let path = self.cfg.host.pause_file();
+        let text = host::read_optional(&path).ok().flatten()?;
+        let policy = self.keeper.in_force()?;
+        let kept = Pause::parse(&text, &policy);
+        if let Some(p) = &kept {
+            tracing::warn!(
+                scope = %p.describe(),
+                "enforcement stays paused by an earlier rollback until the policy changes or `holdfast apply`"
+            );
+        } else {
+            tracing::info!("the pause an earlier rollback left was for another policy: enforcing");
+            if let Err(e) = self.cfg.host.remove_file(&path) {
+                tracing::warn!("{e}");
+            }
+        }
+        kept
     }
 
     fn root_display(&self) -> String {
@@ -751,8 +790,13 @@ impl Reconciler {
             Reload::Unchanged => self.metrics.reload(true),
             Reload::Loaded(change) => {
                 self.metrics.reload(true);
-                if self.pause.take().is_some() {
+                if self.pass_number == 0 {
+                    // A pause a rollback left before this daemon started
+                    // holds when the policy is still that one.
+                    self.pause = self.kept_pause();
+                } else if self.pause.is_some() {
                     tracing::info!("a new policy: enforcement paused by a rollback resumes");
+                    self.set_pause(None);
                 }
                 self.view.forget(
                     change

@@ -249,6 +249,45 @@ async fn a_clients_rollback_pauses_enforcement_until_an_apply_or_a_new_policy() 
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_pause_outlives_a_restart_of_the_daemon_for_the_same_policy() {
+    const PAUSE: &str = "var/lib/holdfast/paused.json";
+    let dir = fake_host();
+    let cfg = config(&dir);
+    let h = Harness::start(dir, cfg).await;
+    assert_eq!(h.ask(rollback_all(), ask::ReportFormat::Text).await.exit, 0);
+    assert!(h.dir.path().join(PAUSE).exists());
+    let Harness {
+        dir, control, task, ..
+    } = h;
+    control.send(Control::Shutdown).unwrap();
+    task.await.unwrap();
+
+    // Restarted (an upgrade, say): still paused, nothing written.
+    let cfg = config(&dir);
+    let h = Harness::start(dir, cfg).await;
+    assert_eq!(h.read(SOMAXCONN), "128");
+    assert!(h.snap().paused.is_some());
+    assert_eq!(h.item("net.core.somaxconn").item.state, State::Drifted);
+    let Harness {
+        dir, control, task, ..
+    } = h;
+    control.send(Control::Shutdown).unwrap();
+    task.await.unwrap();
+
+    // Restarted with another policy: the pause is over, and its file gone.
+    write(
+        dir.path(),
+        BASE,
+        "version: 1\nmode: enforce\nsysctl:\n  net.core.somaxconn: 2048\n",
+    );
+    let cfg = config(&dir);
+    let h = Harness::start(dir, cfg).await;
+    assert_eq!(h.read(SOMAXCONN), "2048");
+    assert!(h.snap().paused.is_none());
+    assert!(!h.dir.path().join(PAUSE).exists());
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_apply_asked_while_the_newest_push_is_rejected_changes_nothing() {
     let dir = fake_host();
     let cfg = config(&dir);
