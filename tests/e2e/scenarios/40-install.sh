@@ -88,10 +88,24 @@ check "the slice has its limits" wait_until 20 sh -c '[ "$(cat /sys/fs/cgroup/pk
 check "the service's drop-in" wait_until 10 grep -q 'LimitNOFILE=65536:65536' /etc/systemd/system/e2e-pkg.service.d/90-holdfast.conf
 check "the nobody service's drop-in" wait_until 10 grep -q 'NoNewPrivileges=yes' /etc/systemd/system/e2e-nobody.service.d/90-holdfast.conf
 check "systemctl restart e2e-nobody" systemctl restart e2e-nobody.service
-# The daemon is the host's one writer: apply waits for its lock, then says
-# who holds it. The administrator restarts the service; the daemon hears of
-# it from systemd and verifies the new process.
-expect_exit "apply is refused while the daemon writes (one writer)" "1" $hf apply --restart-services --lock-wait 1s
+# The daemon is the host's one writer: `holdfast apply` asks it over its
+# Unix socket, and it restarts what needs a restart and verifies the new
+# processes. Anyone but root is refused.
+pkg_pid_before=$(systemctl show -P MainPID e2e-pkg.service)
+capture $hf apply --restart-services
+expect_eq "holdfast apply --restart-services, run by the daemon, exits 0" 0 "$last_status"
+[ "$last_status" -eq 0 ] || note "apply said: $(printf '%s' "$last_output" | tr '\n' '|')"
+expect_eq "the daemon ran it (last pass trigger)" request "$(status_json | json_field '.last_pass.trigger')"
+pkg_pid=$(systemctl show -P MainPID e2e-pkg.service)
+check "e2e-pkg was restarted (PID $pkg_pid_before -> $pkg_pid)" test "$pkg_pid" != "$pkg_pid_before"
+expect_eq "its new process has LimitNOFILE 65536" 65536 "$(awk '/^Max open files/ {print $4}' /proc/"$pkg_pid"/limits)"
+nobody_pid=$(systemctl show -P MainPID e2e-nobody.service)
+expect_eq "the nobody service's process has NoNewPrivs 1" 1 "$(awk '/^NoNewPrivs:/ {print $2}' /proc/"$nobody_pid"/status)"
+capture setpriv --reuid=65534 --regid=65534 --clear-groups $hf apply
+expect_eq "a non-root holdfast apply exits 1" 1 "$last_status"
+expect_match "and says only root may ask" 'only root may ask' "$last_output"
+# The administrator restarts the service; the daemon hears of it from
+# systemd and verifies the new process.
 check "systemctl restart moves the service" systemctl restart e2e-pkg.service
 check "the daemon finds it compliant after the restart" wait_until 10 bash -o pipefail -c \
     "$hf --format json status | jq -e '.items[] | select(.key == \"e2e-pkg.service LimitNOFILE\") | .state == \"compliant\"' >/dev/null"
@@ -175,6 +189,25 @@ if [ -n "$mod" ]; then
 else
     note "skip: none of freevxfs, hfsplus, udf loads in this kernel; the kernel modules checks under the unit are skipped"
 fi
+
+# Rollback while the daemon runs: the daemon rolls back (restarting what
+# ran with its drop-ins) and leaves the host rolled back until an apply.
+capture $hf rollback --restart-services
+expect_eq "holdfast rollback --restart-services, run by the daemon, exits 0" 0 "$last_status"
+[ "$last_status" -eq 0 ] || note "rollback said: $(printf '%s' "$last_output" | tr '\n' '|')"
+expect_eq "somaxconn is back" "$before_somaxconn" "$(cat /proc/sys/net/core/somaxconn)"
+check "holdfast's drop-in is gone" test ! -e /etc/systemd/system/e2e-pkg.service.d/90-holdfast.conf
+check "the daemon still runs" systemctl is-active --quiet holdfast.service
+check "status says enforcement is paused" wait_until 10 bash -o pipefail -c \
+    "curl -sf http://localhost/status | jq -e '.paused.scope == []' >/dev/null"
+sysctl -qw net.core.somaxconn=$((before_somaxconn + 1))
+sleep 3
+expect_eq "a drift while paused is left alone" "$((before_somaxconn + 1))" "$(cat /proc/sys/net/core/somaxconn)"
+capture $hf apply
+expect_eq "holdfast apply ends the pause (exit 0)" 0 "$last_status"
+expect_eq "somaxconn enforced again" 8192 "$(cat /proc/sys/net/core/somaxconn)"
+check "the drop-in is back" test -e /etc/systemd/system/e2e-pkg.service.d/90-holdfast.conf
+expect_eq "no pause in the status" null "$(status_json | json_field '.paused')"
 
 # Reinstalling the package restarts the daemon, and leaves the socket
 # unit and the service both active: never "Socket service holdfast.service
