@@ -222,8 +222,13 @@ struct ServeArgs {
 
 #[derive(Subcommand, Debug)]
 enum Generate {
-    /// The man page (roff) on standard output.
-    Man,
+    /// The man page (roff) on standard output; with --dir, holdfast(1) and
+    /// one page per subcommand (holdfast-check(1), ...) into DIR. The date
+    /// is SOURCE_DATE_EPOCH's when set (reproducible builds), else today.
+    Man {
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Shell completions on standard output.
     Completions {
         #[arg(value_enum)]
@@ -641,14 +646,66 @@ fn generate(what: &Generate) -> anyhow::Result<u8> {
     let mut cmd = Cli::command();
     let mut out = std::io::stdout();
     match what {
-        Generate::Man => clap_mangen::Man::new(cmd)
-            .render(&mut out)
-            .context("cannot write the man page")?,
+        Generate::Man { dir: None } => {
+            let page = man_page(&clap_mangen::Man::new(cmd).date(man_date()))?;
+            std::io::Write::write_all(&mut out, page.as_bytes())
+                .context("cannot write the man page")?;
+        }
+        Generate::Man { dir: Some(dir) } => man_pages(cmd, dir)?,
         Generate::Completions { shell } => {
             clap_complete::generate(*shell, &mut cmd, "holdfast", &mut out);
         }
     }
     Ok(EXIT_COMPLIANT)
+}
+
+/// holdfast(1) and a page for every subcommand that is not hidden, into
+/// `dir`, each named after its command (holdfast-check.1, ...).
+fn man_pages(cmd: clap::Command, dir: &std::path::Path) -> anyhow::Result<()> {
+    fn write(cmd: clap::Command, dir: &std::path::Path, date: &str) -> anyhow::Result<()> {
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned() {
+            write(sub, dir, date)?;
+        }
+        let man = clap_mangen::Man::new(cmd).date(date);
+        let path = dir.join(man.get_filename());
+        std::fs::write(&path, man_page(&man)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        println!("{}", path.display());
+        Ok(())
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut cmd = cmd.disable_help_subcommand(true);
+    cmd.build();
+    write(cmd, dir, &man_date())
+}
+
+/// A page as clap_mangen renders it, made clean for `mandoc -Tlint`: the
+/// line break it puts around a blank line (before a list of possible
+/// values) is one paragraph break, and no line ends in blanks.
+fn man_page(man: &clap_mangen::Man) -> anyhow::Result<String> {
+    let mut raw = Vec::new();
+    man.render(&mut raw).context("cannot render the man page")?;
+    let text = String::from_utf8_lossy(&raw).replace("\n.br\n\n.br\n", "\n.sp\n");
+    let mut page: String = text
+        .lines()
+        .map(str::trim_end)
+        .collect::<Vec<_>>()
+        .join("\n");
+    page.push('\n');
+    Ok(page)
+}
+
+/// The man pages' date (`YYYY-MM-DD`): SOURCE_DATE_EPOCH's, else today's.
+fn man_date() -> String {
+    let at = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map_or_else(std::time::SystemTime::now, |secs| {
+            std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+        });
+    let mut day = daemon::state::rfc3339(at);
+    day.truncate(10);
+    day
 }
 
 fn audit(host: &HostRoot, format: Format, fail_on: Level) -> anyhow::Result<u8> {

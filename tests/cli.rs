@@ -44,6 +44,38 @@ fn man_page_and_completions_are_generated_from_the_cli() {
     let roff = String::from_utf8_lossy(&man.stdout);
     assert!(roff.contains(".TH holdfast 1"), "{roff}");
     assert!(roff.contains("apply"));
+    // One page per subcommand, each citing the others that exist.
+    let dir = tempfile::tempdir().unwrap();
+    let out = holdfast(&["generate", "man", "--dir", dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let mut pages: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    pages.sort();
+    for sub in [
+        "apply", "audit", "check", "plan", "rollback", "serve", "status", "validate",
+    ] {
+        assert!(pages.contains(&format!("holdfast-{sub}.1")), "{pages:?}");
+    }
+    assert!(pages.contains(&"holdfast.1".to_string()), "{pages:?}");
+    assert!(
+        !pages
+            .iter()
+            .any(|p| p.contains("generate") || p.contains("help")),
+        "{pages:?}"
+    );
+    let main = std::fs::read_to_string(dir.path().join("holdfast.1")).unwrap();
+    for cited in main.split("holdfast\\-").skip(1) {
+        let name: String = cited
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase())
+            .collect();
+        assert!(
+            pages.contains(&format!("holdfast-{name}.1")),
+            "{name}: {pages:?}"
+        );
+    }
     for shell in ["bash", "zsh", "fish"] {
         let out = holdfast(&["generate", "completions", shell]);
         assert!(out.status.success(), "{shell}");

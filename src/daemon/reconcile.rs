@@ -299,7 +299,15 @@ impl Reconciler {
                 }
                 continue;
             }
-            let mut deadline = self.schedule.next_deadline(self.view.next_retry(now));
+            // While a pass over units is out, only what a key pass can serve
+            // is waited for: the rescan, a debounced push or the end of a
+            // reload, already due, would wake the loop at once, again and
+            // again, until the lane is back.
+            let mut deadline = if lane.is_some() {
+                self.view.next_retry(now).unwrap_or(now + self.cfg.rescan)
+            } else {
+                self.schedule.next_deadline(self.view.next_retry(now))
+            };
             if let Some(ping) = self.systemd.next_ping(now) {
                 deadline = deadline.min(ping);
             }
