@@ -193,7 +193,6 @@ hyperfine -N --warmup 20 --runs "$RUNS" --style none --export-json "$DIR/steps.j
     -n "check, $N keys, no sysctl.d" "$BIN check --root $DIR/root-no-conf --policy $POLICY" \
     -n "check, $N keys" "${CHECK[*]}" >/dev/null 2>&1
 step() { jq -r --arg n "$1" '.results[] | select(.command == $n) | .median * 1000' "$DIR/steps.json"; }
-prev=
 for name in "C empty program" "C loop" "holdfast --version" "validate, 1 key" "validate, $N keys" "check, 1 key" "check, $N keys, no sysctl.d" "check, $N keys"; do
     printf '  %-30s %7.3f ms\n' "$name" "$(step "$name")"
 done

@@ -82,6 +82,7 @@ done
 DIR=$(mktemp -d "${TMPDIR:-/tmp}/holdfast-fleet.XXXXXX")
 PIDS=()
 PROM_PID=
+# shellcheck disable=SC2317 # run by the EXIT trap (shellcheck 0.9 calls it unreachable after the final exit)
 cleanup() {
     set +e
     local p

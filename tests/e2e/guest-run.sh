@@ -22,7 +22,7 @@ scenario_timeout=300
 : >"$E2E_RESULTS"
 cut -d' ' -f1 /proc/uptime >"$E2E_OUT/started"
 
-# shellcheck source=lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$suite/lib.sh"
 
 # The binary under test, where units and scenarios expect it.

@@ -3,6 +3,7 @@
 # cgroup v2 hierarchy with the controllers holdfast manages, transient units
 # in slices with limits, a writable /proc/sys, PAM sessions through logind,
 # no network but loopback, and a holdfast binary that runs.
+# shellcheck source-path=SCRIPTDIR source=../lib.sh
 . "$E2E_SUITE/lib.sh"
 
 # --- systemd -------------------------------------------------------------------

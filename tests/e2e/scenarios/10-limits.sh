@@ -1,6 +1,7 @@
 #!/bin/bash
 # Session limits through PAM, and a service's LimitNOFILE through systemd,
 # verified on the real processes (issue: resource limits that really apply).
+# shellcheck source-path=SCRIPTDIR source=../lib.sh
 . "$E2E_SUITE/lib.sh"
 
 pol=$E2E_TMP/limits.yaml

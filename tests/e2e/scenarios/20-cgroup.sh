@@ -2,6 +2,7 @@
 # cgroup v2 slices through systemd (issue: controllers and per-service
 # slices): creation, a service moved into the slice, a foreign runtime
 # override, a raw cgroupfs write, the memory.max refusal, controllers.
+# shellcheck source-path=SCRIPTDIR source=../lib.sh
 . "$E2E_SUITE/lib.sh"
 
 cg=/sys/fs/cgroup/go.slice/go-app.slice

@@ -2,6 +2,7 @@
 # Service security posture (issue: no-new-privileges, seccomp, capabilities,
 # non-root, Go runtime): enforced through the drop-in, verified on the
 # running processes; then `holdfast audit` on an unmanaged root service.
+# shellcheck source-path=SCRIPTDIR source=../lib.sh
 . "$E2E_SUITE/lib.sh"
 
 id e2e-go >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin e2e-go

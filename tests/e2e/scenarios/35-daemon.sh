@@ -4,6 +4,7 @@
 # through socket activation, an external `sysctl -w` corrected, a bad policy
 # push rejected with its location while the previous policy stays in force,
 # a good push applied, a SIGHUP reload, and a clean stop.
+# shellcheck source-path=SCRIPTDIR source=../lib.sh
 . "$E2E_SUITE/lib.sh"
 
 somaxconn() { cat /proc/sys/net/core/somaxconn; }
@@ -60,6 +61,7 @@ check_fails "the API is read-only (POST refused)" curl -fsS -X POST http://local
 
 # An external writer: inotify on /proc/sys brings the correction.
 sysctl -qw net.core.somaxconn=128
+# shellcheck disable=SC2016 # expanded by the inner sh -c
 check "external drift corrected" wait_until 5 sh -c '[ "$(cat /proc/sys/net/core/somaxconn)" = 4096 ]'
 expect_eq "status counts the correction" 2 "$(item_field net.core.somaxconn corrections)"
 expect_eq "status shows it corrected" corrected "$(item_field net.core.somaxconn state)"
@@ -71,12 +73,14 @@ check "the bad push is reported" wait_until 5 sh -c \
 expect_match "the error names file and line" '20-push.yaml:3:' \
     "$(status_json | jq -r .policy.last_error.message)"
 sysctl -qw net.core.somaxconn=256
+# shellcheck disable=SC2016 # expanded by the inner sh -c
 check "the previous policy stays in force" wait_until 5 sh -c '[ "$(cat /proc/sys/net/core/somaxconn)" = 4096 ]'
 capture journalctl -u holdfast.service --no-pager
 expect_match "the journal has the rejection" 'policy push rejected' "$last_output"
 
 # A good push: applied, and persisted for boot.
 printf 'version: 1\nsysctl:\n  net.core.somaxconn: 8192\n' >/etc/holdfast/policy.d/20-push.yaml
+# shellcheck disable=SC2016 # expanded by the inner sh -c
 check "the valid push is applied" wait_until 5 sh -c '[ "$(cat /proc/sys/net/core/somaxconn)" = 8192 ]'
 expect_eq "the rejection is cleared" null "$(status_json | jq .policy.last_error)"
 check "the value is persisted for boot" grep -qx 'net.core.somaxconn = 8192' /etc/sysctl.d/99-zz-holdfast.conf

@@ -4,6 +4,7 @@
 # `holdfast rollback`; every sysctl back to its value from before, every file
 # holdfast created gone, the service back in its original slice after a
 # restart, and `check` of the old state clean.
+# shellcheck source-path=SCRIPTDIR source=../lib.sh
 . "$E2E_SUITE/lib.sh"
 
 journal=/var/lib/holdfast/originals.json
@@ -72,6 +73,7 @@ expect_eq "the service is back in its original slice" "$old_slice" "$(systemctl 
 new_pid=$(systemctl show -P MainPID e2e-rb.service)
 expect_eq "its process has its old limits again" "$old_nofile" "$(awk '/^Max open files/ {print $4 ":" $5}' /proc/"$new_pid"/limits)"
 expect_eq "the slice holdfast started is stopped" inactive "$(systemctl show -P ActiveState rb-app.slice)"
+# shellcheck disable=SC2016 # expanded by the inner sh -c
 check "systemd has no reload pending" sh -c '[ "$(systemctl show -P NeedDaemonReload e2e-rb.service)" = no ]'
 
 # The old state, as a policy: check finds the host exactly so.

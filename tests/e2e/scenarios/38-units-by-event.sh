@@ -11,6 +11,7 @@
 #   holdfast's own drop-in rewritten by someone else corrected by event;
 # - a sysctl drifted during a storm of daemon-reloads is corrected without
 #   waiting for the passes over units that wait on the reloading systemd.
+# shellcheck source-path=SCRIPTDIR source=../lib.sh
 . "$E2E_SUITE/lib.sh"
 
 n_services=20

@@ -4,6 +4,7 @@
 # the global kernel.* and fs.* ones included, which only a whole host has —
 # must pass OpenSCAP's cis_level1_server rule (ComplianceAsCode's content,
 # runtime value and sysctl.d configuration both).
+# shellcheck source-path=SCRIPTDIR source=../lib.sh
 . "$E2E_SUITE/lib.sh"
 
 journal=/var/lib/holdfast/originals.json
@@ -30,7 +31,7 @@ ssg_ubuntu_content "$ssg" "$content"
 keys=$(awk '/^sysctl:/ {on = 1; next} /^[^ #]/ {on = 0} on && /^  [a-z]/ {sub(":", "", $1); print $1}' "$pol/50-cis.yaml")
 rules=()
 for key in $keys; do rules+=(--rule "xccdf_org.ssgproject.content_rule_sysctl_${key//./_}"); done
-expect_eq "the policy has the benchmark's 25 keys" 25 "$(printf '%s\n' $keys | wc -l)"
+expect_eq "the policy has the benchmark's 25 keys" 25 "$(printf '%s\n' "$keys" | wc -l)"
 capture oscap xccdf eval --profile "$profile" "${rules[@]}" "$content/ssg-ubuntu2204-xccdf.xml"
 oscap_out=$last_output
 results=$(printf '%s\n' "$oscap_out" | tr -d '\r' | awk -F'\t' '$1 == "Rule" {r = $2} $1 == "Result" {print r, $2}')

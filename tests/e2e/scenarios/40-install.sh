@@ -5,9 +5,13 @@
 # host, external drift corrected, an invalid push rejected, reload and
 # restart, and removal. Needs the .deb in $E2E_FILES (tests/e2e/run with
 # HOLDFAST_E2E_FILES=path/to/holdfast_*.deb; .ci/run does this).
+# shellcheck source-path=SCRIPTDIR source=../lib.sh
 . "$E2E_SUITE/lib.sh"
 
-deb=$(ls "$E2E_FILES"/holdfast_*.deb 2>/dev/null | head -n 1)
+deb=
+for candidate in "$E2E_FILES"/holdfast_*.deb; do
+    if [ -e "$candidate" ]; then deb=$candidate; break; fi
+done
 if [ -z "$deb" ]; then
     fail "a .deb to install" "no holdfast_*.deb in \$E2E_FILES (set HOLDFAST_E2E_FILES)"
     exit 0
@@ -80,10 +84,12 @@ cgroup:
   slices:
     pkg-app: {memory.max: 200M, pids.max: 256}
 YAML
+# shellcheck disable=SC2016 # expanded by the inner sh -c
 check "the push is applied (somaxconn)" wait_until 20 sh -c '[ "$(cat /proc/sys/net/core/somaxconn)" = 8192 ]'
 # The daemon applies a push asynchronously: wait for the persisted file.
 check "the sysctl is persisted" wait_until 20 grep -q 'net.core.somaxconn = 8192' /etc/sysctl.d/99-zz-holdfast.conf
 check "limits.d written" wait_until 10 test -f /etc/security/limits.d/90-holdfast.conf
+# shellcheck disable=SC2016 # expanded by the inner sh -c
 check "the slice has its limits" wait_until 20 sh -c '[ "$(cat /sys/fs/cgroup/pkg.slice/pkg-app.slice/memory.max 2>/dev/null)" = 209715200 ]'
 check "the service's drop-in" wait_until 10 grep -q 'LimitNOFILE=65536:65536' /etc/systemd/system/e2e-pkg.service.d/90-holdfast.conf
 check "the nobody service's drop-in" wait_until 10 grep -q 'NoNewPrivileges=yes' /etc/systemd/system/e2e-nobody.service.d/90-holdfast.conf
@@ -122,6 +128,7 @@ check "the daemon verifies the process of a service running as nobody" wait_unti
 
 # External drift, corrected by the daemon.
 sysctl -qw net.core.somaxconn=128
+# shellcheck disable=SC2016 # expanded by the inner sh -c
 check "external drift corrected" wait_until 10 sh -c '[ "$(cat /proc/sys/net/core/somaxconn)" = 8192 ]'
 if [ "$last_status" -ne 0 ]; then
     note "daemon log: $(journalctl -u holdfast.service --no-pager -n 40 | tr '\n' '|')"
@@ -136,6 +143,7 @@ printf 'version: 1\nsysctl:\n  net.core.somaxconn: {mni: 1}\n' >/etc/holdfast/po
 check "the rejection is reported with file and line" wait_until 20 bash -o pipefail -c \
     "curl -sf http://localhost/status | jq -e '.policy.last_error.errors[0] | .file == \"/etc/holdfast/policy.d/60-bad.yaml\" and .line == 3' >/dev/null"
 sysctl -qw net.core.somaxconn=256
+# shellcheck disable=SC2016 # expanded by the inner sh -c
 check "the old policy is still enforced" wait_until 10 sh -c '[ "$(cat /proc/sys/net/core/somaxconn)" = 8192 ]'
 rm -f /etc/holdfast/policy.d/60-bad.yaml
 
@@ -150,6 +158,7 @@ if [ "$last_status" -ne 0 ]; then
 fi
 check "active after restart" wait_until 20 systemctl is-active --quiet holdfast.service
 sysctl -qw net.core.somaxconn=512
+# shellcheck disable=SC2016 # expanded by the inner sh -c
 check "converged after restart" wait_until 10 sh -c '[ "$(cat /proc/sys/net/core/somaxconn)" = 8192 ]'
 
 # Kernel modules under the shipped unit. Its modprobe.d file is the

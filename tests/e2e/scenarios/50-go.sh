@@ -9,6 +9,7 @@
 # the default build only, and the GOMAXPROCS finding for a Go service in the
 # same slice without GOMAXPROCS. Needs both builds in $E2E_FILES
 # (tests/e2e/go/build.sh, then HOLDFAST_E2E_FILES=.../hardened:.../default).
+# shellcheck source-path=SCRIPTDIR source=../lib.sh
 . "$E2E_SUITE/lib.sh"
 
 for b in hardened default; do

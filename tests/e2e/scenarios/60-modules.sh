@@ -9,6 +9,7 @@
 # pass, and so do the profile's sysctl and core dump rules (39-cis checks the
 # sysctls in detail); `holdfast serve` sees a module load and unload by the
 # kernel's uevents; `holdfast rollback` removes the file.
+# shellcheck source-path=SCRIPTDIR source=../lib.sh
 . "$E2E_SUITE/lib.sh"
 
 journal=/var/lib/holdfast/originals.json
