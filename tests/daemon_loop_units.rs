@@ -44,18 +44,6 @@ cgroup:
   slices:
     go-app: {memory.max: 100M, pids.max: 512}
 ";
-/// [`POLICY`] and one sysctl.
-const POLICY_AND_SYSCTL: &str = r"version: 1
-mode: enforce
-sysctl:
-  net.core.somaxconn: 4096
-services:
-  myapp.service: {slice: go-app, limit_nofile: 65536}
-cgroup:
-  controllers: [memory, pids]
-  slices:
-    go-app: {memory.max: 100M, pids.max: 512}
-";
 const SOMAXCONN: &str = "proc/sys/net/core/somaxconn";
 const DROP_IN: &str = "etc/systemd/system/myapp.service.d/90-holdfast.conf";
 const MEMORY_MAX: &str = "sys/fs/cgroup/go.slice/go-app.slice/memory.max";
@@ -369,7 +357,12 @@ async fn a_burst_of_announcements_during_a_daemon_reload_is_one_pass() {
 
 #[tokio::test(start_paused = true)]
 async fn a_sysctl_is_corrected_while_a_pass_over_units_waits_on_systemd() {
-    let h = Harness::start_with(POLICY_AND_SYSCTL).await;
+    let policy = POLICY.replacen(
+        "mode: enforce\n",
+        "mode: enforce\nsysctl:\n  net.core.somaxconn: 4096\n",
+        1,
+    );
+    let h = Harness::start_with(&policy).await;
     assert_eq!(h.host.read(SOMAXCONN).trim(), "4096");
     let before = h.last_pass().number;
     h.systemd.queries.borrow_mut().clear();

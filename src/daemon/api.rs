@@ -192,25 +192,34 @@ impl WriteQuery {
     }
 }
 
+impl WriteQuery {
+    /// The request `command` (`apply` or `rollback`) asks for.
+    fn request(&self, command: &str) -> Result<ask::Request, String> {
+        match command {
+            "apply" if self.selectors.is_empty() && !self.dry_run => Ok(ask::Request::Apply {
+                restart_services: self.restart_services,
+            }),
+            "apply" => Err("apply takes restart_services and format only".into()),
+            _ => Ok(ask::Request::Rollback(crate::rollback::RollbackOptions {
+                dry_run: self.dry_run,
+                restart_services: self.restart_services,
+                selectors: self
+                    .selectors
+                    .iter()
+                    .map(|s| crate::journal::Selector::parse(s))
+                    .collect(),
+                overcommit_headroom_percent: crate::policy::DEFAULT_OVERCOMMIT_HEADROOM_PERCENT,
+            })),
+        }
+    }
+}
+
 async fn apply(
     State(st): State<ApiState>,
     axum::Extension(peer): axum::Extension<Peer>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let q = match WriteQuery::parse(query.as_deref()) {
-        Ok(q) => q,
-        Err(why) => return text(StatusCode::BAD_REQUEST, format!("{why}\n")),
-    };
-    if !q.selectors.is_empty() || q.dry_run {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "apply takes restart_services and format only\n".into(),
-        );
-    }
-    let request = ask::Request::Apply {
-        restart_services: q.restart_services,
-    };
-    ask_loop(&st, peer, request, q.format).await
+    ask_for(&st, peer, query.as_deref(), "apply").await
 }
 
 async fn rollback(
@@ -218,21 +227,17 @@ async fn rollback(
     axum::Extension(peer): axum::Extension<Peer>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let q = match WriteQuery::parse(query.as_deref()) {
-        Ok(q) => q,
-        Err(why) => return text(StatusCode::BAD_REQUEST, format!("{why}\n")),
-    };
-    let request = ask::Request::Rollback(crate::rollback::RollbackOptions {
-        dry_run: q.dry_run,
-        restart_services: q.restart_services,
-        selectors: q
-            .selectors
-            .iter()
-            .map(|s| crate::journal::Selector::parse(s))
-            .collect(),
-        overcommit_headroom_percent: crate::policy::DEFAULT_OVERCOMMIT_HEADROOM_PERCENT,
-    });
-    ask_loop(&st, peer, request, q.format).await
+    ask_for(&st, peer, query.as_deref(), "rollback").await
+}
+
+/// A write request from its query: refused (400) before the loop hears of
+/// it when the query is not one the command takes.
+async fn ask_for(st: &ApiState, peer: Peer, query: Option<&str>, command: &str) -> Response {
+    let parsed = WriteQuery::parse(query).and_then(|q| Ok((q.request(command)?, q.format)));
+    match parsed {
+        Ok((request, format)) => ask_loop(st, peer, request, format).await,
+        Err(why) => text(StatusCode::BAD_REQUEST, format!("{why}\n")),
+    }
 }
 
 /// Hands `request` to the loop and waits for its answer.
