@@ -9,6 +9,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
@@ -276,6 +277,9 @@ fn openat2_in(
         .flags(flags | OFlag::O_CLOEXEC)
         .mode(Mode::from_bits_truncate(mode))
         .resolve(resolve);
+    if OPENAT2_REFUSED.load(Ordering::Relaxed) {
+        return walk(dir.as_fd(), rel, flags, mode, resolve);
+    }
     loop {
         match openat2(dir.as_fd(), rel, how) {
             // The kernel asks for a retry when a rename raced the lookup.
@@ -283,10 +287,36 @@ fn openat2_in(
             // No openat2 here: a kernel before 5.6, or a seccomp filter that
             // does not know the call (systemd 252's @system-service answers
             // ENOSYS). Resolve the same way, one component at a time.
-            Err(Errno::ENOSYS) => return walk(dir.as_fd(), rel, flags, mode, resolve),
+            Err(Errno::ENOSYS) => {
+                OPENAT2_REFUSED.store(true, Ordering::Relaxed);
+                return walk(dir.as_fd(), rel, flags, mode, resolve);
+            }
+            // EPERM is either this open's own answer (an immutable file
+            // opened for writing, say) or a seccomp filter refusing openat2
+            // whatever its arguments: systemd 247's RestrictSUIDSGID= does,
+            // since it cannot read the flags inside `struct open_how`. An
+            // open of the directory itself as O_PATH is never refused by
+            // the kernel, so its EPERM can only be the filter's.
+            Err(Errno::EPERM) if openat2_filtered(dir.as_fd()) => {
+                OPENAT2_REFUSED.store(true, Ordering::Relaxed);
+                return walk(dir.as_fd(), rel, flags, mode, resolve);
+            }
             other => return other,
         }
     }
+}
+
+/// Set once openat2 is known to be missing or refused in this process;
+/// from then on every resolution walks (a filter does not go away).
+static OPENAT2_REFUSED: AtomicBool = AtomicBool::new(false);
+
+/// Whether a seccomp filter refuses openat2 outright: the harmless open
+/// of `dir` itself, as a path descriptor, fails with EPERM too.
+fn openat2_filtered(dir: std::os::fd::BorrowedFd<'_>) -> bool {
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS);
+    matches!(openat2(dir, ".", how), Err(Errno::EPERM))
 }
 
 /// How many symbolic links one resolution may follow (the kernel's limit).
@@ -825,7 +855,6 @@ fn create_temp(
     prefix: &OsStr,
     mode: u32,
 ) -> Result<(OsString, OwnedFd), IoError> {
-    use std::sync::atomic::Ordering;
     let pid = std::process::id();
     let euid_is_root = nix::unistd::geteuid().is_root();
     loop {
@@ -1029,6 +1058,54 @@ mod tests {
                 .unwrap_err()
                 .raw_os_error()
         );
+    }
+
+    /// Under a seccomp filter that refuses openat2 with EPERM whatever its
+    /// arguments (systemd 247's `RestrictSUIDSGID=yes`), reads and writes
+    /// under the root still work: the refusal is told from a real EPERM and
+    /// every later resolution walks. The filter cannot be taken back, so
+    /// the test runs itself again in a child process that installs it.
+    #[test]
+    fn a_filter_refusing_openat2_with_eperm_falls_back_to_the_walk() {
+        const CHILD: &str = "HOLDFAST_TEST_OPENAT2_EPERM";
+        let name = "host::tests::a_filter_refusing_openat2_with_eperm_falls_back_to_the_walk";
+        if std::env::var_os(CHILD).is_none() {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", name, "--nocapture", "--test-threads", "1"])
+                .env(CHILD, "1")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(text.contains("1 passed"), "the child ran no test: {text}");
+            return;
+        }
+        use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
+        let filter = SeccompFilter::new(
+            [(libc::SYS_openat2, Vec::new())].into_iter().collect(),
+            SeccompAction::Allow,
+            SeccompAction::Errno(libc::EPERM as u32),
+            TargetArch::x86_64,
+        )
+        .unwrap();
+        let program: BpfProgram = filter.try_into().unwrap();
+        seccompiler::apply_filter(&program).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let fd = nix::fcntl::open(dir.path(), OFlag::O_PATH, Mode::empty()).unwrap();
+        assert!(openat2_filtered(fd.as_fd()));
+
+        let host = HostRoot::new(dir.path());
+        let file = host.path("etc/sysctl.d/99-test.conf");
+        host.write_atomic(&file, "vm.swappiness = 10\n", 0o644)
+            .unwrap();
+        assert!(OPENAT2_REFUSED.load(Ordering::Relaxed));
+        assert_eq!(fs::read_to_string(&file).unwrap(), "vm.swappiness = 10\n");
+        host.remove_file(&file).unwrap();
+        assert!(!file.exists());
     }
 
     /// The resolution without openat2 (kernels before 5.6, seccomp filters

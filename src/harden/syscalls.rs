@@ -296,6 +296,18 @@ macro_rules! paste_sys {
     (socketpair) => {
         libc::SYS_socketpair
     };
+    (lstat) => {
+        libc::SYS_lstat
+    };
+    (stat) => {
+        libc::SYS_stat
+    };
+    (timerfd_create) => {
+        libc::SYS_timerfd_create
+    };
+    (timerfd_settime) => {
+        libc::SYS_timerfd_settime
+    };
     (statfs) => {
         libc::SYS_statfs
     };
@@ -358,6 +370,14 @@ syscalls! {
     // A policy module with `unload: true` (host::HostRoot::unload_module).
     // Loading stays refused: init_module and finit_module are not listed.
     delete_module,
+    // Older generations' libc: glibc 2.31 (Debian 11) implements realpath()
+    // (under std::fs::canonicalize, the policy sources) with lstat, and
+    // stat() with stat, where 2.36 calls newfstatat.
+    lstat, stat,
+    // The D-Bus client's poller (polling, under zbus) times its waits with
+    // a timerfd when it can have one; refused, it fell back to epoll
+    // timeouts (one EPERM at every start, seen under strace).
+    timerfd_create, timerfd_settime,
     // The abort path: a panic aborts (release profile), and abort() raises
     // SIGABRT with tgkill (after rt_sigprocmask, getpid, gettid, which are
     // above); without it the process died of SIGSEGV instead. getcwd for

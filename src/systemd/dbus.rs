@@ -281,7 +281,7 @@ impl DbusSystemd {
     /// After a restart, waits (at most `limit`) until the unit's main
     /// process has exec'd its program and settled. The job of a simple
     /// service ends once systemd has forked; until the exec the child is
-    /// still systemd's (named `(prog)`), with systemd's environment and
+    /// still systemd's ([`still_systemds`]), with systemd's environment and
     /// capabilities, and for a moment after it the kernel is still laying
     /// out the new environment (/proc/PID/environ reads empty or short).
     /// Verifying then would report transient drift, so the wait ends when
@@ -300,7 +300,7 @@ impl DbusSystemd {
             let Some(comm) = read("comm") else {
                 return;
             };
-            if !comm.starts_with(b"(") {
+            if !still_systemds(&comm) {
                 let first = read("environ");
                 std::thread::sleep(pause);
                 if first.as_ref().is_some_and(|e| !e.is_empty()) && read("environ") == first {
@@ -311,6 +311,18 @@ impl DbusSystemd {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// Whether a unit's main process, by its `/proc/PID/comm`, is still
+/// systemd's and not yet the unit's program: the forked manager (named
+/// `(prog)` until it execs) or, since systemd 256, the executor it execs
+/// first (`/usr/lib/systemd/systemd-executor`, whose name the kernel cuts to
+/// 15 bytes), which sets up the sandbox for about 100 ms and then execs the
+/// program. Judging either would judge systemd: no seccomp filter, uid 0,
+/// every capability.
+fn still_systemds(comm: &[u8]) -> bool {
+    let comm = comm.strip_suffix(b"\n").unwrap_or(comm);
+    comm.starts_with(b"(") || comm == b"systemd-executo"
 }
 
 /// A connection to systemd ([`Route`]): the system bus, else (as root)
@@ -953,6 +965,20 @@ mod tests {
         assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60].map(s));
         // Back after a long outage: the next one starts at 1 s again.
         assert_eq!(next_pause(Some(s(60)), true), s(1));
+    }
+
+    /// Between systemd's fork and the unit's program there are two of
+    /// systemd's own: the forked manager and, on 256 and later, the
+    /// executor (seen on Debian 13's 257 as `systemd-executo`).
+    #[test]
+    fn a_main_process_is_the_programs_only_once_systemd_has_execd_it() {
+        assert!(still_systemds(b"(sleep)\n"));
+        assert!(still_systemds(b"systemd-executo\n"));
+        assert!(still_systemds(b"systemd-executo"));
+        assert!(!still_systemds(b"sleep\n"));
+        assert!(!still_systemds(b"go-service\n"));
+        // systemd's other programs, run as units, are units' programs.
+        assert!(!still_systemds(b"systemd-resolve\n"));
     }
 
     #[test]
