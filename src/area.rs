@@ -560,9 +560,14 @@ impl Area {
             // it. Nothing of its own to watch.
             Area::GoBuild => {}
             // Slice units and their runtime overrides (`set-property
-            // --runtime`); without systemd, holdfast's own cgroup's limit
-            // files (under systemd the slice's cgroup path is systemd's to
-            // say, and the rescan re-reads it).
+            // --runtime`), and the slice's limit files in the kernel: a raw
+            // write to them is drift that no unit file shows (and since
+            // systemd 257 a daemon-reload no longer writes them back).
+            // Without systemd they are holdfast's own cgroup's; under
+            // systemd the slice's cgroup is where systemd puts a slice of
+            // that name (`cgroup_plan::systemd_slice_cgroup`), and a write
+            // there is a pass over the slice, which reads the cgroup
+            // systemd names in `ControlGroup`.
             Area::Cgroup => {
                 for name in policy.cgroup.slices.keys() {
                     let unit = cgroup_plan::slice_unit(name);
@@ -578,19 +583,21 @@ impl Area {
                     out.push(WatchSpec {
                         path: host.path(&format!("run/systemd/system.control/{unit}.d")),
                         scope: Scope::Entries(CONF),
-                        concern: Concern::Unit(unit),
+                        concern: Concern::Unit(unit.clone()),
                         follow_creation: true,
                     });
-                    if !systemd_pid1 {
-                        for kind in KnobKind::ALL {
-                            out.push(files(
-                                host.path(&format!(
-                                    "sys/fs/cgroup/{HOLDFAST_SUBTREE}/{name}/{}",
-                                    kind.file()
-                                )),
-                                Scope::File,
-                            ));
-                        }
+                    let (cgroup, concern) = if systemd_pid1 {
+                        (cgroup_plan::systemd_slice_cgroup(name), Concern::Unit(unit))
+                    } else {
+                        (format!("{HOLDFAST_SUBTREE}/{name}"), Concern::Files)
+                    };
+                    for kind in KnobKind::ALL {
+                        out.push(WatchSpec {
+                            path: host.path(&format!("sys/fs/cgroup/{cgroup}/{}", kind.file())),
+                            scope: Scope::File,
+                            concern: concern.clone(),
+                            follow_creation: false,
+                        });
                     }
                 }
             }

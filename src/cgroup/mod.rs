@@ -201,6 +201,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_dash_nests_a_slice_in_the_cgroup_tree_as_systemd_does() {
+        assert_eq!(plan::systemd_slice_cgroup("batch"), "batch.slice");
+        assert_eq!(
+            plan::systemd_slice_cgroup("go-app"),
+            "go.slice/go-app.slice"
+        );
+        assert_eq!(
+            plan::systemd_slice_cgroup("a-b-c"),
+            "a.slice/a-b.slice/a-b-c.slice"
+        );
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(Bytes::parse("100M"), Ok(Bytes::Value(104_857_600)));
         assert_eq!(Bytes::parse("1G"), Ok(Bytes::Value(1 << 30)));

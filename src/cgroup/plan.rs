@@ -130,6 +130,22 @@ pub fn slice_unit(name: &str) -> String {
     format!("{name}.slice")
 }
 
+/// Where systemd puts the cgroup of the policy slice `name`, relative to
+/// the cgroup root: a dash nests a slice inside the one its prefix names,
+/// so `go-app` is `go.slice/go-app.slice` (systemd.slice(5)). What holdfast
+/// reads stays systemd's own `ControlGroup`; this says only what to watch.
+pub fn systemd_slice_cgroup(name: &str) -> String {
+    let mut path = String::new();
+    for (end, _) in name.match_indices('-').chain([(name.len(), "")]) {
+        if !path.is_empty() {
+            path.push('/');
+        }
+        path.push_str(&name[..end]);
+        path.push_str(".slice");
+    }
+    path
+}
+
 /// The setting that makes systemd enable a controller on the path to a
 /// slice. For cpu, accounting alone is not enough on cgroup v2 (cpu.stat
 /// exists without the controller), so the slice gets the default weight,

@@ -649,6 +649,26 @@ mod tests {
         );
     }
 
+    /// Under systemd, a raw write to a policy slice's limit file in the
+    /// kernel is a pass over that slice (systemd 257's daemon-reload no
+    /// longer writes the file back, so nothing else would notice it).
+    #[test]
+    fn under_systemd_a_slices_kernel_files_concern_the_slice() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("run/systemd/system")).unwrap();
+        let host = HostRoot::new(dir.path());
+        let p = policy("version: 1\ncgroup:\n  slices:\n    go-app: {memory.max: 1G}\n");
+        let map = WatchMap::new(plan(&host, Some(&p), &[]));
+        let c = |p: &str| map.concerns(&dir.path().join(p));
+        let slice = [Concern::Unit("go-app.slice".into())];
+        assert_eq!(c("sys/fs/cgroup/go.slice/go-app.slice/memory.max"), slice);
+        assert_eq!(c("sys/fs/cgroup/go.slice/go-app.slice/pids.max"), slice);
+        // holdfast's own subtree is not where systemd puts the slice.
+        assert!(c("sys/fs/cgroup/holdfast.slice/go-app/memory.max").is_empty());
+        assert!(map.specs().iter().all(|s| s.concern != Concern::Files
+            || !s.path.starts_with(dir.path().join("sys/fs/cgroup"))));
+    }
+
     #[test]
     fn events_map_to_what_they_concern() {
         let host = HostRoot::new("/r");

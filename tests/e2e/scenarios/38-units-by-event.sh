@@ -7,6 +7,8 @@
 # - `systemctl set-property --runtime SLICE MemoryMax=...` corrected back,
 #   20 times, p50/p99 of the time until memory.max reads the policy's value
 #   again, with --rescan 1h so no rescan can be the one that corrects it;
+# - a raw write to the slice's memory.max (no unit file shows it) corrected
+#   by the watch on the cgroup file, within 2 s, 5 times;
 # - a foreign drop-in plus daemon-reload on a service seen by event, and
 #   holdfast's own drop-in rewritten by someone else corrected by event;
 # - a sysctl drifted during a storm of daemon-reloads is corrected without
@@ -187,6 +189,25 @@ expect_eq "every runtime override was corrected within 5 s" 0 "$uncorrected"
 expect_eq "systemd agrees" 104857600 "$(systemctl show -P MemoryMax "$slice.slice")"
 note "last pass after each correction (scope/trigger): ${scopes[*]}"
 check_fails "no full pass among them" grep -q '^full' < <(printf '%s\n' "${scopes[@]}")
+# A raw write to the slice's memory.max behind systemd's back: no unit file
+# or property shows it, and since systemd 257 a daemon-reload no longer
+# writes it back. Only the daemon's watch on the cgroup file sees it.
+raw=()
+for i in 1 2 3 4 5; do
+    read -r -t 0.3 -u "$never" || true
+    t0=$(us)
+    echo $(((300 + i) * 1048576)) >"$cg/memory.max"
+    while :; do
+        read -r v <"$cg/memory.max"
+        [ "$v" = 104857600 ] && break
+        [ $(($(us) - t0)) -gt 2000000 ] && break
+        read -r -t 0.002 -u "$never" || true
+    done
+    raw+=($(($(us) - t0)))
+done
+note "raw write to memory.max -> back (by the cgroup file's watch), us: ${raw[*]}"
+expect_eq "a raw write to the slice's memory.max is corrected within 2 s, 5 times" 104857600 "$(cat "$cg/memory.max")"
+check "each within 2 s" test "$(printf '%s\n' "${raw[@]}" | sort -n | tail -n 1)" -le 2000000
 expect_eq "no rescan ran" "$rescans_before" \
     "$(curl -fsS "$api/metrics" | sed -n 's/^holdfast_passes_total{trigger="rescan"} //p')"
 
