@@ -44,8 +44,8 @@ check "apt-get install ./holdfast_*.deb" env DEBIAN_FRONTEND=noninteractive apt-
 check "the unit is active" wait_until 30 systemctl is-active --quiet holdfast.service
 check "the socket unit is active" systemctl is-active --quiet holdfast.socket
 verify_units "systemd-analyze verify is clean" /lib/systemd/system/holdfast.service /lib/systemd/system/holdfast.socket
-# The unit's exposure, as systemd rates it: at most 3.0 (README, "The
-# systemd unit's hardening").
+# The unit's exposure, as systemd rates it: at most 3.0 (docs/src/security.md,
+# "The systemd unit's hardening").
 exposure_line=$(systemd-analyze security holdfast.service 2>/dev/null | tail -n 1)
 note "systemd-analyze security: $exposure_line"
 exposure=$(printf '%s' "$exposure_line" | grep -oE '[0-9]+\.[0-9]+' | head -n 1)
@@ -164,8 +164,8 @@ check "converged after restart" wait_until 10 sh -c '[ "$(cat /proc/sys/net/core
 
 # Kernel modules under the shipped unit. Its modprobe.d file is the
 # daemon's to write (ReadWritePaths). `unload: true` is refused by the unit
-# (ProtectKernelModules=yes), which the item says; with README's drop-in the
-# daemon unloads the module (a module this kernel has, loaded for the test).
+# (ProtectKernelModules=yes), which the item says; with the drop-in of
+# docs/src/kernel-modules.md the daemon unloads the module (a module this kernel has, loaded for the test).
 mod=
 for m in freevxfs hfsplus udf; do
     if ! grep -q "^$m " /proc/modules && modprobe "$m" 2>/dev/null; then
