@@ -192,22 +192,23 @@ impl ItemView {
         let mut updated = Vec::with_capacity(fresh.len());
         for mut item in fresh {
             let prev = self.index.get(&item.key).map(|&i| &self.entries[i]);
+            let found = item.state;
             let kind = item.kind();
             // The value found: read just now by a key pass, else the last
             // one known. A "correction" to the value that was already there
-            // (a setting found again after systemd came back) corrected
-            // nothing: the item is compliant, nothing is logged or counted,
-            // and it does not count toward contested.
+            // (a setting found again after systemd came back) is no `from`,
+            // and no one reverted it: it does not count toward contested.
+            // It is still a correction, logged and counted: for a file the
+            // value shown is only that it is there, and a drop-in restored
+            // after someone edited it shows the same before and after.
             let from = before
                 .get(&item.key)
                 .cloned()
                 .or_else(|| prev.map(|p| p.status.item.actual.clone()));
-            if item.state == State::Corrected && from.as_deref() == Some(item.actual.as_str()) {
-                item.state = State::Compliant;
-            }
-            let found = item.state;
+            let unchanged = from.as_deref() == Some(item.actual.as_str());
             let tracker = self.trackers.entry(item.key.clone()).or_default();
             let transition = match found {
+                State::Corrected if unchanged => tracker.compliant(now, &cfg),
                 State::Corrected => tracker.corrected(now, &cfg),
                 State::Failed => tracker.failed(now, &cfg),
                 State::Compliant => tracker.compliant(now, &cfg),
@@ -223,7 +224,7 @@ impl ItemView {
                 State::Corrected => events.push(Event::Corrected {
                     kind,
                     key: item.key.clone(),
-                    from: from.filter(|v| !v.is_empty()),
+                    from: from.filter(|v| !v.is_empty() && !unchanged),
                     to: item.actual.clone(),
                 }),
                 State::Failed => events.push(Event::Failed { kind }),
@@ -389,9 +390,8 @@ mod tests {
 
     /// Corrections count toward contested only when the value found was
     /// not the one now there: three corrections of a reverted value make
-    /// the setting contested; three "corrections" to the value that was
-    /// already there (after a reconnect) do not, and are not corrections
-    /// at all: the item is compliant and no event is logged or counted.
+    /// the setting contested, three "corrections" to the value that was
+    /// already there (after a reconnect) do not, and log no `from`.
     #[test]
     fn a_correction_to_the_value_already_there_is_not_a_contest() {
         let cfg = TrackerConfig {
@@ -429,13 +429,12 @@ mod tests {
                     _ => None,
                 })
                 .collect();
-            if contested {
-                assert_eq!(froms, vec![Some(from.to_string()); 3]);
+            let want = if contested {
+                Some(from.to_string())
             } else {
-                // Nothing was corrected: no log line, no count, compliant.
-                assert_eq!(froms, Vec::<Option<String>>::new());
-                assert_eq!(shown.item.state, State::Compliant);
-            }
+                None
+            };
+            assert_eq!(froms, vec![want; 3]);
         }
     }
 }

@@ -293,13 +293,23 @@ impl DbusSystemd {
         let deadline = Instant::now() + limit;
         let pause = Duration::from_millis(100);
         while Instant::now() < deadline {
-            let Some(pid) = self.unit(unit).ok().and_then(|i| i.main_pid) else {
+            let Ok(info) = self.unit(unit) else {
                 return;
             };
+            let Some(pid) = info.main_pid else {
+                tracing::debug!(unit, "after the restart: no main process");
+                return;
+            };
+            if info.awaits_handoff() {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
             let read = |file: &str| std::fs::read(host.path(&format!("proc/{pid}/{file}"))).ok();
             let Some(comm) = read("comm") else {
+                tracing::debug!(unit, pid, "after the restart: the main process is gone");
                 return;
             };
+            tracing::debug!(unit, pid, comm = %String::from_utf8_lossy(&comm).trim_end(), "after the restart");
             if !still_systemds(&comm) {
                 let first = read("environ");
                 std::thread::sleep(pause);
@@ -314,15 +324,16 @@ impl DbusSystemd {
 }
 
 /// Whether a unit's main process, by its `/proc/PID/comm`, is still
-/// systemd's and not yet the unit's program: the forked manager (named
-/// `(prog)` until it execs) or, since systemd 256, the executor it execs
-/// first (`/usr/lib/systemd/systemd-executor`, whose name the kernel cuts to
-/// 15 bytes), which sets up the sandbox for about 100 ms and then execs the
-/// program. Judging either would judge systemd: no seccomp filter, uid 0,
-/// every capability.
+/// systemd's and not yet the unit's program: the forked manager (`systemd`
+/// until it renames itself, then `(prog)` until it execs) or, since systemd
+/// 256, the executor it execs first (`/usr/lib/systemd/systemd-executor`,
+/// whose name the kernel cuts to 15 bytes), which sets up the sandbox and
+/// then execs the program. Judging any of them would judge systemd: no
+/// seccomp filter, uid 0, every capability. (A unit whose program is
+/// systemd itself, `user@.service`, is judged once the wait runs out.)
 fn still_systemds(comm: &[u8]) -> bool {
     let comm = comm.strip_suffix(b"\n").unwrap_or(comm);
-    comm.starts_with(b"(") || comm == b"systemd-executo"
+    comm.starts_with(b"(") || comm == b"systemd" || comm == b"systemd-executo"
 }
 
 /// A connection to systemd ([`Route`]): the system bus, else (as root)
@@ -967,11 +978,14 @@ mod tests {
         assert_eq!(next_pause(Some(s(60)), true), s(1));
     }
 
-    /// Between systemd's fork and the unit's program there are two of
-    /// systemd's own: the forked manager and, on 256 and later, the
-    /// executor (seen on Debian 13's 257 as `systemd-executo`).
+    /// Between systemd's fork and the unit's program there are systemd's
+    /// own: the forked manager, before and after it renames itself, and, on
+    /// 256 and later, the executor (seen on Debian 13's 257 as
+    /// `systemd-executo`; under TCG the fork kept PID 1's name long enough
+    /// to be judged).
     #[test]
     fn a_main_process_is_the_programs_only_once_systemd_has_execd_it() {
+        assert!(still_systemds(b"systemd\n"));
         assert!(still_systemds(b"(sleep)\n"));
         assert!(still_systemds(b"systemd-executo\n"));
         assert!(still_systemds(b"systemd-executo"));

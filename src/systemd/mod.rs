@@ -79,6 +79,26 @@ pub struct UnitInfo {
     pub fragment_path: Option<String>,
     /// The slice systemd puts the unit in (`Slice=`).
     pub slice: Option<String>,
+    /// When the main process was forked (`ExecMainStartTimestampMonotonic`)
+    /// and, on systemd 256 and later, when it exec'd the unit's program
+    /// (`ExecMainHandoffTimestampMonotonic`), in CLOCK_MONOTONIC µs; `None`
+    /// where systemd has no such property.
+    pub exec_main_start_us: Option<u64>,
+    pub exec_main_handoff_us: Option<u64>,
+}
+
+impl UnitInfo {
+    /// Whether systemd says the main process has not exec'd the unit's
+    /// program yet: on 256 and later the handoff is older than the fork
+    /// (or none at all). `false` where systemd does not say (252 and
+    /// before), where the process's name has to tell.
+    pub fn awaits_handoff(&self) -> bool {
+        match (self.exec_main_handoff_us, self.exec_main_start_us) {
+            (Some(0), _) => true,
+            (Some(handoff), Some(start)) => handoff < start,
+            _ => false,
+        }
+    }
 }
 
 /// systemd's "infinity" for 64-bit properties (`UINT64_MAX`).
@@ -141,6 +161,10 @@ impl UnitInfo {
                         .and_then(|p| u32::try_from(p).ok());
                 }
                 "ControlGroup" => info.control_group = string(value),
+                "ExecMainStartTimestampMonotonic" => info.exec_main_start_us = number(&value),
+                "ExecMainHandoffTimestampMonotonic" => {
+                    info.exec_main_handoff_us = number(&value);
+                }
                 "LimitNOFILE" => info.limit_nofile_hard = number(&value).map(rlimit),
                 "LimitNOFILESoft" => info.limit_nofile_soft = number(&value).map(rlimit),
                 "DropInPaths" => {
@@ -471,6 +495,24 @@ mod tests {
         assert_eq!(stopped.main_pid, None);
         assert_eq!(stopped.control_group, None);
         assert_eq!(stopped.limit_nofile_hard, Some(LimitValue::Unlimited));
+    }
+
+    /// systemd 256 and later say when the main process exec'd the unit's
+    /// program; until then (and while the handoff is the previous run's)
+    /// the process is systemd's. 252 has no such property.
+    #[test]
+    fn the_handoff_says_whether_the_program_runs_yet() {
+        let at = |start: u64, handoff: Option<u64>| {
+            let mut props = vec![("ExecMainStartTimestampMonotonic", PropValue::U64(start))];
+            if let Some(h) = handoff {
+                props.push(("ExecMainHandoffTimestampMonotonic", PropValue::U64(h)));
+            }
+            UnitInfo::from_properties(props)
+        };
+        assert!(at(5_000_000, Some(0)).awaits_handoff());
+        assert!(at(5_000_000, Some(1_000_000)).awaits_handoff());
+        assert!(!at(5_000_000, Some(5_100_000)).awaits_handoff());
+        assert!(!at(5_000_000, None).awaits_handoff());
     }
 
     #[test]

@@ -32,11 +32,14 @@ YAML
 capture holdfast apply --policy "$pol" --format json
 expect_match "posture is restart-required before the restart" '"key": "e2e-go.service no_new_privileges",[^}]*"state": "restart-required"' \
     "$(printf '%s' "$last_output" | tr -d '\n')"
-expect_exit "apply --restart-services" "0" holdfast apply --policy "$pol" --restart-services
+# With what the wait for the new process saw, shown should the check fail.
+expect_exit "apply --restart-services" "0" env HOLDFAST_LOG=holdfast::systemd=debug \
+    holdfast apply --policy "$pol" --restart-services
 verify_units "systemd-analyze verify: the service with holdfast's drop-in, and its slice" \
     /etc/systemd/system/e2e-go.service /etc/systemd/system/go-app.slice
 pid=$(systemctl show -P MainPID e2e-go.service)
 check "the restarted service has exec'd" test "$(cat /proc/"$pid"/comm)" = sleep
+[ "$last_status" -eq 0 ] || note "systemd: $(systemctl show -p MainPID -p ExecMainStartTimestampMonotonic -p ExecMainHandoffTimestampMonotonic e2e-go.service | tr '\n' ' ')"
 check "its environment is laid out" wait_until 10 grep -q GOTRACEBACK= /proc/"$pid"/environ
 status=/proc/$pid/status
 expect_eq "NoNewPrivs" 1 "$(awk '/^NoNewPrivs:/ {print $2}' "$status")"
