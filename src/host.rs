@@ -996,7 +996,7 @@ fn explain_unload_error(name: &str, e: nix::errno::Errno) -> String {
             "it is in use (a reference was taken since it was read): it is tried again once nothing uses it"
         }
         nix::errno::Errno::EPERM => {
-            "operation not permitted (EPERM): unloading needs CAP_SYS_MODULE and delete_module(2), which the shipped holdfast.service withholds (ProtectKernelModules=yes; README, \"Kernel modules\", has the drop-in that grants them, and `holdfast apply` as root unloads), or module unloading is off (kernel.modules_disabled)"
+            "operation not permitted (EPERM): unloading needs CAP_SYS_MODULE and delete_module(2), which the shipped holdfast.service withholds (ProtectKernelModules=yes; the book's \"Kernel modules\" chapter, docs/src/kernel-modules.md, has the drop-in that grants them, and `holdfast apply` as root unloads), or module unloading is off (kernel.modules_disabled)"
         }
         _ => "the kernel refused to unload it",
     };

@@ -192,7 +192,7 @@ struct ServeArgs {
     api_host: Vec<String>,
     /// Do not install the seccomp allow-list (no_new_privs and the
     /// capability drop still happen). For diagnosing a system call the list
-    /// lacks; see README.
+    /// lacks; see the book's "Service security posture" (docs/src/posture.md).
     #[arg(long)]
     no_seccomp: bool,
     /// Full rescan interval (re-reads everything, re-arms watches): 60s, 5m, 500ms;

@@ -1,6 +1,6 @@
 //! Reports: a readable table for terminals and stable JSON for machines.
 //! The JSON types here are the only serializable types: the core does not
-//! derive `Serialize`, and this layer converts (the schema is in README).
+//! derive `Serialize`, and this layer converts (the schema is in docs/src/reports.md).
 
 use serde::{Deserialize, Serialize};
 

@@ -2,7 +2,7 @@
 //! converted from a [`Snapshot`]), the `?state=`/`?kind=` filters, and the
 //! plain-text view. The DTOs also deserialize, so `holdfast status` renders
 //! the text view from the JSON it fetched with the same code the server
-//! uses. Pure. The schema is documented in README ("Status API").
+//! uses. Pure. The schema is documented in docs/src/status-api.md.
 
 use std::collections::BTreeMap;
 

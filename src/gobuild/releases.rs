@@ -1,7 +1,7 @@
 //! Which Go releases still receive security fixes. This table is the one
 //! place holdfast knows Go's release history; holdfast has no network
 //! access at run time, so it is updated by hand when Go ships a major
-//! release (README, "Updating the Go release table").
+//! release (docs/src/go.md, "Updating the Go release table").
 //!
 //! Go's policy (go.dev/doc/devel/release#policy): each major release is
 //! supported until there are two newer major releases; fixes go only to

@@ -13,8 +13,9 @@ use caps::{CapSet, Capability};
 /// The capabilities `serve` keeps when it has them (the unit's bounding
 /// set says why): net.* sysctls, kernel.* sysctls, vm.mmap_min_addr,
 /// /proc/PID/environ of other users' services, and unloading a module
-/// with `unload: true` (which the shipped unit does not grant; README's
-/// drop-in does, and the allow-list has delete_module only, no loading).
+/// with `unload: true` (which the shipped unit does not grant; the drop-in
+/// in docs/src/kernel-modules.md does, and the allow-list has
+/// delete_module only, no loading).
 pub const KEEP: &[Capability] = &[
     Capability::CAP_NET_ADMIN,
     Capability::CAP_SYS_ADMIN,

@@ -200,7 +200,7 @@ fn syntax_error(source: Source, message: &str) -> PolicyError {
         err.with_hint("every policy file starts with `version: 1`")
     } else if message.contains("expected mapping") {
         err.with_hint(
-            "this section is a mapping of `name: value` lines; see the policy format in README",
+            "this section is a mapping of `name: value` lines; see the policy format (README, and the book's docs/src/policy.md)",
         )
     } else {
         err

@@ -16,7 +16,7 @@
 //! masking, still sees the vendor file: OpenSCAP with ComplianceAsCode
 //! 0.1.65 (Debian 12's `ssg-debderived`) fails a key that any
 //! `/usr/lib/sysctl.d/*.conf` sets to another value, copy or not (measured
-//! in a network namespace; README, "Vendor files and `sysctl_conflicts`").
+//! in a network namespace; docs/src/sysctl.md, "Vendor files and `sysctl_conflicts`").
 //!
 //! # Guarantees
 //! - Only lines that name an enforced key exactly (no glob) and set a value
