@@ -12,6 +12,11 @@ export E2E_OUT=${E2E_OUT:-/mnt/e2e/out}
 export E2E_FILES=$E2E_IN/files
 export E2E_RESULTS=$E2E_OUT/results
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+# No request may hang the suite: curl gives up after 60 s wherever a
+# scenario calls it (a scenario's own -m, when given, is shorter).
+export CURL_HOME=/run/holdfast-e2e-curl
+mkdir -p "$CURL_HOME"
+printf 'max-time = 60\nconnect-timeout = 10\n' >"$CURL_HOME/.curlrc"
 
 # Settings from the host (HOLDFAST_E2E_ONLY, HOLDFAST_E2E_SCENARIO_TIMEOUT).
 only=
@@ -61,6 +66,7 @@ done
 
 ok=$(grep -c '^ok' "$E2E_RESULTS" || true)
 bad=$(grep -c '^FAIL' "$E2E_RESULTS" || true)
-note "guest: $ok ok, $bad not ok"
+skipped=$(grep -c '^SKIP' "$E2E_RESULTS" || true)
+note "guest: $ok ok, $bad not ok, $skipped skipped"
 [ "$bad" -eq 0 ] || status=1
 exit "$status"

@@ -45,6 +45,26 @@ fail() {
     printf 'FAIL\t%s: %s: %s\n' "$E2E_SCENARIO" "$name" "$*" >>"$E2E_RESULTS"
 }
 
+# skip NAME WHY: a check this guest cannot make, because the generation it
+# runs lacks what judges it (a scanner Debian does not package there, say).
+# Counted apart, never as a pass.
+skip() {
+    printf 'skip - %s: %s\n' "$1" "$2"
+    printf 'SKIP\t%s: %s: %s\n' "$E2E_SCENARIO" "$1" "$2" >>"$E2E_RESULTS"
+}
+
+# The guest's Debian release and systemd version, for the checks whose
+# expectation differs between generations.
+E2E_DEBIAN=$(. /etc/os-release && echo "${VERSION_CODENAME:-unknown}")
+E2E_SYSTEMD=$(systemctl --version 2>/dev/null | awk 'NR == 1 { print $2 }')
+export E2E_DEBIAN E2E_SYSTEMD
+
+# have_openscap: whether this guest has the scanner and ComplianceAsCode's
+# content (Debian packages them from bookworm on).
+have_openscap() {
+    command -v oscap >/dev/null && [ -e /usr/share/xml/scap/ssg/content/ssg-ubuntu2204-xccdf.xml ]
+}
+
 # capture CMD...: runs CMD, keeping its output and status in last_output and
 # last_status; counts nothing. For checks on what a command printed.
 capture() {

@@ -4,7 +4,7 @@
 #
 #   build-image.sh SUITE OUT_DIR WORK_DIR DEB_CACHE SOURCES_FILE
 #
-# SUITE         the Debian suite of the guest (bookworm)
+# SUITE         the Debian suite of the guest (bullseye, bookworm, trixie)
 # OUT_DIR       receives rootfs.raw, vmlinuz, initrd.img (the distro's) and,
 #               when they can be made, vmlinux (PVH entry) and
 #               initramfs.cpio (busybox, a handful of modules)
@@ -29,7 +29,16 @@ root=$work/root
 mkdir -p "$out" "$work" "$debs"
 [ ! -e "$root" ] || die "$root already exists"
 
-packages=$(sed -e 's/#.*//' "$here/packages.txt" | tr -s ' \t\n' '\n' | grep -v '^$' | paste -sd, -)
+# A package line may end with the suites it is for, in brackets.
+packages=$(sed -e 's/#.*//' "$here/packages.txt" | awk -v suite="$suite" '
+    NF == 0 { next }
+    match($0, /\[[^]]*\]/) {
+        split(substr($0, RSTART + 1, RLENGTH - 2), only, " ")
+        keep = 0
+        for (i in only) if (only[i] == suite) keep = 1
+        if (!keep) next
+    }
+    { print $1 }' | paste -sd, -)
 [ -n "$packages" ] || die "no packages in $here/packages.txt"
 mapfile -t mirrors <"$sources"
 [ "${#mirrors[@]}" -gt 0 ] || die "no apt sources in $sources"
@@ -84,20 +93,31 @@ echo "$kver" >"$out/kernel-version"
 
 # The uncompressed vmlinux boots through qemu's PVH entry and skips the
 # bzImage's self-decompression, which is slow under TCG. Debian compresses
-# its kernels with xz: find the stream and unpack it.
+# its kernels with xz up to bookworm and with zstd from trixie on: find the
+# stream and unpack it.
 extract_vmlinux() {
-    local offset
-    while read -r offset; do
-        # xz stops after the stream and tail gets SIGPIPE: judge by the result.
-        tail -c "+$((offset + 1))" "$out/vmlinuz" | xz -dc --single-stream >"$work/vmlinux" 2>/dev/null || true
-        if [ "$(head -c 4 "$work/vmlinux" | od -An -tx1 | tr -d ' ')" = 7f454c46 ]; then
-            mv "$work/vmlinux" "$out/vmlinux"
-            return 0
-        fi
-    done < <(LC_ALL=C grep -abo $'\xfd7zXZ' "$out/vmlinuz" | cut -d: -f1)
+    local offset magic unpack
+    for magic in xz zstd; do
+        case $magic in
+            xz) unpack=(xz -dc --single-stream) ;;
+            zstd) unpack=(zstd -dcq) ;;
+        esac
+        while read -r offset; do
+            # The unpacker stops at (or complains about) what follows the
+            # stream, and tail gets SIGPIPE: judge by the result.
+            tail -c "+$((offset + 1))" "$out/vmlinuz" | "${unpack[@]}" >"$work/vmlinux" 2>/dev/null || true
+            if [ "$(head -c 4 "$work/vmlinux" | od -An -tx1 | tr -d ' ')" = 7f454c46 ]; then
+                mv "$work/vmlinux" "$out/vmlinux"
+                return 0
+            fi
+        done < <(case $magic in
+            xz) LC_ALL=C grep -abo $'\xfd7zXZ' "$out/vmlinuz" ;;
+            zstd) LC_ALL=C grep -abo $'\x28\xb5\x2f\xfd' "$out/vmlinuz" ;;
+        esac | cut -d: -f1)
+    done
     return 1
 }
-extract_vmlinux || echo "build-image: warning: no xz-compressed ELF kernel in vmlinuz; only the distro initrd boot will work" >&2
+extract_vmlinux || echo "build-image: warning: no xz- or zstd-compressed ELF kernel in vmlinuz; only the distro initrd boot will work" >&2
 
 # --- tiny initramfs ----------------------------------------------------------
 # busybox, the modules the root disk needs (with their dependencies, in load

@@ -1,5 +1,6 @@
 #!/bin/bash
-# The guest is what the suite promises: systemd 252 as PID 1, a pure
+# The guest is what the suite promises: systemd 247 to 257 as PID 1 (Debian
+# 11 to 13), a pure
 # cgroup v2 hierarchy with the controllers holdfast manages, transient units
 # in slices with limits, a writable /proc/sys, PAM sessions through logind,
 # no network but loopback, and a holdfast binary that runs.
@@ -8,7 +9,9 @@
 
 # --- systemd -------------------------------------------------------------------
 expect_eq "PID 1 is systemd" systemd "$(cat /proc/1/comm)"
-expect_match "systemd is version 252" '^systemd 252 ' "$(systemctl --version | head -n 1)"
+note "Debian $E2E_DEBIAN ($(cat /etc/debian_version)), systemd $E2E_SYSTEMD, kernel $(uname -r)"
+check "systemd is a generation the suite knows (247 to 257)" \
+    test "${E2E_SYSTEMD:-0}" -ge 247 -a "${E2E_SYSTEMD:-0}" -le 257
 
 state=$(systemctl is-system-running 2>/dev/null)
 expect_match "the boot finished (running or degraded)" '^(running|degraded)$' "$state"
