@@ -3,7 +3,7 @@
 # .deb installed with apt, the unit active, `curl localhost/status`, the
 # baseline in audit mode changing nothing, an enforce push converging the
 # host, external drift corrected, an invalid push rejected, reload and
-# restart, and removal. Needs the .deb in $E2E_FILES (tests/e2e/run with
+# restart, reinstalls, an upgrade while the daemon runs, and removal. Needs the .deb in $E2E_FILES (tests/e2e/run with
 # HOLDFAST_E2E_FILES=path/to/holdfast_*.deb; .ci/run does this).
 # shellcheck source-path=SCRIPTDIR source=../lib.sh
 . "$E2E_SUITE/lib.sh"
@@ -35,8 +35,12 @@ json_field() { jq -r "$1" 2>/dev/null; }
 # of its own behind (piuparts' check).
 had_conf_d=$([ -d /etc/systemd/system.conf.d ] && echo yes || echo no)
 had_pkg_d=$([ -d /etc/systemd/system/e2e-pkg.service.d ] && echo yes || echo no)
-# Earlier scenarios left their own files: start from a host holdfast never touched.
-rm -f /etc/security/limits.d/90-holdfast.conf /etc/sysctl.d/99-zz-holdfast.conf
+# Earlier scenarios left their own files: start from a host holdfast never
+# touched (an originals journal left by 35-daemon, when 37-rollback did not
+# run in between, would make the rollback below restore that scenario's
+# values).
+rm -f /etc/security/limits.d/90-holdfast.conf /etc/sysctl.d/99-zz-holdfast.conf \
+    /var/lib/holdfast/originals.json /var/lib/holdfast/paused.json
 before_oc=$(cat /proc/sys/vm/overcommit_memory)
 before_somaxconn=$(cat /proc/sys/net/core/somaxconn)
 
@@ -206,6 +210,10 @@ capture $hf rollback --restart-services
 expect_eq "holdfast rollback --restart-services, run by the daemon, exits 0" 0 "$last_status"
 [ "$last_status" -eq 0 ] || note "rollback said: $(printf '%s' "$last_output" | tr '\n' '|')"
 expect_eq "somaxconn is back" "$before_somaxconn" "$(cat /proc/sys/net/core/somaxconn)"
+if [ "$(cat /proc/sys/net/core/somaxconn)" != "$before_somaxconn" ]; then
+    note "the journal's somaxconn entry: $(jq -c '.. | objects | select(tostring | test("somaxconn"))' /var/lib/holdfast/originals.json 2>&1 | head -n 3)"
+    journalctl -u holdfast.service --no-pager -o cat | grep -iE 'somaxconn|journal|original' | tail -n 15 | sed 's/^/#     /'
+fi
 check "holdfast's drop-in is gone" test ! -e /etc/systemd/system/e2e-pkg.service.d/90-holdfast.conf
 check "the daemon still runs" systemctl is-active --quiet holdfast.service
 check "status says enforcement is paused" wait_until 10 bash -o pipefail -c \
@@ -235,8 +243,49 @@ expect_eq "no socket start refused across 6 reinstalls" 0 "$refusals"
 check "status answers after the reinstalls" wait_until 20 status_json
 expect_exit "holdfast status: compliant" "0" $hf status
 
+# An upgrade while the daemon runs: the same build with a higher version
+# (the .deb repacked here). The pushed policy and the originals journal
+# stay, the daemon restarts under the new package, and a key someone
+# changes while the old daemon is gone is corrected by the new one's first
+# pass.
+up=$E2E_TMP/upgrade
+mkdir -p "$up"
+dpkg-deb -R "$deb" "$up/pkg"
+old_version=$(dpkg-query -W -f '${Version}' holdfast)
+new_version=${old_version%-*}-$((${old_version##*-} + 1))
+sed -i "s/^Version: .*/Version: $new_version/" "$up/pkg/DEBIAN/control"
+dpkg-deb -b "$up/pkg" "$up/holdfast_${new_version}_amd64.deb" >/dev/null
+policy_sum=$(cat /etc/holdfast/policy.d/*.yaml | sha256sum)
+journal=/var/lib/holdfast/originals.json
+check "the originals journal names somaxconn before the upgrade" grep -q net.core.somaxconn "$journal"
+old_pid=$(systemctl show -P MainPID holdfast.service)
+env DEBIAN_FRONTEND=noninteractive apt-get install -y "$up/holdfast_${new_version}_amd64.deb" >"$up/apt.log" 2>&1 &
+apt_pid=$!
+# The moment the old daemon is gone, someone changes the key.
+while kill -0 "$old_pid" 2>/dev/null && kill -0 "$apt_pid" 2>/dev/null; do sleep 0.01; done
+drift_at=$(cut -d' ' -f1 /proc/uptime)
+sysctl -qw net.core.somaxconn=1024
+apt_status=0
+wait "$apt_pid" || apt_status=$?
+expect_eq "apt-get install of version $new_version while the daemon runs (exit 0)" 0 "$apt_status"
+[ "$apt_status" -eq 0 ] || sed 's/^/#     /' "$up/apt.log" | tail -n 20
+check "the upgraded daemon is active" wait_until 20 systemctl is-active --quiet holdfast.service
+new_pid=$(systemctl show -P MainPID holdfast.service)
+check "it is a new process" test "$new_pid" != "$old_pid"
+expect_eq "the package is the new version" "$new_version" "$(dpkg-query -W -f '${Version}' holdfast)"
+# shellcheck disable=SC2016 # expanded by the inner sh -c
+check "the drifted key is corrected" wait_until 20 sh -c '[ "$(cat /proc/sys/net/core/somaxconn)" = 8192 ]'
+fixed_at=$(cut -d' ' -f1 /proc/uptime)
+started_at=$(awk -v us="$(systemctl show -P ExecMainStartTimestampMonotonic holdfast.service)" 'BEGIN { printf "%.2f", us / 1e6 }')
+note "upgrade: drift window $(awk -v a="$drift_at" -v b="$fixed_at" 'BEGIN { printf "%.2f", b - a }') s (old daemon gone to corrected), of which $(awk -v a="$started_at" -v b="$fixed_at" 'BEGIN { printf "%.2f", b - a }') s after the new daemon started"
+check "corrected within 2 s of the new daemon's start" \
+    awk -v a="$started_at" -v b="$fixed_at" 'BEGIN { exit !(b - a <= 2.0) }'
+expect_eq "the pushed policy is kept" "$policy_sum" "$(cat /etc/holdfast/policy.d/*.yaml | sha256sum)"
+check "the originals journal is kept" grep -q net.core.somaxconn "$journal"
+
 check "apt-get remove holdfast" env DEBIAN_FRONTEND=noninteractive apt-get remove -y holdfast
 check "the unit is gone" sh -c '! systemctl is-active --quiet holdfast.service'
+check "remove keeps the pushed policy" test -e /etc/holdfast/policy.d/50-site.yaml
 check "the host still works (systemd running)" sh -c 'systemctl is-system-running | grep -Eq "running|degraded"'
 check "a service still starts" systemctl restart e2e-pkg.service
 note "somaxconn before the install: $before_somaxconn; after removal: $(cat /proc/sys/net/core/somaxconn)"
