@@ -376,7 +376,7 @@ syscalls! {
     lstat, stat,
     // The D-Bus client's poller (polling, under zbus) times its waits with
     // a timerfd when it can have one; refused, it fell back to epoll
-    // timeouts (one EPERM at every start, seen under strace).
+    // timeouts, at the cost of an EPERM at every start.
     timerfd_create, timerfd_settime,
     // The abort path: a panic aborts (release profile), and abort() raises
     // SIGABRT with tgkill (after rt_sigprocmask, getpid, gettid, which are
